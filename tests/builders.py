@@ -1,0 +1,67 @@
+"""Test data builders and checks shared by the test modules."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from webapp.extensions import db
+from webapp.identity.rules import Row, invariant_violations
+from webapp.models import PRIMARY, SECONDARY, Contact
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+
+
+def row(id, email=None, phone=None, linked_id=None, minute=None) -> Row:
+    """A domain Row; keys derived the simple way (lower-case e-mail, phone as given)."""
+    return Row(
+        id=id,
+        email=email,
+        phone=phone,
+        email_key=email.lower() if email else None,
+        phone_key=phone,
+        linked_id=linked_id,
+        created_at=T0 + timedelta(minutes=id if minute is None else minute),
+    )
+
+
+def identify(client, email=None, phone=None, **extra):
+    """POST /identify with the given values and return (status, json)."""
+    body = {"email": email, "phoneNumber": phone, **extra}
+    response = client.post("/identify", json=body)
+    return response.status_code, response.get_json()
+
+
+def contacts() -> list[Contact]:
+    """Every contact row, deleted or not, in id order."""
+    return list(db.session.scalars(select(Contact).order_by(Contact.id)))
+
+
+def live_rows() -> list[Row]:
+    """The live contact rows as domain Rows."""
+    return [
+        Row(
+            id=c.id,
+            email=c.email,
+            phone=c.phoneNumber,
+            email_key=c.email_key,
+            phone_key=c.phone_key,
+            linked_id=c.linkedId,
+            created_at=c.createdAt,
+        )
+        for c in contacts()
+        if c.deletedAt is None
+    ]
+
+
+def assert_invariants() -> None:
+    """Every connected group has one primary, links are one hop, precedence agrees."""
+    db.session.expire_all()
+    problems = invariant_violations(live_rows())
+    for c in contacts():
+        expected = PRIMARY if c.linkedId is None else SECONDARY
+        if c.linkPrecedence != expected:
+            problems.append(f"row {c.id} says {c.linkPrecedence} but linkedId is {c.linkedId}")
+    db.session.rollback()
+    assert problems == []

@@ -1,0 +1,187 @@
+"""Fixtures: the app on SQLite and on MariaDB, its client and CLI runner, and a live gunicorn.
+
+Every test that takes ``app`` (or ``client``/``runner``) runs twice, once per
+database. The schema comes from the migrations, applied once per session;
+between tests every table is emptied.
+
+MariaDB is found at TEST_MYSQL_URL (default: root on 127.0.0.1:3306). When it
+is unreachable its tests are skipped, except under CI=true or
+REQUIRE_MARIADB=1, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask_migrate import upgrade
+
+from webapp import create_app
+from webapp.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
+MYSQL_SERVER_URL = os.environ.get("TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+MARIADB_REQUIRED = os.environ.get("CI") == "true" or os.environ.get("REQUIRE_MARIADB") == "1"
+DIALECTS = ["sqlite", "mariadb"]
+
+
+def _mariadb_database_url(name: str) -> str:
+    return f"{MYSQL_SERVER_URL.rstrip('/')}/{name}?charset=utf8mb4"
+
+
+@pytest.fixture(scope="session")
+def database_urls(tmp_path_factory):
+    """One migrated database per dialect for this test session: {dialect: url or None}."""
+    urls: dict[str, str | None] = {}
+    sqlite_file = tmp_path_factory.mktemp("sqlite") / "identity.db"
+    urls["sqlite"] = f"sqlite:///{sqlite_file}"
+
+    # A database per pytest process, so that parallel runs never share rows.
+    name = f"identity_test_{os.getpid()}"
+    server = sa.create_engine(MYSQL_SERVER_URL.rstrip("/") + "/", pool_pre_ping=True)
+    try:
+        with server.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+            conn.exec_driver_sql(
+                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
+        urls["mariadb"] = _mariadb_database_url(name)
+    except sa.exc.OperationalError as exc:
+        if MARIADB_REQUIRED:
+            pytest.fail(f"MariaDB is required but unreachable at {MYSQL_SERVER_URL}: {exc}")
+        urls["mariadb"] = None
+
+    for url in urls.values():
+        if url:
+            app = create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
+            with app.app_context():
+                upgrade()
+                db.engine.dispose()
+    yield urls
+    if urls["mariadb"]:
+        with server.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    server.dispose()
+
+
+def _empty_tables(engine: sa.Engine) -> None:
+    tables = [t for t in reversed(db.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            for table in tables:
+                conn.execute(table.delete())
+        else:
+            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+            for table in tables:
+                conn.exec_driver_sql(f"TRUNCATE TABLE `{table.name}`")
+            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request, database_urls) -> str:
+    """The database this test runs on: 'sqlite' or 'mariadb'."""
+    if database_urls[request.param] is None:
+        pytest.skip("MariaDB is not reachable (set REQUIRE_MARIADB=1 to make this a failure)")
+    return request.param
+
+
+@pytest.fixture
+def database_url(dialect, database_urls) -> str:
+    """SQLAlchemy URL of this test's (empty, migrated) database."""
+    return database_urls[dialect]
+
+
+@pytest.fixture
+def app_config(database_url) -> dict:
+    """Settings the ``app`` fixture passes to create_app; override to change them."""
+    return {"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True}
+
+
+@pytest.fixture
+def app(app_config):
+    """The real application on this test's database, emptied afterwards."""
+    application = create_app(app_config)
+    with application.app_context():
+        yield application
+        db.session.remove()
+        _empty_tables(db.engine)
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """A gunicorn serving wsgi:app on a loopback port, for tests over real connections."""
+
+    def __init__(self, database_url: str, workers: int, env: dict[str, str] | None = None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {k: v for k, v in os.environ.items() if k != "API_KEYS"}
+        environment.update({"DATABASE_URL": database_url, **(env or {})})
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(workers),
+                "--threads",
+                "4",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--log-level",
+                "warning",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=environment,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("gunicorn exited during start-up")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gunicorn did not answer within 30 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def live_server(app, database_url):
+    """gunicorn with 4 workers on this test's database (the ``app`` fixture empties it)."""
+    server = LiveServer(database_url, workers=4)
+    yield server
+    server.stop()

@@ -1,0 +1,92 @@
+"""The customer identity service: application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from .config import PROFILES
+from .database import configure_engine, engine_options
+from .extensions import db, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger(__name__)
+
+
+def _secret_key(app: Flask) -> str:
+    """SECRET_KEY from the settings, else one generated once and kept in the instance folder."""
+    path = Path(app.instance_path) / "secret_key"
+    if not path.exists():
+        # Written aside then linked into place, so that gunicorn workers starting
+        # together all read the one key that won.
+        draft = path.with_name(f".secret_key.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
+
+
+def _database_url(app: Flask) -> str:
+    url = app.config.get("SQLALCHEMY_DATABASE_URI")
+    if not url:
+        url = f"sqlite:///{Path(app.instance_path) / 'identity.db'}"
+    if url.startswith("mysql") and "charset=" not in url:
+        url += ("&" if "?" in url else "?") + "charset=utf8mb4"
+    return url
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app; ``config`` overrides settings (the tests pass their database URL)."""
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.from_object(PROFILES[os.environ.get("APP_ENV", "production")])
+    # Answers keep the documented key order (primaryContactId first).
+    app.json.sort_keys = False
+    if config:
+        app.config.update(config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _secret_key(app)
+    url = _database_url(app)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    with app.app_context():
+        configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])
+
+    from . import models  # noqa: F401  (registers the tables with the metadata)
+    from .api import bp as api_bp
+    from .api import http_error_json, load_openapi, wants_json_errors
+    from .cli import register_cli
+
+    app.extensions["openapi"] = load_openapi()
+    app.register_blueprint(api_bp)
+    register_cli(app)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if wants_json_errors(request.path):
+            return http_error_json(exc)
+        return exc
+
+    if not app.config["API_KEYS"]:
+        app.logger.warning("API_KEYS is not set: POST /identify is open to anyone who can reach it")
+    return app

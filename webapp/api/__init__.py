@@ -1,0 +1,139 @@
+"""The JSON API front door: identify, health and the OpenAPI document."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from functools import wraps
+from pathlib import Path
+
+import yaml
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from ..database import Contention
+from ..extensions import db
+from ..identity.rules import Customer
+from ..identity.service import identify
+from .errors import ApiError, api_error_response, error_response
+from .payloads import identify_values, json_object
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__)
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+
+# Paths whose errors are JSON even when routing fails (404/405 never reach a view).
+JSON_PATHS = ("/identify", "/healthz", "/openapi.json")
+
+
+def load_openapi() -> dict:
+    """The API description, parsed once at start-up."""
+    with OPENAPI_PATH.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def require_api_key(view):
+    """Ask for ``Authorization: Bearer <key>`` when API_KEYS is configured."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        keys = current_app.config["API_KEYS"]
+        if keys:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            token = token.strip().encode()
+            valid = scheme.lower() == "bearer" and any(
+                hmac.compare_digest(token, key.encode()) for key in keys
+            )
+            if not valid:
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "send a valid API key as Authorization: Bearer <key>",
+                    headers={"WWW-Authenticate": 'Bearer realm="identity"'},
+                )
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def customer_json(customer: Customer) -> dict:
+    """The task's answer shape, with the historical misspelt key kept for old clients."""
+    return {
+        "primaryContactId": customer.primary_id,
+        "primaryContatctId": customer.primary_id,
+        "emails": customer.emails,
+        "phoneNumbers": customer.phone_numbers,
+        "secondaryContactIds": customer.secondary_ids,
+    }
+
+
+@bp.post("/identify")
+@require_api_key
+def identify_customer():
+    """Link the order's e-mail and phone into one customer and answer with it."""
+    values = identify_values(json_object(request))
+    return jsonify(contact=customer_json(identify(values, source="checkout")))
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 when the database answers a query, 503 when it does not."""
+    try:
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        log.warning("health check failed: %s", exc)
+        return jsonify(status="unavailable", database="unreachable"), 503
+    return jsonify(status="ok", database="ok")
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 description of this JSON API."""
+    return jsonify(current_app.extensions["openapi"])
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return api_error_response(exc)
+
+
+@bp.errorhandler(Contention)
+def _contention(_exc: Contention):
+    return error_response(
+        503,
+        "busy",
+        "too many concurrent changes to these customers; try again",
+        headers={"Retry-After": "1"},
+    )
+
+
+@bp.errorhandler(SQLAlchemyError)
+def _database_error(exc: SQLAlchemyError):
+    db.session.rollback()
+    log.exception("database error: %s", exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database did not answer; try again",
+        headers={"Retry-After": "1"},
+    )
+
+
+def http_error_json(exc: HTTPException):
+    """A werkzeug HTTP error (404, 405, 413, ...) in the API's JSON shape."""
+    code = (exc.name or "error").lower().replace(" ", "_")
+    response = error_response(exc.code or 500, code, exc.description or exc.name)
+    if exc.code == 405 and getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def wants_json_errors(path: str) -> bool:
+    """Whether an HTTP error at ``path`` belongs to the JSON API."""
+    return any(path == p or path.startswith(p + "/") for p in JSON_PATHS)

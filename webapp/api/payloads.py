@@ -1,0 +1,96 @@
+"""Reading and validating JSON request bodies into domain values."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Request
+
+from ..identity.rules import InvalidValue, Value, parse_email, parse_phone
+from .errors import ApiError
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or an ApiError saying what is wrong with it."""
+    if not request.is_json:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        )
+    raw = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    return payload
+
+
+def _text(payload: dict[str, Any], name: str, fields: dict[str, str]) -> str | None:
+    """A string field, trimmed; None when missing, null or blank."""
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        fields[name] = "must be a string or null"
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _phone_text(payload: dict[str, Any], name: str, fields: dict[str, str]) -> str | None:
+    """A phone field: a string, or a whole non-negative JSON number (123456 == "123456")."""
+    value = payload.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            fields[name] = "a phone number cannot be negative"
+            return None
+        return str(value)
+    if value is not None and not isinstance(value, str):
+        fields[name] = "must be a string, a whole number or null"
+        return None
+    return _text(payload, name, fields)
+
+
+def contact_values(
+    payload: dict[str, Any],
+    fields: dict[str, str],
+    email_field: str = "email",
+    phone_field: str = "phoneNumber",
+) -> list[Value]:
+    """Validate the e-mail and phone of a payload; problems are added to ``fields``."""
+    values: list[Value] = []
+    for name, read, parse in (
+        (email_field, _text, parse_email),
+        (phone_field, _phone_text, parse_phone),
+    ):
+        text = read(payload, name, fields)
+        if text is None:
+            continue
+        try:
+            values.append(parse(text))
+        except InvalidValue as exc:
+            fields[name] = str(exc)
+    return values
+
+
+def identify_values(payload: dict[str, Any]) -> list[Value]:
+    """The values of an identify request: at least one valid e-mail or phone."""
+    fields: dict[str, str] = {}
+    values = contact_values(payload, fields)
+    if fields:
+        raise ApiError(400, "invalid_field", "some fields are not valid", fields)
+    if not values:
+        raise ApiError(
+            400,
+            "missing_identifier",
+            "send a non-empty email or phoneNumber",
+            {
+                "email": "email or phoneNumber is required",
+                "phoneNumber": "email or phoneNumber is required",
+            },
+        )
+    return values

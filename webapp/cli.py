@@ -1,0 +1,9 @@
+"""Command-line commands: ``flask --app wsgi ...``."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_cli(app: Flask) -> None:
+    """Attach the project's command groups to the app."""

@@ -1,0 +1,46 @@
+"""Settings read from the environment, one class per profile."""
+
+import os
+
+
+def _csv(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+class Config:
+    """Production defaults; every value can be set through the environment."""
+
+    SECRET_KEY = os.environ.get("SECRET_KEY")
+    # None means "a SQLite file in the instance folder", resolved in create_app.
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL")
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+    API_KEYS = _csv(os.environ.get("API_KEYS"))
+    # Bodies above this get 413 before any JSON is parsed.
+    MAX_CONTENT_LENGTH = 64 * 1024
+    # How often a transaction that lost a lock race is tried again before 503.
+    IDENTIFY_MAX_ATTEMPTS = int(os.environ.get("IDENTIFY_MAX_ATTEMPTS", "12"))
+    SQLITE_BUSY_TIMEOUT_MS = int(os.environ.get("SQLITE_BUSY_TIMEOUT_MS", "10000"))
+    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
+    RATELIMIT_HEADERS_ENABLED = True
+    TESTING = False
+
+
+class DevelopmentConfig(Config):
+    """Local development: a throwaway secret key is acceptable."""
+
+    SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-not-secret")
+
+
+class TestingConfig(Config):
+    """The test suite: explicit database URL, no rate-limit storage shared."""
+
+    TESTING = True
+    SECRET_KEY = "testing-only"
+    WTF_CSRF_ENABLED = True
+
+
+PROFILES = {
+    "production": Config,
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+}

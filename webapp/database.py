@@ -1,0 +1,101 @@
+"""Engine set-up per dialect and the transaction helpers the services share."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from .extensions import db
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# MySQL/MariaDB error codes that mean "another transaction got there first":
+# deadlock, lock wait timeout, duplicate key on a claim row, and the
+# snapshot-conflict error MariaDB raises under innodb_snapshot_isolation.
+_MYSQL_RETRYABLE = {1213, 1205, 1062, 1020}
+
+# Execution option that asks SQLite for BEGIN IMMEDIATE (the write lock up front).
+SQLITE_IMMEDIATE = "sqlite_begin_immediate"
+
+
+class Retry(Exception):
+    """Raised inside a write transaction whose reads went stale; it runs again."""
+
+
+class Contention(Exception):
+    """A write transaction kept losing lock races and gave up; callers answer 503."""
+
+
+def engine_options(url: str) -> dict:
+    """Engine keyword arguments suited to the database behind ``url``."""
+    if url.startswith("mysql") or url.startswith("mariadb"):
+        # READ COMMITTED: no gap locks, and every statement sees the latest
+        # committed rows; the identify service locks what it must explicitly.
+        return {"isolation_level": "READ COMMITTED", "pool_pre_ping": True, "pool_recycle": 1800}
+    return {}
+
+
+def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
+    """Install per-connection settings: WAL, busy timeout and explicit BEGIN on SQLite."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not the sqlite3 module, decide when a transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        if conn.get_execution_options().get(SQLITE_IMMEDIATE):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def is_retryable(exc: DBAPIError) -> bool:
+    """True when ``exc`` is a lost race worth another attempt, not a real fault."""
+    orig = exc.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    if isinstance(code, int):
+        return code in _MYSQL_RETRYABLE
+    message = str(orig).lower()
+    return "database is locked" in message or "unique constraint failed" in message
+
+
+def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
+    """Run ``work`` (which commits) and start it again when it loses a lock race.
+
+    ``work`` begins its own transaction on ``db.session``; on a deadlock, lock
+    timeout or a concurrent claim of the same key it is rolled back and run
+    again with a short randomised back-off, so that no request fails because
+    of another one.
+    """
+    for attempt in range(1, max_attempts + 1):
+        try:
+            return work()
+        except (OperationalError, IntegrityError, Retry) as exc:
+            db.session.rollback()
+            if isinstance(exc, DBAPIError) and not is_retryable(exc):
+                raise
+            log.info("write transaction lost a race (attempt %d): %s", attempt, exc)
+            time.sleep(random.uniform(0, 0.004 * attempt))
+        except BaseException:
+            db.session.rollback()
+            raise
+    raise Contention(f"gave up after {max_attempts} attempts")

@@ -1,0 +1,1 @@
+"""Customer identity: the linking rules (rules) and the service that applies them."""

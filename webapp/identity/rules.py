@@ -1,0 +1,259 @@
+"""The linking rules: how values are normalised and how contact rows join into customers.
+
+Plain functions over plain data; no Flask and no database, so every rule and
+invariant is unit-tested on its own (tests/test_rules.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from email_validator import EmailNotValidError, validate_email
+
+EMAIL = "email"
+PHONE = "phone"
+
+MAX_EMAIL_LENGTH = 254
+# Generous for formatting characters; the digits themselves are capped below.
+MAX_PHONE_LENGTH = 64
+MAX_PHONE_DIGITS = 20
+
+# Characters a phone number may be written with that matching ignores.
+_PHONE_SEPARATORS = re.compile(r"[\s\-.()\[\]]")
+_PHONE_KEY = re.compile(r"\+?[0-9]+")
+
+
+class InvalidValue(ValueError):
+    """A value that cannot be an e-mail address or phone number; the message says why."""
+
+
+@dataclass(frozen=True)
+class Value:
+    """An identifier as stored (trimmed, as sent) and the key that matching compares."""
+
+    kind: str
+    stored: str
+    key: str
+
+
+def _reject_control_characters(value: str, what: str) -> None:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value if ch not in " \t"):
+        raise InvalidValue(f"{what} contains control characters")
+
+
+def parse_email(raw: str) -> Value:
+    """Validate an e-mail address (syntax only, no DNS) and derive its matching key."""
+    stored = raw.strip()
+    if len(stored) > MAX_EMAIL_LENGTH:
+        raise InvalidValue(f"email is longer than {MAX_EMAIL_LENGTH} characters")
+    _reject_control_characters(stored, "email")
+    try:
+        validate_email(stored, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidValue(f"not an email address: {exc}") from None
+    return Value(EMAIL, stored, stored.lower())
+
+
+def phone_key(raw: str) -> str:
+    """Matching key of a phone: separators dropped, a leading + kept. Raises InvalidValue."""
+    compact = _PHONE_SEPARATORS.sub("", raw)
+    if not any(ch.isdigit() for ch in compact):
+        raise InvalidValue("phone number has no digits")
+    if not _PHONE_KEY.fullmatch(compact) or not compact.isascii():
+        raise InvalidValue(
+            "phone number may hold only digits, a leading +, spaces, dashes, dots and brackets"
+        )
+    if len(compact.lstrip("+")) > MAX_PHONE_DIGITS:
+        raise InvalidValue(f"phone number has more than {MAX_PHONE_DIGITS} digits")
+    return compact
+
+
+def parse_phone(raw: str) -> Value:
+    """Validate a phone number written any common way and derive its matching key."""
+    stored = raw.strip()
+    if len(stored) > MAX_PHONE_LENGTH:
+        raise InvalidValue(f"phone number is longer than {MAX_PHONE_LENGTH} characters")
+    _reject_control_characters(stored, "phone number")
+    return Value(PHONE, stored, phone_key(stored))
+
+
+@dataclass(frozen=True)
+class Row:
+    """The part of a contact row the rules need."""
+
+    id: int
+    email: str | None
+    phone: str | None
+    email_key: str | None
+    phone_key: str | None
+    linked_id: int | None
+    created_at: datetime
+
+    @property
+    def primary_id(self) -> int:
+        """The id of the customer (its primary row) this row belongs to."""
+        return self.linked_id if self.linked_id is not None else self.id
+
+    @property
+    def is_primary(self) -> bool:
+        return self.linked_id is None
+
+    def identifiers(self) -> Iterable[tuple[str, str]]:
+        """The (kind, key) pairs this row holds."""
+        if self.email_key is not None:
+            yield EMAIL, self.email_key
+        if self.phone_key is not None:
+            yield PHONE, self.phone_key
+
+
+def _age(row: Row) -> tuple[datetime, int]:
+    return row.created_at, row.id
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A contact row to insert: a primary when ``linked_id`` is None."""
+
+    email: str | None
+    phone: str | None
+    email_key: str | None
+    phone_key: str | None
+    linked_id: int | None
+
+
+@dataclass
+class Plan:
+    """What one identify request changes: merges first, then at most one new row."""
+
+    survivor_id: int | None
+    # Primaries that become secondaries of the survivor, oldest first.
+    absorbed: list[int] = field(default_factory=list)
+    new_row: NewRow | None = None
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.absorbed) or self.new_row is not None
+
+
+def plan_identify(values: Sequence[Value], rows: Sequence[Row]) -> Plan:
+    """Decide what a request with ``values`` does to the customers it touches.
+
+    ``rows`` must hold every live row of every customer that shares a key with
+    the request (primaries and their secondaries). The oldest primary, by
+    creation time then id, survives; every other primary is absorbed; one new
+    row holding all request values is added only when a value is new.
+    """
+    if not values:
+        raise ValueError("an identify request needs at least one value")
+    email = next((v for v in values if v.kind == EMAIL), None)
+    phone = next((v for v in values if v.kind == PHONE), None)
+    primaries = sorted({row.primary_id for row in rows})
+    by_id = {row.id: row for row in rows}
+    missing = [pid for pid in primaries if pid not in by_id or not by_id[pid].is_primary]
+    if missing:
+        raise ValueError(f"rows of customers {missing} are incomplete")
+
+    if not rows:
+        new_row = NewRow(
+            email=email.stored if email else None,
+            phone=phone.stored if phone else None,
+            email_key=email.key if email else None,
+            phone_key=phone.key if phone else None,
+            linked_id=None,
+        )
+        return Plan(survivor_id=None, new_row=new_row)
+
+    ordered = sorted((by_id[pid] for pid in primaries), key=_age)
+    survivor = ordered[0]
+    known = {key for row in rows for key in row.identifiers()}
+    plan = Plan(survivor_id=survivor.id, absorbed=[row.id for row in ordered[1:]])
+    if any((v.kind, v.key) not in known for v in values):
+        plan.new_row = NewRow(
+            email=email.stored if email else None,
+            phone=phone.stored if phone else None,
+            email_key=email.key if email else None,
+            phone_key=phone.key if phone else None,
+            linked_id=survivor.id,
+        )
+    return plan
+
+
+@dataclass(frozen=True)
+class Customer:
+    """The consolidated answer: one primary and everything linked to it."""
+
+    primary_id: int
+    emails: list[str]
+    phone_numbers: list[str]
+    secondary_ids: list[int]
+
+
+def consolidate(primary_id: int, rows: Iterable[Row]) -> Customer:
+    """Fold a customer's rows into the answer: the primary's values first, each once.
+
+    Values are de-duplicated by key and shown in the form first stored.
+    """
+    mine = [row for row in rows if row.primary_id == primary_id]
+    mine.sort(key=lambda row: (not row.is_primary, row.created_at, row.id))
+    if not mine or not mine[0].is_primary or mine[0].id != primary_id:
+        raise ValueError(f"no primary row {primary_id} among the rows")
+    emails: dict[str, str] = {}
+    phones: dict[str, str] = {}
+    for row in mine:
+        if row.email_key is not None and row.email is not None:
+            emails.setdefault(row.email_key, row.email)
+        if row.phone_key is not None and row.phone is not None:
+            phones.setdefault(row.phone_key, row.phone)
+    return Customer(
+        primary_id=primary_id,
+        emails=list(emails.values()),
+        phone_numbers=list(phones.values()),
+        secondary_ids=[row.id for row in mine[1:]],
+    )
+
+
+def invariant_violations(rows: Sequence[Row]) -> list[str]:
+    """Everything wrong with a set of live rows, as sentences; empty when all holds.
+
+    The invariants: links are one hop to a live primary, primaries say so, and
+    every group of rows connected by a shared key has exactly one primary.
+    """
+    problems: list[str] = []
+    by_id = {row.id: row for row in rows}
+    for row in rows:
+        if row.linked_id is None:
+            continue
+        target = by_id.get(row.linked_id)
+        if target is None:
+            problems.append(f"row {row.id} links to {row.linked_id}, which is not a live row")
+        elif not target.is_primary:
+            problems.append(f"row {row.id} links to {row.linked_id}, which is a secondary")
+
+    parent = {row.id: row.id for row in rows}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owner: dict[tuple[str, str], int] = {}
+    for row in rows:
+        for key in row.identifiers():
+            if key in owner:
+                parent[find(row.id)] = find(owner[key])
+            else:
+                owner[key] = row.id
+        if row.linked_id is not None and row.linked_id in by_id:
+            parent[find(row.id)] = find(row.linked_id)
+
+    groups: dict[int, set[int]] = {}
+    for row in rows:
+        groups.setdefault(find(row.id), set()).add(row.primary_id)
+    for members in groups.values():
+        if len(members) > 1:
+            problems.append(f"customers {sorted(members)} share a value but were not merged")
+    return problems

@@ -1,0 +1,224 @@
+"""The identify service: load the customers a request touches, apply the rules, commit.
+
+Concurrency design (docs/concurrency.md has the long form):
+
+* A read-only pass answers most requests: one statement loads every live row
+  of every customer sharing a key with the request, and when the rules say
+  nothing is new, the answer is built from that consistent snapshot with no
+  lock taken and nothing written.
+* Otherwise a write transaction runs. On SQLite it begins IMMEDIATE, which
+  serialises writers across processes. On MySQL/MariaDB it runs at READ
+  COMMITTED and locks, in order: the ``identifier`` claim row of every request
+  value (inserting the claims that do not exist; the unique key makes two
+  concurrent inserts of one value collide), then the primary row of every
+  customer touched, re-reading until the set of primaries is stable. Every
+  writer that changes a customer holds its primary's lock, so merges and new
+  rows never interleave. Deadlocks, lock timeouts and colliding claims roll
+  back and run again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from flask import current_app
+from sqlalchemy import Connection, insert, or_, select, tuple_, union, update
+
+from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..extensions import db
+from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
+from .rules import EMAIL, Customer, Plan, Row, Value, consolidate, plan_identify
+
+_c = Contact.__table__.c
+
+# Primaries to lock in one write transaction before giving up on a moving target.
+_MAX_LOCK_ROUNDS = 8
+
+
+def _row(record) -> Row:
+    return Row(
+        id=record.id,
+        email=record.email,
+        phone=record.phoneNumber,
+        email_key=record.email_key,
+        phone_key=record.phone_key,
+        linked_id=record.linkedId,
+        created_at=record.createdAt,
+    )
+
+
+_ROW_COLUMNS = (
+    _c.id,
+    _c.email,
+    _c.phoneNumber,
+    _c.email_key,
+    _c.phone_key,
+    _c.linkedId,
+    _c.createdAt,
+)
+
+
+def _group_statement(values: Sequence[Value]):
+    """One statement: every live row of every customer holding one of ``values``."""
+    matches = []
+    for value in values:
+        column = _c.email_key if value.kind == EMAIL else _c.phone_key
+        matches.append(
+            select(_c.id, _c.linkedId).where(column == value.key, _c.deletedAt.is_(None))
+        )
+    hits = union(*matches).subquery("hits") if len(matches) > 1 else matches[0].subquery("hits")
+    primary_ids = (
+        select(hits.c.id)
+        .where(hits.c.linkedId.is_(None))
+        .union(select(hits.c.linkedId).where(hits.c.linkedId.is_not(None)))
+    )
+    owners = primary_ids.cte("owners")
+    live = _c.deletedAt.is_(None)
+    as_primary = select(*_ROW_COLUMNS).join(owners, _c.id == owners.c.id).where(live)
+    as_secondary = select(*_ROW_COLUMNS).join(owners, _c.linkedId == owners.c.id).where(live)
+    return as_primary.union_all(as_secondary)
+
+
+def _load_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
+    return [_row(record) for record in conn.execute(_group_statement(values))]
+
+
+def load_customer_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
+    """Every live row of every customer holding one of ``values`` (one consistent read)."""
+    return _load_rows(conn, values)
+
+
+def identify(
+    values: Sequence[Value], *, source: str = "checkout", actor: str | None = None
+) -> Customer:
+    """Link ``values`` into the customer they belong to, creating or merging as needed."""
+    conn = db.session.connection()
+    rows = _load_rows(conn, values)
+    plan = plan_identify(values, rows)
+    if not plan.writes:
+        db.session.rollback()
+        return consolidate(plan.survivor_id, rows)
+    db.session.rollback()
+    return run_write_transaction(
+        lambda: _identify_locked(values, source=source, actor=actor),
+        current_app.config["IDENTIFY_MAX_ATTEMPTS"],
+    )
+
+
+def _lock_claims(conn: Connection, values: Sequence[Value]) -> None:
+    """Hold the claim row of every value, creating the ones never seen before."""
+    wanted = sorted({(v.kind, v.key) for v in values})
+    table = Identifier.__table__
+    pair = tuple_(table.c.kind, table.c.key)
+    held = set(
+        conn.execute(
+            select(table.c.kind, table.c.key)
+            .where(pair.in_(wanted))
+            .order_by(table.c.kind, table.c.key)
+            .with_for_update()
+        ).all()
+    )
+    fresh = [
+        {"kind": k, "key": key, "created_at": utcnow()} for k, key in wanted if (k, key) not in held
+    ]
+    if fresh:
+        # A concurrent insert of the same value raises a duplicate-key error,
+        # and the whole transaction runs again (database.is_retryable).
+        conn.execute(insert(table), fresh)
+
+
+def _lock_customers(conn: Connection, values: Sequence[Value]) -> list[Row]:
+    """Lock the primary row of every customer the values touch and return their rows.
+
+    A customer can be absorbed between the read and the lock, so read again
+    after locking until the primaries read are exactly the ones held.
+    """
+    held: set[int] = set()
+    for _ in range(_MAX_LOCK_ROUNDS):
+        rows = _load_rows(conn, values)
+        wanted = {row.primary_id for row in rows}
+        by_id = {row.id: row for row in rows}
+        stable = wanted <= held and all(pid in by_id and by_id[pid].is_primary for pid in wanted)
+        if stable:
+            return rows
+        to_lock = sorted(wanted - held)
+        conn.execute(select(_c.id).where(_c.id.in_(to_lock)).order_by(_c.id).with_for_update())
+        held |= set(to_lock)
+    raise Retry("the customers kept changing while being locked")
+
+
+def _identify_locked(values: Sequence[Value], *, source: str, actor: str | None) -> Customer:
+    conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+    _lock_claims(conn, values)
+    rows = _lock_customers(conn, values)
+    plan = plan_identify(values, rows)
+    primary_id = _apply(conn, plan, rows, values, source=source, actor=actor)
+    rows = _load_rows(conn, values)
+    db.session.commit()
+    return consolidate(primary_id, rows)
+
+
+def _apply(
+    conn: Connection,
+    plan: Plan,
+    rows: Sequence[Row],
+    values: Sequence[Value],
+    *,
+    source: str,
+    actor: str | None,
+) -> int:
+    """Write a plan: absorb the other primaries, then add the new row. Returns the primary id."""
+    now = utcnow()
+    if plan.absorbed:
+        conn.execute(
+            update(Contact.__table__)
+            .where(
+                or_(_c.id.in_(plan.absorbed), _c.linkedId.in_(plan.absorbed)),
+                _c.deletedAt.is_(None),
+            )
+            .values(linkedId=plan.survivor_id, linkPrecedence=SECONDARY, updatedAt=now)
+        )
+        detail = json.dumps({v.kind: v.stored for v in values})
+        conn.execute(
+            insert(Merge.__table__),
+            [
+                {
+                    "survivor_id": plan.survivor_id,
+                    "absorbed_id": absorbed,
+                    "rows_moved": sum(1 for r in rows if r.primary_id == absorbed),
+                    "cause": source,
+                    "actor": actor,
+                    "detail": detail,
+                    "created_at": now,
+                }
+                for absorbed in plan.absorbed
+            ],
+        )
+    if plan.new_row is None:
+        return plan.survivor_id
+    new = plan.new_row
+    result = conn.execute(
+        insert(Contact.__table__).values(
+            email=new.email,
+            phoneNumber=new.phone,
+            email_key=new.email_key,
+            phone_key=new.phone_key,
+            linkedId=new.linked_id,
+            linkPrecedence=PRIMARY if new.linked_id is None else SECONDARY,
+            createdAt=now,
+            updatedAt=now,
+            source=source,
+        )
+    )
+    return plan.survivor_id if new.linked_id is not None else result.inserted_primary_key[0]
+
+
+def customer_rows(conn: Connection, primary_id: int) -> list[Row]:
+    """Every live row of one customer, by its primary id."""
+    records = conn.execute(
+        select(*_ROW_COLUMNS).where(
+            or_(_c.id == primary_id, _c.linkedId == primary_id), _c.deletedAt.is_(None)
+        )
+    )
+    return [_row(r) for r in records]

@@ -1,0 +1,89 @@
+"""Database models: contact rows, identifier claims and the merge history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+
+# Microsecond timestamps on MySQL/MariaDB too, so creation order survives.
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+# Binary collation: keys are compared exactly (they are normalised already),
+# and utf8mb4 stores any e-mail address a customer can type.
+MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+PRIMARY = "primary"
+SECONDARY = "secondary"
+
+
+def utcnow() -> datetime:
+    """The current UTC time as a naive datetime, the form every column stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Contact(db.Model):
+    """One row per identify call that brought something new; the task's columns kept."""
+
+    __tablename__ = "Contact"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    phoneNumber: Mapped[str | None] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(String(320))
+    linkedId: Mapped[int | None] = mapped_column(ForeignKey("Contact.id"))
+    linkPrecedence: Mapped[str] = mapped_column(String(16), default=PRIMARY)
+    createdAt: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updatedAt: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+    deletedAt: Mapped[datetime | None] = mapped_column(Timestamp)
+    # What matching compares: see identity.rules for the normalisation.
+    email_key: Mapped[str | None] = mapped_column(String(320))
+    phone_key: Mapped[str | None] = mapped_column(String(32))
+    # Where the row came from: checkout, agent, import or event.
+    source: Mapped[str] = mapped_column(String(16), default="checkout")
+
+    __table_args__ = (
+        Index("ix_Contact_email_key", "email_key"),
+        Index("ix_Contact_phone_key", "phone_key"),
+        Index("ix_Contact_linkedId", "linkedId"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+class Identifier(db.Model):
+    """One row per normalised e-mail or phone ever seen: the lock a writer takes.
+
+    The unique (kind, key) pair is what stops two concurrent requests from
+    both introducing the same value into two different customers.
+    """
+
+    __tablename__ = "identifier"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    key: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("kind", "key"), MYSQL_TABLE_ARGS)
+
+
+class Merge(db.Model):
+    """A customer absorbed into another: who survived, who was absorbed, and why."""
+
+    __tablename__ = "merge"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    survivor_id: Mapped[int] = mapped_column(ForeignKey("Contact.id"), index=True)
+    absorbed_id: Mapped[int] = mapped_column(ForeignKey("Contact.id"), index=True)
+    rows_moved: Mapped[int] = mapped_column(Integer)
+    # "identify", "event", "agent", ...: what caused the merge.
+    cause: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(320))
+    # The request values that bridged the two customers, as JSON.
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
