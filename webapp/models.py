@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -66,6 +66,10 @@ class Identifier(db.Model):
     kind: Mapped[str] = mapped_column(String(8))
     key: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # A blocked value (a shop's own phone, test@test.com) never links anything.
+    blocked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    blocked_reason: Mapped[str | None] = mapped_column(Text)
+    blocked_by: Mapped[str | None] = mapped_column(String(320))
 
     __table_args__ = (UniqueConstraint("kind", "key"), MYSQL_TABLE_ARGS)
 
@@ -85,5 +89,43 @@ class Merge(db.Model):
     # The request values that bridged the two customers, as JSON.
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class User(db.Model):
+    """A support agent who signs in to the dashboard."""
+
+    __tablename__ = "user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class AuditEntry(db.Model):
+    """One action on customer data: who, when, what, and the state before and after."""
+
+    __tablename__ = "audit_entry"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The agent's e-mail, or "system" for background work.
+    actor: Mapped[str] = mapped_column(String(320))
+    # e.g. "merge", "block", "unblock", "delete", "link", "reconcile".
+    action: Mapped[str] = mapped_column(String(32))
+    # The customer (primary contact id) the action concerns, when there is one.
+    customer_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # What the action was applied to, in words: "contact 12", "email x@y.z".
+    subject: Mapped[str | None] = mapped_column(String(400))
+    reason: Mapped[str | None] = mapped_column(Text)
+    # JSON documents describing the state before and after.
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
 
     __table_args__ = (MYSQL_TABLE_ARGS,)
