@@ -34,7 +34,8 @@ def identify(client, email=None, phone=None, **extra):
 
 
 def contacts() -> list[Contact]:
-    """Every contact row, deleted or not, in id order."""
+    """Every contact row, deleted or not, in id order, read afresh (a new transaction)."""
+    db.session.rollback()
     return list(db.session.scalars(select(Contact).order_by(Contact.id)))
 
 
@@ -57,7 +58,6 @@ def live_rows() -> list[Row]:
 
 def assert_invariants() -> None:
     """Every connected group has one primary, links are one hop, precedence agrees."""
-    db.session.expire_all()
     problems = invariant_violations(live_rows())
     for c in contacts():
         expected = PRIMARY if c.linkedId is None else SECONDARY

@@ -1,8 +1,12 @@
 """POST /identify over the real app, on SQLite and MariaDB: answers and database state."""
 
 import pytest
+from sqlalchemy import select
 
 from tests.builders import assert_invariants, contacts, identify
+from tests.openapi_check import assert_matches_openapi
+from webapp.extensions import db
+from webapp.models import Contact, Identifier, Merge, utcnow
 
 LORRAINE = "lorraine@hillvalley.edu"
 MCFLY = "mcfly@hillvalley.edu"
@@ -46,3 +50,173 @@ def test_nothing_to_identify_is_400(client, missing):
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "missing_identifier"
     assert contacts() == []
+
+
+def test_task_example_george_and_biff_merge_without_a_new_row(client):
+    _, george = identify(client, "george@hillvalley.edu", "919191")
+    _, biff = identify(client, "biffsucks@hillvalley.edu", "717171")
+    assert george["contact"]["primaryContactId"] != biff["contact"]["primaryContactId"]
+    status, body = identify(client, "george@hillvalley.edu", "717171")
+    assert status == 200
+    assert body["contact"] == {
+        "primaryContactId": 1,
+        "primaryContatctId": 1,
+        "emails": ["george@hillvalley.edu", "biffsucks@hillvalley.edu"],
+        "phoneNumbers": ["919191", "717171"],
+        "secondaryContactIds": [2],
+    }
+    rows = contacts()
+    assert [(c.id, c.linkPrecedence, c.linkedId) for c in rows] == [
+        (1, "primary", None),
+        (2, "secondary", 1),
+    ]
+    merges = db.session.scalars(select(Merge)).all()
+    assert [(m.survivor_id, m.absorbed_id, m.rows_moved, m.cause) for m in merges] == [
+        (1, 2, 1, "checkout")
+    ]
+    assert_invariants()
+
+
+def test_matching_ignores_case_spaces_and_phone_punctuation_and_keeps_first_form(client):
+    identify(client, "Doc.Brown@HillValley.edu", "+1 (555) 010-9999")
+    status, body = identify(client, "  doc.brown@hillvalley.EDU ", "+1.555.010.9999")
+    assert status == 200
+    assert body["contact"]["emails"] == ["Doc.Brown@HillValley.edu"]
+    assert body["contact"]["phoneNumbers"] == ["+1 (555) 010-9999"]
+    assert len(contacts()) == 1
+    # The + is kept: without it the number is another phone.
+    _, other = identify(client, "doc.brown@hillvalley.edu", "15550109999")
+    assert other["contact"]["phoneNumbers"] == ["+1 (555) 010-9999", "15550109999"]
+
+
+def test_absorbed_customers_secondaries_move_straight_to_the_survivor(client):
+    identify(client, "a@x.io", "1")  # 1
+    identify(client, "b@x.io", "2")  # 2
+    identify(client, "b2@x.io", "2")  # 3 -> 2
+    identify(client, "c@x.io", "3")  # 4
+    identify(client, "c2@x.io", "3")  # 5 -> 4
+    status, body = identify(client, "b2@x.io", "3")  # merges 4 into 2
+    assert status == 200
+    assert body["contact"]["primaryContactId"] == 2
+    assert body["contact"]["secondaryContactIds"] == [3, 4, 5]
+    status, body = identify(client, "a@x.io", "2")  # merges 2 into 1
+    assert body["contact"] == {
+        "primaryContactId": 1,
+        "primaryContatctId": 1,
+        "emails": ["a@x.io", "b@x.io", "b2@x.io", "c@x.io", "c2@x.io"],
+        "phoneNumbers": ["1", "2", "3"],
+        "secondaryContactIds": [2, 3, 4, 5],
+    }
+    assert {c.id: c.linkedId for c in contacts()} == {1: None, 2: 1, 3: 1, 4: 1, 5: 1}
+    assert_invariants()
+
+
+def test_deleted_rows_take_no_part(client):
+    identify(client, "gone@x.io", "42")
+    row = db.session.get(Contact, 1)
+    row.deletedAt = utcnow()
+    db.session.commit()
+    status, body = identify(client, "gone@x.io", None)
+    assert status == 200
+    assert body["contact"]["primaryContactId"] == 2
+    assert body["contact"]["phoneNumbers"] == []
+    assert len(contacts()) == 2
+
+
+def test_unknown_fields_are_ignored(client):
+    status, body = identify(client, "a@x.io", "1", name="Marty", extra={"x": [1]})
+    assert status == 200
+    assert body["contact"]["emails"] == ["a@x.io"]
+
+
+def test_responses_match_the_openapi_document(app, client):
+    response = client.post("/identify", json={"email": "a@x.io", "phoneNumber": 5})
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/identify", "post", response)
+    response = client.post("/identify", json={"email": 5})
+    assert response.status_code == 400
+    assert_matches_openapi(app, "/identify", "post", response)
+    response = client.post("/identify", data="x", content_type="text/plain")
+    assert response.status_code == 415
+    assert_matches_openapi(app, "/identify", "post", response)
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/healthz", "get", response)
+    openapi = client.get("/openapi.json")
+    assert openapi.status_code == 200
+    contact = openapi.get_json()["components"]["schemas"]["Contact"]["properties"]
+    assert contact["primaryContatctId"]["deprecated"] is True
+
+
+BIG = "x" * 70_000
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ('{"email": "a@x.io"', 400, "invalid_json", None),
+        ("", 400, "invalid_json", None),
+        ("\xff\xfe", 400, "invalid_json", None),
+        ("[" * 30_000 + "]" * 30_000, 400, "invalid_json", None),
+        ("[]", 400, "invalid_body", None),
+        ('"a@x.io"', 400, "invalid_body", None),
+        ("null", 400, "invalid_body", None),
+        ("42", 400, "invalid_body", None),
+        ('{"email": 123}', 400, "invalid_field", "email"),
+        ('{"email": true}', 400, "invalid_field", "email"),
+        ('{"email": ["a@x.io"]}', 400, "invalid_field", "email"),
+        ('{"email": {"a": 1}}', 400, "invalid_field", "email"),
+        ('{"email": "not-an-email"}', 400, "invalid_field", "email"),
+        ('{"email": "a@x.io\\u0000"}', 400, "invalid_field", "email"),
+        ('{"email": "' + "a" * 300 + '@x.io"}', 400, "invalid_field", "email"),
+        ('{"phoneNumber": true}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": false}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": 1.5}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": -5}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": [123]}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": {"n": 1}}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": "---"}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": "12\\u00003"}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": "' + "1" * 500 + '"}', 400, "invalid_field", "phoneNumber"),
+        ('{"phoneNumber": 123456789012345678901234567890}', 400, "invalid_field", "phoneNumber"),
+        # One good value does not carry a bad one: nothing is written.
+        ('{"email": "a@x.io", "phoneNumber": "abc"}', 400, "invalid_field", "phoneNumber"),
+        ('{"email": "bad", "phoneNumber": "123"}', 400, "invalid_field", "email"),
+        ('{"email": "' + BIG + '"}', 413, "payload_too_large", None),
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_writes_nothing(client, body, status, code, field):
+    response = client.post("/identify", data=body, content_type="application/json")
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    if field:
+        assert field in error["fields"]
+    assert contacts() == []
+    assert db.session.scalars(select(Identifier)).all() == []
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
+def test_non_json_content_type_is_415(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/identify", data='{"email": "a@x.io"}', headers=headers)
+    assert response.status_code == 415
+    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+    assert contacts() == []
+
+
+def test_get_identify_is_405_json(client):
+    response = client.get("/identify")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+def test_unknown_api_path_is_json_404(client):
+    response = client.get("/identify/extra")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"

@@ -125,9 +125,17 @@ def _database_error(exc: SQLAlchemyError):
     )
 
 
+_HTTP_ERROR_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
 def http_error_json(exc: HTTPException):
     """A werkzeug HTTP error (404, 405, 413, ...) in the API's JSON shape."""
-    code = (exc.name or "error").lower().replace(" ", "_")
+    code = _HTTP_ERROR_CODES.get(exc.code or 500) or (exc.name or "error").lower().replace(" ", "_")
     response = error_response(exc.code or 500, code, exc.description or exc.name)
     if exc.code == 405 and getattr(exc, "valid_methods", None):
         response.headers["Allow"] = ", ".join(exc.valid_methods)

@@ -142,7 +142,8 @@ def plan_identify(values: Sequence[Value], rows: Sequence[Row]) -> Plan:
     """Decide what a request with ``values`` does to the customers it touches.
 
     ``rows`` must hold every live row of every customer that shares a key with
-    the request (primaries and their secondaries). The oldest primary, by
+    the request (primaries and their secondaries); rows of other customers are
+    ignored. The oldest primary, by
     creation time then id, survives; every other primary is absorbed; one new
     row holding all request values is added only when a value is new.
     """
@@ -150,7 +151,10 @@ def plan_identify(values: Sequence[Value], rows: Sequence[Row]) -> Plan:
         raise ValueError("an identify request needs at least one value")
     email = next((v for v in values if v.kind == EMAIL), None)
     phone = next((v for v in values if v.kind == PHONE), None)
-    primaries = sorted({row.primary_id for row in rows})
+    wanted = {(v.kind, v.key) for v in values}
+    touched = {row.primary_id for row in rows if wanted & set(row.identifiers())}
+    rows = [row for row in rows if row.primary_id in touched]
+    primaries = sorted(touched)
     by_id = {row.id: row for row in rows}
     missing = [pid for pid in primaries if pid not in by_id or not by_id[pid].is_primary]
     if missing:

@@ -1,0 +1,69 @@
+"""API keys, the health check and start-up behaviour."""
+
+import logging
+
+import pytest
+
+from tests.builders import contacts
+from webapp import create_app
+
+
+@pytest.fixture
+def app_config(database_url):
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "TESTING": True,
+        "API_KEYS": ["k-one", "k-two"],
+    }
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Bearer", "Bearer wrong", "Basic k-one", "k-one", "Bearer k-one-and-more"],
+)
+def test_identify_needs_a_valid_key_when_keys_are_set(client, header):
+    headers = {"Authorization": header} if header else {}
+    response = client.post("/identify", json={"email": "a@x.io"}, headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert contacts() == []
+
+
+@pytest.mark.parametrize("key", ["k-one", "k-two"])
+def test_any_configured_key_is_accepted(client, key):
+    response = client.post(
+        "/identify", json={"email": "a@x.io"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == 200
+    assert len(contacts()) == 1
+
+
+def test_health_does_not_need_a_key(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok"}
+
+
+def test_open_api_logs_a_warning_at_start(database_url, caplog):
+    with caplog.at_level(logging.WARNING):
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, "API_KEYS": []})
+    assert "API_KEYS is not set" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////nonexistent-directory/for-sure/identity.db",
+        "mysql+pymysql://root@127.0.0.1:1/test",
+    ],
+)
+def test_health_is_503_when_the_database_does_not_answer(url):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
+    client = app.test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable", "database": "unreachable"}
+    response = client.post("/identify", json={"email": "a@x.io"})
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "database_unavailable"
