@@ -65,3 +65,40 @@ def assert_invariants() -> None:
             problems.append(f"row {c.id} says {c.linkPrecedence} but linkedId is {c.linkedId}")
     db.session.rollback()
     assert problems == []
+
+
+AGENT_EMAIL = "agent@example.com"
+AGENT_PASSWORD = "correct horse battery"
+
+
+def make_agent(email: str = AGENT_EMAIL, password: str = AGENT_PASSWORD, active: bool = True):
+    """A dashboard agent, created through the real service (argon2 hash), committed."""
+    from webapp.auth.service import create_agent, disable_agent
+
+    user = create_agent(email, password)
+    if not active:
+        user = disable_agent(email)
+    return user
+
+
+def csrf_token_from(html: str) -> str:
+    """The CSRF token a rendered page carries (the hidden form field or the htmx header)."""
+    import re
+
+    found = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
+        r'"X-CSRFToken": "([^"]+)"', html
+    )
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def sign_in(client, email: str = AGENT_EMAIL, password: str = AGENT_PASSWORD):
+    """Sign in through the real form; later requests send the CSRF header as htmx does."""
+    token = csrf_token_from(client.get("/sign-in").get_data(as_text=True))
+    response = client.post(
+        "/sign-in", data={"email": email, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    page = client.get("/").get_data(as_text=True)
+    client.environ_base["HTTP_X_CSRFTOKEN"] = csrf_token_from(page)
+    return response

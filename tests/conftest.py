@@ -125,6 +125,23 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@pytest.fixture
+def agent(app):
+    """A dashboard agent (tests.builders.AGENT_EMAIL / AGENT_PASSWORD)."""
+    from tests.builders import make_agent
+
+    return make_agent()
+
+
+@pytest.fixture
+def signed_in_client(client, agent):
+    """A test client signed in as ``agent``; it sends X-CSRFToken on every request, as htmx does."""
+    from tests.builders import sign_in
+
+    sign_in(client)
+    return client
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from .config import PROFILES
 from .database import configure_engine, engine_options
-from .extensions import db, migrate
+from .extensions import db, limiter, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,14 +71,21 @@ def create_app(config: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     with app.app_context():
         configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])
+    limiter.init_app(app)
 
     from . import models  # noqa: F401  (registers the tables with the metadata)
     from .api import bp as api_bp
     from .api import http_error_json, load_openapi, wants_json_errors
     from .cli import register_cli
+    from .dashboard import init_dashboard
+    from .engagements import init_engagements
+    from .vouchers import init_vouchers
 
     app.extensions["openapi"] = load_openapi()
     app.register_blueprint(api_bp)
+    init_dashboard(app)
+    init_engagements(app)
+    init_vouchers(app)
     register_cli(app)
 
     @app.errorhandler(HTTPException)

@@ -7,3 +7,10 @@ from flask import Flask
 
 def register_cli(app: Flask) -> None:
     """Attach the project's command groups to the app."""
+    from .auth.cli import users
+
+    app.cli.add_command(users)
+
+    from .vouchers.cli import vouchers
+
+    app.cli.add_command(vouchers)

@@ -22,6 +22,25 @@ class Config:
     SQLITE_BUSY_TIMEOUT_MS = int(os.environ.get("SQLITE_BUSY_TIMEOUT_MS", "10000"))
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
     RATELIMIT_HEADERS_ENABLED = True
+    # Explicit, because Flask-Limiter would otherwise inherit the previous app's setting.
+    RATELIMIT_ENABLED = True
+    # Namespaces the counters in a Redis that other services share.
+    RATELIMIT_KEY_PREFIX = os.environ.get("RATELIMIT_KEY_PREFIX", "identity")
+    # POST /vouchers/validate: per client address, and per voucher code across all clients.
+    VOUCHER_VALIDATE_LIMIT_PER_CLIENT = os.environ.get(
+        "VOUCHER_VALIDATE_LIMIT_PER_CLIENT", "30 per minute;300 per hour"
+    )
+    VOUCHER_VALIDATE_LIMIT_PER_CODE = os.environ.get(
+        "VOUCHER_VALIDATE_LIMIT_PER_CODE", "10 per minute"
+    )
+    # Dashboard sessions: seconds until an agent must sign in again (12 h by default).
+    PERMANENT_SESSION_LIFETIME = int(os.environ.get("PERMANENT_SESSION_LIFETIME", "43200"))
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    # Set SESSION_COOKIE_SECURE=1 when the dashboard is served over HTTPS.
+    SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"
+    # CSRF tokens live as long as the session, so a dashboard tab left open keeps working.
+    WTF_CSRF_TIME_LIMIT = None
     TESTING = False
 
 

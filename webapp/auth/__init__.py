@@ -1,0 +1,115 @@
+"""Signing agents in and out of the dashboard (Flask-Login sessions, argon2 passwords)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import UserMixin, current_user, login_user, logout_user
+from flask_wtf import FlaskForm
+from wtforms import EmailField, PasswordField
+from wtforms.validators import DataRequired, Length
+
+from ..extensions import login_manager
+from .service import authenticate, load_agent
+
+bp = Blueprint("auth", __name__)
+
+
+class Agent(UserMixin):
+    """The signed-in agent as Flask-Login sees it: an id and an e-mail, nothing to query."""
+
+    def __init__(self, user_id: int, email: str):
+        self.id = user_id
+        self.email = email
+
+
+class SignInForm(FlaskForm):
+    """E-mail and password."""
+
+    email = EmailField("E-mail", validators=[DataRequired(), Length(max=320)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+class SignOutForm(FlaskForm):
+    """Carries only the CSRF token: signing out is a POST."""
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` when it is a path on this site, else None (no open redirects)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target:
+        return None
+    return target
+
+
+@login_manager.user_loader
+def _load_user(user_id: str) -> Agent | None:
+    if not user_id.isdigit():
+        return None
+    user = load_agent(int(user_id))
+    return None if user is None else Agent(user.id, user.email)
+
+
+@login_manager.unauthorized_handler
+def _unauthorized():
+    # Back to the page asked for after signing in; htmx follows HX-Redirect, not a 302.
+    here = request.full_path.rstrip("?") if request.method == "GET" else None
+    target = url_for("auth.sign_in", next=safe_next(here))
+    if request.htmx:
+        response = make_response("", 401)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target)
+
+
+@bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in():
+    """The sign-in page; a wrong e-mail or password is said in place (422)."""
+    destination = safe_next(request.args.get("next")) or url_for("dashboard.home")
+    if current_user.is_authenticated:
+        return redirect(destination)
+    form = SignInForm()
+    status = 200
+    if form.validate_on_submit():
+        user = authenticate(form.email.data, form.password.data)
+        if user is not None:
+            # A fresh session id for the signed-in agent (no fixation).
+            session.clear()
+            session.permanent = True
+            login_user(Agent(user.id, user.email))
+            return redirect(destination)
+        form.form_errors.append("Wrong e-mail or password, or the account is disabled.")
+    if form.is_submitted():
+        status = 422
+    return render_template("auth/sign_in.html", form=form), status
+
+
+@bp.post("/sign-out")
+def sign_out():
+    """End the session and go back to the sign-in page."""
+    form = SignOutForm()
+    if form.validate_on_submit():
+        logout_user()
+        session.clear()
+    return redirect(url_for("auth.sign_in"))
+
+
+def init_auth(app: Flask) -> None:
+    """Install the login manager and the sign-in pages."""
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.sign_in"
+    login_manager.login_message = "Sign in to continue."
+    login_manager.login_message_category = "info"
+    app.register_blueprint(bp)

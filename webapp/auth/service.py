@@ -1,0 +1,94 @@
+"""Agents: creating, disabling and signing in the people who use the dashboard."""
+
+from __future__ import annotations
+
+import logging
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+
+from ..extensions import db
+from ..identity.rules import InvalidValue, parse_email
+from ..models import User, utcnow
+
+log = logging.getLogger(__name__)
+
+# Argon2id with the library's recommended parameters.
+_hasher = PasswordHasher()
+MIN_PASSWORD_LENGTH = 10
+# Verified when the e-mail is unknown, so a wrong address costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+class AgentError(ValueError):
+    """A request about an agent that cannot be carried out; the message says why."""
+
+
+def normalise_email(raw: str) -> str:
+    """An agent's e-mail as stored: validated, trimmed, lower-case."""
+    try:
+        return parse_email(raw).key
+    except InvalidValue as exc:
+        raise AgentError(str(exc)) from None
+
+
+def find_agent(email: str) -> User | None:
+    """The agent with this e-mail, or None."""
+    return db.session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
+def create_agent(email: str, password: str) -> User:
+    """Add an agent who can sign in at once."""
+    address = normalise_email(email)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AgentError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if find_agent(address) is not None:
+        raise AgentError(f"an agent with e-mail {address} already exists")
+    user = User(email=address, password_hash=_hasher.hash(password), is_active=True)
+    db.session.add(user)
+    db.session.commit()
+    log.info("agent %s created", address)
+    return user
+
+
+def list_agents() -> list[User]:
+    """Every agent, by e-mail."""
+    return list(db.session.scalars(select(User).order_by(User.email)))
+
+
+def disable_agent(email: str) -> User:
+    """Stop an agent from signing in; their open sessions end on the next request."""
+    user = find_agent(email)
+    if user is None:
+        raise AgentError(f"no agent with e-mail {email.strip().lower()}")
+    user.is_active = False
+    db.session.commit()
+    log.info("agent %s disabled", user.email)
+    return user
+
+
+def authenticate(email: str, password: str) -> User | None:
+    """The active agent these credentials belong to, or None; records the sign-in."""
+    user = find_agent(email)
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        db.session.rollback()
+        return None
+    if user is None or not user.is_active:
+        db.session.rollback()
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    user.last_login_at = utcnow()
+    db.session.commit()
+    return user
+
+
+def load_agent(user_id: int) -> User | None:
+    """The agent of a session, or None when gone or disabled (which signs them out)."""
+    user = db.session.get(User, user_id)
+    if user is None or not user.is_active:
+        return None
+    return user

@@ -1,0 +1,83 @@
+"""The support dashboard (HTML only): search, customer pages and the audit log.
+
+``init_dashboard(app)`` installs what every HTML page relies on: sign-in,
+CSRF protection, htmx request details and the security headers.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, render_template
+from flask_login import login_required
+from flask_wtf.csrf import CSRFError
+
+from ..auth import init_auth
+from ..extensions import csrf, htmx
+from . import models  # noqa: F401  (registers the search index table)
+from .sections import nav_links, register_nav
+
+bp = Blueprint("dashboard", __name__)
+
+# No inline script or style anywhere: everything comes from /static.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
+@login_required
+def require_agent() -> None:
+    """``before_request`` hook for HTML blueprints: signed-out visitors go to the sign-in page."""
+
+
+bp.before_request(require_agent)
+
+
+@bp.after_request
+def _private(response: Response) -> Response:
+    # Customer data never sits in a shared or browser cache.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def _csrf_failed(exc: CSRFError):
+    return render_template(
+        "dashboard/error.html", title="Form expired", message=exc.description
+    ), 400
+
+
+def init_dashboard(app: Flask) -> None:
+    """Install sign-in, CSRF, htmx and security headers, and register the dashboard."""
+    from ..api import bp as api_bp
+
+    htmx.init_app(app)
+    csrf.init_app(app)
+    # The JSON API authenticates with API keys, not cookies, so it needs no CSRF token.
+    csrf.exempt(api_bp)
+    init_auth(app)
+    app.after_request(_security_headers)
+    app.register_error_handler(CSRFError, _csrf_failed)
+    register_nav("Customers", "dashboard.home", order=10)
+    register_nav("Audit", "dashboard.audit", order=90)
+    app.register_blueprint(bp)
+    app.context_processor(lambda: {"nav_links": nav_links()})
+
+
+from . import views  # noqa: E402, F401  (attaches the routes to bp)

@@ -1,0 +1,232 @@
+"""The customer page's data: header, contacts, timeline and why each contact is linked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import or_, select
+
+from ..extensions import db
+from ..identity.rules import EMAIL, PHONE, Row, consolidate
+from ..models import AuditEntry, Contact, Merge
+from .chains import Link, link_chains
+
+# A deleted row's link is not moved by later merges; follow it this far at most.
+_MAX_HOPS = 16
+
+
+@dataclass(frozen=True)
+class ContactView:
+    """One contact row of the customer as the page shows it."""
+
+    id: int
+    email: str | None
+    phone: str | None
+    source: str
+    created_at: datetime
+    deleted_at: datetime | None
+    is_primary: bool
+    # For a live secondary: the chain of shared values from the primary (None: no chain).
+    chain: list[Link] | None = None
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """Something that happened to the customer, in words the page prints as text."""
+
+    at: datetime
+    kind: str  # "contact", "deleted", "merge" or "audit"
+    title: str
+    actor: str | None = None
+    details: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    """Everything the customer page shows, loaded in one go (templates never query)."""
+
+    primary_id: int
+    emails: list[str]
+    phone_numbers: list[str]
+    first_seen: datetime
+    last_seen: datetime
+    contacts: list[ContactView]
+    timeline: list[TimelineEvent]
+
+
+def locate_customer(contact_id: int) -> int | None:
+    """The primary id of the customer holding contact ``contact_id``, or None when there is none."""
+    contact = db.session.get(Contact, contact_id)
+    hops = 0
+    while contact is not None and contact.linkedId is not None and hops < _MAX_HOPS:
+        contact = db.session.get(Contact, contact.linkedId)
+        hops += 1
+    if contact is None or contact.linkedId is not None or contact.deletedAt is not None:
+        return None
+    return contact.id
+
+
+def _row(contact: Contact) -> Row:
+    return Row(
+        id=contact.id,
+        email=contact.email,
+        phone=contact.phoneNumber,
+        email_key=contact.email_key,
+        phone_key=contact.phone_key,
+        linked_id=contact.linkedId,
+        created_at=contact.createdAt,
+    )
+
+
+def _contact_events(contacts: list[Contact]) -> list[TimelineEvent]:
+    """One event per row saying which values it brought first, and one per deletion."""
+    known: set[tuple[str, str]] = set()
+    events = []
+    for contact in sorted(contacts, key=lambda c: (c.createdAt, c.id)):
+        added = []
+        if contact.email_key and (EMAIL, contact.email_key) not in known:
+            added.append(("new email", contact.email or ""))
+        if contact.phone_key and (PHONE, contact.phone_key) not in known:
+            added.append(("new phone", contact.phoneNumber or ""))
+        known.update(_row(contact).identifiers())
+        seen = [("email", contact.email or "—"), ("phone", contact.phoneNumber or "—")]
+        events.append(
+            TimelineEvent(
+                at=contact.createdAt,
+                kind="contact",
+                title=f"Contact #{contact.id} from {contact.source}",
+                details=added or [("nothing new", "same values, another combination"), *seen],
+            )
+        )
+        if contact.deletedAt is not None:
+            events.append(
+                TimelineEvent(
+                    at=contact.deletedAt, kind="deleted", title=f"Contact #{contact.id} deleted"
+                )
+            )
+    return events
+
+
+def _merge_event(merge: Merge) -> TimelineEvent:
+    details = [("cause", merge.cause), ("contacts moved", str(merge.rows_moved))]
+    if merge.detail:
+        try:
+            values = json.loads(merge.detail)
+        except ValueError:
+            values = {"detail": merge.detail}
+        if isinstance(values, dict):
+            details += [(f"request {k}", str(v)) for k, v in values.items()]
+    return TimelineEvent(
+        at=merge.created_at,
+        kind="merge",
+        title=f"Customer #{merge.absorbed_id} merged into #{merge.survivor_id}",
+        actor=merge.actor,
+        details=details,
+    )
+
+
+def audit_details(entry: AuditEntry) -> list[tuple[str, str]]:
+    """An audit entry's subject, reason, and states before and after, as label/text pairs."""
+    details = []
+    for label, value in (
+        ("subject", entry.subject),
+        ("reason", entry.reason),
+        ("before", entry.before),
+        ("after", entry.after),
+    ):
+        if value:
+            details.append((label, value))
+    return details
+
+
+def _audit_event(entry: AuditEntry) -> TimelineEvent:
+    return TimelineEvent(
+        at=entry.created_at,
+        kind="audit",
+        title=entry.action,
+        actor=entry.actor,
+        details=audit_details(entry),
+    )
+
+
+def load_customer(primary_id: int, newest_first: bool = True) -> CustomerView | None:
+    """The customer page of a live primary, or None when ``primary_id`` is not one."""
+    contacts = list(
+        db.session.scalars(
+            select(Contact).where(or_(Contact.id == primary_id, Contact.linkedId == primary_id))
+        )
+    )
+    live = [c for c in contacts if c.deletedAt is None]
+    if not any(c.id == primary_id and c.linkedId is None for c in live):
+        return None
+    rows = [_row(c) for c in live]
+    customer = consolidate(primary_id, rows)
+    chains = link_chains(primary_id, rows)
+    ids = [c.id for c in contacts]
+    merges = db.session.scalars(
+        select(Merge).where(or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
+    )
+    audits = db.session.scalars(select(AuditEntry).where(AuditEntry.customer_id.in_(ids)))
+    timeline = _contact_events(contacts)
+    timeline += [_merge_event(m) for m in merges]
+    timeline += [_audit_event(a) for a in audits]
+    timeline.sort(key=lambda event: event.at, reverse=newest_first)
+    views = [
+        ContactView(
+            id=c.id,
+            email=c.email,
+            phone=c.phoneNumber,
+            source=c.source,
+            created_at=c.createdAt,
+            deleted_at=c.deletedAt,
+            is_primary=c.id == primary_id,
+            chain=chains.get(c.id),
+        )
+        for c in sorted(contacts, key=lambda c: (c.id != primary_id, c.createdAt, c.id))
+    ]
+    view = CustomerView(
+        primary_id=primary_id,
+        emails=customer.emails,
+        phone_numbers=customer.phone_numbers,
+        first_seen=min(row.created_at for row in rows),
+        last_seen=max(row.created_at for row in rows),
+        contacts=views,
+        timeline=timeline,
+    )
+    db.session.rollback()
+    return view
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """A page of the audit log, newest first."""
+
+    entries: list[AuditEntry]
+    page: int
+    has_more: bool
+    action: str | None
+    actions: list[str]
+
+
+def audit_log(action: str | None = None, page: int = 1, page_size: int = 50) -> AuditPage:
+    """Audit entries newest first, optionally of one action, and the actions there are."""
+    page = max(page, 1)
+    statement = select(AuditEntry).order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
+    if action:
+        statement = statement.where(AuditEntry.action == action)
+    found = list(db.session.scalars(statement.offset((page - 1) * page_size).limit(page_size + 1)))
+    actions = list(
+        db.session.scalars(select(AuditEntry.action).distinct().order_by(AuditEntry.action))
+    )
+    for entry in found:
+        db.session.expunge(entry)
+    db.session.rollback()
+    return AuditPage(
+        entries=found[:page_size],
+        page=page,
+        has_more=len(found) > page_size,
+        action=action or None,
+        actions=actions,
+    )

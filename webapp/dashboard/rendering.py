@@ -1,0 +1,23 @@
+"""The one place that decides whether a dashboard answer is a whole page or a fragment."""
+
+from __future__ import annotations
+
+from flask import Response, make_response, render_template, request
+
+
+def wants_fragment() -> bool:
+    """True for an htmx request that swaps part of a page (not boosted, not a history restore)."""
+    htmx = request.htmx
+    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
+
+
+def page_or_fragment(page: str, fragment: str, status: int = 200, **context) -> Response:
+    """Render ``page`` (which includes ``fragment``) or only ``fragment``, varying on HX-Request.
+
+    A URL htmx pushed to the history is loaded cold as a normal request, so it
+    always gets the page; the fragment is only for in-page swaps.
+    """
+    template = fragment if wants_fragment() else page
+    response = make_response(render_template(template, **context), status)
+    response.vary.add("HX-Request")
+    return response

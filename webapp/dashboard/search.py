@@ -1,0 +1,292 @@
+"""Customer search: any part of an e-mail or phone number, answered from the gram index.
+
+A leading-wildcard LIKE over a million contacts reads the whole table, so
+every contact's e-mail key and phone digits are cut into three-character
+grams (``contact_gram``, added in the same transaction as the contact). A
+search walks the index of its rarest gram, newest contact first, and checks
+each candidate row with the real substring test; it stops as soon as it has
+one page of customers, so common and rare queries both read few rows.
+
+Extension point for other parts of the app (names, for instance)::
+
+    from webapp.dashboard.search import register_matcher
+
+    def match_names(conn, query, before, limit):
+        # contact ids whose customer matches query.text, highest id first,
+        # only ids below ``before`` when it is not None, at most ``limit`` of them
+        ...
+
+    register_matcher("names", match_names)
+
+Results of every matcher are merged by contact id, so each must return ids in
+descending order; a customer is shown once, at its newest matching row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, delete, func, insert, or_, select
+
+from ..extensions import db
+from ..identity.rules import Row, consolidate
+from ..models import Contact
+from .models import ContactGram
+
+PAGE_SIZE = 20
+GRAM = 3
+# Rows each matcher returns per round while a page is being filled.
+_SCAN_BATCH = 200
+# Index entries counted per gram to find the rarest one; past this it is "common".
+_RARITY_PROBE = 2000
+_PHONE_LIKE = re.compile(r"\+?[0-9\s\-.()\[\]]+")
+_NOT_DIGIT = re.compile(r"[^0-9]")
+
+_c = Contact.__table__.c
+_g = ContactGram.__table__.c
+
+# (connection, query, before, limit) -> matching contact ids, highest first.
+Matcher = Callable[[Connection, "SearchQuery", int | None, int], list[int]]
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What the agent typed, and the forms it is matched in."""
+
+    text: str
+    # Lower-cased, matched inside e-mail keys; None when shorter than a gram.
+    email_term: str | None
+    # Digits only, matched inside phone keys; None unless it reads as a phone number.
+    phone_term: str | None
+
+    @property
+    def searchable(self) -> bool:
+        """Whether the query is long enough to search (a gram or more)."""
+        return self.email_term is not None or self.phone_term is not None
+
+
+def parse_query(raw: str) -> SearchQuery:
+    """Normalise a search box value: e-mails lower-case, phones without separators."""
+    text = " ".join(raw.split())[:320]
+    lowered = text.lower()
+    email_term = lowered if len(lowered) >= GRAM else None
+    phone_term = None
+    if _PHONE_LIKE.fullmatch(text):
+        digits = _NOT_DIGIT.sub("", text)
+        phone_term = digits if len(digits) >= GRAM else None
+    return SearchQuery(text=text, email_term=email_term, phone_term=phone_term)
+
+
+def _grams(prefix: str, text: str | None) -> set[str]:
+    if not text:
+        return set()
+    return {prefix + text[i : i + GRAM] for i in range(len(text) - GRAM + 1)}
+
+
+def contact_grams(email_key: str | None, phone_key: str | None) -> set[str]:
+    """The index entries of one contact row."""
+    return _grams("e", email_key) | _grams("p", _NOT_DIGIT.sub("", phone_key or ""))
+
+
+def index_contact(
+    conn: Connection, contact_id: int, email_key: str | None, phone_key: str | None
+) -> None:
+    """Add a new contact row to the search index, in the caller's transaction."""
+    grams = contact_grams(email_key, phone_key)
+    if grams:
+        conn.execute(
+            insert(ContactGram.__table__), [{"gram": g, "contact_id": contact_id} for g in grams]
+        )
+
+
+def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = None) -> int:
+    """Rebuild the index entries of every contact, one committed batch at a time.
+
+    Returns how many contacts were indexed. Safe to run twice; contacts added
+    meanwhile are indexed by the write that adds them.
+    """
+    done = 0
+    last = 0
+    while True:
+        conn = db.session.connection()
+        batch = conn.execute(
+            select(_c.id, _c.email_key, _c.phone_key)
+            .where(_c.id > last)
+            .order_by(_c.id)
+            .limit(batch_size)
+        ).all()
+        if not batch:
+            db.session.rollback()
+            return done
+        ids = [row.id for row in batch]
+        conn.execute(delete(ContactGram.__table__).where(_g.contact_id.in_(ids)))
+        entries = [
+            {"gram": g, "contact_id": row.id}
+            for row in batch
+            for g in contact_grams(row.email_key, row.phone_key)
+        ]
+        if entries:
+            conn.execute(insert(ContactGram.__table__), entries)
+        db.session.commit()
+        done += len(batch)
+        last = ids[-1]
+        if progress is not None:
+            progress(len(batch))
+
+
+def _gram_frequency(conn: Connection, gram: str) -> int:
+    capped = select(_g.contact_id).where(_g.gram == gram).limit(_RARITY_PROBE).subquery()
+    return conn.execute(select(func.count()).select_from(capped)).scalar_one()
+
+
+def _scan(
+    conn: Connection, grams: Iterable[str], test, before: int | None, limit: int
+) -> list[int]:
+    """Contact ids (highest first) among the rarest gram's entries that pass ``test``."""
+    rarest = min(sorted(grams), key=lambda gram: _gram_frequency(conn, gram))
+    statement = (
+        select(_g.contact_id)
+        .join(Contact.__table__, _c.id == _g.contact_id)
+        .where(_g.gram == rarest, _c.deletedAt.is_(None), test)
+        .order_by(_g.contact_id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        statement = statement.where(_g.contact_id < before)
+    return list(conn.execute(statement).scalars())
+
+
+def match_emails(conn: Connection, query: SearchQuery, before: int | None, limit: int) -> list[int]:
+    """Contacts whose e-mail key holds the query."""
+    if query.email_term is None:
+        return []
+    test = _c.email_key.contains(query.email_term, autoescape=True)
+    return _scan(conn, _grams("e", query.email_term), test, before, limit)
+
+
+def match_phones(conn: Connection, query: SearchQuery, before: int | None, limit: int) -> list[int]:
+    """Contacts whose phone digits hold the query's digits, whatever the formatting."""
+    if query.phone_term is None:
+        return []
+    test = _c.phone_key.contains(query.phone_term, autoescape=True)
+    return _scan(conn, _grams("p", query.phone_term), test, before, limit)
+
+
+_MATCHERS: dict[str, Matcher] = {"emails": match_emails, "phones": match_phones}
+
+
+def register_matcher(name: str, matcher: Matcher) -> None:
+    """Let search also find customers by something else (see the module docstring)."""
+    _MATCHERS[name] = matcher
+
+
+@dataclass(frozen=True)
+class CustomerSummary:
+    """One search result: a customer, not a row."""
+
+    primary_id: int
+    emails: list[str]
+    phone_numbers: list[str]
+    contact_count: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of results and whether another follows."""
+
+    query: SearchQuery
+    customers: list[CustomerSummary]
+    page: int
+    has_more: bool
+
+
+def _matching_customers(conn: Connection, query: SearchQuery, wanted: int) -> list[int]:
+    """The first ``wanted`` customers (primary ids), ordered by their newest matching row."""
+    customers: list[int] = []
+    seen: set[int] = set()
+    before: int | None = None
+    while len(customers) < wanted:
+        found: set[int] = set()
+        exhausted = True
+        for matcher in _MATCHERS.values():
+            ids = matcher(conn, query, before, _SCAN_BATCH)
+            exhausted = exhausted and len(ids) < _SCAN_BATCH
+            found.update(ids)
+        # Only ids above every matcher's last one are certainly in global order.
+        ordered = sorted(found, reverse=True)[:_SCAN_BATCH]
+        if not ordered:
+            break
+        links = dict(conn.execute(select(_c.id, _c.linkedId).where(_c.id.in_(ordered))).all())
+        for contact_id in ordered:
+            primary = links.get(contact_id) or contact_id
+            if primary not in seen:
+                seen.add(primary)
+                customers.append(primary)
+        if exhausted and len(ordered) < _SCAN_BATCH:
+            break
+        before = ordered[-1]
+    return customers[:wanted]
+
+
+def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSummary]:
+    """Emails, phones, size and first and last seen of each customer, in the given order."""
+    if not primary_ids:
+        return []
+    records = conn.execute(
+        select(
+            _c.id,
+            _c.email,
+            _c.phoneNumber,
+            _c.email_key,
+            _c.phone_key,
+            _c.linkedId,
+            _c.createdAt,
+        ).where(
+            or_(_c.id.in_(primary_ids), _c.linkedId.in_(primary_ids)),
+            _c.deletedAt.is_(None),
+        )
+    ).all()
+    rows: dict[int, list[Row]] = {pid: [] for pid in primary_ids}
+    for r in records:
+        row = Row(r.id, r.email, r.phoneNumber, r.email_key, r.phone_key, r.linkedId, r.createdAt)
+        if row.primary_id in rows:
+            rows[row.primary_id].append(row)
+    summaries = []
+    for pid in primary_ids:
+        mine = rows[pid]
+        if not any(row.id == pid and row.is_primary for row in mine):
+            continue
+        customer = consolidate(pid, mine)
+        summaries.append(
+            CustomerSummary(
+                primary_id=pid,
+                emails=customer.emails,
+                phone_numbers=customer.phone_numbers,
+                contact_count=len(mine),
+                first_seen=min(row.created_at for row in mine),
+                last_seen=max(row.created_at for row in mine),
+            )
+        )
+    return summaries
+
+
+def search_customers(raw: str, page: int = 1, page_size: int = PAGE_SIZE) -> SearchPage:
+    """One page of the customers matching what the agent typed, newest activity first."""
+    query = parse_query(raw)
+    page = max(page, 1)
+    if not query.searchable:
+        return SearchPage(query=query, customers=[], page=page, has_more=False)
+    conn = db.session.connection()
+    skip = (page - 1) * page_size
+    primaries = _matching_customers(conn, query, skip + page_size + 1)
+    shown = primaries[skip : skip + page_size]
+    customers = summarise(conn, shown)
+    db.session.rollback()
+    return SearchPage(
+        query=query, customers=customers, page=page, has_more=len(primaries) > skip + page_size
+    )

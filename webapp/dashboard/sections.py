@@ -1,0 +1,102 @@
+"""Extension points of the dashboard: customer-page sections, action-bar buttons, top-bar links.
+
+Other parts of the app plug into the dashboard here instead of editing its
+views or base template. Register at import time of your blueprint package::
+
+    from webapp.dashboard.sections import register_action, register_nav, register_section
+
+    def load_vouchers(primary_id: int) -> dict:
+        # Runs every query the section needs; the template only renders.
+        return {"vouchers": vouchers_of(primary_id)}
+
+    register_section("vouchers", "vouchers/_section.html", load_vouchers, order=20)
+    register_action("merge", "reconcile/_merge_button.html", order=10)
+    register_nav("Offers", "vouchers.offers", order=30)
+
+* A section template is included inside the customer page with ``customer``
+  (the CustomerView of webapp.dashboard.customers) and ``section`` (the dict
+  its loader returned) in its context. Its root element should be a
+  ``<section class="panel">`` with a heading.
+* An action template is included in the action bar of the customer page with
+  ``customer`` in its context (typically a button or a link opening a dialog).
+* A nav link appears in the top bar of every page; ``endpoint`` is passed to
+  ``url_for`` with no arguments.
+
+Lower ``order`` comes first; a name registered again replaces the earlier one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SectionLoader = Callable[[int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A block of the customer page: a template and the loader that feeds it."""
+
+    name: str
+    template: str
+    loader: SectionLoader
+    order: int
+
+
+@dataclass(frozen=True)
+class Action:
+    """A button (or any small template) in the customer page's action bar."""
+
+    name: str
+    template: str
+    order: int
+
+
+@dataclass(frozen=True)
+class NavLink:
+    """A link in the top bar."""
+
+    label: str
+    endpoint: str
+    order: int
+
+
+_sections: dict[str, Section] = {}
+_actions: dict[str, Action] = {}
+_nav: dict[str, NavLink] = {}
+
+
+def register_section(name: str, template: str, loader: SectionLoader, order: int = 100) -> None:
+    """Add a section to every customer page."""
+    _sections[name] = Section(name, template, loader, order)
+
+
+def register_action(name: str, template: str, order: int = 100) -> None:
+    """Add a template to the customer page's action bar."""
+    _actions[name] = Action(name, template, order)
+
+
+def register_nav(label: str, endpoint: str, order: int = 100) -> None:
+    """Add a link to the top bar of every page."""
+    _nav[endpoint] = NavLink(label, endpoint, order)
+
+
+def sections() -> list[Section]:
+    """The registered sections, in order."""
+    return sorted(_sections.values(), key=lambda s: (s.order, s.name))
+
+
+def actions() -> list[Action]:
+    """The registered action-bar templates, in order."""
+    return sorted(_actions.values(), key=lambda a: (a.order, a.name))
+
+
+def nav_links() -> list[NavLink]:
+    """The registered top-bar links, in order."""
+    return sorted(_nav.values(), key=lambda n: (n.order, n.label))
+
+
+def load_sections(primary_id: int) -> list[tuple[Section, dict[str, Any]]]:
+    """Every section with the data its loader returned for this customer."""
+    return [(section, section.loader(primary_id)) for section in sections()]

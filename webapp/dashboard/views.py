@@ -1,0 +1,89 @@
+"""Dashboard pages: search (home), customer page and audit log."""
+
+from __future__ import annotations
+
+from flask import abort, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from wtforms import SearchField, SelectField
+from wtforms.validators import Length, Optional
+
+from . import bp
+from .customers import audit_log, load_customer, locate_customer
+from .rendering import page_or_fragment
+from .search import search_customers
+from .sections import actions, load_sections
+
+
+class SearchForm(FlaskForm):
+    """The search box: a GET form, so it needs no CSRF token."""
+
+    class Meta:
+        csrf = False
+
+    q = SearchField("Search customers", validators=[Optional(), Length(max=320)])
+
+
+class AuditFilterForm(FlaskForm):
+    """The audit page's action filter (GET)."""
+
+    class Meta:
+        csrf = False
+
+    action = SelectField("Action", validators=[Optional()], validate_choice=False)
+
+
+def _page_number() -> int:
+    return request.args.get("page", default=1, type=int) or 1
+
+
+@bp.get("/")
+def home():
+    """Search customers by any part of an e-mail or phone; the query lives in the URL."""
+    form = SearchForm(request.args)
+    query = (form.q.data or "").strip()
+    results = search_customers(query, page=_page_number()) if query else None
+    # "Load more" swaps in only the next rows; the search box swaps the whole result list.
+    fragment = "dashboard/_result_rows.html" if _page_number() > 1 else "dashboard/_results.html"
+    return page_or_fragment(
+        "dashboard/home.html", fragment, form=form, query=query, results=results
+    )
+
+
+@bp.get("/customers/<int:contact_id>")
+def customer(contact_id: int):
+    """A customer's page; any contact id of the customer redirects to its primary's page."""
+    primary_id = locate_customer(contact_id)
+    if primary_id is None:
+        return render_template(
+            "dashboard/error.html",
+            title="No such customer",
+            message=f"No customer holds contact #{contact_id}.",
+        ), 404
+    newest_first = request.args.get("order") != "oldest"
+    if primary_id != contact_id:
+        # 302, not 301: a split can later give this contact another primary.
+        target = url_for(
+            ".customer", contact_id=primary_id, **({} if newest_first else {"order": "oldest"})
+        )
+        return redirect(target, 302)
+    view = load_customer(primary_id, newest_first=newest_first)
+    if view is None:
+        abort(404)
+    return page_or_fragment(
+        "dashboard/customer.html",
+        "dashboard/_timeline.html",
+        customer=view,
+        newest_first=newest_first,
+        sections=load_sections(primary_id),
+        actions=actions(),
+    )
+
+
+@bp.get("/audit")
+def audit():
+    """Every audit entry, newest first, filterable by action, paged."""
+    form = AuditFilterForm(request.args)
+    log = audit_log(action=form.action.data or None, page=_page_number())
+    form.action.choices = [("", "All actions")] + [(a, a) for a in log.actions]
+    fragment = "dashboard/_audit_rows.html" if log.page > 1 else "dashboard/_audit_entries.html"
+    return page_or_fragment("dashboard/audit.html", fragment, form=form, log=log)
