@@ -1,0 +1,358 @@
+"""POST /events, /events/batch, the lookup and the telephony webhook, on SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.builders import assert_invariants, contacts, identify
+from tests.openapi_check import assert_matches_openapi
+from webapp.engagements.models import ContactName, Engagement, ScreenPop
+from webapp.extensions import db
+
+ANNA = "anna@example.com"
+SMS = {"channel": "sms", "direction": "inbound", "email": ANNA}
+CALL = {"channel": "call", "direction": "inbound", "email": ANNA}
+
+
+def post_event(client, **body):
+    response = client.post("/events", json=body)
+    return response
+
+
+def engagements() -> list[Engagement]:
+    rows = list(db.session.scalars(select(Engagement).order_by(Engagement.id)))
+    db.session.rollback()
+    return rows
+
+
+def count(model) -> int:
+    total = db.session.scalar(select(func.count()).select_from(model))
+    db.session.rollback()
+    return total
+
+
+def test_event_from_a_new_person_creates_the_customer_and_stores_the_event(app, client):
+    response = post_event(
+        client,
+        channel="sms",
+        direction="inbound",
+        phoneNumber="+44 20 7946 0001",
+        summary="Where is my order?",
+        occurredAt="2026-11-20T09:30:00+01:00",
+        externalId="sms-1",
+    )
+    assert response.status_code == 201
+    assert_matches_openapi(app, "/events", "post", response)
+    event = response.get_json()["event"]
+    (contact,) = contacts()
+    assert (contact.phoneNumber, contact.source) == ("+44 20 7946 0001", "event")
+    assert event == {
+        "id": event["id"],
+        "contactId": contact.id,
+        "customerId": contact.id,
+        "duplicate": False,
+    }
+    (stored,) = engagements()
+    assert (stored.id, stored.contact_id, stored.channel, stored.direction) == (
+        event["id"],
+        contact.id,
+        "sms",
+        "inbound",
+    )
+    # The offset is applied: stored as UTC.
+    assert stored.occurred_at.isoformat() == "2026-11-20T08:30:00"
+    assert stored.summary == "Where is my order?"
+
+
+def test_known_phone_with_a_new_email_links_them_and_the_event_lands_on_the_new_row(client):
+    assert identify(client, phone="555 0101")[0] == 200
+    response = post_event(
+        client, channel="email", direction="inbound", email=ANNA, phoneNumber="5550101"
+    )
+    assert response.status_code == 201
+    event = response.get_json()["event"]
+    first, second = contacts()
+    assert (second.email, second.linkedId) == (ANNA, first.id)
+    assert (event["contactId"], event["customerId"]) == (second.id, first.id)
+    assert_invariants()
+
+
+def test_repeated_external_id_stores_one_event_and_answers_the_first_id(app, client):
+    body = {"channel": "whatsapp", "direction": "inbound", "email": ANNA, "externalId": "wa-9"}
+    first = post_event(client, **body)
+    again = post_event(client, **{**body, "summary": "retried"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert_matches_openapi(app, "/events", "post", again)
+    assert again.get_json()["event"]["id"] == first.get_json()["event"]["id"]
+    assert again.get_json()["event"]["duplicate"] is True
+    assert len(engagements()) == 1
+    # The same external id on another channel is another event.
+    other = post_event(client, **{**body, "channel": "sms"})
+    assert other.status_code == 201
+    assert len(engagements()) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"direction": "inbound", "email": ANNA}, "channel"),
+        ({"channel": "fax", "direction": "inbound", "email": ANNA}, "channel"),
+        ({"channel": "sms", "email": ANNA}, "direction"),
+        ({"channel": "sms", "direction": "sideways", "email": ANNA}, "direction"),
+        ({"channel": "web", "direction": "inbound", "email": ANNA}, "direction"),
+        ({"channel": "sms", "direction": "inbound", "email": "not-an-email"}, "email"),
+        ({"channel": "sms", "direction": "inbound", "phoneNumber": "call me"}, "phoneNumber"),
+        ({**SMS, "occurredAt": "yesterday"}, "occurredAt"),
+        ({**SMS, "occurredAt": "2999-01-01T00:00:00Z"}, "occurredAt"),
+        ({"channel": "web", "email": ANNA, "url": "javascript:alert(1)"}, "url"),
+        ({"channel": "web", "email": ANNA, "url": "/relative"}, "url"),
+        ({**SMS, "durationSeconds": 30}, "durationSeconds"),
+        ({**CALL, "durationSeconds": -1}, "durationSeconds"),
+        ({**CALL, "durationSeconds": "30"}, "durationSeconds"),
+        ({**CALL, "durationSeconds": True}, "durationSeconds"),
+        ({**SMS, "name": "x" * 201}, "name"),
+        ({**SMS, "externalId": 7}, "externalId"),
+        ({"channel": "sms", "direction": "inbound"}, "email"),
+    ],
+)
+def test_invalid_event_is_400_naming_the_field_and_stores_nothing(app, client, body, field):
+    response = post_event(client, **body)
+    assert response.status_code == 400
+    assert_matches_openapi(app, "/events", "post", response)
+    assert field in response.get_json()["error"]["fields"]
+    assert (contacts(), engagements()) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [("[1]", "application/json", 400), ("{", "application/json", 400), ("{}", "text/plain", 415)],
+)
+def test_malformed_bodies_are_clear_json_errors(client, data, content_type, status):
+    response = client.post("/events", data=data, content_type=content_type)
+    assert response.status_code == status
+    assert set(response.get_json()["error"]) == {"code", "message", "fields"}
+
+
+def test_routing_errors_under_the_engagement_paths_answer_json(client):
+    missing = client.get("/events/nope")
+    assert missing.status_code == 404
+    assert missing.get_json()["error"]["code"] == "not_found"
+    wrong_method = client.get("/calls/incoming")
+    assert wrong_method.status_code == 405
+    assert "POST" in wrong_method.headers["Allow"]
+    assert wrong_method.get_json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/events", {"channel": "sms", "direction": "inbound", "email": ANNA}),
+        ("post", "/events/batch", {"events": [{"channel": "web", "email": ANNA}]}),
+        ("get", "/api/v1/customers/lookup?email=" + ANNA, None),
+        ("post", "/calls/incoming", {"phoneNumber": "555"}),
+    ],
+)
+def test_every_endpoint_wants_the_api_key_when_keys_are_set(app, client, method, path, body):
+    app.config["API_KEYS"] = ["k-1"]
+    denied = getattr(client, method)(path, json=body)
+    assert denied.status_code == 401
+    assert denied.get_json()["error"]["code"] == "unauthorized"
+    assert (contacts(), engagements(), count(ScreenPop)) == ([], [], 0)
+    allowed = getattr(client, method)(path, json=body, headers={"Authorization": "Bearer k-1"})
+    assert allowed.status_code in (200, 201, 404)
+
+
+def test_batch_answers_each_event_and_one_bad_event_sinks_nothing(app, client):
+    events = [
+        {"channel": "web", "email": ANNA, "url": "https://shop.example/a", "name": "Anna"},
+        {"channel": "web", "email": "broken"},
+        {"channel": "web", "email": ANNA, "url": "https://shop.example/b"},
+        {"channel": "sms", "direction": "outbound", "phoneNumber": "555 0102", "externalId": "s1"},
+        {"channel": "sms", "direction": "outbound", "phoneNumber": "555 0102", "externalId": "s1"},
+        "not an object",
+    ]
+    response = client.post("/events/batch", json={"events": events})
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/events/batch", "post", response)
+    body = response.get_json()
+    results = body["results"]
+    assert [r["status"] for r in results] == [201, 400, 201, 201, 200, 400]
+    assert [r["index"] for r in results] == list(range(6))
+    assert "email" in results[1]["error"]["fields"]
+    assert results[4]["event"]["id"] == results[3]["event"]["id"]
+    assert body["stored"] == 3
+    stored = engagements()
+    assert [e.url for e in stored if e.channel == "web"] == [
+        "https://shop.example/a",
+        "https://shop.example/b",
+    ]
+    assert {e.id for e in stored} == {results[i]["event"]["id"] for i in (0, 2, 3)}
+    assert len(contacts()) == 2
+    assert [n.name for n in db.session.scalars(select(ContactName))] == ["Anna"]
+
+
+def test_a_batch_of_500_page_views_over_64_kib_is_stored_in_full(client):
+    events = [
+        {
+            "channel": "web",
+            "email": f"visitor{i % 7}@example.com",
+            "url": f"https://shop.example/products/{i}?ref=" + "x" * 150,
+            "occurredAt": f"2026-11-20T10:{i // 60 % 60:02d}:{i % 60:02d}Z",
+        }
+        for i in range(500)
+    ]
+    response = client.post("/events/batch", json={"events": events})
+    assert response.status_code == 200
+    assert response.get_json()["stored"] == 500
+    assert count(Engagement) == 500
+    assert len(contacts()) == 7
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"events": []}, "invalid_field"),
+        ({"events": "x"}, "invalid_field"),
+        ({}, "invalid_field"),
+        ({"events": [{"channel": "web", "email": ANNA}] * 501}, "too_many_events"),
+    ],
+)
+def test_batch_shape_errors_store_nothing(client, body, code):
+    response = client.post("/events/batch", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == code
+    assert engagements() == []
+
+
+def test_events_never_move_and_history_follows_merges(app, client):
+    a = post_event(client, channel="sms", direction="inbound", phoneNumber="111222")
+    b = post_event(client, channel="email", direction="inbound", email=ANNA)
+    ids = {a.get_json()["event"]["id"], b.get_json()["event"]["id"]}
+    rows_before = {e.id: e.contact_id for e in engagements()}
+    # An order bridging the two customers merges them; the events stay where they were.
+    assert identify(client, ANNA, "111222")[0] == 200
+    assert {e.id: e.contact_id for e in engagements()} == rows_before
+    response = client.get("/api/v1/customers/lookup", query_string={"email": ANNA})
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/api/v1/customers/lookup", "get", response)
+    card = response.get_json()["customer"]
+    assert {e["id"] for e in card["recentEngagements"]} == ids
+    assert card["customerId"] == a.get_json()["event"]["customerId"]
+
+
+def test_first_event_name_is_the_display_name(client):
+    post_event(client, channel="sms", direction="inbound", phoneNumber="777", name="Anna Berg")
+    post_event(client, channel="sms", direction="inbound", phoneNumber="777", name="A. Berg")
+    post_event(client, channel="sms", direction="inbound", phoneNumber="777", name="anna berg")
+    card = client.get("/api/v1/customers/lookup?phone=777").get_json()["customer"]
+    assert card["name"] == "Anna Berg"
+    names = [n.name for n in db.session.scalars(select(ContactName).order_by(ContactName.id))]
+    # Spellings that differ only in case are kept once.
+    assert names == ["Anna Berg", "A. Berg"]
+
+
+def test_lookup_finds_a_phone_in_any_formatting_with_engagements_newest_first(app, client):
+    for minute in (1, 3, 2):
+        post_event(
+            client,
+            channel="call",
+            direction="inbound",
+            phoneNumber="+49 30 1234567",
+            occurredAt=f"2026-11-20T10:0{minute}:00Z",
+            durationSeconds=60 * minute,
+        )
+    response = client.get(
+        "/api/v1/customers/lookup", query_string={"phone": "0049 (30) 123-4567", "limit": 2}
+    )
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["match"] == "one"
+    assert body["customer"]["phoneNumbers"] == ["+49 30 1234567"]
+    assert [e["durationSeconds"] for e in body["customer"]["recentEngagements"]] == [180, 120]
+    assert body["customer"]["recentEngagements"][0]["occurredAt"] == "2026-11-20T10:03:00Z"
+
+
+def test_lookup_lists_every_customer_a_number_matches_and_picks_none(app, client):
+    # Two spellings of one number that the identity rules keep apart.
+    assert identify(client, "one@example.com", "+4930555")[0] == 200
+    assert identify(client, "two@example.com", "004930555")[0] == 200
+    response = client.get("/api/v1/customers/lookup?phone=4930555")
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/api/v1/customers/lookup", "get", response)
+    body = response.get_json()
+    assert body["match"] == "several"
+    assert body["customer"] is None
+    assert sorted(c["emails"][0] for c in body["customers"]) == [
+        "one@example.com",
+        "two@example.com",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("", 400),
+        ("?phone=1&email=a@b.co", 400),
+        ("?phone=", 400),
+        ("?phone=abc", 400),
+        ("?email=nobody@example.com", 404),
+        ("?email=a@b.co&limit=0", 400),
+        ("?email=a@b.co&limit=x", 400),
+    ],
+)
+def test_lookup_errors_are_json(app, client, query, status):
+    response = client.get("/api/v1/customers/lookup" + query)
+    assert response.status_code == status
+    assert_matches_openapi(app, "/api/v1/customers/lookup", "get", response)
+
+
+def test_incoming_call_from_a_known_caller_records_the_call_and_a_pop(app, client):
+    assert identify(client, ANNA, "+1 555 0100")[0] == 200
+    response = client.post("/calls/incoming", json={"phoneNumber": "15550100", "callId": "c-1"})
+    assert response.status_code == 201
+    assert_matches_openapi(app, "/calls/incoming", "post", response)
+    body = response.get_json()
+    (contact,) = contacts()
+    assert (body["match"], body["customerIds"]) == ("one", [contact.id])
+    (call,) = engagements()
+    assert (call.id, call.channel, call.direction, call.external_id, call.contact_id) == (
+        body["eventId"],
+        "call",
+        "inbound",
+        "c-1",
+        contact.id,
+    )
+    pop = db.session.get(ScreenPop, body["popId"])
+    assert (pop.phone_key, pop.engagement_id) == ("15550100", call.id)
+    # The telephony system retries the webhook: one event, one pop.
+    again = client.post("/calls/incoming", json={"phoneNumber": "15550100", "callId": "c-1"})
+    assert again.status_code == 201
+    assert (again.get_json()["popId"], again.get_json()["eventId"]) == (pop.id, call.id)
+    assert (count(Engagement), count(ScreenPop)) == (1, 1)
+
+
+def test_incoming_call_from_an_unknown_number_creates_no_customer(client):
+    response = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0199"})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert (body["match"], body["eventId"], body["customerIds"]) == ("none", None, [])
+    assert contacts() == []
+    assert count(ScreenPop) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "phoneNumber"),
+        ({"phoneNumber": "nope"}, "phoneNumber"),
+        ({"phoneNumber": "555", "callId": ""}, "callId"),
+        ({"phoneNumber": "555", "callId": 12}, "callId"),
+    ],
+)
+def test_incoming_call_validation(app, client, body, field):
+    response = client.post("/calls/incoming", json=body)
+    assert response.status_code == 400
+    assert_matches_openapi(app, "/calls/incoming", "post", response)
+    assert field in response.get_json()["error"]["fields"]
+    assert count(ScreenPop) == 0

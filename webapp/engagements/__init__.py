@@ -1,0 +1,21 @@
+"""Engagement history across channels and the incoming-call screen-pop.
+
+``init_engagements(app)`` registers the JSON API (events, lookup, telephony
+webhook) and the dashboard parts (activity timeline, names, screen-pops).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from . import models  # noqa: F401  (registers the tables with the metadata)
+
+
+def init_engagements(app: Flask) -> None:
+    """Register the engagements blueprints; call after the dashboard is set up."""
+    from ..extensions import csrf
+    from .api import bp as api_bp
+
+    # Integrations authenticate with API keys, not cookies: no CSRF token.
+    csrf.exempt(api_bp)
+    app.register_blueprint(api_bp)

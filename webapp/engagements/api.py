@@ -1,0 +1,161 @@
+"""The engagements JSON API: record events, look customers up, and the telephony webhook."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..api import _contention, _database_error, require_api_key
+from ..api.errors import ApiError, api_error_response
+from ..api.payloads import contact_values, json_object
+from ..database import Contention
+from ..extensions import db
+from .history import customer_card, customers_holding
+from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
+from .screenpop import record_incoming_call
+from .service import Recorded, record_events
+
+bp = Blueprint("engagements_api", __name__)
+
+MAX_BATCH = 500
+# A batch of 500 page views is well past the 64 KiB that other endpoints accept.
+BATCH_MAX_BYTES = 1024 * 1024
+
+
+def _recorded_json(recorded: Recorded) -> dict:
+    return {
+        "id": recorded.event_id,
+        "contactId": recorded.contact_id,
+        "customerId": recorded.customer_id,
+        "duplicate": recorded.duplicate,
+    }
+
+
+@bp.post("/events")
+@require_api_key
+def record_event():
+    """Record one engagement; 201 when stored, 200 when it repeats a stored externalId."""
+    event = event_input(json_object(request))
+    (result,) = record_events([event])
+    if isinstance(result, ApiError):
+        raise result
+    return jsonify(event=_recorded_json(result)), 200 if result.duplicate else 201
+
+
+@bp.post("/events/batch")
+@require_api_key
+def record_event_batch():
+    """Record up to 500 engagements, answering a result per event in the order sent."""
+    request.max_content_length = current_app.config.get("EVENTS_BATCH_MAX_BYTES", BATCH_MAX_BYTES)
+    payload = json_object(request)
+    events = payload.get("events")
+    if not isinstance(events, list) or not events:
+        raise ApiError(
+            400, "invalid_field", "send the events as a non-empty list", {"events": "required"}
+        )
+    if len(events) > MAX_BATCH:
+        raise ApiError(
+            400,
+            "too_many_events",
+            f"a batch holds at most {MAX_BATCH} events",
+            {"events": f"{len(events)} events, at most {MAX_BATCH}"},
+        )
+    results: list[dict | None] = [None] * len(events)
+    valid, positions = [], []
+    for index, raw in enumerate(events):
+        try:
+            valid.append(event_input(raw))
+            positions.append(index)
+        except ApiError as exc:
+            results[index] = _error_result(index, exc)
+    for index, outcome in zip(positions, record_events(valid), strict=True):
+        if isinstance(outcome, ApiError):
+            results[index] = _error_result(index, outcome)
+        else:
+            status = 200 if outcome.duplicate else 201
+            results[index] = {"index": index, "status": status, "event": _recorded_json(outcome)}
+    stored = sum(1 for r in results if r and r["status"] == 201)
+    return jsonify(stored=stored, results=results)
+
+
+def _error_result(index: int, exc: ApiError) -> dict:
+    return {
+        "index": index,
+        "status": exc.status,
+        "error": {"code": exc.code, "message": exc.message, "fields": exc.fields},
+    }
+
+
+def _lookup_limit() -> int:
+    raw = request.args.get("limit", "10")
+    if not raw.isdigit() or not 1 <= int(raw) <= 50:
+        raise ApiError(400, "invalid_field", "limit must be 1 to 50", {"limit": "1 to 50"})
+    return int(raw)
+
+
+@bp.get("/api/v1/customers/lookup")
+@require_api_key
+def lookup_customer():
+    """The customer holding a phone or e-mail with its recent engagements; every one if several."""
+    given = {name: request.args.get(name) for name in ("phone", "email") if name in request.args}
+    if len(given) != 1:
+        raise ApiError(
+            400,
+            "invalid_query",
+            "send exactly one of the query parameters phone and email",
+            {"phone": "phone or email is required", "email": "phone or email is required"},
+        )
+    limit = _lookup_limit()
+    fields: dict[str, str] = {}
+    values = contact_values(given, fields, email_field="email", phone_field="phone")
+    if fields or not values:
+        fields = fields or {name: "must not be empty" for name in given}
+        raise ApiError(400, "invalid_field", "the query value is not valid", fields)
+    conn = db.session.connection()
+    cards = [customer_card(conn, cid, recent=limit) for cid in customers_holding(conn, values[0])]
+    cards = [card for card in cards if card is not None]
+    db.session.rollback()
+    if not cards:
+        raise ApiError(404, "not_found", "no customer holds this value")
+    return jsonify(
+        match="one" if len(cards) == 1 else "several",
+        customer=cards[0].to_json() if len(cards) == 1 else None,
+        customers=[card.to_json() for card in cards],
+    )
+
+
+@bp.post("/calls/incoming")
+@require_api_key
+def incoming_call():
+    """Telephony webhook: record the inbound call and pop it up on every agent's dashboard."""
+    payload = json_object(request)
+    fields: dict[str, str] = {}
+    values = contact_values({"phoneNumber": payload.get("phoneNumber")}, fields)
+    call_id = payload.get("callId")
+    if call_id is not None and (
+        not isinstance(call_id, str)
+        or not call_id.strip()
+        or len(call_id.strip()) > MAX_EXTERNAL_ID_LENGTH
+    ):
+        fields["callId"] = f"must be a non-empty string of at most {MAX_EXTERNAL_ID_LENGTH}"
+    if not values and not fields:
+        fields["phoneNumber"] = "is required"
+    if fields:
+        raise ApiError(400, "invalid_field", "some fields are not valid", fields)
+    call = record_incoming_call(values[0], call_id.strip() if call_id else None)
+    match = {0: "none", 1: "one"}.get(len(call.customer_ids), "several")
+    return (
+        jsonify(
+            popId=call.pop_id,
+            eventId=call.event_id,
+            match=match,
+            customerIds=call.customer_ids,
+        ),
+        201,
+    )
+
+
+# The same JSON answers as /identify for bad input, lost lock races and a database outage.
+bp.register_error_handler(ApiError, api_error_response)
+bp.register_error_handler(Contention, _contention)
+bp.register_error_handler(SQLAlchemyError, _database_error)

@@ -1,0 +1,207 @@
+"""Reading engagement history: timeline pages, display names, customer cards and lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from flask import current_app
+from sqlalchemy import Connection, and_, or_, select, union_all
+
+from ..identity.rules import Customer, Value, consolidate
+from ..identity.service import customer_rows
+from ..models import Contact
+from .models import NAME_FROM_AGENT, ContactName, Engagement
+
+_c = Contact.__table__.c
+_e = Engagement.__table__.c
+_n = ContactName.__table__.c
+
+_COLUMNS = (
+    _e.id,
+    _e.contact_id,
+    _e.channel,
+    _e.direction,
+    _e.occurred_at,
+    _e.summary,
+    _e.url,
+    _e.duration_seconds,
+    _e.external_id,
+)
+
+# Past this many contact rows one IN query beats a sub-query per row.
+_MAX_PER_ROW_QUERIES = 64
+
+
+@dataclass(frozen=True)
+class EngagementItem:
+    """One stored engagement as the timeline and the API show it."""
+
+    id: int
+    contact_id: int
+    channel: str
+    direction: str | None
+    occurred_at: datetime
+    summary: str | None
+    url: str | None
+    duration_seconds: int | None
+    external_id: str | None
+
+    def to_json(self) -> dict:
+        """The API's Engagement object."""
+        return {
+            "id": self.id,
+            "contactId": self.contact_id,
+            "channel": self.channel,
+            "direction": self.direction,
+            "occurredAt": self.occurred_at.isoformat() + "Z",
+            "summary": self.summary,
+            "url": self.url,
+            "durationSeconds": self.duration_seconds,
+            "externalId": self.external_id,
+        }
+
+
+@dataclass
+class CustomerCard:
+    """A customer with its display name, identifiers and latest engagements."""
+
+    customer: Customer
+    name: str | None
+    recent: list[EngagementItem]
+    vouchers: list[dict] = field(default_factory=list)
+
+    @property
+    def customer_id(self) -> int:
+        return self.customer.primary_id
+
+    @property
+    def contact_ids(self) -> list[int]:
+        return [self.customer.primary_id, *self.customer.secondary_ids]
+
+    def to_json(self) -> dict:
+        """The API's CustomerCard object."""
+        return {
+            "customerId": self.customer_id,
+            "name": self.name,
+            "emails": self.customer.emails,
+            "phoneNumbers": self.customer.phone_numbers,
+            "contactIds": self.contact_ids,
+            "recentEngagements": [item.to_json() for item in self.recent],
+            "vouchers": self.vouchers,
+        }
+
+
+def older_than(occurred_at: datetime, event_id: int):
+    """The condition "after (occurred_at, id) newest first", in a form indexes serve."""
+    return or_(_e.occurred_at < occurred_at, and_(_e.occurred_at == occurred_at, _e.id < event_id))
+
+
+def engagement_page(
+    conn: Connection,
+    contact_ids: Sequence[int],
+    *,
+    channel: str | None = None,
+    before: tuple[datetime, int] | None = None,
+    limit: int = 50,
+) -> list[EngagementItem]:
+    """The newest ``limit`` engagements of these contact rows older than ``before``.
+
+    Each contact row's events are read newest first straight off the
+    (contact_id[, channel], occurred_at, id) index and stopped at ``limit``;
+    the few per-row slices are merged, so the cost follows the page size and
+    not the customer's history length.
+    """
+    if not contact_ids:
+        return []
+
+    def newest(condition):
+        query = select(*_COLUMNS).where(condition)
+        if channel is not None:
+            query = query.where(_e.channel == channel)
+        if before is not None:
+            query = query.where(older_than(*before))
+        return query.order_by(_e.occurred_at.desc(), _e.id.desc()).limit(limit)
+
+    ids = sorted(set(contact_ids))
+    if len(ids) == 1:
+        statement = newest(_e.contact_id == ids[0])
+    elif len(ids) > _MAX_PER_ROW_QUERIES:
+        statement = newest(_e.contact_id.in_(ids))
+    else:
+        slices = [newest(_e.contact_id == cid).subquery() for cid in ids]
+        merged = union_all(*(select(*part.c) for part in slices)).subquery("merged")
+        statement = (
+            select(*merged.c).order_by(merged.c.occurred_at.desc(), merged.c.id.desc()).limit(limit)
+        )
+    return [EngagementItem(**row._mapping) for row in conn.execute(statement)]
+
+
+def display_name(conn: Connection, contact_ids: Sequence[int]) -> str | None:
+    """The agent-set name (newest) if any, else the oldest name an event brought."""
+    if not contact_ids:
+        return None
+    rows = conn.execute(
+        select(_n.name, _n.source, _n.created_at, _n.id).where(_n.contact_id.in_(list(contact_ids)))
+    ).all()
+    agent = [r for r in rows if r.source == NAME_FROM_AGENT]
+    if agent:
+        return max(agent, key=lambda r: (r.created_at, r.id)).name
+    if rows:
+        return min(rows, key=lambda r: (r.created_at, r.id)).name
+    return None
+
+
+def current_primary(conn: Connection, contact_id: int) -> int | None:
+    """The primary id of the customer that holds ``contact_id`` now (links are one hop)."""
+    found = conn.execute(select(_c.id, _c.linkedId).where(_c.id == contact_id)).one_or_none()
+    if found is None:
+        return None
+    return found.linkedId if found.linkedId is not None else found.id
+
+
+def customer_card(conn: Connection, primary_id: int, *, recent: int = 5) -> CustomerCard | None:
+    """The card of the customer whose primary row is ``primary_id``; None if it has no live rows."""
+    rows = customer_rows(conn, primary_id)
+    if not any(row.id == primary_id and row.is_primary for row in rows):
+        return None
+    customer = consolidate(primary_id, rows)
+    ids = [row.id for row in rows]
+    return CustomerCard(
+        customer=customer,
+        name=display_name(conn, ids),
+        recent=engagement_page(conn, ids, limit=recent),
+        vouchers=valid_vouchers(primary_id),
+    )
+
+
+def valid_vouchers(primary_id: int) -> list[dict]:
+    """The customer's valid vouchers, from the provider the vouchers area registers.
+
+    Hook: ``app.extensions["customer_vouchers"]`` is a callable(primary_id) ->
+    list of JSON-ready dicts; with none registered a customer has no vouchers.
+    """
+    provider = current_app.extensions.get("customer_vouchers")
+    return list(provider(primary_id)) if provider else []
+
+
+def phone_key_variants(key: str) -> list[str]:
+    """The phone keys one number can be stored under: with +, with 00, or bare."""
+    if key.startswith("+"):
+        digits = key[1:]
+    elif key.startswith("00"):
+        digits = key[2:]
+    else:
+        digits = key
+    return sorted({key, digits, "+" + digits, "00" + digits})
+
+
+def customers_holding(conn: Connection, value: Value) -> list[int]:
+    """Primary ids of every customer with a live row holding ``value`` (phones in any prefix)."""
+    if value.kind == "phone":
+        condition = _c.phone_key.in_(phone_key_variants(value.key))
+    else:
+        condition = _c.email_key == value.key
+    found = conn.execute(select(_c.id, _c.linkedId).where(condition, _c.deletedAt.is_(None))).all()
+    return sorted({linked if linked is not None else cid for cid, linked in found})

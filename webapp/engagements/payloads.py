@@ -1,0 +1,154 @@
+"""Validating event payloads into EventInput, collecting every field problem at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..api.errors import ApiError
+from ..api.payloads import contact_values
+from ..identity.rules import Value
+from ..models import utcnow
+from .models import CALL, CHANNELS, DIRECTIONS, WEB
+
+MAX_NAME_LENGTH = 200
+MAX_SUMMARY_LENGTH = 4000
+MAX_URL_LENGTH = 2048
+MAX_EXTERNAL_ID_LENGTH = 200
+# Clocks disagree a little; an event dated further ahead than this is a client bug
+# that would otherwise sit on top of the timeline for good.
+FUTURE_TOLERANCE = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """A validated event, ready for the service."""
+
+    channel: str
+    direction: str | None
+    values: tuple[Value, ...]
+    occurred_at: datetime
+    name: str | None = None
+    summary: str | None = None
+    url: str | None = None
+    duration_seconds: int | None = None
+    external_id: str | None = None
+
+
+def _string(payload: dict[str, Any], name: str, limit: int, fields: dict[str, str]) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        fields[name] = "must be a string or null"
+        return None
+    value = value.strip()
+    if len(value) > limit:
+        fields[name] = f"must be at most {limit} characters"
+        return None
+    return value or None
+
+
+def parse_timestamp(raw: str) -> datetime:
+    """An ISO 8601 date-time as naive UTC (no offset means UTC). Raises ValueError."""
+    moment = datetime.fromisoformat(raw)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _occurred_at(payload: dict[str, Any], fields: dict[str, str]) -> datetime:
+    now = utcnow()
+    raw = payload.get("occurredAt")
+    if raw is None:
+        return now
+    if not isinstance(raw, str):
+        fields["occurredAt"] = "must be an ISO 8601 date-time string"
+        return now
+    try:
+        moment = parse_timestamp(raw.strip())
+    except ValueError:
+        fields["occurredAt"] = "not an ISO 8601 date-time, e.g. 2026-11-23T12:30:00Z"
+        return now
+    if moment > now + FUTURE_TOLERANCE:
+        fields["occurredAt"] = "lies more than a day in the future"
+    return moment
+
+
+def _choice(
+    payload: dict[str, Any], name: str, allowed: tuple[str, ...], fields: dict[str, str]
+) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if value not in allowed:
+        fields[name] = f"must be one of {', '.join(allowed)}"
+        return None
+    return value
+
+
+def _url(payload: dict[str, Any], fields: dict[str, str]) -> str | None:
+    url = _string(payload, "url", MAX_URL_LENGTH, fields)
+    if url is None:
+        return None
+    # Shown as a link on the dashboard: anything but http(s) could run script there.
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        fields["url"] = "must be an absolute http or https URL"
+        return None
+    return url
+
+
+def _duration(payload: dict[str, Any], channel: str | None, fields: dict[str, str]) -> int | None:
+    value = payload.get("durationSeconds")
+    if value is None:
+        return None
+    if channel != CALL:
+        fields["durationSeconds"] = "only calls have a duration"
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        fields["durationSeconds"] = "must be a whole number of seconds, 0 or more"
+        return None
+    return value
+
+
+def event_input(payload: Any) -> EventInput:
+    """Validate one event object; an ApiError (400) lists every field that is wrong."""
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_body", "an event must be a JSON object")
+    fields: dict[str, str] = {}
+    channel = _choice(payload, "channel", CHANNELS, fields)
+    if channel is None and "channel" not in fields:
+        fields["channel"] = f"is required, one of {', '.join(CHANNELS)}"
+    direction = _choice(payload, "direction", DIRECTIONS, fields)
+    if channel == WEB and direction is not None:
+        fields["direction"] = "page views have no direction; leave it out"
+    elif channel not in (None, WEB) and direction is None and "direction" not in fields:
+        fields["direction"] = "is required: inbound or outbound"
+    values = contact_values(payload, fields)
+    event = EventInput(
+        channel=channel or "",
+        direction=direction,
+        values=tuple(values),
+        occurred_at=_occurred_at(payload, fields),
+        name=_string(payload, "name", MAX_NAME_LENGTH, fields),
+        summary=_string(payload, "summary", MAX_SUMMARY_LENGTH, fields),
+        url=_url(payload, fields),
+        duration_seconds=_duration(payload, channel, fields),
+        external_id=_string(payload, "externalId", MAX_EXTERNAL_ID_LENGTH, fields),
+    )
+    if fields:
+        raise ApiError(400, "invalid_field", "some fields are not valid", fields)
+    if not values:
+        raise ApiError(
+            400,
+            "missing_identifier",
+            "send a non-empty email or phoneNumber: an event belongs to a customer",
+            {
+                "email": "email or phoneNumber is required",
+                "phoneNumber": "email or phoneNumber is required",
+            },
+        )
+    return event

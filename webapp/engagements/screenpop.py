@@ -1,0 +1,192 @@
+"""Screen-pops: an incoming call is a row in the database that every agent's dashboard polls for.
+
+The state lives only in the ``screen_pop`` table, so any gunicorn worker on
+any box answers any poll; a poll is one primary-key range read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import func, select, update
+
+from .. import audit
+from ..database import SQLITE_IMMEDIATE, run_write_transaction
+from ..extensions import db
+from ..identity.rules import Value, parse_phone
+from ..identity.service import customer_rows, identify
+from ..models import utcnow
+from .history import CustomerCard, customer_card, customers_holding, phone_key_variants
+from .models import CALL, ScreenPop
+from .payloads import EventInput
+from .service import store_events
+
+log = logging.getLogger(__name__)
+
+# A call older than this no longer pops up: the phone has stopped ringing.
+POP_WINDOW = timedelta(seconds=60)
+# At most this many calls show at once, newest first.
+MAX_POPS = 3
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    """What POST /calls/incoming did: the pop, the call event (known callers) and the match."""
+
+    pop_id: int
+    event_id: int | None
+    customer_ids: list[int]
+
+
+@dataclass
+class PopView:
+    """One pop as the dashboard shows it, resolved against the customers as they are now."""
+
+    id: int
+    phone_number: str
+    created_at: datetime
+    cards: list[CustomerCard] = field(default_factory=list)
+
+    @property
+    def match(self) -> str:
+        """'one', 'several' or 'none': how many customers hold the number."""
+        return {0: "none", 1: "one"}.get(len(self.cards), "several")
+
+
+def _caller_row_id(customer_id: int, phone: Value) -> int | None:
+    """The oldest live row of the customer that holds the phone, in any prefix form."""
+    variants = set(phone_key_variants(phone.key))
+    rows = customer_rows(db.session.connection(), customer_id)
+    holding = [r for r in rows if r.phone_key in variants]
+    return min(holding, key=lambda r: (r.created_at, r.id)).id if holding else None
+
+
+def _call_event(phone: Value, call_id: str | None, occurred_at: datetime) -> EventInput:
+    return EventInput(
+        channel=CALL,
+        direction="inbound",
+        values=(phone,),
+        occurred_at=occurred_at,
+        external_id=call_id,
+    )
+
+
+def _insert_pop(phone: Value, call_id: str | None, event_id: int | None) -> int:
+    db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+    if call_id is not None:
+        existing = db.session.scalar(select(ScreenPop.id).where(ScreenPop.call_id == call_id))
+        if existing is not None:
+            db.session.rollback()
+            return existing
+    pop = ScreenPop(
+        phone_number=phone.stored,
+        phone_key=phone.key,
+        call_id=call_id,
+        engagement_id=event_id,
+        created_at=utcnow(),
+    )
+    db.session.add(pop)
+    db.session.flush()
+    pop_id = pop.id
+    db.session.commit()
+    return pop_id
+
+
+def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
+    """Record an inbound call (known callers only) and the pop every dashboard shows.
+
+    An unknown number creates no customer: the pop offers agents to do that.
+    A webhook retried with the same call id stores one event and one pop.
+    """
+    conn = db.session.connection()
+    customer_ids = customers_holding(conn, phone)
+    row_id = _caller_row_id(customer_ids[0], phone) if len(customer_ids) == 1 else None
+    db.session.rollback()
+    event_id = None
+    if row_id is not None:
+        recorded = store_events(row_id, [_call_event(phone, call_id, utcnow())])
+        event_id = recorded[0].event_id if recorded else None
+    pop_id = run_write_transaction(
+        lambda: _insert_pop(phone, call_id, event_id), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
+    )
+    log.info("incoming call %s from %s: customers %s", pop_id, phone.key, customer_ids)
+    return IncomingCall(pop_id=pop_id, event_id=event_id, customer_ids=customer_ids)
+
+
+def recent_pops(after: int | None) -> tuple[list[PopView], int]:
+    """Calls newer than ``after`` still ringing, newest first, and the cursor to poll with next.
+
+    Without a cursor (a page just opened) every call still ringing shows.
+    """
+    query = select(ScreenPop).where(ScreenPop.created_at >= utcnow() - POP_WINDOW)
+    if after is not None:
+        query = query.where(ScreenPop.id > after)
+    pops = list(db.session.scalars(query.order_by(ScreenPop.id.desc()).limit(MAX_POPS)))
+    if pops:
+        cursor = max(pops[0].id, after or 0)
+    elif after is not None:
+        cursor = after
+    else:
+        cursor = db.session.scalar(select(func.max(ScreenPop.id))) or 0
+    conn = db.session.connection()
+    views = []
+    for pop in pops:
+        value = Value("phone", pop.phone_number, pop.phone_key)
+        cards = [customer_card(conn, cid) for cid in customers_holding(conn, value)]
+        views.append(
+            PopView(
+                id=pop.id,
+                phone_number=pop.phone_number,
+                created_at=pop.created_at,
+                cards=[card for card in cards if card is not None],
+            )
+        )
+    db.session.rollback()
+    return views, cursor
+
+
+def create_caller(pop_id: int, actor: str) -> int | None:
+    """Make the caller of a pop a customer and file the call under it; its primary id.
+
+    None when there is no such pop. Safe to click twice or by two agents: the
+    identify rules find the first one's customer and the call id is unique.
+    """
+    pop = db.session.get(ScreenPop, pop_id)
+    if pop is None:
+        db.session.rollback()
+        return None
+    phone = parse_phone(pop.phone_number)
+    call_id, occurred_at, had_event = pop.call_id, pop.created_at, pop.engagement_id is not None
+    db.session.rollback()
+    customer = identify([phone], source="agent", actor=actor)
+    event_id = None
+    if not had_event:
+        row_id = _caller_row_id(customer.primary_id, phone)
+        db.session.rollback()
+        if row_id is not None:
+            recorded = store_events(row_id, [_call_event(phone, call_id, occurred_at)])
+            event_id = recorded[0].event_id if recorded else None
+
+    def finish() -> None:
+        db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+        if event_id is not None:
+            db.session.execute(
+                update(ScreenPop)
+                .where(ScreenPop.id == pop_id, ScreenPop.engagement_id.is_(None))
+                .values(engagement_id=event_id)
+            )
+        audit.record(
+            actor,
+            "create",
+            customer_id=customer.primary_id,
+            subject=f"phone {phone.stored}",
+            reason="unknown caller, created from the screen-pop",
+            after={"emails": customer.emails, "phoneNumbers": customer.phone_numbers},
+        )
+        db.session.commit()
+
+    run_write_transaction(finish, current_app.config["IDENTIFY_MAX_ATTEMPTS"])
+    return customer.primary_id

@@ -1,0 +1,278 @@
+"""Recording engagements: reconcile the event's identifiers, then store it against a contact row.
+
+``identify`` commits on its own; each group of events that share identifiers
+is then stored in one short write transaction that holds the lock on the
+primary row of the customer owning the chosen contact row (the rule every
+writer to a customer follows, see identity/service.py). Idempotency rests on
+the unique (channel, external_id) key: a concurrent duplicate makes the
+insert fail, the transaction runs again and finds the first event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import Connection, insert, select, tuple_
+
+from ..api.errors import ApiError
+from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..extensions import db
+from ..identity.rules import EMAIL, Row, Value
+from ..identity.service import identify, load_customer_rows
+from ..models import Contact, Identifier, utcnow
+from .models import NAME_FROM_EVENT, ContactName, Engagement
+from .payloads import EventInput
+
+log = logging.getLogger(__name__)
+
+_c = Contact.__table__.c
+_e = Engagement.__table__.c
+_n = ContactName.__table__.c
+
+# Times a group is re-identified when its contact row was deleted under it.
+_MAX_RESOLVE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What happened to one event: its id, where it landed, and whether it was a repeat."""
+
+    event_id: int
+    contact_id: int
+    customer_id: int
+    duplicate: bool
+
+
+def _key(event: EventInput) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((v.kind, v.key) for v in event.values))
+
+
+def _blocked(conn: Connection, values: Sequence[Value]) -> set[tuple[str, str]]:
+    pairs = [(v.kind, v.key) for v in values]
+    table = Identifier.__table__
+    found = conn.execute(
+        select(table.c.kind, table.c.key).where(
+            tuple_(table.c.kind, table.c.key).in_(pairs), table.c.blocked_at.is_not(None)
+        )
+    )
+    return {tuple(pair) for pair in found}
+
+
+def pick_contact_row(values: Sequence[Value], rows: Sequence[Row], blocked: set) -> Row | None:
+    """The contact row an event with ``values`` is stored against.
+
+    The oldest row holding every (unblocked) value, else the oldest holding the
+    e-mail, else the oldest holding the phone: an event follows the identifier
+    it came with when a customer is later split.
+    """
+    usable = [v for v in values if (v.kind, v.key) not in blocked]
+    ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
+
+    def holds(row: Row, value: Value) -> bool:
+        return (value.kind, value.key) in set(row.identifiers())
+
+    for row in ordered:
+        if usable and all(holds(row, v) for v in usable):
+            return row
+    for kind in (EMAIL, "phone"):
+        for value in (v for v in usable if v.kind == kind):
+            for row in ordered:
+                if holds(row, value):
+                    return row
+    return None
+
+
+def _existing_events(conn: Connection, events: Sequence[EventInput]) -> dict[tuple, int]:
+    """{(channel, external_id): event id} of the events already stored."""
+    pairs = sorted({(e.channel, e.external_id) for e in events if e.external_id})
+    if not pairs:
+        return {}
+    found = conn.execute(
+        select(_e.channel, _e.external_id, _e.id).where(
+            tuple_(_e.channel, _e.external_id).in_(pairs)
+        )
+    )
+    return {(channel, external_id): event_id for channel, external_id, event_id in found}
+
+
+def lock_customer_of(conn: Connection, contact_id: int) -> tuple[int, bool] | None:
+    """Lock the primary row of the customer holding ``contact_id``; (primary id, row is live).
+
+    None when no such row exists. The row may be relinked between the read
+    and the lock, so read again until the primary read is the one held.
+    """
+    held: set[int] = set()
+    for _ in range(8):
+        found = conn.execute(
+            select(_c.linkedId, _c.deletedAt).where(_c.id == contact_id)
+        ).one_or_none()
+        if found is None:
+            return None
+        primary_id = found.linkedId if found.linkedId is not None else contact_id
+        if primary_id in held:
+            return primary_id, found.deletedAt is None
+        conn.execute(select(_c.id).where(_c.id == primary_id).with_for_update())
+        held.add(primary_id)
+    raise Retry("the customer kept changing while being locked")
+
+
+def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | None:
+    """Insert ``events`` against ``contact_id`` (one transaction); None if the row is gone."""
+    conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+    locked = lock_customer_of(conn, contact_id)
+    if locked is None or not locked[1]:
+        db.session.rollback()
+        return None
+    customer_id = locked[0]
+    existing = _existing_events(conn, events)
+    # Per event: the id of the event it repeats, or the row it adds.
+    slots: list[tuple[int | Engagement, bool]] = []
+    claimed: dict[tuple, Engagement] = {}
+    for event in events:
+        pair = (event.channel, event.external_id)
+        if event.external_id and pair in existing:
+            slots.append((existing[pair], True))
+        elif event.external_id and pair in claimed:
+            # A repeat inside the same batch answers with the first one's row.
+            slots.append((claimed[pair], True))
+        else:
+            row = Engagement(
+                contact_id=contact_id,
+                channel=event.channel,
+                direction=event.direction,
+                occurred_at=event.occurred_at,
+                summary=event.summary,
+                url=event.url,
+                duration_seconds=event.duration_seconds,
+                external_id=event.external_id,
+                created_at=utcnow(),
+            )
+            db.session.add(row)
+            if event.external_id:
+                claimed[pair] = row
+            slots.append((row, False))
+    _add_event_names(conn, contact_id, events)
+    db.session.flush()
+    # Read the ids before the commit expires the rows.
+    answers = [
+        Recorded(
+            target if isinstance(target, int) else target.id, contact_id, customer_id, duplicate
+        )
+        for target, duplicate in slots
+    ]
+    db.session.commit()
+    return answers
+
+
+def _add_event_names(conn: Connection, contact_id: int, events: Sequence[EventInput]) -> None:
+    """Keep each new name the events carry against the contact row, once per spelling."""
+    names: dict[str, str] = {}
+    for event in events:
+        if event.name:
+            names.setdefault(event.name.lower(), event.name)
+    if not names:
+        return
+    known = set(
+        conn.scalars(
+            select(_n.name_key).where(
+                _n.contact_id == contact_id,
+                _n.source == NAME_FROM_EVENT,
+                _n.name_key.in_(list(names)),
+            )
+        )
+    )
+    now = utcnow()
+    rows = [
+        {
+            "contact_id": contact_id,
+            "name": name,
+            "name_key": key,
+            "source": NAME_FROM_EVENT,
+            "created_at": now,
+        }
+        for key, name in names.items()
+        if key not in known
+    ]
+    if rows:
+        conn.execute(insert(ContactName.__table__), rows)
+
+
+def store_events(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | None:
+    """Store events against a known contact row; None when that row was deleted meanwhile."""
+    return run_write_transaction(
+        lambda: _store(contact_id, events), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
+    )
+
+
+def _record_group(events: Sequence[EventInput]) -> list[Recorded]:
+    """Reconcile the identifiers the events share, then store them all against one row."""
+    values = events[0].values
+    for _ in range(_MAX_RESOLVE_ROUNDS):
+        identify(values, source="event")
+        conn = db.session.connection()
+        rows = load_customer_rows(conn, values)
+        contact = pick_contact_row(values, rows, _blocked(conn, values))
+        db.session.rollback()
+        if contact is None:
+            raise ApiError(
+                422,
+                "blocked_identifier",
+                "every identifier of this event is blocked, so it belongs to no customer",
+            )
+        stored = store_events(contact.id, events)
+        if stored is not None:
+            return stored
+        log.info("contact row %s was deleted while storing events; resolving again", contact.id)
+    raise Retry("the contact rows kept disappearing")
+
+
+def _known_events(events: Sequence[EventInput]) -> dict[tuple, Recorded]:
+    """Repeats of events already stored, answered without reconciling anything."""
+    existing = _existing_events(db.session.connection(), events)
+    if not existing:
+        db.session.rollback()
+        return {}
+    owners = db.session.execute(
+        select(_e.id, _e.contact_id, _c.linkedId)
+        .join(Contact.__table__, _c.id == _e.contact_id)
+        .where(_e.id.in_(list(existing.values())))
+    )
+    by_id = {
+        event_id: Recorded(event_id, contact_id, linked or contact_id, duplicate=True)
+        for event_id, contact_id, linked in owners
+    }
+    db.session.rollback()
+    return {pair: by_id[event_id] for pair, event_id in existing.items()}
+
+
+def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
+    """Store events (a batch or one), answering a Recorded or an ApiError per event, in order.
+
+    Events are grouped by the identifiers they carry, so a burst of page views
+    from one visitor costs one identify and one write transaction.
+    """
+    results: list[Recorded | ApiError | None] = [None] * len(events)
+    known = _known_events(events)
+    groups: dict[tuple, list[int]] = {}
+    for index, event in enumerate(events):
+        repeat = known.get((event.channel, event.external_id)) if event.external_id else None
+        if repeat is not None:
+            results[index] = repeat
+        else:
+            groups.setdefault(_key(event), []).append(index)
+    for indexes in groups.values():
+        try:
+            stored = _record_group([events[i] for i in indexes])
+        except ApiError as exc:
+            stored = [exc] * len(indexes)
+        for index, result in zip(indexes, stored, strict=True):
+            results[index] = result
+    return results  # type: ignore[return-value]
+
+
+def events_by_ids(ids: Sequence[int]) -> list[Engagement]:
+    """Stored engagements by id (for answers and tests)."""
+    return list(db.session.scalars(select(Engagement).where(Engagement.id.in_(list(ids)))))
