@@ -7,7 +7,7 @@ invariant is unit-tested on its own (tests/test_rules.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,6 +15,9 @@ from email_validator import EmailNotValidError, validate_email
 
 EMAIL = "email"
 PHONE = "phone"
+
+# An identifier as matching sees it: (kind, normalised key).
+Key = tuple[str, str]
 
 MAX_EMAIL_LENGTH = 254
 # Generous for formatting characters; the digits themselves are capped below.
@@ -219,11 +222,12 @@ def consolidate(primary_id: int, rows: Iterable[Row]) -> Customer:
     )
 
 
-def invariant_violations(rows: Sequence[Row]) -> list[str]:
+def invariant_violations(rows: Sequence[Row], blocked: Collection[Key] = frozenset()) -> list[str]:
     """Everything wrong with a set of live rows, as sentences; empty when all holds.
 
     The invariants: links are one hop to a live primary, primaries say so, and
     every group of rows connected by a shared key has exactly one primary.
+    A ``blocked`` key connects nothing, so customers may share it.
     """
     problems: list[str] = []
     by_id = {row.id: row for row in rows}
@@ -247,6 +251,8 @@ def invariant_violations(rows: Sequence[Row]) -> list[str]:
     owner: dict[tuple[str, str], int] = {}
     for row in rows:
         for key in row.identifiers():
+            if key in blocked:
+                continue
             if key in owner:
                 parent[find(row.id)] = find(owner[key])
             else:
@@ -261,3 +267,200 @@ def invariant_violations(rows: Sequence[Row]) -> list[str]:
         if len(members) > 1:
             problems.append(f"customers {sorted(members)} share a value but were not merged")
     return problems
+
+
+def parse_key(kind: str, raw: str) -> Value:
+    """Parse ``raw`` as a value of ``kind`` ("email" or "phone"). Raises InvalidValue."""
+    if kind == EMAIL:
+        return parse_email(raw)
+    if kind == PHONE:
+        return parse_phone(raw)
+    raise InvalidValue(f"unknown identifier kind {kind!r}")
+
+
+def parse_identifier(raw: str) -> Value:
+    """An e-mail address or a phone number, told apart by the @. Raises InvalidValue."""
+    if not raw.strip():
+        raise InvalidValue("enter an email address or a phone number")
+    return parse_email(raw) if "@" in raw else parse_phone(raw)
+
+
+def evidence_keys(detail: dict) -> frozenset[Key]:
+    """The keys a merge or link detail ({"email": str | [str], "phone": ...}) ties together.
+
+    Values that no longer parse are skipped: evidence never makes a run fail.
+    """
+    keys: set[Key] = set()
+    for kind in (EMAIL, PHONE):
+        raw = detail.get(kind)
+        for item in raw if isinstance(raw, list) else [raw]:
+            if isinstance(item, str):
+                try:
+                    keys.add((kind, parse_key(kind, item).key))
+                except InvalidValue:
+                    continue
+    return frozenset(keys)
+
+
+def keys_detail(keys: Iterable[Key]) -> dict[str, list[str]]:
+    """The inverse of ``evidence_keys``: keys grouped by kind, sorted, for storing as JSON."""
+    detail: dict[str, list[str]] = {EMAIL: [], PHONE: []}
+    for kind, key in sorted(set(keys)):
+        detail[kind].append(key)
+    return detail
+
+
+def connected_groups(
+    rows: Sequence[Row],
+    blocked: Collection[Key] = frozenset(),
+    bonds: Iterable[Collection[Key]] = (),
+) -> list[list[Row]]:
+    """Who belongs with whom: rows joined by a shared non-blocked key or by a bond.
+
+    A bond is a set of keys that a request or an agent said belong to one person
+    (the values of a merging identify request, an agent's link or merge); every
+    row holding one of its non-blocked keys joins the others. Existing links
+    count for nothing: they are what this recomputes. Each group is sorted
+    oldest first (creation time, then id), so its first row is its primary;
+    groups come in the order of their primaries.
+    """
+    parent = {row.id: row.id for row in rows}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def join(a: int, b: int) -> None:
+        root_a, root_b = find(a), find(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+
+    owner: dict[Key, int] = {}
+    for row in rows:
+        for key in row.identifiers():
+            if key in blocked:
+                continue
+            if key in owner:
+                join(row.id, owner[key])
+            else:
+                owner[key] = row.id
+    for bond in bonds:
+        held = [owner[key] for key in bond if key in owner and key not in blocked]
+        for other in held[1:]:
+            join(held[0], other)
+
+    groups: dict[int, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(find(row.id), []).append(row)
+    ordered = [sorted(group, key=_age) for group in groups.values()]
+    ordered.sort(key=lambda group: _age(group[0]))
+    return ordered
+
+
+@dataclass(frozen=True)
+class Relink:
+    """A row whose link changes: ``after`` None means it becomes a primary."""
+
+    row_id: int
+    before: int | None
+    after: int | None
+
+
+@dataclass(frozen=True)
+class MergeStep:
+    """A customer that reconciliation folds into another one."""
+
+    survivor_id: int
+    absorbed_id: int
+    rows_moved: int
+
+
+@dataclass
+class Reconciliation:
+    """The difference between the rows' current links and who belongs with whom."""
+
+    # Every group's row ids, oldest (its primary) first.
+    groups: list[list[int]]
+    # Live rows whose link changes.
+    relinks: list[Relink] = field(default_factory=list)
+    # Soft-deleted rows re-pointed at their customer's live primary (history stays attached).
+    deleted_relinks: list[Relink] = field(default_factory=list)
+    merges: list[MergeStep] = field(default_factory=list)
+
+    @property
+    def promoted(self) -> list[int]:
+        """Rows that become primaries (a split, or the primary's row was deleted)."""
+        return [r.row_id for r in self.relinks if r.after is None]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.relinks or self.deleted_relinks)
+
+    def customers_before(self, rows: Sequence[Row]) -> dict[int, list[int]]:
+        """The customers the changed rows belonged to, as {primary id: row ids}."""
+        touched = {r.row_id for r in self.relinks}
+        owners = {row.primary_id for row in rows if row.id in touched}
+        return _by_customer(row for row in rows if row.primary_id in owners)
+
+    def customers_after(self) -> dict[int, list[int]]:
+        """The customers the changed rows belong to now, as {primary id: row ids}."""
+        touched = {r.row_id for r in self.relinks}
+        return {group[0]: group for group in self.groups if touched.intersection(group)}
+
+
+def _by_customer(rows: Iterable[Row]) -> dict[int, list[int]]:
+    customers: dict[int, list[int]] = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        customers.setdefault(row.primary_id, []).append(row.id)
+    return dict(sorted(customers.items()))
+
+
+def reconcile(
+    rows: Sequence[Row],
+    blocked: Collection[Key] = frozenset(),
+    bonds: Iterable[Collection[Key]] = (),
+    deleted: Sequence[Row] = (),
+) -> Reconciliation:
+    """Diff the live ``rows``' links against ``connected_groups`` and say what to change.
+
+    ``rows`` must hold whole customers (every live row of every customer
+    involved). Each group's oldest row becomes or stays its primary and every
+    other row links to it in one hop. A group that gathers rows of several
+    current customers is a merge into the oldest. ``deleted`` rows of these
+    customers are re-pointed to where their customer's rows now live.
+    """
+    groups = connected_groups(rows, blocked, bonds)
+    target: dict[int, int | None] = {}
+    for group in groups:
+        primary = group[0]
+        target[primary.id] = None
+        for row in group[1:]:
+            target[row.id] = primary.id
+    result = Reconciliation(groups=[[row.id for row in group] for group in groups])
+    for row in sorted(rows, key=lambda r: r.id):
+        if row.linked_id != target[row.id]:
+            result.relinks.append(Relink(row.id, row.linked_id, target[row.id]))
+
+    by_id = {row.id: row for row in rows}
+    for group in groups:
+        primary = group[0]
+        moved: dict[int, int] = {}
+        for row in group:
+            moved[row.primary_id] = moved.get(row.primary_id, 0) + 1
+        for old, count in sorted(moved.items()):
+            was_customer = old in by_id and by_id[old].is_primary
+            if old != primary.primary_id and was_customer:
+                result.merges.append(MergeStep(primary.id, old, count))
+
+    # Where each old customer's rows went: the new primary of its oldest live row.
+    new_home: dict[int, int] = {}
+    for row in sorted(rows, key=_age):
+        home = row.id if target[row.id] is None else target[row.id]
+        new_home.setdefault(row.primary_id, home)
+    for row in sorted(deleted, key=lambda r: r.id):
+        home = new_home.get(row.primary_id, row.linked_id)
+        if home is not None and home != row.linked_id:
+            result.deleted_relinks.append(Relink(row.id, row.linked_id, home))
+    return result

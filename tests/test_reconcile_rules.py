@@ -1,0 +1,298 @@
+"""Reconciliation rules on their own: who belongs with whom, and the diff to get there (no app)."""
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from tests.builders import row
+from webapp.identity.rules import (
+    EMAIL,
+    PHONE,
+    InvalidValue,
+    MergeStep,
+    Relink,
+    connected_groups,
+    evidence_keys,
+    invariant_violations,
+    keys_detail,
+    parse_identifier,
+    reconcile,
+)
+
+SHOP = (PHONE, "555")
+
+
+def ids(groups):
+    return [[r.id for r in group] for group in groups]
+
+
+def applied(rows, plan):
+    """The rows with the plan's links written, as the service writes them."""
+    after = {r.row_id: r.after for r in plan.relinks}
+    return [replace(r, linked_id=after.get(r.id, r.linked_id)) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("rows", "blocked", "bonds", "expected"),
+    [
+        pytest.param([row(1, "a@x.io"), row(2, "a@x.io")], (), (), [[1, 2]], id="shared-email"),
+        pytest.param(
+            [row(1, "a@x.io", "555"), row(2, "b@x.io", "555")], (), (), [[1, 2]], id="shared-phone"
+        ),
+        pytest.param(
+            [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1)],
+            [SHOP],
+            (),
+            [[1], [2]],
+            id="split-after-block",
+        ),
+        pytest.param(
+            [
+                row(1, "a@x.io", "1"),
+                row(2, "b@x.io", "1"),
+                row(3, "b@x.io", "2"),
+                row(4, "c@x.io", "2"),
+            ],
+            (),
+            (),
+            [[1, 2, 3, 4]],
+            id="chain",
+        ),
+        pytest.param(
+            [
+                row(1, "a@x.io", "1"),
+                row(2, "b@x.io", "1"),
+                row(3, "b@x.io", "2"),
+                row(4, "c@x.io", "2"),
+            ],
+            [(EMAIL, "b@x.io")],
+            (),
+            [[1, 2], [3, 4]],
+            id="chain-cut-in-the-middle",
+        ),
+        pytest.param(
+            [row(1, "a@x.io"), row(2, phone="9")],
+            (),
+            [{(EMAIL, "a@x.io"), (PHONE, "9")}],
+            [[1, 2]],
+            id="bond-joins-rows-sharing-nothing",
+        ),
+        pytest.param(
+            [row(1, "a@x.io"), row(2, phone="9")],
+            [(PHONE, "9")],
+            [{(EMAIL, "a@x.io"), (PHONE, "9")}],
+            [[1], [2]],
+            id="bond-through-a-blocked-value-holds-nothing",
+        ),
+        pytest.param(
+            [row(1, "a@x.io"), row(2, phone="9")],
+            (),
+            [{(EMAIL, "zz@x.io"), (PHONE, "9")}],
+            [[1], [2]],
+            id="bond-about-other-values",
+        ),
+        pytest.param(
+            [row(1, "a@x.io", minute=9), row(2, "a@x.io", minute=1), row(3, "b@x.io", minute=5)],
+            (),
+            (),
+            [[2, 1], [3]],
+            id="oldest-by-creation-time-first",
+        ),
+        pytest.param(
+            [row(2, "a@x.io", minute=1), row(1, "a@x.io", minute=1)],
+            (),
+            (),
+            [[1, 2]],
+            id="same-time-lower-id-first",
+        ),
+        pytest.param([], (), (), [], id="nothing"),
+    ],
+)
+def test_connected_groups(rows, blocked, bonds, expected):
+    assert ids(connected_groups(rows, set(blocked), bonds)) == expected
+
+
+@pytest.mark.parametrize(
+    ("rows", "blocked", "relinks", "merges"),
+    [
+        pytest.param(
+            [row(1, "a@x.io", "1"), row(2, "b@x.io", "1", linked_id=1)],
+            (),
+            [],
+            [],
+            id="consistent-customer-unchanged",
+        ),
+        pytest.param(
+            [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1)],
+            [SHOP],
+            [Relink(2, 1, None)],
+            [],
+            id="block-splits-secondary-off",
+        ),
+        pytest.param(
+            [row(1, "a@x.io", "555"), row(2, "b@x.io", "555")],
+            (),
+            [Relink(2, None, 1)],
+            [MergeStep(1, 2, 1)],
+            id="unblock-merges-into-the-older",
+        ),
+        pytest.param(
+            [
+                row(1, "a@x.io", "1"),
+                row(2, "b@x.io", "2"),
+                row(3, "b@x.io", "1", linked_id=2),
+                row(4, "c@x.io", "2", linked_id=2),
+            ],
+            (),
+            [Relink(2, None, 1), Relink(3, 2, 1), Relink(4, 2, 1)],
+            [MergeStep(1, 2, 3)],
+            id="absorbed-customers-secondaries-move-in-one-hop",
+        ),
+        pytest.param(
+            [
+                row(1, "a@x.io", "1"),
+                row(2, "a@x.io", "2", linked_id=1),
+                row(3, "b@x.io", "2", linked_id=1),
+            ],
+            [(EMAIL, "a@x.io")],
+            [Relink(2, 1, None), Relink(3, 1, 2)],
+            [],
+            id="chain-split-promotes-the-oldest-of-the-rest",
+        ),
+        pytest.param(
+            [row(1, "a@x.io"), row(2, "a@x.io", linked_id=1), row(3, "a@x.io", linked_id=2)],
+            (),
+            [Relink(3, 2, 1)],
+            [],
+            id="two-hop-link-fixed",
+        ),
+        pytest.param(
+            [row(5, "a@x.io", minute=0, linked_id=6), row(6, "a@x.io", minute=3)],
+            (),
+            [Relink(5, 6, None), Relink(6, None, 5)],
+            [],
+            id="older-secondary-becomes-primary",
+        ),
+        pytest.param(
+            [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1), row(3, "c@x.io")],
+            [SHOP],
+            [Relink(2, 1, None)],
+            [],
+            id="unrelated-primary-untouched",
+        ),
+    ],
+)
+def test_reconcile_diff(rows, blocked, relinks, merges):
+    plan = reconcile(rows, set(blocked))
+    assert plan.relinks == relinks
+    assert plan.merges == merges
+    assert plan.promoted == [r.row_id for r in relinks if r.after is None]
+    assert invariant_violations(applied(rows, plan), set(blocked)) == []
+
+
+def test_deleting_the_primary_makes_the_next_oldest_primary_and_keeps_history_attached():
+    deleted = row(1, "a@x.io", "1")
+    live = [row(2, "a@x.io", "2", linked_id=1), row(3, "b@x.io", "2", linked_id=1)]
+    plan = reconcile(live, deleted=[deleted])
+    assert plan.relinks == [Relink(2, 1, None), Relink(3, 1, 2)]
+    assert plan.deleted_relinks == [Relink(1, None, 2)]
+    assert plan.merges == []
+
+
+def test_deleting_the_only_bridge_splits_the_customer():
+    bridge = row(2, "a@x.io", "9", linked_id=1)
+    live = [row(1, "a@x.io", "1"), row(3, "c@x.io", "9", linked_id=1)]
+    plan = reconcile(live, deleted=[bridge])
+    assert plan.relinks == [Relink(3, 1, None)]
+    assert plan.promoted == [3]
+    assert plan.deleted_relinks == []
+
+
+def test_customers_before_and_after_describe_the_change():
+    rows = [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1), row(3, "z@x.io")]
+    plan = reconcile(rows, {SHOP})
+    assert plan.customers_before(rows) == {1: [1, 2]}
+    assert plan.customers_after() == {2: [2]}
+    assert plan.changed
+
+
+@pytest.mark.parametrize(
+    ("blocked", "problems"),
+    [((), 1), ({SHOP}, 0)],
+)
+def test_invariants_ignore_blocked_values(blocked, problems):
+    rows = [row(1, "a@x.io", "555"), row(2, "b@x.io", "555")]
+    assert len(invariant_violations(rows, blocked)) == problems
+
+
+def test_invariant_violations_keeps_its_old_call():
+    rows = [row(1, "a@x.io"), row(2, "a@x.io")]
+    assert invariant_violations(rows) == ["customers [1, 2] share a value but were not merged"]
+
+
+def _random_rows(rng: random.Random, count: int):
+    emails = [f"e{i}@x.io" for i in range(count // 2 + 1)]
+    phones = [str(100 + i) for i in range(count // 2 + 1)]
+    rows = []
+    for i in range(1, count + 1):
+        email = rng.choice([*emails, None])
+        phone = rng.choice(phones + ([None] if email else []))
+        # Arbitrary, often wrong links: what reconciliation must repair.
+        linked = rng.choice([None, None, *range(1, i)]) if i > 1 else None
+        rows.append(row(i, email, phone, linked_id=linked, minute=rng.randrange(count)))
+    return rows, emails, phones
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_applying_a_reconciliation_restores_every_invariant(seed):
+    rng = random.Random(seed)
+    rows, emails, phones = _random_rows(rng, rng.randrange(1, 25))
+    blocked = {(EMAIL, e) for e in rng.sample(emails, rng.randrange(0, 3))}
+    blocked |= {(PHONE, p) for p in rng.sample(phones, rng.randrange(0, 2))}
+    plan = reconcile(rows, blocked)
+    fixed = applied(rows, plan)
+    assert invariant_violations(fixed, blocked) == []
+    # Idempotent: a second run has nothing to do.
+    assert reconcile(fixed, blocked).relinks == []
+    # Every customer is exactly one connected group.
+    customers = {}
+    for r in fixed:
+        customers.setdefault(r.primary_id, set()).add(r.id)
+    assert sorted(map(sorted, customers.values())) == sorted(map(sorted, plan.groups))
+
+
+@pytest.mark.parametrize(
+    ("detail", "keys"),
+    [
+        (
+            {"email": "Doc@HV.edu", "phone": "+1 (555) 0100"},
+            {(EMAIL, "doc@hv.edu"), (PHONE, "+15550100")},
+        ),
+        ({"email": ["a@x.io", "b@x.io"], "phone": []}, {(EMAIL, "a@x.io"), (EMAIL, "b@x.io")}),
+        ({"email": "not an email", "phone": 5}, set()),
+        ({}, set()),
+    ],
+)
+def test_evidence_keys(detail, keys):
+    assert evidence_keys(detail) == keys
+
+
+def test_keys_detail_round_trips():
+    keys = {(EMAIL, "a@x.io"), (PHONE, "+15550100"), (PHONE, "123")}
+    assert evidence_keys(keys_detail(keys)) == keys
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "key"),
+    [("Test@Test.com", EMAIL, "test@test.com"), ("+1 (555) 010-0", PHONE, "+15550100")],
+)
+def test_parse_identifier_tells_email_from_phone(raw, kind, key):
+    value = parse_identifier(raw)
+    assert (value.kind, value.key) == (kind, key)
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "not a phone", "a@"])
+def test_parse_identifier_rejects_junk(raw):
+    with pytest.raises(InvalidValue):
+        parse_identifier(raw)
