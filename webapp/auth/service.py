@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from functools import cache
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app
 from sqlalchemy import select
 
 from ..extensions import db
@@ -14,11 +16,23 @@ from ..models import User, utcnow
 
 log = logging.getLogger(__name__)
 
-# Argon2id with the library's recommended parameters.
-_hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 10
-# Verified when the e-mail is unknown, so a wrong address costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@cache
+def _hasher_for(profile: str) -> PasswordHasher:
+    return PasswordHasher.from_parameters(getattr(profiles, profile))
+
+
+def _hasher() -> PasswordHasher:
+    """Argon2id with the configured parameter profile (RFC 9106 low-memory by default)."""
+    return _hasher_for(current_app.config["PASSWORD_HASH_PROFILE"])
+
+
+@cache
+def _dummy_hash(profile: str) -> str:
+    # Verified when the e-mail is unknown, so a wrong address costs as long as a wrong password.
+    return _hasher_for(profile).hash("not-a-real-password")
 
 
 class AgentError(ValueError):
@@ -45,7 +59,7 @@ def create_agent(email: str, password: str) -> User:
         raise AgentError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
     if find_agent(address) is not None:
         raise AgentError(f"an agent with e-mail {address} already exists")
-    user = User(email=address, password_hash=_hasher.hash(password), is_active=True)
+    user = User(email=address, password_hash=_hasher().hash(password), is_active=True)
     db.session.add(user)
     db.session.commit()
     log.info("agent %s created", address)
@@ -71,16 +85,22 @@ def disable_agent(email: str) -> User:
 def authenticate(email: str, password: str) -> User | None:
     """The active agent these credentials belong to, or None; records the sign-in."""
     user = find_agent(email)
+    hasher = _hasher()
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        hasher.verify(
+            user.password_hash
+            if user
+            else _dummy_hash(current_app.config["PASSWORD_HASH_PROFILE"]),
+            password,
+        )
     except (VerificationError, InvalidHashError):
         db.session.rollback()
         return None
     if user is None or not user.is_active:
         db.session.rollback()
         return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+    if hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hasher.hash(password)
     user.last_login_at = utcnow()
     db.session.commit()
     return user

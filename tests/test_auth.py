@@ -1,0 +1,213 @@
+"""Agents: sign-in and sign-out through the real forms, sessions, CSRF and `flask users`."""
+
+from datetime import UTC, datetime
+
+import pytest
+from flask import g
+from sqlalchemy import select
+
+from tests.builders import AGENT_EMAIL, AGENT_PASSWORD, csrf_token_from, make_agent
+from webapp.extensions import db
+from webapp.models import User
+
+DASHBOARD_PAGES = ["/", "/?q=lorraine", "/customers/1", "/audit", "/audit?action=merge"]
+
+
+def _post_sign_in(client, email, password, next_=None):
+    token = csrf_token_from(client.get("/sign-in").get_data(as_text=True))
+    url = "/sign-in" if next_ is None else f"/sign-in?next={next_}"
+    return client.post(url, data={"email": email, "password": password, "csrf_token": token})
+
+
+@pytest.mark.parametrize("path", DASHBOARD_PAGES)
+def test_every_dashboard_page_sends_a_signed_out_visitor_to_sign_in(client, path):
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/sign-in?next=")
+    assert "Customer" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", DASHBOARD_PAGES)
+def test_signed_out_htmx_request_is_told_to_redirect(client, path):
+    response = client.get(path, headers={"HX-Request": "true"})
+    assert response.status_code == 401
+    assert response.headers["HX-Redirect"].startswith("/sign-in?next=")
+
+
+def test_sign_in_then_back_to_the_page_asked_for(client, agent):
+    first = client.get("/audit?action=merge")
+    target = first.headers["Location"]
+    token = csrf_token_from(client.get(target).get_data(as_text=True))
+    response = client.post(
+        target, data={"email": AGENT_EMAIL, "password": AGENT_PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/audit?action=merge"
+    assert client.get("/audit?action=merge").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "next_", ["https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:alert(1)"]
+)
+def test_only_local_next_is_followed(client, agent, next_):
+    response = _post_sign_in(client, AGENT_EMAIL, AGENT_PASSWORD, next_=next_)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+
+
+def test_sign_in_records_the_time_and_email_is_case_insensitive(client, agent):
+    response = _post_sign_in(client, "  Agent@Example.COM ", AGENT_PASSWORD)
+    assert response.status_code == 302
+    user = db.session.scalar(select(User).where(User.email == AGENT_EMAIL))
+    assert user.last_login_at is not None
+    assert user.password_hash.startswith("$argon2id$")
+
+
+@pytest.mark.parametrize(
+    "email, password",
+    [
+        (AGENT_EMAIL, "wrong password!"),
+        ("nobody@example.com", AGENT_PASSWORD),
+        (AGENT_EMAIL.upper(), AGENT_PASSWORD + "x"),
+    ],
+)
+def test_wrong_credentials_are_said_in_place(client, agent, email, password):
+    response = _post_sign_in(client, email, password)
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "Wrong e-mail or password" in html
+    assert 'id="sign-in-form"' in html
+    assert client.get("/").status_code == 302
+
+
+def test_empty_form_shows_field_errors(client, agent):
+    response = _post_sign_in(client, "", "")
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert html.count("This field is required.") == 2
+    assert 'aria-invalid="true"' in html
+
+
+def test_disabled_agent_cannot_sign_in(client, app):
+    make_agent(active=False)
+    response = _post_sign_in(client, AGENT_EMAIL, AGENT_PASSWORD)
+    assert response.status_code == 422
+    assert "disabled" in response.get_data(as_text=True)
+
+
+def test_disabling_an_agent_ends_their_session(signed_in_client, runner):
+    assert signed_in_client.get("/").status_code == 200
+    result = runner.invoke(args=["users", "disable", AGENT_EMAIL])
+    assert result.exit_code == 0, result.output
+    # The test client runs every request in the fixture's app context, so ``g`` still
+    # holds the agent loaded by the last request; a real request starts without it.
+    g.pop("_login_user", None)
+    assert signed_in_client.get("/").status_code == 302
+
+
+def test_sign_out_needs_the_csrf_token(signed_in_client):
+    del signed_in_client.environ_base["HTTP_X_CSRFTOKEN"]
+    response = signed_in_client.post("/sign-out")
+    assert response.status_code == 400
+    assert signed_in_client.get("/").status_code == 200
+
+
+def test_sign_out_ends_the_session(signed_in_client):
+    response = signed_in_client.post("/sign-out")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/sign-in"
+    assert signed_in_client.get("/").status_code == 302
+
+
+def test_sign_in_without_csrf_token_is_refused(client, agent):
+    response = client.post("/sign-in", data={"email": AGENT_EMAIL, "password": AGENT_PASSWORD})
+    assert response.status_code == 400
+    assert "Form expired" in response.get_data(as_text=True)
+    assert client.get("/").status_code == 302
+
+
+def test_signed_in_agent_skips_the_sign_in_page(signed_in_client):
+    response = signed_in_client.get("/sign-in?next=/audit")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/audit"
+
+
+@pytest.fixture
+def app_config(database_url):
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "TESTING": True,
+        "PERMANENT_SESSION_LIFETIME": 600,
+        "SESSION_COOKIE_SECURE": True,
+    }
+
+
+def test_session_cookie_is_http_only_lax_secure_and_expires(client, agent):
+    response = _post_sign_in(client, AGENT_EMAIL, AGENT_PASSWORD)
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Secure" in cookie
+    expires = datetime.strptime(
+        cookie.split("Expires=")[1].split(";")[0], "%a, %d %b %Y %H:%M:%S GMT"
+    )
+    left = expires.replace(tzinfo=UTC) - datetime.now(UTC)
+    assert 500 < left.total_seconds() <= 601
+
+
+def test_users_create_list_disable(runner):
+    result = runner.invoke(
+        args=["users", "create", "New.Agent@example.com"], input="long enough pw\nlong enough pw\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "created agent new.agent@example.com" in result.output
+    user = db.session.scalar(select(User).where(User.email == "new.agent@example.com"))
+    assert user.is_active and user.password_hash.startswith("$argon2id$")
+    assert "long enough pw" not in result.output
+
+    listed = runner.invoke(args=["users", "list"])
+    assert "new.agent@example.com\tactive\tlast sign-in: never" in listed.output
+
+    disabled = runner.invoke(args=["users", "disable", "new.agent@example.com"])
+    assert disabled.exit_code == 0
+    db.session.expire_all()
+    assert db.session.get(User, user.id).is_active is False
+    assert "new.agent@example.com\tdisabled" in runner.invoke(args=["users", "list"]).output
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["users", "create", "not-an-email"], "long enough pw\nlong enough pw\n", "not an email"),
+        (["users", "create", "a@example.com"], "short\nshort\n", "at least 10 characters"),
+        (["users", "create", AGENT_EMAIL], "long enough pw\nlong enough pw\n", "already exists"),
+        (["users", "disable", "ghost@example.com"], "", "no agent with e-mail ghost@example.com"),
+    ],
+)
+def test_users_commands_refuse_bad_input(runner, agent, args, stdin, message):
+    before = db.session.scalars(select(User.email).order_by(User.email)).all()
+    result = runner.invoke(args=args, input=stdin)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert db.session.scalars(select(User.email).order_by(User.email)).all() == before
+
+
+def test_users_create_asks_twice_and_refuses_a_mismatch(runner):
+    result = runner.invoke(
+        args=["users", "create", "x@example.com"],
+        input="long enough pw\nsomething else\nlong enough pw\nlong enough pw\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "do not match" in result.output.lower()
+
+
+def test_users_list_when_empty(runner):
+    assert "no agents yet" in runner.invoke(args=["users", "list"]).output
+
+
+def test_sign_in_page_renders_a_form(client):
+    response = client.get("/sign-in")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert 'name="email"' in html and 'name="password"' in html
+    assert csrf_token_from(html)

@@ -1,0 +1,338 @@
+"""Dashboard pages over the real app on SQLite and MariaDB: page vs fragment, headers, search."""
+
+import re
+
+import pytest
+from sqlalchemy import select, update
+
+from tests.builders import identify
+from webapp.audit import record
+from webapp.dashboard import sections
+from webapp.dashboard.models import ContactGram
+from webapp.dashboard.search import contact_grams, index_contact, reindex, search_customers
+from webapp.extensions import db
+from webapp.models import Contact, utcnow
+
+HTMX = {"HX-Request": "true"}
+
+
+def seed(client, *pairs):
+    """Identify each (email, phone) through the API, then build the search index."""
+    for email, phone in pairs:
+        status, body = identify(client, email, phone)
+        assert status == 200, body
+    reindex()
+
+
+def first_tag(html: str) -> str:
+    start = html.index("<")
+    return html[start : html.index(">", start) + 1]
+
+
+def result_ids(html: str) -> list[int]:
+    return [int(n) for n in re.findall(r'class="customer-link" href="/customers/(\d+)"', html)]
+
+
+# --- page or fragment -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, root",
+    [
+        ("/?q=doc", 'id="results"'),
+        ("/audit", 'id="audit-entries"'),
+        ("/customers/1", 'id="timeline"'),
+    ],
+)
+def test_htmx_request_gets_the_fragment_others_the_page(signed_in_client, path, root):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    page = signed_in_client.get(path)
+    assert page.status_code == 200
+    assert "HX-Request" in page.vary
+    assert page.get_data(as_text=True).startswith("<!doctype html>")
+    assert root in page.get_data(as_text=True)
+
+    fragment = signed_in_client.get(path, headers=HTMX)
+    assert fragment.status_code == 200
+    assert "HX-Request" in fragment.vary
+    html = fragment.get_data(as_text=True)
+    assert "<html" not in html
+    assert root in first_tag(html)
+
+    for extra in ({"HX-Boosted": "true"}, {"HX-History-Restore-Request": "true"}):
+        full = signed_in_client.get(path, headers={**HTMX, **extra})
+        assert full.get_data(as_text=True).startswith("<!doctype html>")
+        assert "HX-Request" in full.vary
+
+
+# --- headers and escaping ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/audit", "/sign-in", "/healthz", "/customers/999"])
+def test_security_headers_on_every_response(signed_in_client, path):
+    response = signed_in_client.get(path)
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_signed_in_pages_are_not_cached(signed_in_client):
+    assert signed_in_client.get("/").headers["Cache-Control"] == "no-store"
+
+
+def test_no_inline_script_in_pages(signed_in_client):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    for path in ["/", "/?q=doc", "/customers/1", "/audit", "/sign-in"]:
+        html = signed_in_client.get(path).get_data(as_text=True)
+        for tag in re.findall(r"<script[^>]*>", html):
+            assert 'src="/static/' in tag
+        assert " on" not in " ".join(re.findall(r"<[^>]+ on[a-z]+=", html))
+
+
+def test_what_customers_typed_is_escaped(signed_in_client):
+    # The API refuses such an address; rows imported from elsewhere may still hold one.
+    evil = '"<script>alert(1)</script>"@example.com'
+    db.session.add(Contact(email=evil, email_key=evil.lower(), createdAt=utcnow()))
+    db.session.commit()
+    reindex()
+    for path in ["/?q=script", "/customers/1"]:
+        html = signed_in_client.get(path).get_data(as_text=True)
+        assert "<script>alert(1)</script>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+# --- search -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["lorraine", "LORRAINE@HILL", "hillvalley.edu", "555 0100", "(555) 01-00", "+1555", "50100"],
+)
+def test_search_finds_a_customer_by_any_part_of_email_or_phone(signed_in_client, query):
+    seed(
+        signed_in_client,
+        ("lorraine@hillvalley.edu", "+1 555 0100"),
+        ("biff@tannen.com", "555-9999"),
+    )
+    html = signed_in_client.get("/", query_string={"q": query}).get_data(as_text=True)
+    assert result_ids(html) == [1]
+    assert "lorraine@hillvalley.edu" in html and "+1 555 0100" in html
+
+
+def test_a_result_is_a_customer_with_all_its_values(signed_in_client):
+    seed(
+        signed_in_client,
+        ("lorraine@hillvalley.edu", "123456"),
+        ("mcfly@hillvalley.edu", "123456"),
+        ("mcfly@hillvalley.edu", "777888"),
+    )
+    page = search_customers("hillvalley")
+    assert [c.primary_id for c in page.customers] == [1]
+    customer = page.customers[0]
+    assert customer.emails == ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu"]
+    assert customer.phone_numbers == ["123456", "777888"]
+    assert customer.contact_count == 3
+    assert customer.first_seen <= customer.last_seen
+    html = signed_in_client.get("/?q=777888").get_data(as_text=True)
+    assert result_ids(html) == [1]
+    assert '<td data-label="Contacts" class="num">3</td>' in html
+
+
+def test_no_match_and_too_short_are_said_plainly(signed_in_client):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    assert "No match" in signed_in_client.get("/?q=zzzz").get_data(as_text=True)
+    assert "at least 3" in signed_in_client.get("/?q=do").get_data(as_text=True)
+    assert "Search by e-mail, phone or name" in signed_in_client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("query", ["%", "%%%", "___", "d_c", "do%"])
+def test_like_wildcards_match_only_themselves(signed_in_client, query):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    assert search_customers(query).customers == []
+
+
+def test_deleted_contacts_are_not_found(signed_in_client):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    db.session.execute(update(Contact).values(deletedAt=utcnow()))
+    db.session.commit()
+    assert search_customers("doc@").customers == []
+
+
+def test_results_come_in_pages_with_load_more(signed_in_client):
+    seed(signed_in_client, *[(f"shopper{n:02d}@example.com", None) for n in range(25)])
+    first = signed_in_client.get("/?q=shopper").get_data(as_text=True)
+    assert result_ids(first) == list(range(25, 5, -1))
+    assert 'id="load-more"' in first
+    more = signed_in_client.get("/?q=shopper&page=2", headers=HTMX)
+    html = more.get_data(as_text=True)
+    assert "<table" not in html
+    assert result_ids(html) == [5, 4, 3, 2, 1]
+    assert 'id="load-more"' not in html
+
+
+def test_customer_with_many_matching_rows_is_shown_once_across_pages(app):
+    # Rows 1..30 alternate between two customers; each customer appears once.
+    now = utcnow()
+    db.session.add_all(
+        [
+            Contact(id=1, email="a-one@x.io", email_key="a-one@x.io", createdAt=now),
+            Contact(id=2, email="a-two@x.io", email_key="a-two@x.io", createdAt=now),
+        ]
+    )
+    db.session.flush()
+    for n in range(3, 31):
+        key = f"a-{n}@x.io"
+        db.session.add(
+            Contact(
+                id=n,
+                email=key,
+                email_key=key,
+                linkedId=1 + n % 2,
+                linkPrecedence="secondary",
+                createdAt=now,
+            )
+        )
+    db.session.commit()
+    reindex(batch_size=7)
+    page = search_customers("@x.io", page_size=1)
+    assert [c.primary_id for c in page.customers] == [1] and page.has_more
+    page = search_customers("@x.io", page=2, page_size=1)
+    assert [c.primary_id for c in page.customers] == [2] and not page.has_more
+
+
+def test_index_contact_makes_a_new_row_searchable(app):
+    contact = Contact(
+        email="new@shop.io",
+        email_key="new@shop.io",
+        phoneNumber="+44 20 7946 0958",
+        phone_key="+442079460958",
+    )
+    db.session.add(contact)
+    db.session.flush()
+    index_contact(db.session.connection(), contact.id, contact.email_key, contact.phone_key)
+    db.session.commit()
+    assert [c.primary_id for c in search_customers("7946-0958").customers] == [contact.id]
+    assert [c.primary_id for c in search_customers("w@sho").customers] == [contact.id]
+    grams = set(db.session.scalars(select(ContactGram.gram)))
+    assert grams == contact_grams("new@shop.io", "+442079460958")
+    assert "p442" in grams and "enew" in grams
+
+
+def test_reindex_is_idempotent(signed_in_client):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    count = db.session.scalar(select(db.func.count()).select_from(ContactGram))
+    assert reindex() == 1
+    assert db.session.scalar(select(db.func.count()).select_from(ContactGram)) == count > 0
+
+
+# --- customer page ------------------------------------------------------------------
+
+
+def test_customer_page_header_chips_and_why_linked(signed_in_client):
+    seed(
+        signed_in_client,
+        ("lorraine@hillvalley.edu", "123456"),
+        ("mcfly@hillvalley.edu", "123456"),
+        ("mcfly@hillvalley.edu", "777888"),
+    )
+    html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    for value in ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu", "123456", "777888"]:
+        assert f"{value}</span>" in html
+    assert "Customer #1" in html
+    assert "#1 → #2 share phone" in html
+    assert "#2 → #3 share email" in html
+    assert html.count("Contact #") >= 3
+
+
+@pytest.mark.parametrize("asked", [2, 3])
+def test_any_contact_id_redirects_to_the_primary(signed_in_client, asked):
+    # Row 2 was a primary until the third request merged it; row 3 was always a secondary.
+    seed(
+        signed_in_client, ("a@x.io", "111"), ("b@x.io", "222"), ("a@x.io", "222"), ("c@x.io", "111")
+    )
+    response = signed_in_client.get(f"/customers/{asked}")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/customers/1"
+
+
+def test_merged_away_primary_redirects_and_the_merge_is_on_the_timeline(signed_in_client):
+    seed(signed_in_client, ("a@x.io", "111"), ("b@x.io", "222"), ("a@x.io", "222"))
+    assert signed_in_client.get("/customers/2").headers["Location"] == "/customers/1"
+    html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    assert "Customer #2 merged into #1" in html
+    assert "request email" in html and "a@x.io" in html
+
+
+def test_unknown_customer_is_404(signed_in_client):
+    response = signed_in_client.get("/customers/4242")
+    assert response.status_code == 404
+    assert "No customer holds contact #4242" in response.get_data(as_text=True)
+
+
+def test_timeline_order_toggle_and_audit_entries(signed_in_client):
+    seed(signed_in_client, ("a@x.io", "111"), ("a@x.io", "222"))
+    record("agent@example.com", "block", customer_id=1, subject="phone 222", reason="shop phone")
+    db.session.commit()
+    newest = signed_in_client.get("/customers/1").get_data(as_text=True)
+    oldest = signed_in_client.get("/customers/1?order=oldest").get_data(as_text=True)
+    assert "shop phone" in newest and "by agent@example.com" in newest
+    assert newest.index("block") < newest.index("Contact #1 from checkout")
+    assert oldest.index("Contact #1 from checkout") < oldest.index("shop phone")
+    redirected = signed_in_client.get("/customers/2?order=oldest")
+    assert redirected.headers["Location"] == "/customers/1?order=oldest"
+
+
+def test_registered_sections_and_actions_render_with_their_data(signed_in_client, tmp_path, app):
+    seed(signed_in_client, ("a@x.io", "111"))
+    (tmp_path / "_test_section.html").write_text(
+        '<section class="panel" id="test-section">'
+        "Section for {{ customer.primary_id }}: {{ section.word }}</section>"
+    )
+    (tmp_path / "_test_action.html").write_text(
+        '<button id="test-action">Act on {{ customer.primary_id }}</button>'
+    )
+    from jinja2 import ChoiceLoader, FileSystemLoader
+
+    app.jinja_loader = ChoiceLoader([app.jinja_loader, FileSystemLoader(str(tmp_path))])
+    app.jinja_env.loader = app.jinja_loader
+    sections.register_section(
+        "test", "_test_section.html", lambda pid: {"word": f"loaded-{pid}"}, order=1
+    )
+    sections.register_action("test", "_test_action.html")
+    try:
+        html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    finally:
+        sections._sections.pop("test")
+        sections._actions.pop("test")
+    assert "Section for 1: loaded-1" in html
+    assert "Act on 1</button>" in html
+
+
+# --- audit page ---------------------------------------------------------------------
+
+
+def test_audit_page_newest_first_filter_and_pages(signed_in_client):
+    for n in range(55):
+        record(
+            "agent@example.com",
+            "merge" if n % 2 else "block",
+            customer_id=n + 1,
+            subject=f"subject-{n:02d}",
+        )
+    db.session.commit()
+    html = signed_in_client.get("/audit").get_data(as_text=True)
+    subjects = re.findall(r"subject-(\d\d)", html)
+    assert subjects[0] == "54" and len(subjects) == 50
+    assert 'id="load-more"' in html
+    more = signed_in_client.get("/audit?page=2", headers=HTMX).get_data(as_text=True)
+    assert re.findall(r"subject-(\d\d)", more) == ["04", "03", "02", "01", "00"]
+    merges = signed_in_client.get("/audit?action=merge").get_data(as_text=True)
+    assert all(int(s) % 2 for s in re.findall(r"subject-(\d\d)", merges))
+    assert 'value="merge" selected' in merges or 'selected value="merge"' in merges
+
+
+def test_empty_audit_page_says_so(signed_in_client):
+    assert "No audit entries" in signed_in_client.get("/audit").get_data(as_text=True)
