@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.identity.rules import Row, invariant_violations
-from webapp.models import PRIMARY, SECONDARY, Contact
+from webapp.models import PRIMARY, SECONDARY, Contact, Identifier
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -56,9 +56,21 @@ def live_rows() -> list[Row]:
     ]
 
 
+def blocked_keys() -> set[tuple[str, str]]:
+    """The (kind, key) pairs of every blocked identifier."""
+    return set(
+        db.session.execute(
+            select(Identifier.kind, Identifier.key).where(Identifier.blocked_at.is_not(None))
+        ).all()
+    )
+
+
 def assert_invariants() -> None:
-    """Every connected group has one primary, links are one hop, precedence agrees."""
-    problems = invariant_violations(live_rows())
+    """Every connected group has one primary, links are one hop, precedence agrees.
+
+    Blocked values connect nothing, so customers may share them.
+    """
+    problems = invariant_violations(live_rows(), blocked_keys())
     for c in contacts():
         expected = PRIMARY if c.linkedId is None else SECONDARY
         if c.linkPrecedence != expected:

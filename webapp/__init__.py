@@ -79,12 +79,14 @@ def create_app(config: dict | None = None) -> Flask:
     from .cli import register_cli
     from .dashboard import init_dashboard
     from .engagements import init_engagements
+    from .reconcile import init_reconcile
     from .vouchers import init_vouchers
 
     app.extensions["openapi"] = load_openapi()
     app.register_blueprint(api_bp)
     init_dashboard(app)
     init_engagements(app)
+    init_reconcile(app)
     init_vouchers(app)
     register_cli(app)
 

@@ -14,3 +14,7 @@ def register_cli(app: Flask) -> None:
     from .vouchers.cli import vouchers
 
     app.cli.add_command(vouchers)
+
+    from .reconcile.cli import reconcile_command
+
+    app.cli.add_command(reconcile_command)

@@ -33,6 +33,8 @@ class Config:
     VOUCHER_VALIDATE_LIMIT_PER_CODE = os.environ.get(
         "VOUCHER_VALIDATE_LIMIT_PER_CODE", "10 per minute"
     )
+    # Customers per transaction in a whole-database reconciliation run.
+    RECONCILE_BATCH_SIZE = int(os.environ.get("RECONCILE_BATCH_SIZE", "100"))
     # Dashboard sessions: seconds until an agent must sign in again (12 h by default).
     PERMANENT_SESSION_LIFETIME = int(os.environ.get("PERMANENT_SESSION_LIFETIME", "43200"))
     SESSION_COOKIE_HTTPONLY = True

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ..database import Contention
 from ..extensions import db
 from ..identity.rules import Customer
-from ..identity.service import identify
+from ..identity.service import BlockedValues, identify
 from .errors import ApiError, api_error_response, error_response
 from .payloads import identify_values, json_object
 
@@ -101,6 +101,17 @@ def openapi():
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
     return api_error_response(exc)
+
+
+@bp.errorhandler(BlockedValues)
+def _blocked(exc: BlockedValues):
+    names = {"email": "email", "phone": "phoneNumber"}
+    return error_response(
+        422,
+        "blocked_identifier",
+        "every value in the request is blocked, so it cannot identify a customer",
+        {names[v.kind]: "this value is blocked" for v in exc.values},
+    )
 
 
 @bp.errorhandler(Contention)

@@ -2,6 +2,10 @@
 
 Concurrency design (docs/concurrency.md has the long form):
 
+* Blocked values are dropped first (one lookup on the claim rows' unique
+  index): they take no part in matching and are never stored; a request
+  left with no value is refused (BlockedValues). The write path checks again
+  under the claim locks, which blocking a value takes as well.
 * A read-only pass answers most requests: one statement loads every live row
   of every customer sharing a key with the request, and when the rules say
   nothing is new, the answer is built from that consistent snapshot with no
@@ -20,15 +24,15 @@ Concurrency design (docs/concurrency.md has the long form):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from flask import current_app
-from sqlalchemy import Connection, insert, or_, select, tuple_, union, update
+from sqlalchemy import Connection, and_, insert, or_, select, tuple_, union, update
 
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
-from .rules import EMAIL, Customer, Plan, Row, Value, consolidate, plan_identify
+from .rules import EMAIL, Customer, Key, Plan, Row, Value, consolidate, plan_identify
 
 _c = Contact.__table__.c
 
@@ -89,11 +93,51 @@ def load_customer_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
     return _load_rows(conn, values)
 
 
+class BlockedValues(ValueError):
+    """Every value of a request is blocked, so there is nothing to identify by."""
+
+    def __init__(self, values: Sequence[Value]):
+        super().__init__("every value of the request is blocked")
+        self.values = list(values)
+
+
+def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
+    """Which of ``keys`` are blocked: one lookup on the claim rows' unique index."""
+    by_kind: dict[str, set[str]] = {}
+    for kind, key in keys:
+        by_kind.setdefault(kind, set()).add(key)
+    if not by_kind:
+        return set()
+    c = Identifier.__table__.c
+    statement = select(c.kind, c.key).where(
+        or_(*(and_(c.kind == kind, c.key.in_(sorted(ks))) for kind, ks in by_kind.items())),
+        c.blocked_at.is_not(None),
+    )
+    return {(kind, key) for kind, key in conn.execute(statement)}
+
+
+def _unblocked(conn: Connection, values: Sequence[Value]) -> list[Value]:
+    """The request values that are not blocked; BlockedValues when none is left.
+
+    A blocked value takes no part in matching and is never stored.
+    """
+    blocked = blocked_keys(conn, [(v.kind, v.key) for v in values])
+    kept = [v for v in values if (v.kind, v.key) not in blocked]
+    if not kept:
+        raise BlockedValues(values)
+    return kept
+
+
 def identify(
     values: Sequence[Value], *, source: str = "checkout", actor: str | None = None
 ) -> Customer:
     """Link ``values`` into the customer they belong to, creating or merging as needed."""
     conn = db.session.connection()
+    try:
+        values = _unblocked(conn, values)
+    except BlockedValues:
+        db.session.rollback()
+        raise
     rows = _load_rows(conn, values)
     plan = plan_identify(values, rows)
     if not plan.writes:
@@ -151,6 +195,8 @@ def _lock_customers(conn: Connection, values: Sequence[Value]) -> list[Row]:
 def _identify_locked(values: Sequence[Value], *, source: str, actor: str | None) -> Customer:
     conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
     _lock_claims(conn, values)
+    # Read again under the claim locks, which blocking a value takes too.
+    values = _unblocked(conn, values)
     rows = _lock_customers(conn, values)
     plan = plan_identify(values, rows)
     primary_id = _apply(conn, plan, rows, values, source=source, actor=actor)

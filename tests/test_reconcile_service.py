@@ -1,0 +1,352 @@
+"""Reconciliation services on SQLite and MariaDB: what each action writes, audits and refuses."""
+
+import json
+
+import pytest
+from sqlalchemy import func, insert, select, update
+
+from tests.builders import assert_invariants, contacts
+from tests.openapi_check import assert_matches_openapi
+from webapp.extensions import db
+from webapp.identity.rules import parse_email, parse_identifier, parse_phone
+from webapp.identity.service import BlockedValues, identify
+from webapp.models import AuditEntry, Contact, Identifier, Merge, utcnow
+from webapp.reconcile.jobs import AlreadyRunning, claim_job, create_job, run_job
+from webapp.reconcile.models import DONE, ReconcileJob
+from webapp.reconcile.service import (
+    NotFound,
+    ReconcileError,
+    delete_contact,
+    link_values,
+    merge_customers,
+    merge_preview,
+    reconcile_customer,
+    set_blocked,
+)
+
+AGENT = "agent@example.com"
+
+
+def ident(email=None, phone=None):
+    """Identify through the real service, as checkout does."""
+    values = [parse_email(email)] if email else []
+    values += [parse_phone(phone)] if phone else []
+    return identify(values)
+
+
+def links():
+    """{row id: linkedId} of every row, deleted or not."""
+    db.session.expire_all()
+    return {c.id: c.linkedId for c in contacts()}
+
+
+def audits(action):
+    return list(db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)))
+
+
+def merges():
+    return list(db.session.scalars(select(Merge).order_by(Merge.id)))
+
+
+def shop_customer():
+    """Two shoppers joined only through the shop's own phone: rows 1 and 2."""
+    ident("ann@x.io", "555")
+    ident("bob@x.io", "555")
+    assert links() == {1: None, 2: 1}
+
+
+def test_blocking_a_shared_value_splits_the_customers_it_joined(app):
+    shop_customer()
+    outcome = set_blocked(parse_identifier("5-5-5"), True, AGENT, "the shop's own phone")
+    assert links() == {1: None, 2: None}
+    assert outcome.customer_id == 1
+    assert [r.row_id for r in outcome.relinks] == [2]
+    assert outcome.before == {1: [1, 2]}
+    assert outcome.after == {2: [2]}
+    claim = db.session.scalar(select(Identifier).where(Identifier.key == "555"))
+    assert (claim.blocked_by, claim.blocked_reason) == (AGENT, "the shop's own phone")
+    assert claim.blocked_at is not None
+    (entry,) = audits("block")
+    assert (entry.actor, entry.customer_id, entry.subject) == (AGENT, 1, "phone 555")
+    assert json.loads(entry.before)["customers"] == {"1": [1, 2]}
+    assert json.loads(entry.after)["customers"] == {"2": [2]}
+    assert_invariants()
+
+
+def test_identify_ignores_a_blocked_value_and_refuses_a_request_of_only_blocked_values(app):
+    shop_customer()
+    set_blocked(parse_identifier("555"), True, AGENT, "shop phone")
+    customer = ident("cat@x.io", "555")
+    assert customer.primary_id == 3
+    assert customer.phone_numbers == []
+    new = db.session.get(Contact, 3)
+    assert (new.email, new.phoneNumber, new.phone_key, new.linkedId) == (
+        "cat@x.io",
+        None,
+        None,
+        None,
+    )
+    with pytest.raises(BlockedValues):
+        ident(phone="555")
+    assert len(contacts()) == 3
+    assert_invariants()
+
+
+def test_unblocking_joins_again_what_the_rules_say(app):
+    shop_customer()
+    set_blocked(parse_identifier("555"), True, AGENT, "shop phone")
+    outcome = set_blocked(parse_identifier("555"), False, AGENT)
+    assert links() == {1: None, 2: 1}
+    assert [(m.survivor_id, m.absorbed_id, m.cause, m.actor) for m in merges()] == [
+        (1, 2, "agent", AGENT)
+    ]
+    assert outcome.merges[0].survivor_id == 1
+    claim = db.session.scalar(select(Identifier).where(Identifier.key == "555"))
+    assert (claim.blocked_at, claim.blocked_by, claim.blocked_reason) == (None, None, None)
+    (entry,) = audits("unblock")
+    assert json.loads(entry.before)["blocked_reason"] == "shop phone"
+    assert_invariants()
+
+
+@pytest.mark.parametrize(
+    ("blocked", "unblocked", "message"),
+    [(True, True, "already blocked"), (False, False, "not blocked")],
+)
+def test_blocking_twice_or_unblocking_a_free_value_is_refused(app, blocked, unblocked, message):
+    shop_customer()
+    value = parse_identifier("555")
+    if blocked:
+        set_blocked(value, True, AGENT, "shop")
+    with pytest.raises(ReconcileError, match=message):
+        set_blocked(value, unblocked, AGENT, "again")
+    assert len(audits("block")) == int(blocked)
+
+
+def test_blocking_needs_a_reason_and_writes_nothing_without_one(app):
+    shop_customer()
+    with pytest.raises(ReconcileError, match="why"):
+        set_blocked(parse_identifier("555"), True, AGENT, "  ")
+    assert db.session.scalar(select(func.count()).where(Identifier.blocked_at.is_not(None))) == 0
+
+
+def test_a_value_never_seen_can_be_blocked_ahead(app):
+    outcome = set_blocked(parse_identifier("Test@Test.com"), True, AGENT, "test address")
+    assert outcome.customer_id is None
+    with pytest.raises(BlockedValues):
+        ident("test@test.com")
+    assert contacts() == []
+
+
+def test_a_merge_bridged_by_a_request_survives_reconciliation_and_a_block_undoes_it(app):
+    ident("ann@x.io", "111")
+    ident("bob@x.io", "222")
+    ident("ann@x.io", "222")  # bridges the two customers without adding a row
+    assert links() == {1: None, 2: 1}
+    assert not reconcile_customer(2, AGENT).changed
+    assert links() == {1: None, 2: 1}
+    set_blocked(parse_identifier("ann@x.io"), True, AGENT, "shared family address")
+    assert links() == {1: None, 2: None}
+    assert_invariants()
+
+
+def test_link_adds_an_agent_row_that_stays_after_reconciliation(app):
+    ident("ann@x.io", "111")
+    outcome = link_values(1, [parse_email("ann.work@y.io")], AGENT)
+    assert outcome.added_row == 2
+    added = db.session.get(Contact, 2)
+    assert (added.source, added.linkedId, added.email_key) == ("agent", 1, "ann.work@y.io")
+    assert not reconcile_customer(1, AGENT).changed
+    assert links() == {1: None, 2: 1}
+    (entry,) = audits("link")
+    assert entry.after and json.loads(entry.after)["added_contact"] == 2
+    assert_invariants()
+
+
+def test_link_of_a_value_another_customer_holds_merges_into_the_older(app):
+    ident("ann@x.io", "111")
+    ident("bob@x.io", "222")
+    outcome = link_values(2, [parse_phone("111")], AGENT)
+    assert outcome.added_row is None
+    assert outcome.customer_id == 1
+    assert links() == {1: None, 2: 1}
+    assert [(m.survivor_id, m.absorbed_id, m.cause, m.actor) for m in merges()] == [
+        (1, 2, "agent", AGENT)
+    ]
+    assert not reconcile_customer(1, AGENT).changed
+    assert_invariants()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["ann@x.io"], "already has"),
+        (["555"], "blocked"),
+        ([], "enter"),
+    ],
+)
+def test_link_refusals_write_nothing(app, values, message):
+    ident("ann@x.io", "111")
+    set_blocked(parse_identifier("555"), True, AGENT, "shop")
+    before = len(contacts())
+    with pytest.raises(ReconcileError, match=message):
+        link_values(1, [parse_identifier(v) for v in values], AGENT)
+    assert len(contacts()) == before
+    assert audits("link") == []
+
+
+def test_link_to_a_missing_contact_is_not_found(app):
+    with pytest.raises(NotFound):
+        link_values(99, [parse_email("a@x.io")], AGENT)
+
+
+def test_merge_preview_and_merge(app):
+    ident("ann@x.io", "111")
+    ident("bob@x.io", "222")
+    ident("bob@x.io", "333")
+    preview = merge_preview(3, 1)
+    assert (preview.survivor.primary_id, preview.absorbed.primary_id) == (1, 2)
+    assert preview.rows_moved == 2
+    outcome = merge_customers(3, 1, AGENT)
+    assert outcome.customer_id == 1
+    assert links() == {1: None, 2: 1, 3: 1}
+    assert [(m.survivor_id, m.absorbed_id, m.rows_moved, m.cause) for m in merges()] == [
+        (1, 2, 2, "agent")
+    ]
+    (entry,) = audits("merge")
+    assert (entry.actor, entry.customer_id) == (AGENT, 1)
+    # The agent's merge is kept through a whole recomputation.
+    assert not reconcile_customer(1, AGENT).changed
+    assert_invariants()
+
+
+def test_merging_a_customer_with_itself_is_refused(app):
+    ident("ann@x.io", "111")
+    ident("ann@x.io", "222")
+    with pytest.raises(ReconcileError, match="already"):
+        merge_preview(1, 2)
+    with pytest.raises(ReconcileError, match="already"):
+        merge_customers(1, 2, AGENT)
+    assert merges() == []
+
+
+def test_deleting_the_primary_promotes_the_next_oldest(app):
+    ident("ann@x.io", "111")
+    ident("ann@x.io", "222")
+    ident("bob@x.io", "222")
+    outcome = delete_contact(1, AGENT, "duplicate")
+    assert outcome.customer_id == 2
+    assert links() == {1: 2, 2: None, 3: 2}
+    assert db.session.get(Contact, 1).deletedAt is not None
+    (entry,) = audits("delete")
+    assert (entry.subject, entry.reason) == ("contact 1", "duplicate")
+    assert_invariants()
+
+
+def test_deleting_the_only_bridge_splits_the_customer(app):
+    ident("ann@x.io", "111")
+    ident("ann@x.io", "222")
+    ident("bob@x.io", "222")
+    outcome = delete_contact(2, AGENT)
+    assert links() == {1: None, 2: 1, 3: None}
+    assert outcome.customer_id == 1
+    assert outcome.after == {3: [3]}
+    with pytest.raises(NotFound):
+        delete_contact(2, AGENT)
+    assert_invariants()
+
+
+def _corrupt():
+    """Rows the way a bug or a manual SQL fix could leave them; reconciliation repairs them."""
+    now = utcnow()
+    table = Contact.__table__
+    db.session.execute(
+        insert(table),
+        [
+            {
+                "id": i,
+                "email": e,
+                "email_key": e,
+                "phoneNumber": p,
+                "phone_key": p,
+                "linkedId": None,
+                "linkPrecedence": "primary",
+                "createdAt": now,
+                "updatedAt": now,
+            }
+            for i, e, p in [
+                (1, "a@x.io", "1"),
+                (2, "a@x.io", "2"),  # a second primary holding a@x.io
+                (3, "c@x.io", "3"),
+                (4, "d@x.io", "4"),
+                (5, "e@x.io", "5"),
+            ]
+        ],
+    )
+    db.session.execute(
+        update(table).where(table.c.id == 4).values(linkedId=3, linkPrecedence="secondary")
+    )
+    # Row 5 hangs off a secondary (two hops) and shares nothing with anyone.
+    db.session.execute(
+        update(table).where(table.c.id == 5).values(linkedId=4, linkPrecedence="secondary")
+    )
+    db.session.commit()
+
+
+def test_a_whole_database_run_repairs_everything_in_small_batches(app):
+    app.config["RECONCILE_BATCH_SIZE"] = 1
+    _corrupt()
+    job = create_job(AGENT)
+    with pytest.raises(AlreadyRunning):
+        create_job(AGENT)
+    assert claim_job(job.id).total == 3
+    seen = []
+    done = run_job(job.id, progress=seen.append)
+    assert links() == {1: None, 2: 1, 3: None, 4: None, 5: None}
+    # Rows 4 and 5 became primaries after the cursor passed 3, so they are checked too.
+    assert (done.status, done.active, done.processed) == (DONE, None, 4)
+    assert seen == [1, 1, 1, 1]
+    assert done.customers_changed == 3
+    assert done.rows_changed == 3
+    assert {e.customer_id for e in audits("reconcile")} == {1, 4, 5}
+    assert_invariants()
+    # Nothing left to fix, and a new run may start now.
+    again = create_job(AGENT)
+    claim_job(again.id)
+    assert run_job(again.id).customers_changed == 0
+
+
+def test_flask_reconcile_runs_with_a_progress_bar(app, runner):
+    _corrupt()
+    result = runner.invoke(args=["reconcile"])
+    assert result.exit_code == 0, result.output
+    assert "Reconciling 3 customers" in result.output
+    assert "Checked 5 customers: 3 changed, 3 contact rows relinked." in result.output
+    job = db.session.scalar(select(ReconcileJob))
+    assert (job.status, job.actor) == (DONE, "system")
+    assert_invariants()
+
+
+def test_a_run_for_a_job_not_waiting_is_refused(app, runner):
+    job = create_job(AGENT)
+    claim_job(job.id)
+    result = runner.invoke(args=["reconcile", "--job", str(job.id)])
+    assert result.exit_code != 0
+    assert "not waiting" in str(result.exception)
+
+
+def test_identify_api_answers_422_when_every_value_is_blocked(app, client):
+    set_blocked(parse_identifier("test@test.com"), True, AGENT, "test address")
+    set_blocked(parse_identifier("000"), True, AGENT, "placeholder phone")
+    response = client.post("/identify", json={"email": "TEST@test.com", "phoneNumber": "0-0-0"})
+    assert response.status_code == 422
+    assert response.get_json()["error"] == {
+        "code": "blocked_identifier",
+        "message": "every value in the request is blocked, so it cannot identify a customer",
+        "fields": {"email": "this value is blocked", "phoneNumber": "this value is blocked"},
+    }
+    assert_matches_openapi(app, "/identify", "post", response)
+    assert contacts() == []
+    response = client.post("/identify", json={"email": "real@x.io", "phoneNumber": "000"})
+    assert response.status_code == 200
+    assert response.get_json()["contact"]["phoneNumbers"] == []
+    assert [(c.email, c.phoneNumber) for c in contacts()] == [("real@x.io", None)]

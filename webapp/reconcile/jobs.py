@@ -1,0 +1,206 @@
+"""Whole-database reconciliation: short batched transactions, progress kept in a job row.
+
+A run walks the primaries in id order, a batch at a time; each batch is one
+write transaction that locks its customers (and whatever they must merge
+with) exactly as the per-customer action does, so checkout traffic only ever
+waits for one batch. Progress lives in the ``reconcile_job`` row, written in
+the batch's own transaction, so any worker on any box shows the same numbers.
+The dashboard starts a run as a separate process (``flask reconcile --job
+ID``), so no web worker is tied up for its duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..audit import record
+from ..extensions import db
+from ..models import Contact, utcnow
+from .models import DONE, FAILED, QUEUED, RUNNING, ReconcileJob
+from .service import RECONCILE, ReconcileError, _lock_view, _transaction, _write
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+_c = Contact.__table__.c
+_j = ReconcileJob.__table__.c
+
+# A run whose heartbeat is older than this has died (its process was killed).
+STALE_AFTER = timedelta(minutes=5)
+
+
+class AlreadyRunning(ReconcileError):
+    """Another whole-database run is queued or running."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch's result: how many customers it checked and what it changed."""
+
+    checked: int
+    last_id: int
+    customers_changed: int
+    rows_changed: int
+
+
+def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, actor: str) -> Batch:
+    """Reconcile the next ``size`` customers after ``after_id`` and note progress; commits."""
+    ids = list(
+        conn.execute(
+            select(_c.id)
+            .where(_c.linkedId.is_(None), _c.deletedAt.is_(None), _c.id > after_id)
+            .order_by(_c.id)
+            .limit(size)
+        ).scalars()
+    )
+    if not ids:
+        db.session.rollback()
+        return Batch(0, after_id, 0, 0)
+    view, _ = _lock_view(conn, ids)
+    plan = view.plan()
+    _write(conn, plan, cause=RECONCILE, actor=actor)
+    before = plan.customers_before(view.rows)
+    after = plan.customers_after()
+    for primary, members in after.items():
+        record(
+            actor,
+            RECONCILE,
+            customer_id=primary,
+            subject=f"reconciliation run {job_id}",
+            before={"customers": {k: v for k, v in before.items() if set(v) & set(members)}},
+            after={"customers": {primary: members}},
+        )
+    rows_changed = len(plan.relinks) + len(plan.deleted_relinks)
+    conn.execute(
+        update(ReconcileJob.__table__)
+        .where(_j.id == job_id)
+        .values(
+            processed=_j.processed + len(ids),
+            cursor=ids[-1],
+            customers_changed=_j.customers_changed + len(after),
+            rows_changed=_j.rows_changed + rows_changed,
+            heartbeat_at=utcnow(),
+        )
+    )
+    db.session.commit()
+    return Batch(len(ids), ids[-1], len(after), rows_changed)
+
+
+def _expire_stalled() -> None:
+    db.session.execute(
+        update(ReconcileJob.__table__)
+        .where(_j.active.is_not(None), _j.heartbeat_at < utcnow() - STALE_AFTER)
+        .values(status=FAILED, active=None, finished_at=utcnow(), error="stopped responding")
+    )
+    db.session.commit()
+
+
+def create_job(actor: str) -> ReconcileJob:
+    """Queue a whole-database run; AlreadyRunning when one is queued or running.
+
+    The unique key on ``active`` lets the database, not a worker's memory,
+    decide that only one run happens at a time.
+    """
+    _expire_stalled()
+    job = ReconcileJob(actor=actor, status=QUEUED, active=1, heartbeat_at=utcnow())
+    db.session.add(job)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise AlreadyRunning("a reconciliation of the whole database is already running") from None
+    return job
+
+
+def launch(job_id: int) -> None:
+    """Start ``flask reconcile --job ID`` as its own process, on this app's database."""
+    env = {**os.environ, "DATABASE_URL": current_app.config["SQLALCHEMY_DATABASE_URI"]}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "reconcile", "--job", str(job_id)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    # Reap the child when it ends, so that a long-lived worker collects no zombies.
+    threading.Thread(target=process.wait, daemon=True).start()
+    log.info("reconciliation run %d started as process %d", job_id, process.pid)
+
+
+def claim_job(job_id: int) -> ReconcileJob:
+    """Mark a queued run as running and count the customers it will check."""
+    total = db.session.scalar(
+        select(func.count()).where(_c.linkedId.is_(None), _c.deletedAt.is_(None))
+    )
+    now = utcnow()
+    claimed = db.session.execute(
+        update(ReconcileJob.__table__)
+        .where(_j.id == job_id, _j.status == QUEUED)
+        .values(status=RUNNING, total=total, started_at=now, heartbeat_at=now)
+    ).rowcount
+    db.session.commit()
+    if claimed != 1:
+        raise ReconcileError(f"reconciliation run {job_id} is not waiting to start")
+    return db.session.get(ReconcileJob, job_id)
+
+
+def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> ReconcileJob:
+    """Run a claimed job to the end, batch by batch; a failure is stored on the job."""
+    job = db.session.get(ReconcileJob, job_id)
+    actor, cursor = job.actor, job.cursor
+    size = current_app.config["RECONCILE_BATCH_SIZE"]
+    db.session.rollback()
+    try:
+        while True:
+            batch = _transaction(
+                lambda conn: reconcile_batch(conn, job_id, cursor, size, actor)  # noqa: B023
+            )
+            if not batch.checked:
+                break
+            cursor = batch.last_id
+            if progress is not None:
+                progress(batch.checked)
+    except Exception as exc:
+        db.session.rollback()
+        log.exception("reconciliation run %d failed", job_id)
+        _finish(job_id, FAILED, str(exc) or type(exc).__name__)
+        raise
+    _finish(job_id, DONE, None)
+    return db.session.get(ReconcileJob, job_id)
+
+
+def _finish(job_id: int, status: str, error: str | None) -> None:
+    now = utcnow()
+    db.session.execute(
+        update(ReconcileJob.__table__)
+        .where(_j.id == job_id)
+        .values(status=status, active=None, error=error, finished_at=now, heartbeat_at=now)
+    )
+    db.session.commit()
+
+
+def get_job(job_id: int) -> ReconcileJob | None:
+    """One run, fresh from the database."""
+    return db.session.get(ReconcileJob, job_id, populate_existing=True)
+
+
+def recent_jobs(limit: int = 10) -> list[ReconcileJob]:
+    """The latest runs, newest first."""
+    _expire_stalled()
+    return list(
+        db.session.scalars(select(ReconcileJob).order_by(ReconcileJob.id.desc()).limit(limit))
+    )

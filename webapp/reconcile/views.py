@@ -1,0 +1,375 @@
+"""Reconciliation pages and actions: link, merge, block, unblock, delete and re-run (HTML only).
+
+Every form works as a plain POST before JavaScript loads (a page with the form,
+a 303 after success); htmx swaps the same form fragment in place, gets a 422
+fragment for errors and follows ``HX-Redirect`` after success.
+"""
+
+from __future__ import annotations
+
+from flask import abort, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from sqlalchemy import or_, select
+from wtforms import HiddenField, IntegerField, SearchField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, Optional
+
+from ..dashboard import require_agent
+from ..dashboard.rendering import page_or_fragment, wants_fragment
+from ..dashboard.search import search_customers
+from ..extensions import db
+from ..identity.rules import InvalidValue, parse_email, parse_identifier, parse_key, parse_phone
+from ..identity.service import blocked_keys
+from ..models import Contact, Identifier
+from . import bp
+from .jobs import AlreadyRunning, create_job, get_job, launch, recent_jobs
+from .service import (
+    NotFound,
+    ReconcileError,
+    blocked_identifiers,
+    customer_snapshot,
+    delete_contact,
+    link_values,
+    merge_customers,
+    merge_preview,
+    reconcile_customer,
+    set_blocked,
+)
+
+bp.before_request(require_agent)
+
+
+class LinkForm(FlaskForm):
+    """An e-mail and/or a phone to add to a customer."""
+
+    email = StringField("E-mail", validators=[Optional(), Length(max=320)])
+    phone = StringField("Phone", validators=[Optional(), Length(max=64)])
+
+    def values(self) -> list:
+        """The parsed values; problems land on the fields."""
+        found = []
+        for field, parse in ((self.email, parse_email), (self.phone, parse_phone)):
+            text = (field.data or "").strip()
+            if text:
+                try:
+                    found.append(parse(text))
+                except InvalidValue as exc:
+                    field.errors.append(str(exc))
+        if not found and not self.email.errors and not self.phone.errors:
+            self.form_errors.append("Enter an e-mail address, a phone number or both.")
+        return found
+
+
+class MergeForm(FlaskForm):
+    """The customer to merge with (any of its contact ids)."""
+
+    other = IntegerField("Other customer", validators=[DataRequired()])
+
+
+class MergeSearchForm(FlaskForm):
+    """The merge dialog's search box (GET)."""
+
+    class Meta:
+        csrf = False
+
+    q = SearchField("Find the other customer", validators=[Optional(), Length(max=320)])
+    other = HiddenField()
+
+
+class BlockForm(FlaskForm):
+    """A value to block and why."""
+
+    value = StringField("E-mail or phone", validators=[DataRequired(), Length(max=320)])
+    reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
+    customer = HiddenField()
+
+
+class ConfirmForm(FlaskForm):
+    """Carries only the CSRF token: the button is the confirmation."""
+
+
+class DeleteForm(FlaskForm):
+    """Confirms a soft delete; the reason is optional."""
+
+    reason = StringField("Reason (optional)", validators=[Optional(), Length(max=500)])
+
+
+def _agent() -> str:
+    return current_user.email
+
+
+def _finished(url: str, message: str):
+    """After a successful action: htmx follows HX-Redirect, a plain form gets a 303."""
+    flash(message, "success")
+    if wants_fragment():
+        response = make_response("", 200)
+        response.headers["HX-Redirect"] = url
+        return response
+    return redirect(url, 303)
+
+
+def _customer_url(customer_id: int | None) -> str:
+    if customer_id is None:
+        return url_for("dashboard.home")
+    return url_for("dashboard.customer", contact_id=customer_id)
+
+
+def _missing(message: str):
+    return render_template("dashboard/error.html", title="Not found", message=message), 404
+
+
+def section_data(primary_id: int) -> dict:
+    """The customer page's reconciliation panel: values with their blocked state, live contacts."""
+    contacts = list(
+        db.session.scalars(
+            select(Contact)
+            .where(
+                or_(Contact.id == primary_id, Contact.linkedId == primary_id),
+                Contact.deletedAt.is_(None),
+            )
+            .order_by(Contact.createdAt, Contact.id)
+        )
+    )
+    values: dict[tuple[str, str], str] = {}
+    for contact in contacts:
+        if contact.email_key:
+            values.setdefault(("email", contact.email_key), contact.email)
+        if contact.phone_key:
+            values.setdefault(("phone", contact.phone_key), contact.phoneNumber)
+    blocked = blocked_keys(db.session.connection(), values)
+    data = {
+        "values": [
+            {"kind": kind, "key": key, "shown": shown, "blocked": (kind, key) in blocked}
+            for (kind, key), shown in values.items()
+        ],
+        "contacts": [
+            {"id": c.id, "email": c.email, "phone": c.phoneNumber, "primary": c.linkedId is None}
+            for c in contacts
+        ],
+        "confirm": ConfirmForm(),
+    }
+    db.session.rollback()
+    return data
+
+
+@bp.route("/customers/<int:contact_id>/link", methods=["GET", "POST"])
+def link(contact_id: int):
+    """Add an e-mail and/or phone to a customer, by the identify rules."""
+    form = LinkForm()
+    if form.validate_on_submit():
+        values = form.values()
+        if values:
+            try:
+                outcome = link_values(contact_id, values, _agent())
+            except NotFound as exc:
+                return _missing(str(exc))
+            except ReconcileError as exc:
+                form.form_errors.append(str(exc))
+            else:
+                return _finished(_customer_url(outcome.customer_id), outcome.summary())
+    status = 422 if request.method == "POST" else 200
+    return page_or_fragment(
+        "reconcile/link.html",
+        "reconcile/_link_form.html",
+        status,
+        form=form,
+        contact_id=contact_id,
+    )
+
+
+@bp.get("/customers/<int:contact_id>/merge")
+def merge(contact_id: int):
+    """The merge dialog: search for the other customer, then preview the merge."""
+    search = MergeSearchForm(request.args)
+    query = (search.q.data or "").strip()
+    other = request.args.get("other", type=int)
+    try:
+        customer = customer_snapshot(contact_id)
+    except NotFound as exc:
+        return _missing(str(exc))
+    preview = error = None
+    if other is not None:
+        try:
+            preview = merge_preview(contact_id, other)
+        except ReconcileError as exc:
+            error = str(exc)
+    results = search_customers(query) if query and other is None else None
+    fragment = "_merge_preview.html" if other is not None else "_merge_candidates.html"
+    return page_or_fragment(
+        "reconcile/merge.html",
+        f"reconcile/{fragment}",
+        customer=customer,
+        search=search,
+        query=query,
+        results=results,
+        preview=preview,
+        error=error,
+        form=MergeForm(other=other),
+    )
+
+
+@bp.post("/customers/<int:contact_id>/merge")
+def merge_confirm(contact_id: int):
+    """Merge two customers: the older primary survives."""
+    form = MergeForm()
+    error = None
+    if form.validate_on_submit():
+        try:
+            outcome = merge_customers(contact_id, form.other.data, _agent())
+        except ReconcileError as exc:
+            error = str(exc)
+        else:
+            return _finished(_customer_url(outcome.customer_id), outcome.summary())
+    else:
+        error = "Choose the customer to merge with."
+    try:
+        customer = customer_snapshot(contact_id)
+    except NotFound as exc:
+        return _missing(str(exc))
+    return page_or_fragment(
+        "reconcile/merge.html",
+        "reconcile/_merge_preview.html",
+        422,
+        customer=customer,
+        search=MergeSearchForm(),
+        query="",
+        results=None,
+        preview=None,
+        error=error,
+        form=form,
+    )
+
+
+@bp.route("/identifiers/block", methods=["GET", "POST"])
+def block():
+    """Block a value: it links nothing any more, and customers joined only by it split."""
+    form = BlockForm(request.form if request.method == "POST" else request.args)
+    if request.method == "POST" and form.validate():
+        try:
+            value = parse_identifier(form.value.data)
+            outcome = set_blocked(value, True, _agent(), form.reason.data)
+        except InvalidValue as exc:
+            form.value.errors.append(str(exc))
+        except ReconcileError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            back = form.customer.data
+            target = (
+                _customer_url(outcome.customer_id or int(back))
+                if back and back.isdigit()
+                else url_for(".blocked")
+            )
+            return _finished(target, f"{value.key} is blocked. {outcome.summary()}")
+    status = 422 if request.method == "POST" else 200
+    return page_or_fragment("reconcile/block.html", "reconcile/_block_form.html", status, form=form)
+
+
+@bp.get("/blocked")
+def blocked():
+    """Every blocked value, with who blocked it, why, and an unblock button."""
+    return page_or_fragment(
+        "reconcile/blocked.html",
+        "reconcile/_blocked_values.html",
+        identifiers=blocked_identifiers(),
+    )
+
+
+@bp.post("/identifiers/<int:identifier_id>/unblock")
+def unblock(identifier_id: int):
+    """Unblock a value; customers it joins are merged again by the rules."""
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        abort(400)
+    identifier = db.session.get(Identifier, identifier_id)
+    if identifier is None:
+        return _missing(f"There is no identifier {identifier_id}.")
+    value = parse_key(identifier.kind, identifier.key)
+    db.session.rollback()
+    try:
+        outcome = set_blocked(value, False, _agent())
+    except ReconcileError as exc:
+        message, category = str(exc), "error"
+    else:
+        message, category = f"{value.key} is unblocked. {outcome.summary()}", "success"
+    if not wants_fragment():
+        flash(message, category)
+        return redirect(url_for(".blocked"), 303)
+    response = make_response(
+        render_template(
+            "reconcile/_blocked_values.html",
+            identifiers=blocked_identifiers(),
+            message=message,
+            category=category,
+        )
+    )
+    response.headers["HX-Trigger"] = "identifier-unblocked"
+    return response
+
+
+@bp.route("/contacts/<int:contact_id>/delete", methods=["GET", "POST"])
+def delete(contact_id: int):
+    """Soft-delete a contact after confirmation; its customer is recomputed and may split."""
+    contact = db.session.get(Contact, contact_id)
+    if contact is None or contact.deletedAt is not None:
+        return _missing(f"There is no contact #{contact_id}.")
+    form = DeleteForm()
+    if form.validate_on_submit():
+        try:
+            outcome = delete_contact(contact_id, _agent(), form.reason.data or None)
+        except ReconcileError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            return _finished(
+                _customer_url(outcome.customer_id),
+                f"Contact #{contact_id} deleted. {outcome.summary()}",
+            )
+    status = 422 if request.method == "POST" else 200
+    return page_or_fragment(
+        "reconcile/delete.html", "reconcile/_delete_form.html", status, form=form, contact=contact
+    )
+
+
+@bp.post("/customers/<int:contact_id>/reconcile")
+def rerun(contact_id: int):
+    """Recompute one customer from its rows and report what changed."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    try:
+        outcome = reconcile_customer(contact_id, _agent())
+    except NotFound as exc:
+        return _missing(str(exc))
+    return _finished(_customer_url(outcome.customer_id), outcome.summary())
+
+
+@bp.route("/reconcile", methods=["GET", "POST"])
+def runs():
+    """Whole-database runs: start one, see the latest."""
+    form = ConfirmForm()
+    error = None
+    if form.validate_on_submit():
+        try:
+            job = create_job(_agent())
+        except AlreadyRunning as exc:
+            error = str(exc)
+        else:
+            launch(job.id)
+            started = f"Reconciliation run {job.id} started."
+            return _finished(url_for(".run", job_id=job.id), started)
+    status = 422 if error else 200
+    return page_or_fragment(
+        "reconcile/runs.html",
+        "reconcile/_runs.html",
+        status,
+        form=form,
+        error=error,
+        jobs=recent_jobs(),
+    )
+
+
+@bp.get("/reconcile/<int:job_id>")
+def run(job_id: int):
+    """One run's progress; the progress fragment polls itself until the run ends."""
+    job = get_job(job_id)
+    if job is None:
+        return _missing(f"There is no reconciliation run {job_id}.")
+    return page_or_fragment("reconcile/run.html", "reconcile/_progress.html", job=job)
