@@ -1,0 +1,90 @@
+"""The screen-pop in headless Chromium: a call arrives at gunicorn, the agent's open page pops."""
+
+import json
+import re
+import urllib.request
+
+from playwright.sync_api import expect
+
+
+def post_json(base_url: str, path: str, body: dict) -> dict:
+    """POST to the live gunicorn as the telephony system would."""
+    request = urllib.request.Request(
+        base_url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status in (200, 201)
+        return json.loads(response.read())
+
+
+def script_errors(page) -> list[str]:
+    """Console errors but the browser's own favicon request, which the app does not serve."""
+    favicon = "Failed to load resource: the server responded with a status of 404"
+    return [error for error in page.console_errors if not error.startswith(favicon)]
+
+
+def test_a_call_pops_the_caller_on_the_open_dashboard(signed_in_page, live_server, tmp_path):
+    page = signed_in_page
+    base = live_server.url
+    marty = post_json(
+        base,
+        "/events",
+        {
+            "channel": "email",
+            "direction": "inbound",
+            "email": "marty@hillvalley.edu",
+            "phoneNumber": "+1 555 0100",
+            "name": "Marty McFly",
+            "summary": "Question about the flux capacitor",
+        },
+    )["event"]["customerId"]
+    post_json(base, "/events", {"channel": "sms", "direction": "inbound", "email": "biff@x.io"})
+
+    # The agent is on another dashboard page when the phone rings.
+    page.goto("/audit")
+    call = post_json(base, "/calls/incoming", {"phoneNumber": "15550100", "callId": "ring-1"})
+    assert call["match"] == "one"
+
+    pop = page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')
+    expect(pop).to_be_visible(timeout=5000)
+    expect(pop.get_by_role("heading", name="Marty McFly")).to_be_visible()
+    expect(pop).to_contain_text("marty@hillvalley.edu")
+    expect(pop).to_contain_text("+1 555 0100")
+    expect(pop).to_contain_text("Question about the flux capacitor")
+    expect(pop).not_to_contain_text("biff@x.io")
+    page.screenshot(path=str(tmp_path / "screen-pop.png"))
+
+    pop.get_by_role("link", name=f"Open customer #{marty}").click()
+    expect(page).to_have_url(re.compile(rf"/customers/{marty}$"))
+    activity = page.locator("#activity")
+    expect(activity).to_contain_text("Inbound call")
+    expect(activity).to_contain_text("Question about the flux capacitor")
+    assert script_errors(page) == []
+
+
+def test_an_unknown_caller_becomes_a_customer_in_one_click(signed_in_page, live_server):
+    page = signed_in_page
+    call = post_json(live_server.url, "/calls/incoming", {"phoneNumber": "+44 20 7946 0000"})
+    assert call["match"] == "none"
+
+    pop = page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')
+    expect(pop.get_by_role("heading", name="Unknown caller")).to_be_visible(timeout=5000)
+    pop.get_by_role("button", name="Create customer").click()
+
+    expect(page).to_have_url(re.compile(r"/customers/\d+$"))
+    expect(page.locator("#customer-header")).to_contain_text("+44 20 7946 0000")
+    expect(page.locator("#activity")).to_contain_text("Inbound call")
+    # Dismissed pops stay dismissed on the next page.
+    page.goto("/")
+    another = post_json(live_server.url, "/calls/incoming", {"phoneNumber": "+44 20 7946 0001"})
+    second = page.locator(f'.screen-pop[data-pop-id="{another["popId"]}"]')
+    expect(second).to_be_visible(timeout=5000)
+    second.get_by_role("button", name="Dismiss").click()
+    expect(second).to_have_count(0)
+    page.reload()
+    page.wait_for_timeout(2500)
+    expect(second).to_have_count(0)
+    assert script_errors(page) == []
