@@ -3,7 +3,7 @@
 ``browser`` is shared by the session; ``page`` is a fresh browser context on
 the ``live_server`` (so it runs once per database, like ``app``);
 ``signed_in_page`` has created an agent and signed in through the real form.
-Each page records console errors (a CSP violation is one) in ``page.console_errors``.
+Each page records script errors and CSP violations in ``page.console_errors``.
 """
 
 from __future__ import annotations
@@ -53,12 +53,14 @@ def page(browser, live_server) -> Page:
     context.set_default_timeout(10_000)
     tab = context.new_page()
     tab.console_errors = []
-    tab.on(
-        "console",
-        lambda message: (
-            tab.console_errors.append(message.text) if message.type == "error" else None
-        ),
-    )
+
+    def _on_console(message):
+        # A 422 form answer or a 404 also logs an error; only script and CSP problems count.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            tab.console_errors.append(message.text)
+
+    tab.on("console", _on_console)
+    tab.on("pageerror", lambda error: tab.console_errors.append(str(error)))
     yield tab
     context.close()
 

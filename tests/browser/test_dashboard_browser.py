@@ -1,0 +1,92 @@
+"""The dashboard in headless Chromium: sign in, search as you type, open a customer, sign out."""
+
+import re
+
+from playwright.sync_api import expect
+
+from tests.builders import identify
+from webapp.dashboard.search import reindex
+
+
+def seed_customers(client):
+    for email, phone in [
+        ("lorraine@hillvalley.edu", "+1 555 0100"),
+        ("mcfly@hillvalley.edu", "+1 555 0100"),
+        ("biff@tannen.com", "555-9999"),
+    ]:
+        status, body = identify(client, email, phone)
+        assert status == 200, body
+    reindex()
+
+
+def test_sign_in_search_open_customer_sign_out(signed_in_page, client):
+    page = signed_in_page
+    seed_customers(client)
+
+    search = page.get_by_label("Search customers")
+    # Typed key by key, with no Enter: the active search updates the results.
+    search.press_sequentially("hillval", delay=40)
+    results = page.locator("#results")
+    expect(results.get_by_role("link", name="#1")).to_be_visible()
+    expect(results).to_contain_text("mcfly@hillvalley.edu")
+    expect(results).not_to_contain_text("biff@tannen.com")
+    expect(page).to_have_url(re.compile(r"/\?q=hillval$"))
+
+    search.fill("555 99 99")
+    search.dispatch_event("input")
+    expect(results).to_contain_text("biff@tannen.com")
+    expect(results).not_to_contain_text("lorraine")
+
+    search.fill("nobody-like-this")
+    search.dispatch_event("input")
+    expect(results).to_contain_text("No match")
+
+    page.go_back()
+    expect(results).to_contain_text("biff@tannen.com")
+
+    search.fill("lorraine")
+    search.dispatch_event("input")
+    results.get_by_role("link", name="#1").click()
+    expect(page).to_have_url(re.compile(r"/customers/1$"))
+    expect(page.get_by_role("heading", name="Customer #1")).to_be_visible()
+    header = page.locator("#customer-header")
+    expect(header).to_contain_text("lorraine@hillvalley.edu")
+    expect(header).to_contain_text("mcfly@hillvalley.edu")
+    expect(page.locator("#contacts")).to_contain_text("share phone")
+
+    page.get_by_role("link", name="Oldest first").click()
+    expect(page).to_have_url(re.compile(r"order=oldest"))
+    expect(page.locator("#timeline .event").first).to_contain_text("Contact #1")
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.goto("/customers/1")
+    expect(page).to_have_url(re.compile(r"/sign-in\?next="))
+    assert page.console_errors == []
+
+
+def test_wrong_password_is_shown_in_place(page, agent):
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/sign-in\?next=/"))
+    page.get_by_label("E-mail").fill(agent.email)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("Wrong e-mail or password")
+    assert page.console_errors == []
+
+
+def test_search_works_without_javascript(browser, live_server, agent, client):
+    seed_customers(client)
+    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto("/sign-in")
+        page.get_by_label("E-mail").fill(agent.email)
+        page.get_by_label("Password").fill("correct horse battery")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_label("Search customers").fill("tannen")
+        page.get_by_role("button", name="Search").click()
+        expect(page).to_have_url(re.compile(r"/\?q=tannen$"))
+        expect(page.locator("#results")).to_contain_text("biff@tannen.com")
+    finally:
+        context.close()
