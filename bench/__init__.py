@@ -1,0 +1,1 @@
+"""Benchmark scripts: seed a real database, drive the real app, write the figures."""
