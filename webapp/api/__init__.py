@@ -27,7 +27,7 @@ bp = Blueprint("api", __name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 
 # Paths whose errors are JSON even when routing fails (404/405 never reach a view).
-JSON_PATHS = ("/identify", "/healthz", "/openapi.json", "/events", "/calls", "/api/v1")
+JSON_PATHS = ("/identify", "/healthz", "/openapi.json", "/events", "/calls", "/api/v1", "/vouchers")
 
 
 def load_openapi() -> dict:

@@ -1,0 +1,423 @@
+"""The vouchers JSON API over the real app, on SQLite and MariaDB: answers and database state."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select, update
+
+from tests.builders import contacts, identify
+from tests.openapi_check import assert_matches_openapi
+from webapp.extensions import db
+from webapp.models import AuditEntry, Identifier, utcnow
+from webapp.vouchers import service
+from webapp.vouchers.models import Offer, Voucher
+from webapp.vouchers.rules import iso_utc
+
+LORRAINE = "lorraine@hillvalley.edu"
+MCFLY = "mcfly@hillvalley.edu"
+BIFF = "biff@hillvalley.edu"
+CODE_SHAPE = re.compile(r"[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{2}")
+
+
+def in_days(days: float) -> str:
+    """An expiry ``days`` from now, written with a +02:00 offset."""
+    moment = utcnow().replace(tzinfo=UTC) + timedelta(days=days)
+    return moment.astimezone(timezone(timedelta(hours=2))).isoformat()
+
+
+def generate(client, email=LORRAINE, offer="Summer sale", discount=10, days=30, **extra):
+    """POST /vouchers/generate and return the response."""
+    body = {"email": email, "offer_name": offer, "discount": discount, "expiry": in_days(days)}
+    return client.post("/vouchers/generate", json={**body, **extra})
+
+
+def issued_code(client, **kwargs) -> str:
+    response = generate(client, **kwargs)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["code"]
+
+
+def validate(client, code, email=LORRAINE, **extra):
+    """POST /vouchers/validate and return the response."""
+    return client.post("/vouchers/validate", json={"code": code, "email": email, **extra})
+
+
+def vouchers() -> list[Voucher]:
+    db.session.expire_all()
+    rows = list(db.session.scalars(select(Voucher).order_by(Voucher.id)))
+    # Detached, so that reading them later opens no transaction in the session.
+    for row in rows:
+        db.session.expunge(row)
+    db.session.rollback()
+    return rows
+
+
+def expire(code: str) -> None:
+    """Move a voucher's expiry into the past (time passing, not an API call)."""
+    db.session.execute(
+        update(Voucher)
+        .where(Voucher.code == code.replace("-", ""))
+        .values(expires_at=utcnow() - timedelta(minutes=1))
+    )
+    db.session.commit()
+
+
+def test_generate_issues_a_readable_code_to_a_new_customer(app, client):
+    response = generate(client, discount=12.5)
+    assert response.status_code == 201
+    body = response.get_json()
+    assert set(body) == {"code", "offer_name", "discount", "expiry"}
+    assert CODE_SHAPE.fullmatch(body["code"])
+    assert (body["offer_name"], body["discount"]) == ("Summer sale", 12.5)
+    assert body["expiry"].endswith("+00:00")
+    assert_matches_openapi(app, "/vouchers/generate", "post", response)
+
+    (contact,) = contacts()
+    assert (contact.email, contact.linkedId, contact.source) == (LORRAINE, None, "voucher")
+    (voucher,) = vouchers()
+    assert voucher.code == body["code"].replace("-", "")
+    assert (voucher.contact_id, voucher.discount, voucher.used_at) == (contact.id, 1250, None)
+    assert iso_utc(voucher.expires_at) == body["expiry"]
+
+
+def test_generate_for_a_known_email_reuses_its_customer(client):
+    identify(client, MCFLY, "123456")
+    identify(client, LORRAINE, "123456")
+    issued_code(client, email=LORRAINE)
+    assert len(contacts()) == 2
+    (voucher,) = vouchers()
+    assert voucher.contact_id == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"email": None}, "email"),
+        ({"email": "not-an-email"}, "email"),
+        ({"offer_name": ""}, "offer_name"),
+        ({"offer_name": "x" * 121}, "offer_name"),
+        ({"discount": 0}, "discount"),
+        ({"discount": 100.5}, "discount"),
+        ({"discount": "ten"}, "discount"),
+        ({"discount": True}, "discount"),
+        ({"expiry": "2020-01-01T00:00:00+00:00"}, "expiry"),
+        ({"expiry": "2099-01-01T00:00:00"}, "expiry"),
+        ({"expiry": "soon"}, "expiry"),
+        ({"once_per_customer": "yes"}, "once_per_customer"),
+    ],
+)
+def test_generate_refuses_bad_fields_and_writes_nothing(app, client, change, field):
+    body = {"email": LORRAINE, "offer_name": "Summer", "discount": 10, "expiry": in_days(3)}
+    response = client.post("/vouchers/generate", json={**body, **change})
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_field"
+    assert field in error["fields"]
+    assert_matches_openapi(app, "/vouchers/generate", "post", response)
+    assert contacts() == []
+    assert vouchers() == []
+    assert db.session.scalar(select(func.count()).select_from(Offer)) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [("/vouchers/generate", "post"), ("/vouchers/validate", "post")],
+)
+def test_bodies_must_be_json(client, path, method):
+    response = client.open(path, method=method, data="code=X", content_type="text/plain")
+    assert response.status_code == 415
+    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_codes_are_unique_and_retried_on_collision(client, monkeypatch):
+    first = issued_code(client).replace("-", "")
+    draws = iter([first, "K7QM3XPD9R"])
+    monkeypatch.setattr(service, "new_code", lambda: next(draws))
+    second = issued_code(client, email=MCFLY)
+    assert second == "K7QM-3XPD-9R"
+    assert [v.code for v in vouchers()] == [first, "K7QM3XPD9R"]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [lambda c: c, str.lower, lambda c: c.replace("-", ""), lambda c: c.lower().replace("-", " ")],
+)
+def test_validate_accepts_any_spelling_and_redeems(app, client, spelling):
+    code = issued_code(client, discount=15)
+    response = validate(client, spelling(code))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["code"], body["discount"], body["offer_name"]) == (code, 15, "Summer sale")
+    assert_matches_openapi(app, "/vouchers/validate", "post", response)
+    (voucher,) = vouchers()
+    assert voucher.used_at is not None
+    assert voucher.used_email == LORRAINE
+    assert body["used_at"] == iso_utc(voucher.used_at)
+
+
+def test_look_alike_letters_are_read_as_digits(client, monkeypatch):
+    monkeypatch.setattr(service, "new_code", lambda: "A0B1C0D1EF")
+    issued_code(client)
+    assert validate(client, "aob-icod-lef").status_code == 200
+
+
+def test_any_email_of_the_customer_redeems_it(client):
+    code = issued_code(client, email=LORRAINE)
+    identify(client, LORRAINE, "123456")
+    identify(client, MCFLY, "123456")
+    response = validate(client, code, email=MCFLY.upper())
+    assert response.status_code == 200
+    assert vouchers()[0].used_email == MCFLY.upper()
+
+
+def test_a_merge_after_issue_moves_the_voucher_with_its_customer(client):
+    # Biff's voucher was issued to him alone; merging him into Lorraine's
+    # older customer makes it hers too, without touching the voucher.
+    identify(client, LORRAINE, "111")
+    code = issued_code(client, email=BIFF)
+    assert validate(client, code, email=LORRAINE, dry_run=True).status_code == 404
+    identify(client, BIFF, "111")
+    assert validate(client, code, email=LORRAINE).status_code == 200
+
+
+def test_unknown_code_and_another_customers_code_answer_the_same_404(app, client):
+    code = issued_code(client, email=LORRAINE)
+    issued_code(client, email=BIFF)
+    theirs = validate(client, code, email=BIFF)
+    unknown = validate(client, "K7QM-3XPD-9R", email=BIFF)
+    stranger = validate(client, code, email="nobody@example.com")
+    for response in (theirs, unknown, stranger):
+        assert response.status_code == 404
+        assert response.get_json() == theirs.get_json()
+        assert_matches_openapi(app, "/vouchers/validate", "post", response)
+    assert theirs.get_json()["error"]["code"] == "voucher_not_found"
+    assert all(v.used_at is None for v in vouchers())
+    # The stranger's e-mail was only looked up, not made a customer.
+    assert {c.email for c in contacts()} == {LORRAINE, BIFF}
+
+
+def test_used_voucher_is_409_with_when(app, client):
+    code = issued_code(client)
+    assert validate(client, code).status_code == 200
+    used_at = vouchers()[0].used_at
+    again = validate(client, code)
+    assert again.status_code == 409
+    error = again.get_json()["error"]
+    assert error["code"] == "voucher_used"
+    assert iso_utc(used_at) in error["message"]
+    assert error["fields"]["code"] == error["message"]
+    assert_matches_openapi(app, "/vouchers/validate", "post", again)
+    assert vouchers()[0].used_at == used_at
+
+
+def test_expired_voucher_is_410_and_stays_unused(app, client):
+    code = issued_code(client)
+    expire(code)
+    response = validate(client, code)
+    assert response.status_code == 410
+    assert response.get_json()["error"]["code"] == "voucher_expired"
+    assert_matches_openapi(app, "/vouchers/validate", "post", response)
+    assert vouchers()[0].used_at is None
+
+
+def test_dry_run_checks_without_redeeming(app, client):
+    code = issued_code(client, discount=20)
+    dry = validate(client, code, dry_run=True)
+    assert dry.status_code == 200
+    assert dry.get_json() == {
+        "code": code,
+        "offer_name": "Summer sale",
+        "discount": 20,
+        "used_at": None,
+    }
+    assert_matches_openapi(app, "/vouchers/validate", "post", dry)
+    assert vouchers()[0].used_at is None
+    assert validate(client, code).status_code == 200
+    assert validate(client, code, dry_run=True).status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": LORRAINE}, "code"),
+        ({"code": "K7QM-3XPD", "email": LORRAINE}, "code"),
+        ({"code": 12345, "email": LORRAINE}, "code"),
+        ({"code": "K7QM-3XPD-9R"}, "email"),
+        ({"code": "K7QM-3XPD-9R", "email": "nope"}, "email"),
+        ({"code": "K7QM-3XPD-9R", "email": LORRAINE, "dry_run": "no"}, "dry_run"),
+    ],
+)
+def test_validate_refuses_bad_fields(app, client, body, field):
+    response = client.post("/vouchers/validate", json=body)
+    assert response.status_code == 400
+    assert field in response.get_json()["error"]["fields"]
+    assert_matches_openapi(app, "/vouchers/validate", "post", response)
+
+
+def test_reissuing_an_offer_changes_only_new_vouchers(client):
+    old = issued_code(client, offer="Black Friday", discount=10)
+    new = issued_code(client, offer="Black Friday", discount=25)
+    offer = db.session.scalars(select(Offer)).one()
+    assert offer.discount == 2500
+    assert [v.discount for v in vouchers()] == [1000, 2500]
+    assert validate(client, old).get_json()["discount"] == 10
+    assert validate(client, new).get_json()["discount"] == 25
+
+
+def test_once_per_customer_holds_across_emails_and_vouchers(client):
+    identify(client, LORRAINE, "123456")
+    identify(client, MCFLY, "123456")
+    first = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+    second = issued_code(client, email=MCFLY, offer="Welcome")
+    biffs = issued_code(client, email=BIFF, offer="Welcome")
+    assert validate(client, first).status_code == 200
+    refused = validate(client, second, email=MCFLY)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "offer_already_redeemed"
+    assert validate(client, second, email=MCFLY, dry_run=True).status_code == 409
+    # Another customer is not affected, and the refused voucher stays unused.
+    assert validate(client, biffs, email=BIFF).status_code == 200
+    assert [v.used_at is not None for v in vouchers()] == [True, False, True]
+
+
+def test_once_per_customer_counts_a_redemption_made_before_a_merge(client):
+    identify(client, LORRAINE, "111")
+    mine = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+    biffs = issued_code(client, email=BIFF, offer="Welcome")
+    assert validate(client, biffs, email=BIFF).status_code == 200
+    identify(client, BIFF, "111")  # Biff turns out to be Lorraine's customer
+    assert validate(client, mine).get_json()["error"]["code"] == "offer_already_redeemed"
+
+
+def test_offer_without_once_per_customer_allows_several(client):
+    identify(client, LORRAINE, "111")
+    identify(client, MCFLY, "111")
+    codes = [issued_code(client, email=e, offer="Loyalty") for e in (LORRAINE, MCFLY, LORRAINE)]
+    assert [validate(client, c).status_code for c in codes] == [200, 200, 200]
+
+
+def test_list_shows_valid_vouchers_across_the_customers_emails(app, client):
+    identify(client, LORRAINE, "123456")
+    identify(client, MCFLY, "123456")
+    soon = issued_code(client, email=LORRAINE, offer="A", days=2)
+    later = issued_code(client, email=MCFLY, offer="B", days=9)
+    used = issued_code(client, email=LORRAINE, offer="C")
+    expired = issued_code(client, email=MCFLY, offer="D")
+    issued_code(client, email=BIFF, offer="E")
+    validate(client, used)
+    expire(expired)
+
+    response = client.get("/vouchers", query_string={"email": MCFLY})
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/vouchers", "get", response)
+    listed = response.get_json()["vouchers"]
+    assert [(v["code"], v["offer_name"], v["status"]) for v in listed] == [
+        (soon, "A", "valid"),
+        (later, "B", "valid"),
+    ]
+
+    def codes(status):
+        answer = client.get("/vouchers", query_string={"email": LORRAINE, "status": status})
+        assert answer.status_code == 200
+        return [v["code"] for v in answer.get_json()["vouchers"]]
+
+    assert codes("used") == [used]
+    assert codes("expired") == [expired]
+    assert codes("all") == [soon, later, used, expired]
+
+
+def test_list_reads_a_json_body_on_get_like_the_old_service(client):
+    code = issued_code(client)
+    response = client.get("/vouchers", json={"email": LORRAINE})
+    assert response.status_code == 200
+    assert [v["code"] for v in response.get_json()["vouchers"]] == [code]
+
+
+def test_list_for_an_unknown_email_is_empty_and_creates_nobody(client):
+    response = client.get("/vouchers", query_string={"email": "nobody@example.com"})
+    assert (response.status_code, response.get_json()) == (200, {"vouchers": []})
+    assert contacts() == []
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [({}, "email"), ({"email": "x"}, "email"), ({"email": LORRAINE, "status": "gone"}, "status")],
+)
+def test_list_refuses_bad_parameters(app, client, query, field):
+    response = client.get("/vouchers", query_string=query)
+    assert response.status_code == 400
+    assert field in response.get_json()["error"]["fields"]
+    assert_matches_openapi(app, "/vouchers", "get", response)
+
+
+def _block(email: str) -> None:
+    claim = db.session.scalars(select(Identifier).where(Identifier.key == email)).one()
+    claim.blocked_at = utcnow()
+    claim.blocked_reason = "shared test address"
+    db.session.commit()
+
+
+def test_a_blocked_email_neither_receives_nor_redeems(app, client):
+    code = issued_code(client, email=LORRAINE)
+    identify(client, LORRAINE, "555")
+    issued_code(client, email=MCFLY)
+    _block(MCFLY)
+    refused = generate(client, email=MCFLY)
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["code"] == "email_blocked"
+    assert_matches_openapi(app, "/vouchers/generate", "post", refused)
+    assert len(vouchers()) == 2
+    assert validate(client, code, email=MCFLY).status_code == 404
+    answer = client.get("/vouchers", query_string={"email": MCFLY})
+    assert answer.get_json() == {"vouchers": []}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", "/vouchers/generate", 405),
+        ("get", "/vouchers/nope", 404),
+        ("delete", "/vouchers", 405),
+    ],
+)
+def test_routing_errors_are_json(client, method, path, status):
+    response = client.open(path, method=method.upper())
+    assert response.status_code == status
+    assert set(response.get_json()["error"]) == {"code", "message", "fields"}
+
+
+class TestWithApiKeys:
+    @pytest.fixture
+    def app_config(self, app_config):
+        return {**app_config, "API_KEYS": ["s3cret"]}
+
+    def test_api_keys_guard_every_voucher_endpoint(self, client):
+        refused = [
+            generate(client),
+            validate(client, "K7QM-3XPD-9R"),
+            client.get("/vouchers", query_string={"email": LORRAINE}),
+        ]
+        assert [r.status_code for r in refused] == [401, 401, 401]
+        assert contacts() == []
+        headers = {"Authorization": "Bearer s3cret"}
+        body = {"email": LORRAINE, "offer_name": "Key", "discount": 5, "expiry": in_days(1)}
+        assert client.post("/vouchers/generate", json=body, headers=headers).status_code == 201
+
+
+def test_agent_void_is_audited_and_blocks_redemption(client):
+    code = issued_code(client)
+    (voucher,) = vouchers()
+    view = service.void_voucher(voucher.id, "sent to the wrong person", actor="agent@shop.test")
+    assert view.status == "voided"
+    response = validate(client, code)
+    assert response.status_code == 410
+    assert response.get_json()["error"]["code"] == "voucher_voided"
+    entry = db.session.scalars(select(AuditEntry)).one()
+    assert (entry.actor, entry.action, entry.customer_id) == ("agent@shop.test", "void_voucher", 1)
+    assert entry.reason == "sent to the wrong person"
+    with pytest.raises(service.VoucherError) as refused:
+        service.void_voucher(voucher.id, "again", actor="agent@shop.test")
+    assert refused.value.code == "voucher_not_voidable"

@@ -1,0 +1,63 @@
+"""Rate limits on POST /vouchers/validate: per client and per code, 429 with Retry-After."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.openapi_check import assert_matches_openapi
+from tests.test_vouchers_api import BIFF, LORRAINE, issued_code, validate, vouchers
+
+
+@pytest.fixture
+def app_config(app_config):
+    # Each app gets fresh in-memory counters, so these runs are deterministic.
+    return {
+        **app_config,
+        "VOUCHER_VALIDATE_LIMIT_PER_CLIENT": "6 per hour",
+        "VOUCHER_VALIDATE_LIMIT_PER_CODE": "3 per hour",
+    }
+
+
+def assert_limited(app, response) -> None:
+    assert response.status_code == 429
+    error = response.get_json()["error"]
+    assert error["code"] == "rate_limited"
+    assert 0 < int(response.headers["Retry-After"]) <= 3600
+    assert_matches_openapi(app, "/vouchers/validate", "post", response)
+
+
+def test_guessing_one_code_is_limited_whatever_its_spelling(app, client):
+    spellings = ["K7QM-3XPD-9R", "k7qm3xpd9r", "K7QM 3XPD 9R"]
+    assert [validate(client, s, email=BIFF).status_code for s in spellings] == [404] * 3
+    assert_limited(app, validate(client, "k7qm-3xpd-9r", email=BIFF))
+    # Another code still has its own allowance.
+    assert validate(client, "AAAA-BBBB-CC", email=BIFF).status_code == 404
+
+
+def test_a_client_guessing_many_codes_is_limited_and_changes_nothing(app, client):
+    code = issued_code(client)
+    guesses = [f"AAAA-BBBB-{c}{d}" for c, d in zip("CDEFGH", "234567", strict=True)]
+    assert [validate(client, g).status_code for g in guesses] == [404] * 6
+    # Even the right code is refused now, and stays unused.
+    assert_limited(app, validate(client, code, email=LORRAINE))
+    assert vouchers()[0].used_at is None
+
+
+def test_a_limited_client_does_not_block_another(app, client):
+    for _ in range(6):
+        validate(client, "AAAA-BBBB-CC", email=BIFF)
+    other = app.test_client()
+    code = issued_code(other)
+    response = other.post(
+        "/vouchers/validate",
+        json={"code": code, "email": LORRAINE},
+        environ_base={"REMOTE_ADDR": "192.0.2.7"},
+    )
+    assert response.status_code == 200
+
+
+def test_generate_and_list_are_not_counted(client):
+    for _ in range(8):
+        issued_code(client)
+    response = client.get("/vouchers", query_string={"email": LORRAINE})
+    assert len(response.get_json()["vouchers"]) == 8

@@ -1,0 +1,29 @@
+"""The identity-aware voucher pool: offers, vouchers owned by customers, redemption.
+
+``init_vouchers(app)`` registers the JSON API, and offers the customer's valid
+vouchers to the engagements customer card.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from . import models  # noqa: F401  (registers the tables with the metadata)
+
+
+def init_vouchers(app: Flask) -> None:
+    """Register the vouchers blueprints and the customer-card hook."""
+    from ..extensions import csrf
+    from .api import bp as api_bp
+    from .api import voucher_json
+    from .rules import VALID
+    from .service import customer_vouchers
+
+    # Integrations authenticate with API keys, not cookies: no CSRF token.
+    csrf.exempt(api_bp)
+    app.register_blueprint(api_bp)
+
+    def valid_vouchers(customer_id: int) -> list[dict]:
+        return [voucher_json(v) for v in customer_vouchers(customer_id) if v.status == VALID]
+
+    app.extensions["customer_vouchers"] = valid_vouchers

@@ -1,0 +1,187 @@
+"""The vouchers JSON API: generate, validate (redeem) and list, paths kept from the old service."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from flask_limiter import RateLimitExceeded
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..api import _contention, _database_error, require_api_key
+from ..api.errors import ApiError, api_error_response, error_response
+from ..api.payloads import json_object
+from ..database import Contention
+from ..extensions import limiter
+from ..identity.rules import InvalidValue, Value, parse_email
+from ..models import utcnow
+from .rules import (
+    STATUSES,
+    VALID,
+    InvalidVoucherValue,
+    discount_percent,
+    iso_utc,
+    normalise_code,
+    parse_discount,
+    parse_expiry,
+    parse_offer_name,
+)
+from .service import VoucherError, VoucherView, issue_voucher, list_for_email, redeem
+
+bp = Blueprint("vouchers_api", __name__)
+
+
+def _email(payload: dict[str, Any], fields: dict[str, str]) -> Value | None:
+    raw = payload.get("email")
+    if not isinstance(raw, str) or not raw.strip():
+        fields["email"] = "a non-empty email is required"
+        return None
+    try:
+        return parse_email(raw)
+    except InvalidValue as exc:
+        fields["email"] = str(exc)
+        return None
+
+
+def _flag(payload: dict[str, Any], name: str, fields: dict[str, str]) -> bool | None:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, bool):
+        fields[name] = "must be true or false"
+        return None
+    return value
+
+
+def _field(payload: dict[str, Any], name: str, parse, fields: dict[str, str]):
+    """``parse(payload[name])``, or None with the reason added to ``fields``."""
+    try:
+        return parse(payload.get(name))
+    except InvalidVoucherValue as exc:
+        fields[name] = str(exc)
+        return None
+
+
+def _refuse_if(fields: dict[str, str]) -> None:
+    if fields:
+        raise ApiError(400, "invalid_field", "some fields are not valid", fields)
+
+
+def _code(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidVoucherValue("a voucher code is required")
+    return normalise_code(raw)
+
+
+def _issued_json(view: VoucherView) -> dict:
+    return {
+        "code": view.code,
+        "offer_name": view.offer_name,
+        "discount": discount_percent(view.discount),
+        "expiry": iso_utc(view.expires_at),
+    }
+
+
+def voucher_json(view: VoucherView) -> dict:
+    """A voucher as the list answers show it."""
+    return {**_issued_json(view), "status": view.status, "used_at": iso_utc(view.used_at)}
+
+
+@bp.post("/vouchers/generate")
+@require_api_key
+def generate():
+    """Issue a voucher of an offer to the customer an e-mail identifies."""
+    payload = json_object(request)
+    fields: dict[str, str] = {}
+    email = _email(payload, fields)
+    offer_name = _field(payload, "offer_name", parse_offer_name, fields)
+    discount = _field(payload, "discount", parse_discount, fields)
+    expires_at = _field(payload, "expiry", lambda raw: parse_expiry(raw, utcnow()), fields)
+    once = _flag(payload, "once_per_customer", fields)
+    _refuse_if(fields)
+    view = issue_voucher(email, offer_name, discount, expires_at, once_per_customer=once)
+    return jsonify(_issued_json(view)), 201
+
+
+def _client_limit() -> str:
+    return current_app.config["VOUCHER_VALIDATE_LIMIT_PER_CLIENT"]
+
+
+def _code_limit() -> str:
+    return current_app.config["VOUCHER_VALIDATE_LIMIT_PER_CODE"]
+
+
+def _code_key() -> str:
+    """The per-code rate-limit key: the canonical code, so spellings share one counter."""
+    payload = request.get_json(silent=True)
+    raw = payload.get("code") if isinstance(payload, dict) else None
+    try:
+        return "code:" + _code(raw)
+    except InvalidVoucherValue:
+        return "code:malformed"
+
+
+@bp.post("/vouchers/validate")
+@limiter.limit(_client_limit)
+@limiter.limit(_code_limit, key_func=_code_key)
+@require_api_key
+def validate():
+    """Redeem a voucher for a customer (``dry_run``: only check that it would succeed)."""
+    payload = json_object(request)
+    fields: dict[str, str] = {}
+    code = _field(payload, "code", _code, fields)
+    email = _email(payload, fields)
+    dry_run = _flag(payload, "dry_run", fields)
+    _refuse_if(fields)
+    view = redeem(code, email, dry_run=bool(dry_run))
+    return jsonify(
+        code=view.code,
+        offer_name=view.offer_name,
+        discount=discount_percent(view.discount),
+        used_at=iso_utc(view.used_at),
+    )
+
+
+def _list_query() -> dict[str, Any]:
+    """The list parameters: the query string, else the JSON body old clients send on GET."""
+    if "email" in request.args or not request.get_data(cache=True):
+        return request.args.to_dict()
+    return json_object(request)
+
+
+@bp.get("/vouchers")
+@require_api_key
+def list_vouchers():
+    """The vouchers of the customer an e-mail belongs to; valid ones unless ``status`` says."""
+    query = _list_query()
+    fields: dict[str, str] = {}
+    email = _email(query, fields)
+    status = query.get("status") or VALID
+    if status not in (*STATUSES, "all"):
+        fields["status"] = "must be valid, used, expired, voided or all"
+    _refuse_if(fields)
+    return jsonify(vouchers=[voucher_json(v) for v in list_for_email(email, status)])
+
+
+@bp.errorhandler(VoucherError)
+def _voucher_error(exc: VoucherError):
+    fields = {exc.field: exc.message} if exc.field else {}
+    return error_response(exc.status, exc.code, exc.message, fields)
+
+
+@bp.errorhandler(RateLimitExceeded)
+def _rate_limited(exc: RateLimitExceeded):
+    current = limiter.current_limit
+    # The same rounding Flask-Limiter uses for the header it adds after this.
+    retry_after = max(1, int(current.reset_at - time.time())) if current else 60
+    return error_response(
+        429,
+        "rate_limited",
+        f"too many attempts ({exc.description}); try again in {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+# The same JSON answers as /identify for bad input, lost lock races and a database outage.
+bp.register_error_handler(ApiError, api_error_response)
+bp.register_error_handler(Contention, _contention)
+bp.register_error_handler(SQLAlchemyError, _database_error)

@@ -1,0 +1,134 @@
+"""``flask vouchers ...``: issue vouchers in bulk from a file of e-mail addresses."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import click
+from flask.cli import with_appcontext
+
+from ..identity.rules import InvalidValue, Value, parse_email
+from ..models import utcnow
+from .rules import (
+    InvalidVoucherValue,
+    discount_percent,
+    iso_utc,
+    parse_discount,
+    parse_expiry,
+    parse_offer_name,
+)
+from .service import VoucherError, issue_voucher
+
+CSV_COLUMNS = ("email", "code", "offer_name", "discount", "expiry")
+
+
+@click.group("vouchers")
+def vouchers() -> None:
+    """Issue vouchers from the command line."""
+
+
+def _read_emails(path: Path) -> list[Value]:
+    """Every distinct e-mail in the file, in order; a ClickException listing bad lines."""
+    values: dict[str, Value] = {}
+    problems: list[str] = []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for number, record in enumerate(csv.reader(handle), start=1):
+            # One address per line; a CSV's first column works too.
+            text = record[0].strip() if record else ""
+            if not text or text.startswith("#") or (number == 1 and text.lower() == "email"):
+                continue
+            try:
+                value = parse_email(text)
+            except InvalidValue as exc:
+                problems.append(f"line {number}: {exc}")
+                continue
+            values.setdefault(value.key, value)
+    if problems:
+        raise click.ClickException("nothing issued; fix these lines:\n" + "\n".join(problems))
+    if not values:
+        raise click.ClickException(f"{path} holds no e-mail addresses")
+    return list(values.values())
+
+
+def _parsed(parse, raw: str, option: str):
+    try:
+        return parse(raw)
+    except InvalidVoucherValue as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+@vouchers.command("generate")
+@click.option("--offer", "offer", required=True, help="Offer name, e.g. 'Summer sale'.")
+@click.option("--discount", required=True, help="Percent off, more than 0 and at most 100.")
+@click.option("--expiry", required=True, help="ISO 8601 with offset: 2026-12-31T23:59:59+01:00.")
+@click.option(
+    "--emails",
+    "emails_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="One e-mail address per line (or a CSV whose first column holds them).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV to write the codes to; default: EMAILS with '-codes.csv'. Never overwritten.",
+)
+@click.option(
+    "--once-per-customer/--any-number-per-customer",
+    default=None,
+    help="Mark the offer as redeemable once per customer (default: leave the offer as it is).",
+)
+@with_appcontext
+def generate(
+    offer: str,
+    discount: str,
+    expiry: str,
+    emails_file: Path,
+    output: Path | None,
+    once_per_customer: bool | None,
+) -> None:
+    """Issue one voucher of OFFER to every e-mail in EMAILS and write the codes to a CSV."""
+    offer_name = _parsed(parse_offer_name, offer, "--offer")
+    hundredths = _parsed(parse_discount, discount, "--discount")
+    expires_at = _parsed(lambda raw: parse_expiry(raw, utcnow()), expiry, "--expiry")
+    emails = _read_emails(emails_file)
+    output = output or emails_file.with_name(emails_file.stem + "-codes.csv")
+    if output.exists():
+        raise click.ClickException(f"{output} exists; codes are never overwritten")
+
+    skipped: list[str] = []
+    # Each row is written as soon as its voucher is committed, so an
+    # interrupted run still leaves an exact record of what was issued.
+    with output.open("x", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        with click.progressbar(emails, label="Issuing vouchers") as bar:
+            for email in bar:
+                try:
+                    view = issue_voucher(
+                        email,
+                        offer_name,
+                        hundredths,
+                        expires_at,
+                        once_per_customer=once_per_customer,
+                        issued_by="cli",
+                    )
+                except VoucherError as exc:
+                    skipped.append(f"{email.stored}: {exc.message}")
+                    continue
+                writer.writerow(
+                    (
+                        email.stored,
+                        view.code,
+                        view.offer_name,
+                        discount_percent(view.discount),
+                        iso_utc(view.expires_at),
+                    )
+                )
+                handle.flush()
+    issued = len(emails) - len(skipped)
+    click.echo(f"issued {issued} vouchers of '{offer_name}'; codes written to {output}")
+    for line in skipped:
+        click.echo(f"skipped {line}", err=True)

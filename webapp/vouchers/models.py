@@ -1,0 +1,55 @@
+"""Voucher tables: offers and the vouchers issued from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..extensions import db
+from ..models import MYSQL_TABLE_ARGS, Timestamp, utcnow
+
+
+class Offer(db.Model):
+    """A named special offer with its current discount; vouchers copy it when issued."""
+
+    __tablename__ = "voucher_offer"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    # Hundredths of a percent (1250 = 12.5 %): exact on every database.
+    discount: Mapped[int] = mapped_column(Integer)
+    # At most one redemption per customer, across all its e-mails and vouchers.
+    once_per_customer: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class Voucher(db.Model):
+    """One code handed to a customer; it keeps the discount it was issued with."""
+
+    __tablename__ = "voucher"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Canonical form: capitals and digits, no separators (see vouchers.rules).
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    offer_id: Mapped[int] = mapped_column(ForeignKey("voucher_offer.id"), index=True)
+    # The contact row the issuing e-mail resolved to; the owner is that row's
+    # customer as it is now (its primary through linkedId), so merges and
+    # splits move the voucher with the row.
+    contact_id: Mapped[int] = mapped_column(ForeignKey("Contact.id"), index=True)
+    discount: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    issued_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # "api", "cli" or the agent's e-mail.
+    issued_by: Mapped[str] = mapped_column(String(320))
+    used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    used_email: Mapped[str | None] = mapped_column(String(320))
+    voided_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    voided_by: Mapped[str | None] = mapped_column(String(320))
+    void_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)

@@ -1,0 +1,523 @@
+"""The voucher service: issue, redeem, list and void vouchers, each change in one transaction.
+
+Concurrency design (docs/vouchers.md has the long form):
+
+* A voucher is stored against the contact row its e-mail resolved to; its
+  owner is that row's customer *now* (the primary through ``linkedId``), so
+  merges, splits and blocks are reflected without touching vouchers.
+* Every change (issue, redeem, void) locks the owner's primary Contact row
+  FOR UPDATE, as identify does for the rows it adds, re-reading until the
+  owner is stable. Merges take the same lock, so "once per customer" is
+  checked against a customer that cannot change under the check.
+* A redemption is a conditional ``UPDATE ... WHERE used_at IS NULL`` on the
+  voucher row, locked after its owner: of any number of concurrent attempts
+  exactly one changes the row. On SQLite every write transaction begins
+  IMMEDIATE, which serialises writers across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from flask import current_app
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.orm import aliased
+
+from .. import audit
+from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..extensions import db
+from ..identity.rules import EMAIL, Value
+from ..identity.service import identify
+from ..models import Contact, Identifier, utcnow
+from .models import Offer, Voucher
+from .rules import (
+    EXPIRED,
+    USED,
+    VALID,
+    VOIDED,
+    format_code,
+    iso_utc,
+    new_code,
+    voucher_status,
+)
+
+# Owners to lock in one transaction before giving up on a moving target.
+_MAX_LOCK_ROUNDS = 8
+
+# The order a customer's vouchers are shown in: usable ones first.
+_STATUS_ORDER = {VALID: 0, USED: 1, EXPIRED: 2, VOIDED: 3}
+
+
+class VoucherError(Exception):
+    """A request the voucher rules refuse; ``status`` and ``code`` say how to answer."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def _not_found() -> VoucherError:
+    # One answer for "no such code" and "someone else's code": no hint it exists.
+    return VoucherError(404, "voucher_not_found", "no voucher with this code for this customer")
+
+
+@dataclass(frozen=True)
+class VoucherView:
+    """A voucher as answers and pages show it."""
+
+    id: int
+    code: str
+    offer_name: str
+    discount: int
+    expires_at: datetime
+    issued_at: datetime
+    issued_by: str
+    used_at: datetime | None
+    used_email: str | None
+    voided_at: datetime | None
+    voided_by: str | None
+    void_reason: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class OfferSummary:
+    """An offer with how many of its vouchers were issued, used, expired and voided."""
+
+    id: int
+    name: str
+    discount: int
+    once_per_customer: bool
+    issued: int
+    used: int
+    expired: int
+    voided: int
+
+    @property
+    def valid(self) -> int:
+        return self.issued - self.used - self.expired - self.voided
+
+
+def _view(voucher: Voucher, offer_name: str, now: datetime) -> VoucherView:
+    return VoucherView(
+        id=voucher.id,
+        code=format_code(voucher.code),
+        offer_name=offer_name,
+        discount=voucher.discount,
+        expires_at=voucher.expires_at,
+        issued_at=voucher.issued_at,
+        issued_by=voucher.issued_by,
+        used_at=voucher.used_at,
+        used_email=voucher.used_email,
+        voided_at=voucher.voided_at,
+        voided_by=voucher.voided_by,
+        void_reason=voucher.void_reason,
+        status=voucher_status(voucher.used_at, voucher.voided_at, voucher.expires_at, now),
+    )
+
+
+def _max_attempts() -> int:
+    return current_app.config["IDENTIFY_MAX_ATTEMPTS"]
+
+
+def _begin_write() -> None:
+    """Start the write transaction; on SQLite take the write lock up front."""
+    # A read left open earlier in the request (a page that loaded the customer)
+    # would keep its connection, and SQLite would not begin IMMEDIATE.
+    db.session.rollback()
+    db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+
+
+def _is_blocked(email_key: str) -> bool:
+    blocked_at = db.session.scalar(
+        select(Identifier.blocked_at).where(Identifier.kind == EMAIL, Identifier.key == email_key)
+    )
+    return blocked_at is not None
+
+
+def _email_customers(email_key: str) -> set[int]:
+    """The live customers (primary ids) holding an e-mail; none for a blocked one."""
+    if _is_blocked(email_key):
+        return set()
+    rows = db.session.execute(
+        select(Contact.id, Contact.linkedId).where(
+            Contact.email_key == email_key, Contact.deletedAt.is_(None)
+        )
+    )
+    return {linked if linked is not None else cid for cid, linked in rows}
+
+
+def _owner(contact_id: int) -> int | None:
+    """The live customer a contact row belongs to now, or None."""
+    row, primary = aliased(Contact), aliased(Contact)
+    return db.session.scalar(
+        select(primary.id)
+        .select_from(row)
+        .join(primary, primary.id == func.coalesce(row.linkedId, row.id))
+        .where(row.id == contact_id, primary.linkedId.is_(None), primary.deletedAt.is_(None))
+    )
+
+
+def _lock_owner(contact_id: int) -> int | None:
+    """Lock the primary row of the customer ``contact_id`` belongs to and return its id.
+
+    A merge can move the row between the read and the lock, so read again
+    after each lock until the owner read is one already held.
+    """
+    held: set[int] = set()
+    for _ in range(_MAX_LOCK_ROUNDS):
+        owner = _owner(contact_id)
+        if owner is None or owner in held:
+            return owner
+        db.session.execute(select(Contact.id).where(Contact.id == owner).with_for_update())
+        held.add(owner)
+    raise Retry("the customer kept changing while being locked")
+
+
+def _first_row_with_email(email_key: str) -> int | None:
+    return db.session.scalar(
+        select(Contact.id)
+        .where(Contact.email_key == email_key, Contact.deletedAt.is_(None))
+        .order_by(Contact.createdAt, Contact.id)
+        .limit(1)
+    )
+
+
+def _lock_email_row(email_key: str) -> tuple[int, int]:
+    """The oldest live row holding an e-mail and its customer, that customer locked."""
+    for _ in range(_MAX_LOCK_ROUNDS):
+        contact_id = _first_row_with_email(email_key)
+        if contact_id is None:
+            raise Retry("the e-mail's contact row went away")
+        owner = _lock_owner(contact_id)
+        if owner is not None and _first_row_with_email(email_key) == contact_id:
+            return contact_id, owner
+    raise Retry("the e-mail's customer kept changing while being locked")
+
+
+def _customer_voucher_rows(owners: Sequence[int]):
+    """(Voucher, offer name) of every voucher whose contact row belongs to ``owners``."""
+    return db.session.execute(
+        select(Voucher, Offer.name)
+        .join(Offer, Offer.id == Voucher.offer_id)
+        .join(Contact, Contact.id == Voucher.contact_id)
+        .where(or_(Contact.id.in_(owners), Contact.linkedId.in_(owners)))
+    ).all()
+
+
+def _sorted_views(rows, now: datetime) -> list[VoucherView]:
+    views = [_view(voucher, name, now) for voucher, name in rows]
+
+    def order(view: VoucherView):
+        rank = _STATUS_ORDER[view.status]
+        # Valid: soonest expiry first; the rest: most recent event first.
+        if view.status == VALID:
+            return (rank, view.expires_at.timestamp(), view.id)
+        moment = view.used_at or view.voided_at or view.expires_at
+        return (rank, -moment.timestamp(), -view.id)
+
+    return sorted(views, key=order)
+
+
+def _offer_for_issue(name: str, discount: int, once_per_customer: bool | None) -> Offer:
+    """The offer called ``name``, locked, created or given its new current discount."""
+    offer = db.session.scalars(select(Offer).where(Offer.name == name).with_for_update()).first()
+    if offer is None:
+        # Two first issues of one name collide on its unique key; the loser runs again.
+        offer = Offer(name=name, discount=discount, once_per_customer=bool(once_per_customer))
+        db.session.add(offer)
+        db.session.flush()
+        return offer
+    # The new discount applies from now on; issued vouchers keep their own copy.
+    offer.discount = discount
+    if once_per_customer is not None:
+        offer.once_per_customer = once_per_customer
+    return offer
+
+
+def _insert_voucher(
+    offer: Offer, contact_id: int, expires_at: datetime, issued_by: str, now: datetime
+) -> Voucher:
+    # A code already taken violates the unique key; run_write_transaction
+    # rolls back and the next attempt draws a new code.
+    voucher = Voucher(
+        code=new_code(),
+        offer_id=offer.id,
+        contact_id=contact_id,
+        discount=offer.discount,
+        expires_at=expires_at,
+        issued_at=now,
+        issued_by=issued_by,
+    )
+    db.session.add(voucher)
+    db.session.flush()
+    return voucher
+
+
+def issue_voucher(
+    email: Value,
+    offer_name: str,
+    discount: int,
+    expires_at: datetime,
+    *,
+    once_per_customer: bool | None = None,
+    issued_by: str = "api",
+) -> VoucherView:
+    """Identify ``email`` (a new one becomes a customer) and issue it a voucher of the offer."""
+    if _is_blocked(email.key):
+        db.session.rollback()
+        raise VoucherError(
+            422, "email_blocked", "this e-mail is blocked and cannot receive vouchers", "email"
+        )
+
+    def work() -> VoucherView:
+        identify([email], source="voucher")
+        _begin_write()
+        now = utcnow()
+        offer = _offer_for_issue(offer_name, discount, once_per_customer)
+        contact_id, _owner_id = _lock_email_row(email.key)
+        voucher = _insert_voucher(offer, contact_id, expires_at, issued_by, now)
+        view = _view(voucher, offer.name, now)
+        db.session.commit()
+        return view
+
+    return run_write_transaction(work, _max_attempts())
+
+
+def issue_to_customer(
+    customer_id: int,
+    offer_name: str,
+    discount: int,
+    expires_at: datetime,
+    *,
+    actor: str,
+    once_per_customer: bool | None = None,
+) -> VoucherView:
+    """Issue a voucher to a customer by its primary id (an agent's action, audit-logged)."""
+
+    def work() -> VoucherView:
+        _begin_write()
+        now = utcnow()
+        offer = _offer_for_issue(offer_name, discount, once_per_customer)
+        owner = _lock_owner(customer_id)
+        if owner is None:
+            raise VoucherError(404, "customer_not_found", "this customer no longer exists")
+        voucher = _insert_voucher(offer, customer_id, expires_at, actor, now)
+        view = _view(voucher, offer.name, now)
+        audit.record(
+            actor,
+            "issue_voucher",
+            customer_id=owner,
+            subject=f"voucher {view.code}",
+            after={"offer": offer.name, "discount": voucher.discount, "expires_at": expires_at},
+        )
+        db.session.commit()
+        return view
+
+    return run_write_transaction(work, _max_attempts())
+
+
+def _refuse_unusable(voucher: Voucher, now: datetime) -> None:
+    """Raise the error a redemption of ``voucher`` gets, if it cannot be redeemed now."""
+    status = voucher_status(voucher.used_at, voucher.voided_at, voucher.expires_at, now)
+    if status == VOIDED:
+        raise VoucherError(410, "voucher_voided", "this voucher was withdrawn", "code")
+    if status == USED:
+        when = iso_utc(voucher.used_at)
+        raise VoucherError(409, "voucher_used", f"this voucher was already used at {when}", "code")
+    if status == EXPIRED:
+        when = iso_utc(voucher.expires_at)
+        raise VoucherError(410, "voucher_expired", f"this voucher expired at {when}", "code")
+
+
+def _customer_redeemed(offer_id: int, owner: int) -> bool:
+    """Whether any voucher of the offer was redeemed by any contact row of the customer."""
+    hit = db.session.scalar(
+        select(Voucher.id)
+        .join(Contact, Contact.id == Voucher.contact_id)
+        .where(
+            Voucher.offer_id == offer_id,
+            Voucher.used_at.is_not(None),
+            or_(Contact.id == owner, Contact.linkedId == owner),
+        )
+        .limit(1)
+    )
+    return hit is not None
+
+
+def _check_redeemable(voucher: Voucher, owner: int, now: datetime) -> Offer:
+    _refuse_unusable(voucher, now)
+    offer = db.session.get(Offer, voucher.offer_id)
+    if offer.once_per_customer and _customer_redeemed(offer.id, owner):
+        raise VoucherError(
+            409,
+            "offer_already_redeemed",
+            "this customer has already redeemed this offer, which is once per customer",
+            "code",
+        )
+    return offer
+
+
+def _voucher_by_code(code: str) -> Voucher | None:
+    return db.session.scalars(select(Voucher).where(Voucher.code == code)).first()
+
+
+def redeem(code: str, email: Value, *, dry_run: bool = False) -> VoucherView:
+    """Redeem a voucher (canonical ``code``) for the customer holding ``email``.
+
+    With ``dry_run`` nothing is written: the answer is what a redemption would
+    give now. Raises VoucherError for anything that cannot be redeemed.
+    """
+    if dry_run:
+        try:
+            voucher = _voucher_by_code(code)
+            owner = None if voucher is None else _owner(voucher.contact_id)
+            if owner is None or owner not in _email_customers(email.key):
+                raise _not_found()
+            now = utcnow()
+            offer = _check_redeemable(voucher, owner, now)
+            return _view(voucher, offer.name, now)
+        finally:
+            db.session.rollback()
+    return run_write_transaction(lambda: _redeem_locked(code, email), _max_attempts())
+
+
+def _redeem_locked(code: str, email: Value) -> VoucherView:
+    _begin_write()
+    found = _voucher_by_code(code)
+    owner = None if found is None else _lock_owner(found.contact_id)
+    if owner is None or owner not in _email_customers(email.key):
+        raise _not_found()
+    # Re-read under the owner's lock: a concurrent redemption may have committed.
+    voucher = db.session.scalars(
+        select(Voucher)
+        .where(Voucher.id == found.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    now = utcnow()
+    offer = _check_redeemable(voucher, owner, now)
+    claimed = db.session.execute(
+        update(Voucher)
+        .where(Voucher.id == voucher.id, Voucher.used_at.is_(None), Voucher.voided_at.is_(None))
+        .values(used_at=now, used_email=email.stored)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        # Only a writer that skipped the owner's lock gets here; read it all again.
+        raise Retry("the voucher changed while being redeemed")
+    view = replace(
+        _view(voucher, offer.name, now), used_at=now, used_email=email.stored, status=USED
+    )
+    db.session.commit()
+    return view
+
+
+def list_for_email(email: Value, status: str) -> list[VoucherView]:
+    """The vouchers of the customer holding ``email`` with that status (``all`` for every one)."""
+    try:
+        owners = sorted(_email_customers(email.key))
+        if not owners:
+            return []
+        views = _sorted_views(_customer_voucher_rows(owners), utcnow())
+    finally:
+        db.session.rollback()
+    return [v for v in views if status == "all" or v.status == status]
+
+
+def customer_vouchers(customer_id: int) -> list[VoucherView]:
+    """Every voucher of a customer (its primary id): valid first, then used, expired, voided.
+
+    Read inside the caller's transaction (a page or a card being built).
+    """
+    return _sorted_views(_customer_voucher_rows([customer_id]), utcnow())
+
+
+def void_voucher(voucher_id: int, reason: str, *, actor: str) -> VoucherView:
+    """Withdraw an unused voucher with a reason (audit-logged); a used one cannot be voided."""
+
+    def work() -> VoucherView:
+        _begin_write()
+        found = db.session.get(Voucher, voucher_id)
+        owner = None if found is None else _lock_owner(found.contact_id)
+        if owner is None:
+            raise VoucherError(404, "voucher_not_found", "no such voucher")
+        voucher = db.session.scalars(
+            select(Voucher)
+            .where(Voucher.id == voucher_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
+        if voucher.used_at is not None or voucher.voided_at is not None:
+            raise VoucherError(
+                409, "voucher_not_voidable", "only a voucher not yet used or voided can be voided"
+            )
+        now = utcnow()
+        offer = db.session.get(Offer, voucher.offer_id)
+        before = _view(voucher, offer.name, now)
+        voucher.voided_at = now
+        voucher.voided_by = actor
+        voucher.void_reason = reason
+        audit.record(
+            actor,
+            "void_voucher",
+            customer_id=owner,
+            subject=f"voucher {before.code}",
+            reason=reason,
+            before={"status": before.status},
+            after={"status": VOIDED},
+        )
+        db.session.flush()
+        view = _view(voucher, offer.name, now)
+        db.session.commit()
+        return view
+
+    return run_write_transaction(work, _max_attempts())
+
+
+def offer_summaries() -> list[OfferSummary]:
+    """Every offer, by name, with its voucher counts by status."""
+    now = utcnow()
+    unused = and_(Voucher.used_at.is_(None), Voucher.voided_at.is_(None))
+
+    def count_where(condition):
+        return func.sum(case((condition, 1), else_=0))
+
+    counts = (
+        select(
+            Voucher.offer_id,
+            func.count(Voucher.id).label("issued"),
+            count_where(Voucher.used_at.is_not(None)).label("used"),
+            count_where(and_(unused, Voucher.expires_at <= now)).label("expired"),
+            count_where(and_(Voucher.used_at.is_(None), Voucher.voided_at.is_not(None))).label(
+                "voided"
+            ),
+        )
+        .group_by(Voucher.offer_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(Offer, counts.c.issued, counts.c.used, counts.c.expired, counts.c.voided)
+        .outerjoin(counts, counts.c.offer_id == Offer.id)
+        .order_by(Offer.name)
+    ).all()
+    db.session.rollback()
+    return [
+        OfferSummary(
+            id=offer.id,
+            name=offer.name,
+            discount=offer.discount,
+            once_per_customer=offer.once_per_customer,
+            # An offer without vouchers has no counts row: every count is 0.
+            issued=int(issued or 0),
+            used=int(used or 0),
+            expired=int(expired or 0),
+            voided=int(voided or 0),
+        )
+        for offer, issued, used, expired, voided in rows
+    ]
