@@ -336,3 +336,12 @@ def test_audit_page_newest_first_filter_and_pages(signed_in_client):
 
 def test_empty_audit_page_says_so(signed_in_client):
     assert "No audit entries" in signed_in_client.get("/audit").get_data(as_text=True)
+
+
+def test_flask_search_reindex_indexes_every_contact(client, runner):
+    for n in range(3):
+        identify(client, f"bulk{n}@example.com", None)
+    result = runner.invoke(args=["search", "reindex", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "indexed 3 contacts" in result.output
+    assert [c.primary_id for c in search_customers("bulk").customers] == [3, 2, 1]

@@ -5,7 +5,6 @@ Plain functions over identity.rules.Row; no Flask and no database.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,17 +43,19 @@ def link_chains(primary_id: int, rows: Sequence[Row]) -> dict[int, list[Link] | 
         raise ValueError(f"no row {primary_id} among the rows")
 
     came_from: dict[int, Link | None] = {primary_id: None}
-    queue = deque([primary_id])
-    while queue:
-        current = by_id[queue.popleft()]
-        for kind, key in sorted(current.identifiers()):
-            for neighbour in holders[(kind, key)]:
-                if neighbour.id in came_from:
-                    continue
-                came_from[neighbour.id] = Link(
-                    current.id, neighbour.id, kind, _display(neighbour, kind)
-                )
-                queue.append(neighbour.id)
+    frontier = [by_id[primary_id]]
+    # Level by level, each level oldest first, so ties go through the older row.
+    while frontier:
+        following: list[Row] = []
+        for current in sorted(frontier, key=lambda row: (row.created_at, row.id)):
+            for kind, key in sorted(current.identifiers()):
+                for neighbour in holders[(kind, key)]:
+                    if neighbour.id not in came_from:
+                        came_from[neighbour.id] = Link(
+                            current.id, neighbour.id, kind, _display(neighbour, kind)
+                        )
+                        following.append(neighbour)
+        frontier = following
 
     chains: dict[int, list[Link] | None] = {}
     for row in ordered:

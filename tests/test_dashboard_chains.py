@@ -1,0 +1,118 @@
+"""Why-linked chains: a pure function over rows, no app and no database."""
+
+import pytest
+
+from tests.builders import row
+from webapp.dashboard.chains import Link, link_chains
+from webapp.dashboard.search import contact_grams, parse_query
+
+
+def steps(chain):
+    return None if chain is None else [(s.from_id, s.to_id, s.kind, s.value) for s in chain]
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        # one secondary sharing the phone
+        (
+            [row(1, "a@x.io", "111"), row(2, "b@x.io", "111", linked_id=1)],
+            {2: [(1, 2, "phone", "111")]},
+        ),
+        # a chain of two hops: 1 -phone- 2 -email- 3
+        (
+            [
+                row(1, "a@x.io", "111"),
+                row(2, "b@x.io", "111", linked_id=1),
+                row(3, "b@x.io", "222", linked_id=1),
+            ],
+            {2: [(1, 2, "phone", "111")], 3: [(1, 2, "phone", "111"), (2, 3, "email", "b@x.io")]},
+        ),
+        # the shortest chain wins over a longer one
+        (
+            [
+                row(1, "a@x.io", "111"),
+                row(2, "b@x.io", "111", linked_id=1),
+                row(3, "b@x.io", "333", linked_id=1),
+                row(4, "a@x.io", "333", linked_id=1),
+            ],
+            {
+                2: [(1, 2, "phone", "111")],
+                3: [(1, 2, "phone", "111"), (2, 3, "email", "b@x.io")],
+                4: [(1, 4, "email", "a@x.io")],
+            },
+        ),
+        # joined by a manual merge, no shared value
+        (
+            [row(1, "a@x.io", None), row(2, "z@x.io", "999", linked_id=1)],
+            {2: None},
+        ),
+        # the bridge row is gone (deleted rows are not passed in)
+        (
+            [
+                row(1, "a@x.io", "111"),
+                row(3, "b@x.io", "222", linked_id=1),
+            ],
+            {3: None},
+        ),
+        # the primary alone
+        ([row(1, "a@x.io", "111")], {}),
+    ],
+)
+def test_link_chains(rows, expected):
+    assert {k: steps(v) for k, v in link_chains(1, rows).items()} == expected
+
+
+def test_equal_length_chains_go_through_the_older_row():
+    rows = [
+        row(1, "a@x.io", "111"),
+        row(2, "b@x.io", "111", linked_id=1, minute=10),
+        row(3, "c@x.io", "111", linked_id=1, minute=5),
+        row(4, "b@x.io", "444", linked_id=1, minute=20),
+    ]
+    chains = link_chains(1, rows)
+    assert chains[4] == [Link(1, 2, "phone", "111"), Link(2, 4, "email", "b@x.io")]
+
+
+def test_chain_shows_the_value_as_the_linked_row_wrote_it():
+    rows = [
+        row(1, "Mixed@X.io", None),
+        row(2, "mixed@x.io", None, linked_id=1),
+    ]
+    assert link_chains(1, rows)[2] == [Link(1, 2, "email", "mixed@x.io")]
+
+
+def test_unknown_primary_is_an_error():
+    with pytest.raises(ValueError):
+        link_chains(9, [row(1, "a@x.io", None)])
+
+
+@pytest.mark.parametrize(
+    "raw, email_term, phone_term",
+    [
+        ("Lorraine@Hill", "lorraine@hill", None),
+        ("  +1 (555) 01-00 ", "+1 (555) 01-00", "15550100"),
+        ("555.0100", "555.0100", "5550100"),
+        ("ab", None, None),
+        ("1-2", "1-2", None),
+        ("12 3", "12 3", "123"),
+        ("o'brien", "o'brien", None),
+    ],
+)
+def test_parse_query(raw, email_term, phone_term):
+    query = parse_query(raw)
+    assert (query.email_term, query.phone_term) == (email_term, phone_term)
+    assert query.searchable == (email_term is not None or phone_term is not None)
+
+
+@pytest.mark.parametrize(
+    "email_key, phone_key, grams",
+    [
+        ("a@b.c", None, {"ea@b", "e@b.", "eb.c"}),
+        (None, "+12-34", {"p123", "p234"}),
+        ("ab", "12", set()),
+        (None, None, set()),
+    ],
+)
+def test_contact_grams(email_key, phone_key, grams):
+    assert contact_grams(email_key, phone_key) == grams
