@@ -1,0 +1,278 @@
+"""Reconciliation pages and forms on SQLite and MariaDB: page vs fragment, 422s, CSRF, sign-in."""
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+from tests.builders import assert_invariants, contacts, csrf_token_from
+from webapp.dashboard.search import reindex
+from webapp.extensions import db
+from webapp.identity.rules import parse_email, parse_identifier, parse_phone
+from webapp.identity.service import identify
+from webapp.models import Contact, Identifier, Merge
+from webapp.reconcile.jobs import get_job
+from webapp.reconcile.service import set_blocked
+
+HTMX = {"HX-Request": "true"}
+
+
+def ident(email=None, phone=None):
+    values = [parse_email(email)] if email else []
+    values += [parse_phone(phone)] if phone else []
+    return identify(values)
+
+
+def links():
+    db.session.expire_all()
+    found = {c.id: c.linkedId for c in contacts()}
+    db.session.rollback()
+    return found
+
+
+def is_fragment(response, root_id):
+    html = response.get_data(as_text=True)
+    return "<html" not in html and f'id="{root_id}"' in html and "HX-Request" in response.vary
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", "/customers/1/link"),
+        ("post", "/customers/1/link"),
+        ("get", "/customers/1/merge"),
+        ("post", "/customers/1/merge"),
+        ("get", "/identifiers/block"),
+        ("post", "/identifiers/block"),
+        ("get", "/blocked"),
+        ("post", "/identifiers/1/unblock"),
+        ("get", "/contacts/1/delete"),
+        ("post", "/contacts/1/delete"),
+        ("post", "/customers/1/reconcile"),
+        ("get", "/reconcile"),
+        ("post", "/reconcile"),
+        ("get", "/reconcile/1"),
+    ],
+)
+def test_every_page_and_action_needs_sign_in(client, method, url):
+    ident("ann@x.io", "555")
+    # A valid CSRF token from the sign-in page, so that only the sign-in check can refuse.
+    token = csrf_token_from(client.get("/sign-in").get_data(as_text=True))
+    response = getattr(client, method)(url, headers={"X-CSRFToken": token})
+    assert response.status_code == 302
+    assert "/sign-in" in response.headers["Location"]
+    assert links() == {1: None}
+
+
+@pytest.mark.parametrize(
+    ("url", "data"),
+    [
+        ("/customers/1/link", {"email": "new@x.io"}),
+        ("/customers/1/merge", {"other": "2"}),
+        ("/identifiers/block", {"value": "555", "reason": "shop"}),
+        ("/contacts/2/delete", {}),
+        ("/customers/1/reconcile", {}),
+        ("/reconcile", {}),
+    ],
+)
+def test_actions_without_a_csrf_token_are_refused_and_change_nothing(signed_in_client, url, data):
+    ident("ann@x.io", "555")
+    ident("bob@x.io", "666")
+    del signed_in_client.environ_base["HTTP_X_CSRFTOKEN"]
+    response = signed_in_client.post(url, data=data, headers=HTMX)
+    assert response.status_code == 400
+    assert links() == {1: None, 2: None}
+    assert db.session.scalar(select(Identifier).where(Identifier.blocked_at.is_not(None))) is None
+
+
+def test_customer_page_has_the_action_bar_and_the_panel(signed_in_client):
+    ident("ann@x.io", "555")
+    html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    assert 'id="link-form"' in html
+    assert 'href="/customers/1/merge"' in html
+    assert 'action="/customers/1/reconcile"' in html
+    assert 'id="reconcile-panel"' in html
+    assert 'href="/contacts/1/delete"' in html
+    assert 'name="value" value="555"' in html
+
+
+def test_link_through_htmx_redirects_to_the_customer(signed_in_client):
+    ident("ann@x.io", "555")
+    response = signed_in_client.post(
+        "/customers/1/link", data={"email": "ann.work@y.io", "phone": ""}, headers=HTMX
+    )
+    assert response.status_code == 200
+    assert response.headers["HX-Redirect"] == "/customers/1"
+    added = db.session.get(Contact, 2)
+    assert (added.email, added.source, added.linkedId) == ("ann.work@y.io", "agent", 1)
+    page = signed_in_client.get("/customers/1").get_data(as_text=True)
+    assert "Contact 2 added" in page
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"email": "not-an-email", "phone": ""}, "not an email address"),
+        ({"email": "", "phone": "12ab"}, "phone number may hold only digits"),
+        ({"email": "", "phone": ""}, "Enter an e-mail address, a phone number or both."),
+        ({"email": "ann@x.io", "phone": ""}, "this customer already has these values"),
+    ],
+)
+def test_link_errors_come_back_in_place_as_422(signed_in_client, data, error):
+    ident("ann@x.io", "555")
+    response = signed_in_client.post("/customers/1/link", data=data, headers=HTMX)
+    assert response.status_code == 422
+    assert is_fragment(response, "link-form")
+    assert error in response.get_data(as_text=True)
+    assert links() == {1: None}
+
+
+def test_link_without_javascript_is_a_page_then_a_303(signed_in_client):
+    ident("ann@x.io", "555")
+    page = signed_in_client.get("/customers/1/link")
+    assert page.status_code == 200
+    assert "<html" in page.get_data(as_text=True)
+    bad = signed_in_client.post("/customers/1/link", data={"email": "nope"})
+    assert bad.status_code == 422
+    assert "<html" in bad.get_data(as_text=True)
+    good = signed_in_client.post("/customers/1/link", data={"phone": "+1 555 0100"})
+    assert (good.status_code, good.headers["Location"]) == (303, "/customers/1")
+    assert links() == {1: None, 2: 1}
+
+
+def test_merge_dialog_search_preview_and_confirm(signed_in_client):
+    ident("ann@x.io", "111")
+    ident("bob@x.io", "222")
+    reindex()
+    page = signed_in_client.get("/customers/2/merge?q=ann")
+    assert page.status_code == 200
+    assert "Preview merge with #1" in page.get_data(as_text=True)
+    candidates = signed_in_client.get("/customers/2/merge?q=ann", headers=HTMX)
+    assert is_fragment(candidates, "merge-candidates")
+    preview = signed_in_client.get("/customers/2/merge?other=1", headers=HTMX)
+    assert is_fragment(preview, "merge-preview")
+    text = preview.get_data(as_text=True)
+    assert "Survives (the older primary): #1" in text
+    assert "Merge #2 into #1" in text
+    done = signed_in_client.post("/customers/2/merge", data={"other": "1"}, headers=HTMX)
+    assert done.headers["HX-Redirect"] == "/customers/1"
+    assert links() == {1: None, 2: 1}
+    merge = db.session.scalar(select(Merge))
+    assert (merge.survivor_id, merge.absorbed_id, merge.cause) == (1, 2, "agent")
+    assert merge.actor == "agent@example.com"
+
+
+@pytest.mark.parametrize(("other", "error"), [("1", "already belong"), ("", "Choose")])
+def test_merge_errors_come_back_in_place_as_422(signed_in_client, other, error):
+    ident("ann@x.io", "111")
+    response = signed_in_client.post("/customers/1/merge", data={"other": other}, headers=HTMX)
+    assert response.status_code == 422
+    assert is_fragment(response, "merge-preview")
+    assert error in response.get_data(as_text=True)
+
+
+def test_block_from_the_customer_page_splits_and_redirects(signed_in_client):
+    ident("ann@x.io", "555")
+    ident("bob@x.io", "555")
+    response = signed_in_client.post(
+        "/identifiers/block",
+        data={"value": "555", "reason": "the shop's own phone", "customer": "1"},
+        headers=HTMX,
+    )
+    assert response.status_code == 200
+    assert response.headers["HX-Redirect"] == "/customers/1"
+    assert links() == {1: None, 2: None}
+    blocked = signed_in_client.get("/blocked").get_data(as_text=True)
+    assert "the shop&#39;s own phone" in blocked
+    assert "Unblock 555" in blocked
+    assert_invariants()
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"value": "555", "reason": ""}, "This field is required."),
+        ({"value": "call me", "reason": "junk"}, "phone number"),
+        ({"value": "", "reason": "junk"}, "This field is required."),
+    ],
+)
+def test_block_errors_come_back_in_place_as_422(signed_in_client, data, error):
+    ident("ann@x.io", "555")
+    response = signed_in_client.post("/identifiers/block", data=data, headers=HTMX)
+    assert response.status_code == 422
+    assert is_fragment(response, "block-form")
+    assert error in response.get_data(as_text=True)
+    assert db.session.scalar(select(Identifier).where(Identifier.blocked_at.is_not(None))) is None
+
+
+def test_blocked_page_is_empty_then_unblock_answers_with_the_fragment(signed_in_client):
+    empty = signed_in_client.get("/blocked").get_data(as_text=True)
+    assert "No blocked values" in empty
+    ident("ann@x.io", "555")
+    ident("bob@x.io", "555")
+    set_blocked(parse_identifier("555"), True, "agent@example.com", "shop")
+    claim = db.session.scalar(select(Identifier).where(Identifier.key == "555"))
+    response = signed_in_client.post(f"/identifiers/{claim.id}/unblock", headers=HTMX)
+    assert response.status_code == 200
+    assert response.headers["HX-Trigger"] == "identifier-unblocked"
+    assert is_fragment(response, "blocked-values") or 'id="blocked-values"' in response.get_data(
+        as_text=True
+    )
+    assert "555 is unblocked" in response.get_data(as_text=True)
+    assert links() == {1: None, 2: 1}
+
+
+def test_delete_asks_for_confirmation_then_deletes(signed_in_client):
+    ident("ann@x.io", "555")
+    ident("ann@x.io", "666")
+    confirm = signed_in_client.get("/contacts/1/delete", headers=HTMX)
+    assert is_fragment(confirm, "delete-confirm")
+    assert "next oldest contact becomes the primary" in confirm.get_data(as_text=True)
+    assert links() == {1: None, 2: 1}
+    response = signed_in_client.post("/contacts/1/delete", data={"reason": "test"}, headers=HTMX)
+    assert response.headers["HX-Redirect"] == "/customers/2"
+    assert links() == {1: 2, 2: None}
+    gone = signed_in_client.get("/contacts/1/delete")
+    assert gone.status_code == 404
+
+
+def test_rerun_one_customer_reports_what_changed(signed_in_client):
+    ident("ann@x.io", "555")
+    response = signed_in_client.post("/customers/1/reconcile", headers=HTMX)
+    assert response.headers["HX-Redirect"] == "/customers/1"
+    page = signed_in_client.get("/customers/1").get_data(as_text=True)
+    assert "Nothing needed to change." in page
+
+
+def test_whole_database_run_in_the_background_to_the_end(signed_in_client):
+    ident("ann@x.io", "111")
+    ident("bob@x.io", "222")
+    ident("ann@x.io", "222")
+    start = signed_in_client.post("/reconcile", headers=HTMX)
+    assert start.status_code == 200
+    target = start.headers["HX-Redirect"]
+    job_id = int(target.rsplit("/", 1)[1])
+    deadline = time.monotonic() + 60
+    while (job := get_job(job_id)).status in ("queued", "running"):
+        assert time.monotonic() < deadline, "the run did not finish"
+        db.session.rollback()
+        time.sleep(0.2)
+    assert (job.status, job.processed, job.customers_changed) == ("done", 1, 0)
+    progress = signed_in_client.get(target, headers=HTMX)
+    assert is_fragment(progress, "progress")
+    html = progress.get_data(as_text=True)
+    assert "hx-get" not in html
+    assert 'value="100"' in html
+    page = signed_in_client.get(target)
+    assert "<html" in page.get_data(as_text=True)
+    assert links() == {1: None, 2: 1}
+
+
+def test_a_second_run_while_one_is_active_is_refused_in_place(signed_in_client):
+    from webapp.reconcile.jobs import create_job
+
+    create_job("someone@example.com")
+    response = signed_in_client.post("/reconcile", headers=HTMX)
+    assert response.status_code == 422
+    assert is_fragment(response, "runs")
+    assert "already running" in response.get_data(as_text=True)
