@@ -26,6 +26,7 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..audit import record
+from ..database import SQLITE_IMMEDIATE
 from ..extensions import db
 from ..models import Contact, utcnow
 from .models import DONE, FAILED, QUEUED, RUNNING, ReconcileJob
@@ -143,11 +144,14 @@ def launch(job_id: int) -> None:
 
 def claim_job(job_id: int) -> ReconcileJob:
     """Mark a queued run as running and count the customers it will check."""
-    total = db.session.scalar(
+    db.session.rollback()
+    # Read then write: on SQLite take the write lock first, or the upgrade can fail.
+    conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+    total = conn.execute(
         select(func.count()).where(_c.linkedId.is_(None), _c.deletedAt.is_(None))
-    )
+    ).scalar_one()
     now = utcnow()
-    claimed = db.session.execute(
+    claimed = conn.execute(
         update(ReconcileJob.__table__)
         .where(_j.id == job_id, _j.status == QUEUED)
         .values(status=RUNNING, total=total, started_at=now, heartbeat_at=now)
