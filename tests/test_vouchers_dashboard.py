@@ -1,0 +1,232 @@
+"""The dashboard's voucher section and offers page, on SQLite and MariaDB: pages, forms."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.builders import AGENT_EMAIL, identify
+from tests.test_vouchers_api import BIFF, LORRAINE, MCFLY, expire, issued_code, validate, vouchers
+from webapp.extensions import db
+from webapp.models import AuditEntry, utcnow
+
+HTMX = {"HX-Request": "true"}
+
+
+def tomorrow() -> str:
+    return (utcnow() + timedelta(days=1)).date().isoformat()
+
+
+def is_fragment(response, root_id: str) -> bool:
+    html = response.get_data(as_text=True)
+    return "<html" not in html and f'id="{root_id}"' in html and "HX-Request" in response.vary
+
+
+def audit_entries() -> list[AuditEntry]:
+    db.session.expire_all()
+    entries = list(db.session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+    db.session.rollback()
+    return entries
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", "/offers"),
+        ("get", "/customers/1/vouchers"),
+        ("post", "/customers/1/vouchers"),
+        ("post", "/customers/1/vouchers/1/void"),
+    ],
+)
+def test_voucher_pages_need_sign_in(client, method, url):
+    identify(client, LORRAINE)
+    response = client.open(url, method=method.upper())
+    assert response.status_code in (302, 400)
+    if response.status_code == 302:
+        assert "/sign-in" in response.headers["Location"]
+    assert vouchers() == []
+
+
+def test_customer_page_lists_valid_then_used_then_expired(signed_in_client):
+    client = signed_in_client
+    identify(client, LORRAINE, "123456")
+    identify(client, MCFLY, "123456")
+    used = issued_code(client, email=LORRAINE, offer="Used one")
+    expired = issued_code(client, email=MCFLY, offer="Expired one")
+    valid = issued_code(client, email=MCFLY, offer="Valid one")
+    biffs = issued_code(client, email=BIFF, offer="Not hers")
+    validate(client, used)
+    expire(expired)
+
+    page = client.get("/customers/2")  # a secondary's id redirects to the primary
+    assert page.status_code == 302
+    html = client.get("/customers/1").get_data(as_text=True)
+    assert 'id="vouchers"' in html
+    positions = [html.index(code) for code in (valid, used, expired)]
+    assert positions == sorted(positions)
+    assert biffs not in html
+    assert f"by {LORRAINE}" in html
+
+
+def test_section_is_a_fragment_for_htmx_and_a_page_cold(signed_in_client):
+    client = signed_in_client
+    identify(client, LORRAINE)
+    code = issued_code(client)
+    fragment = client.get("/customers/1/vouchers", headers=HTMX)
+    assert fragment.status_code == 200
+    assert is_fragment(fragment, "vouchers")
+    assert code in fragment.get_data(as_text=True)
+    page = client.get("/customers/1/vouchers")
+    html = page.get_data(as_text=True)
+    assert "<html" in html and code in html and "HX-Request" in page.vary
+
+
+def test_agent_issues_a_voucher_with_htmx(signed_in_client):
+    client = signed_in_client
+    identify(client, LORRAINE)
+    body = {"offer_name": "Apology", "discount": "12.5", "valid_until": tomorrow()}
+    response = client.post("/customers/1/vouchers", data=body, headers=HTMX)
+    assert response.status_code == 200
+    assert is_fragment(response, "vouchers")
+    assert response.headers["HX-Trigger"] == "voucher-issued"
+    (voucher,) = vouchers()
+    assert (voucher.contact_id, voucher.discount, voucher.issued_by) == (
+        1,
+        1250,
+        AGENT_EMAIL,
+    )
+    assert voucher.expires_at.date().isoformat() == tomorrow()
+    html = response.get_data(as_text=True)
+    assert "Apology" in html and "12.5%" in html
+    (entry,) = audit_entries()
+    assert (entry.action, entry.customer_id, entry.actor) == (
+        "issue_voucher",
+        1,
+        AGENT_EMAIL,
+    )
+    # The customer can redeem it with any of its e-mails.
+    assert validate(client, html.split('class="voucher-code">')[1][:12]).status_code == 200
+
+
+def test_issue_without_javascript_redirects_back_to_the_customer(signed_in_client):
+    client = signed_in_client
+    identify(client, LORRAINE)
+    body = {"offer_name": "Apology", "discount": "10", "valid_until": tomorrow()}
+    response = client.post("/customers/1/vouchers", data=body)
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/customers/1#vouchers")
+    assert len(vouchers()) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"offer_name": "", "discount": "10"}, "This field is required."),
+        ({"offer_name": "X", "discount": "0"}, "discount must be more than 0"),
+        ({"offer_name": "X", "discount": "ten"}, "discount must be a number"),
+        ({"offer_name": "X", "discount": "10", "valid_until": "2020-01-01"}, "in the future"),
+    ],
+)
+def test_invalid_issue_is_422_with_the_errors_in_place(signed_in_client, body, message):
+    client = signed_in_client
+    identify(client, LORRAINE)
+    response = client.post(
+        "/customers/1/vouchers", data={"valid_until": tomorrow(), **body}, headers=HTMX
+    )
+    assert response.status_code == 422
+    assert is_fragment(response, "vouchers")
+    assert message in response.get_data(as_text=True)
+    assert vouchers() == []
+    assert audit_entries() == []
+    cold = client.post("/customers/1/vouchers", data={"valid_until": tomorrow(), **body})
+    assert cold.status_code == 422
+    assert "<html" in cold.get_data(as_text=True)
+
+
+def test_issue_needs_the_csrf_token(client, agent):
+    from tests.builders import sign_in
+
+    identify(client, LORRAINE)
+    sign_in(client)
+    del client.environ_base["HTTP_X_CSRFTOKEN"]
+    body = {"offer_name": "Apology", "discount": "10", "valid_until": tomorrow()}
+    response = client.post("/customers/1/vouchers", data=body)
+    assert response.status_code == 400
+    assert vouchers() == []
+
+
+def test_agent_voids_a_voucher_with_a_reason(signed_in_client):
+    client = signed_in_client
+    identify(client, LORRAINE)
+    code = issued_code(client)
+    (voucher,) = vouchers()
+    url = f"/customers/1/vouchers/{voucher.id}/void"
+
+    missing = client.post(url, data={"reason": " "}, headers=HTMX)
+    assert missing.status_code == 422
+    assert "This field is required." in missing.get_data(as_text=True)
+    assert vouchers()[0].voided_at is None
+
+    response = client.post(url, data={"reason": "sent twice"}, headers=HTMX)
+    assert response.status_code == 200
+    assert response.headers["HX-Trigger"] == "voucher-voided"
+    assert is_fragment(response, "vouchers")
+    assert "sent twice" in response.get_data(as_text=True)
+    voided = vouchers()[0]
+    assert (voided.voided_by, voided.void_reason) == (AGENT_EMAIL, "sent twice")
+    (entry,) = audit_entries()
+    assert (entry.action, entry.reason, entry.subject) == (
+        "void_voucher",
+        "sent twice",
+        f"voucher {code}",
+    )
+    assert validate(client, code).status_code == 410
+
+
+def test_a_used_voucher_cannot_be_voided(signed_in_client):
+    client = signed_in_client
+    identify(client, LORRAINE)
+    code = issued_code(client)
+    validate(client, code)
+    (voucher,) = vouchers()
+    response = client.post(
+        f"/customers/1/vouchers/{voucher.id}/void", data={"reason": "late"}, headers=HTMX
+    )
+    assert response.status_code == 422
+    assert "only a voucher not yet used or voided can be voided" in response.get_data(as_text=True)
+    assert vouchers()[0].voided_at is None
+
+
+def test_unknown_customer_is_404(signed_in_client):
+    response = signed_in_client.post(
+        "/customers/99/vouchers",
+        data={"offer_name": "X", "discount": "5", "valid_until": tomorrow()},
+    )
+    assert response.status_code == 404
+    assert vouchers() == []
+
+
+def test_offers_page_counts_issued_used_expired_and_voided(signed_in_client):
+    client = signed_in_client
+    codes = [
+        issued_code(client, email=e, offer="Spring", discount=5) for e in (LORRAINE, MCFLY, BIFF)
+    ]
+    issued_code(client, email=LORRAINE, offer="Spring", discount=7)
+    validate(client, codes[0])
+    expire(codes[1])
+    issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+    html = client.get("/offers").get_data(as_text=True)
+    assert 'aria-current="page">Offers' in html
+    spring = html.split('id="offer-1"')[1].split("</tr>")[0]
+    cells = [c.split(">", 1)[1].split("<")[0] for c in spring.split("<td")[1:]]
+    assert cells[0] == "Spring" and cells[1] == "7%"
+    assert cells[3:] == ["4", "2", "1", "1", "0"]
+    assert "once per customer" in html.split('id="offer-2"')[1]
+
+
+def test_offers_page_empty_state(signed_in_client):
+    response = signed_in_client.get("/offers")
+    assert response.status_code == 200
+    assert "No offers yet" in response.get_data(as_text=True)
