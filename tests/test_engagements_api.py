@@ -356,3 +356,29 @@ def test_incoming_call_validation(app, client, body, field):
     assert_matches_openapi(app, "/calls/incoming", "post", response)
     assert field in response.get_json()["error"]["fields"]
     assert count(ScreenPop) == 0
+
+
+def test_an_event_whose_only_identifier_is_blocked_is_422_and_others_in_the_batch_land(client):
+    from webapp.identity.rules import parse_email
+    from webapp.reconcile.service import set_blocked
+
+    assert identify(client, "test@test.com", "5550123")[0] == 200
+    set_blocked(parse_email("test@test.com"), True, "agent@example.com", "shared test address")
+    single = post_event(client, channel="email", direction="inbound", email="test@test.com")
+    assert single.status_code == 422
+    assert single.get_json()["error"]["code"] == "blocked_identifier"
+    batch = client.post(
+        "/events/batch",
+        json={
+            "events": [
+                {"channel": "web", "email": "test@test.com"},
+                {"channel": "web", "email": "test@test.com", "phoneNumber": "5550123"},
+            ]
+        },
+    )
+    first, second = batch.get_json()["results"]
+    assert (first["status"], first["error"]["code"]) == (422, "blocked_identifier")
+    # With a usable phone, the event lands on the row holding the phone.
+    assert second["status"] == 201
+    (stored,) = engagements()
+    assert stored.contact_id == contacts()[0].id

@@ -21,8 +21,8 @@ from ..api.errors import ApiError
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Row, Value
-from ..identity.service import identify, load_customer_rows
-from ..models import Contact, Identifier, utcnow
+from ..identity.service import BlockedValues, blocked_keys, identify, load_customer_rows
+from ..models import Contact, utcnow
 from .models import NAME_FROM_EVENT, ContactName, Engagement
 from .payloads import EventInput
 
@@ -48,17 +48,6 @@ class Recorded:
 
 def _key(event: EventInput) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((v.kind, v.key) for v in event.values))
-
-
-def _blocked(conn: Connection, values: Sequence[Value]) -> set[tuple[str, str]]:
-    pairs = [(v.kind, v.key) for v in values]
-    table = Identifier.__table__
-    found = conn.execute(
-        select(table.c.kind, table.c.key).where(
-            tuple_(table.c.kind, table.c.key).in_(pairs), table.c.blocked_at.is_not(None)
-        )
-    )
-    return {tuple(pair) for pair in found}
 
 
 def pick_contact_row(values: Sequence[Value], rows: Sequence[Row], blocked: set) -> Row | None:
@@ -200,6 +189,16 @@ def _add_event_names(conn: Connection, contact_id: int, events: Sequence[EventIn
         conn.execute(insert(ContactName.__table__), rows)
 
 
+def _blocked_error(values: Sequence[Value]) -> ApiError:
+    names = {EMAIL: "email", "phone": "phoneNumber"}
+    return ApiError(
+        422,
+        "blocked_identifier",
+        "every identifier of this event is blocked, so it belongs to no customer",
+        {names[v.kind]: "this value is blocked" for v in values},
+    )
+
+
 def store_events(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | None:
     """Store events against a known contact row; None when that row was deleted meanwhile."""
     return run_write_transaction(
@@ -211,17 +210,17 @@ def _record_group(events: Sequence[EventInput]) -> list[Recorded]:
     """Reconcile the identifiers the events share, then store them all against one row."""
     values = events[0].values
     for _ in range(_MAX_RESOLVE_ROUNDS):
-        identify(values, source="event")
+        try:
+            identify(values, source="event")
+        except BlockedValues:
+            raise _blocked_error(values) from None
         conn = db.session.connection()
         rows = load_customer_rows(conn, values)
-        contact = pick_contact_row(values, rows, _blocked(conn, values))
+        blocked = blocked_keys(conn, [(v.kind, v.key) for v in values])
+        contact = pick_contact_row(values, rows, blocked)
         db.session.rollback()
         if contact is None:
-            raise ApiError(
-                422,
-                "blocked_identifier",
-                "every identifier of this event is blocked, so it belongs to no customer",
-            )
+            raise _blocked_error(values)
         stored = store_events(contact.id, events)
         if stored is not None:
             return stored
