@@ -90,3 +90,19 @@ def test_search_works_without_javascript(browser, live_server, agent, client):
         expect(page.locator("#results")).to_contain_text("biff@tannen.com")
     finally:
         context.close()
+
+
+def test_load_more_appends_the_next_page(signed_in_page, client):
+    for n in range(23):
+        identify(client, f"shopper{n:02d}@example.com", None)
+    reindex()
+    page = signed_in_page
+    page.get_by_label("Search customers").fill("shopper")
+    page.get_by_label("Search customers").press("Enter")
+    rows = page.locator("#results tr.result")
+    expect(rows).to_have_count(20)
+    page.get_by_role("link", name="Load more customers").click()
+    expect(rows).to_have_count(23)
+    expect(page.get_by_role("link", name="Load more customers")).to_have_count(0)
+    expect(rows.last).to_contain_text("shopper00@example.com")
+    assert page.console_errors == []
