@@ -7,6 +7,8 @@ fragment for errors and follows ``HX-Redirect`` after success.
 
 from __future__ import annotations
 
+import re
+
 from flask import abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -37,6 +39,9 @@ from .service import (
 )
 
 bp.before_request(require_agent)
+
+# The id a block form on the customer page carries (one per value), echoed back on errors.
+_FORM_ID = re.compile(r"block-form-[0-9]{1,4}")
 
 
 class LinkForm(FlaskForm):
@@ -261,7 +266,14 @@ def block():
             )
             return _finished(target, f"{value.key} is blocked. {outcome.summary()}")
     status = 422 if request.method == "POST" else 200
-    return page_or_fragment("reconcile/block.html", "reconcile/_block_form.html", status, form=form)
+    form_id = request.form.get("form_id", "")
+    return page_or_fragment(
+        "reconcile/block.html",
+        "reconcile/_block_form.html",
+        status,
+        form=form,
+        form_id=form_id if _FORM_ID.fullmatch(form_id) else None,
+    )
 
 
 @bp.get("/blocked")
