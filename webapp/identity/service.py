@@ -1,6 +1,6 @@
 """The identify service: load the customers a request touches, apply the rules, commit.
 
-Concurrency design (docs/concurrency.md has the long form):
+Concurrency design (docs/identity.md has the long form):
 
 * Blocked values are dropped first (one lookup on the claim rows' unique
   index): they take no part in matching and are never stored; a request
@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from flask import current_app
-from sqlalchemy import Connection, and_, insert, or_, select, tuple_, union, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, tuple_, union, update
 
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
@@ -63,13 +64,20 @@ _ROW_COLUMNS = (
 )
 
 
-def _group_statement(values: Sequence[Value]):
-    """One statement: every live row of every customer holding one of ``values``."""
+@lru_cache(maxsize=64)
+def _group_statement(kinds: tuple[str, ...]):
+    """One statement: every live row of every customer holding one of the values.
+
+    Built once per shape of request (the kinds of its values, bound as
+    ``v0``, ``v1``, ...), so the hot path neither builds nor compiles SQL.
+    """
     matches = []
-    for value in values:
-        column = _c.email_key if value.kind == EMAIL else _c.phone_key
+    for position, kind in enumerate(kinds):
+        column = _c.email_key if kind == EMAIL else _c.phone_key
         matches.append(
-            select(_c.id, _c.linkedId).where(column == value.key, _c.deletedAt.is_(None))
+            select(_c.id, _c.linkedId).where(
+                column == bindparam(f"v{position}"), _c.deletedAt.is_(None)
+            )
         )
     hits = union(*matches).subquery("hits") if len(matches) > 1 else matches[0].subquery("hits")
     primary_ids = (
@@ -84,8 +92,13 @@ def _group_statement(values: Sequence[Value]):
     return as_primary.union_all(as_secondary)
 
 
+def _bound(values: Sequence[Value]) -> tuple[tuple[str, ...], dict[str, str]]:
+    return tuple(v.kind for v in values), {f"v{i}": v.key for i, v in enumerate(values)}
+
+
 def _load_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
-    return [_row(record) for record in conn.execute(_group_statement(values))]
+    kinds, params = _bound(values)
+    return [_row(record) for record in conn.execute(_group_statement(kinds), params)]
 
 
 def load_customer_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
@@ -101,19 +114,28 @@ class BlockedValues(ValueError):
         self.values = list(values)
 
 
-def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
-    """Which of ``keys`` are blocked: one lookup on the claim rows' unique index."""
-    by_kind: dict[str, set[str]] = {}
-    for kind, key in keys:
-        by_kind.setdefault(kind, set()).add(key)
-    if not by_kind:
-        return set()
+@lru_cache(maxsize=64)
+def _blocked_statement(count: int):
+    """Which of ``count`` (kind, key) pairs, bound as ``k0``/``v0``, ..., are blocked."""
     c = Identifier.__table__.c
-    statement = select(c.kind, c.key).where(
-        or_(*(and_(c.kind == kind, c.key.in_(sorted(ks))) for kind, ks in by_kind.items())),
+    return select(c.kind, c.key).where(
+        or_(
+            *(and_(c.kind == bindparam(f"k{i}"), c.key == bindparam(f"v{i}")) for i in range(count))
+        ),
         c.blocked_at.is_not(None),
     )
-    return {(kind, key) for kind, key in conn.execute(statement)}
+
+
+def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
+    """Which of ``keys`` are blocked: one lookup on the claim rows' unique index."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return set()
+    params: dict[str, str] = {}
+    for i, (kind, key) in enumerate(wanted):
+        params[f"k{i}"] = kind
+        params[f"v{i}"] = key
+    return {(kind, key) for kind, key in conn.execute(_blocked_statement(len(wanted)), params)}
 
 
 def _unblocked(conn: Connection, values: Sequence[Value]) -> list[Value]:
@@ -131,18 +153,20 @@ def _unblocked(conn: Connection, values: Sequence[Value]) -> list[Value]:
 def identify(
     values: Sequence[Value], *, source: str = "checkout", actor: str | None = None
 ) -> Customer:
-    """Link ``values`` into the customer they belong to, creating or merging as needed."""
-    conn = db.session.connection()
-    try:
+    """Link ``values`` into the customer they belong to, creating or merging as needed.
+
+    Runs and commits its own transactions: call it before, not inside, a
+    transaction of your own (uncommitted work in ``db.session`` is rolled back).
+    """
+    # The read-only pass runs on a connection of its own: no session state,
+    # and closing it ends the read transaction.
+    with db.engine.connect() as conn:
         values = _unblocked(conn, values)
-    except BlockedValues:
-        db.session.rollback()
-        raise
-    rows = _load_rows(conn, values)
+        rows = _load_rows(conn, values)
     plan = plan_identify(values, rows)
     if not plan.writes:
-        db.session.rollback()
         return consolidate(plan.survivor_id, rows)
+    # The write transaction must begin afresh (on SQLite: IMMEDIATE).
     db.session.rollback()
     return run_write_transaction(
         lambda: _identify_locked(values, source=source, actor=actor),
