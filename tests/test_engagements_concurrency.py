@@ -1,0 +1,94 @@
+"""Retries racing each other through a real gunicorn (4 workers), on SQLite and MariaDB.
+
+16 threads released together by a barrier, each on its own HTTP connection,
+send the same event (or the same telephony webhook); the database must end
+with one row and every answer must carry that row's id.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.builders import assert_invariants
+from webapp.engagements.models import Engagement, ScreenPop
+from webapp.extensions import db
+
+THREADS = 16
+
+
+def post(url: str, path: str, body: dict) -> tuple[int, dict]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def fire(url: str, path: str, bodies: list[dict]) -> list[tuple[int, dict]]:
+    """POST each body from its own thread, all released at once; answers in body order."""
+    results: list[tuple[int, dict] | None] = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = post(url, path, bodies[index])
+        except BaseException as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return results  # type: ignore[return-value]
+
+
+def count(model) -> int:
+    total = db.session.scalar(select(func.count()).select_from(model))
+    db.session.rollback()
+    return total
+
+
+@pytest.mark.parametrize("same_person", [True, False], ids=["same-person", "other-people"])
+def test_one_external_id_sent_16_times_at_once_is_one_event(live_server, same_person):
+    bodies = [
+        {
+            "channel": "whatsapp",
+            "direction": "inbound",
+            # The same message id arriving with different senders still stores once.
+            "email": "anna@example.com" if same_person else f"sender{i}@example.com",
+            "externalId": "wamid.HBgL",
+        }
+        for i in range(THREADS)
+    ]
+    results = fire(live_server.url, "/events", bodies)
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * (THREADS - 1) + [201], results
+    assert len({body["event"]["id"] for _, body in results}) == 1
+    assert count(Engagement) == 1
+    assert_invariants()
+
+
+def test_one_call_id_sent_16_times_at_once_pops_once(live_server):
+    status, _ = post(
+        live_server.url, "/events", {"channel": "sms", "direction": "inbound", "phoneNumber": "555"}
+    )
+    assert status == 201
+    body = {"phoneNumber": "555", "callId": "pbx-1"}
+    results = fire(live_server.url, "/calls/incoming", [body] * THREADS)
+    assert {status for status, _ in results} == {201}
+    assert len({answer["popId"] for _, answer in results}) == 1
+    assert len({answer["eventId"] for _, answer in results}) == 1
+    assert (count(Engagement), count(ScreenPop)) == (2, 1)
