@@ -13,7 +13,6 @@ project dependency: ``.venv/bin/pip install pyinstrument`` first.
 from __future__ import annotations
 
 import logging
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench import customers  # noqa: E402
 from bench.mix import MixWriter  # noqa: E402
-from bench.reporting import run_directory  # noqa: E402
+from bench.reporting import latency_stats, run_directory  # noqa: E402
 from bench.seeding import DEFAULT_MYSQL_SERVER, fresh_database, seed_customers  # noqa: E402
 from webapp import create_app  # noqa: E402
 from webapp.extensions import db  # noqa: E402
@@ -74,11 +73,10 @@ def main(contacts, database, count, seed, profile, mysql_server) -> None:
             db.engine.dispose()
     click.echo(f"{database}, {seeded.contacts:,} contacts, {count} requests, {failures} not 200")
     for kind, ms in sorted(timings.items()):
-        ordered = sorted(ms)
-        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+        st = latency_stats(ms)
         click.echo(
-            f"  {kind:10} {len(ms):5} requests  p50 {statistics.median(ms):7.2f} ms"
-            f"  p99 {p99:7.2f} ms"
+            f"  {kind:10} {st['samples']:5} requests  p50 {st['p50_ms']:7.2f} ms"
+            f"  p99 {st['p99_ms']:7.2f} ms"
         )
     if profiler is not None:
         click.echo(profiler.output_text(unicode=False, color=False))

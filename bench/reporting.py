@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sqlite3
+import statistics
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,18 @@ def environment(mysql_server: str | None = None) -> dict:
     if mysql_server:
         info["mariadb"] = mariadb_version(mysql_server)
     return info
+
+
+def latency_stats(ms: list[float]) -> dict:
+    """Sample count, median, 99th percentile (nearest rank) and maximum of timings in ms."""
+    ordered = sorted(ms)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "samples": len(ordered),
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p99_ms": round(p99, 2),
+        "max_ms": round(ordered[-1], 2),
+    }
 
 
 def run_directory(name: str) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import random
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -35,6 +34,7 @@ from bench import customers  # noqa: E402
 from bench.reporting import (  # noqa: E402
     environment,
     environment_markdown,
+    latency_stats,
     mariadb_version,
     run_directory,
     write_report,
@@ -57,11 +57,6 @@ log = logging.getLogger("search_bench")
 
 # Issue 3: with 1 million contacts a search answers in under 100 ms.
 TARGET_MS = 100.0
-
-
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def seed_search_index(url: str) -> int:
@@ -201,20 +196,12 @@ def _time_queries(url: str, queries: list[dict]) -> list[dict]:
 
 
 def _summary(timings: list[dict]) -> dict:
-    def stats(ms: list[float]) -> dict:
-        return {
-            "queries": len(ms),
-            "p50_ms": round(statistics.median(ms), 2),
-            "p99_ms": round(_percentile(ms, 0.99), 2),
-            "max_ms": round(max(ms), 2),
-        }
-
     by_kind: dict[str, list[float]] = defaultdict(list)
     for t in timings:
         by_kind[t["kind"]].append(t["ms"])
     return {
-        "all": stats([t["ms"] for t in timings]),
-        "by_kind": {kind: stats(ms) for kind, ms in by_kind.items()},
+        "all": latency_stats([t["ms"] for t in timings]),
+        "by_kind": {kind: latency_stats(ms) for kind, ms in by_kind.items()},
         "correct": sum(1 for t in timings if t["correct"]),
         "wrong": [t for t in timings if not t["correct"]][:10],
         "slowest": sorted(timings, key=lambda t: -t["ms"])[:5],
@@ -236,7 +223,7 @@ def _markdown(data: dict) -> str:
         rows = [("all", result["search"]["all"]), *result["search"]["by_kind"].items()]
         for kind, st in rows:
             lines.append(
-                f"| {dialect} | {result['contacts']:,} | {kind} | {st['queries']} | "
+                f"| {dialect} | {result['contacts']:,} | {kind} | {st['samples']} | "
                 f"{st['p50_ms']} | {st['p99_ms']} | {st['max_ms']} |"
             )
     lines += ["", "| target | measured | met |", "|---|---:|---|"]

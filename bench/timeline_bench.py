@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from bench import customers  # noqa: E402
 from bench.reporting import (  # noqa: E402
     environment,
     environment_markdown,
+    latency_stats,
     mariadb_version,
     run_directory,
     write_report,
@@ -186,16 +186,6 @@ def seed_engagements(url: str, total: int, busy: int, busy_ids: list[int], other
     return written
 
 
-def _stats(ms: list[float]) -> dict:
-    ordered = sorted(ms)
-    return {
-        "samples": len(ms),
-        "p50_ms": round(statistics.median(ordered), 2),
-        "p99_ms": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
-        "max_ms": round(ordered[-1], 2),
-    }
-
-
 def _timed(function, *args, **kwargs):
     started = time.perf_counter()
     result = function(*args, **kwargs)
@@ -224,7 +214,7 @@ def time_timeline(url: str, busy_primary: int, ordinary_primaries: list[int], re
             page, ms = _timed(customer_activity, busy_primary)
             first.append(ms)
         _check_page(page, problems, "first page")
-        results["first page"] = _stats(first)
+        results["first page"] = latency_stats(first)
 
         deep, cursor, pages = [], page.next_cursor, 1
         while cursor and pages < repeats:
@@ -232,7 +222,7 @@ def time_timeline(url: str, busy_primary: int, ordinary_primaries: list[int], re
             _check_page(page, problems, f"page {pages + 1}")
             deep.append(ms)
             cursor, pages = page.next_cursor, pages + 1
-        results[f"next {len(deep)} pages by cursor"] = _stats(deep)
+        results[f"next {len(deep)} pages by cursor"] = latency_stats(deep)
 
         for channel in CHANNELS:
             times = []
@@ -240,13 +230,13 @@ def time_timeline(url: str, busy_primary: int, ordinary_primaries: list[int], re
                 page, ms = _timed(customer_activity, busy_primary, channel=channel)
                 times.append(ms)
             _check_page(page, problems, f"channel {channel}")
-            results[f"first page, {channel} only"] = _stats(times)
+            results[f"first page, {channel} only"] = latency_stats(times)
 
         ordinary = []
         for primary in ordinary_primaries:
             page, ms = _timed(customer_activity, primary)
             ordinary.append(ms)
-        results["ordinary customers, first page"] = _stats(ordinary)
+        results["ordinary customers, first page"] = latency_stats(ordinary)
         db.engine.dispose()
     return results, problems
 
