@@ -12,6 +12,7 @@ from tests.builders import contacts, identify
 from tests.openapi_check import assert_matches_openapi
 from webapp.extensions import db
 from webapp.models import AuditEntry, Identifier, utcnow
+from webapp.reconcile.service import delete_contact
 from webapp.vouchers import service
 from webapp.vouchers.models import Offer, Voucher
 from webapp.vouchers.rules import iso_utc
@@ -181,6 +182,23 @@ def test_a_merge_after_issue_moves_the_voucher_with_its_customer(client):
     assert validate(client, code, email=LORRAINE, dry_run=True).status_code == 404
     identify(client, BIFF, "111")
     assert validate(client, code, email=LORRAINE).status_code == 200
+
+
+def test_a_voucher_outlives_the_deletion_of_its_contact_row_and_a_later_merge(client):
+    # Lorraine's voucher sits on her row; an agent deletes that row (McFly's
+    # becomes the primary), then a checkout merges the customer into Biff's
+    # older one. The voucher stays with the customer throughout.
+    identify(client, BIFF, "999")
+    code = issued_code(client, email=LORRAINE)
+    identify(client, MCFLY, "123456")
+    identify(client, LORRAINE, "123456")
+    delete_contact(2, "agent@shop.test")
+    listed = client.get("/vouchers", query_string={"email": MCFLY}).get_json()["vouchers"]
+    assert [v["code"] for v in listed] == [code]
+    identify(client, MCFLY, "999")
+    listed = client.get("/vouchers", query_string={"email": BIFF}).get_json()["vouchers"]
+    assert [v["code"] for v in listed] == [code]
+    assert validate(client, code, email=BIFF).status_code == 200
 
 
 def test_unknown_code_and_another_customers_code_answer_the_same_404(app, client):

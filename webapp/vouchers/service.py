@@ -153,14 +153,50 @@ def _email_customers(email_key: str) -> set[int]:
 
 
 def _owner(contact_id: int) -> int | None:
-    """The live customer a contact row belongs to now, or None."""
-    row, primary = aliased(Contact), aliased(Contact)
-    return db.session.scalar(
-        select(primary.id)
+    """The live customer a contact row belongs to now, or None.
+
+    A live row links straight to its primary. A deleted row keeps the link it
+    had, and when its customer is later absorbed by a merge that link points
+    at a secondary: one more hop reaches the customer (see _customer_rows).
+    """
+    row, first, second = aliased(Contact), aliased(Contact), aliased(Contact)
+    found = db.session.execute(
+        select(
+            row.linkedId,
+            row.deletedAt,
+            first.linkedId,
+            first.deletedAt,
+            second.linkedId,
+            second.deletedAt,
+        )
         .select_from(row)
-        .join(primary, primary.id == func.coalesce(row.linkedId, row.id))
-        .where(row.id == contact_id, primary.linkedId.is_(None), primary.deletedAt.is_(None))
-    )
+        .outerjoin(first, first.id == row.linkedId)
+        .outerjoin(second, second.id == first.linkedId)
+        .where(row.id == contact_id)
+    ).first()
+    if found is None:
+        return None
+    chain = [
+        (contact_id, found[0], found[1]),
+        (found[0], found[2], found[3]),
+        (found[2], found[4], found[5]),
+    ]
+    for candidate, linked, deleted in chain:
+        if candidate is None:
+            return None
+        if linked is None:
+            return candidate if deleted is None else None
+    return None
+
+
+def _customer_rows(owners: Sequence[int]):
+    """Whether a voucher's contact row belongs to one of ``owners`` (live primaries).
+
+    The row is the primary, links to it, or (a deleted row whose customer was
+    absorbed later) links to a row that links to it: the same two hops as _owner.
+    """
+    members = select(Contact.id).where(or_(Contact.id.in_(owners), Contact.linkedId.in_(owners)))
+    return or_(Contact.id.in_(owners), Contact.linkedId.in_(members))
 
 
 def _lock_owner(contact_id: int) -> int | None:
@@ -206,7 +242,7 @@ def _customer_voucher_rows(owners: Sequence[int]):
         select(Voucher, Offer.name)
         .join(Offer, Offer.id == Voucher.offer_id)
         .join(Contact, Contact.id == Voucher.contact_id)
-        .where(or_(Contact.id.in_(owners), Contact.linkedId.in_(owners)))
+        .where(_customer_rows(owners))
     ).all()
 
 
@@ -343,7 +379,7 @@ def _customer_redeemed(offer_id: int, owner: int) -> bool:
         .where(
             Voucher.offer_id == offer_id,
             Voucher.used_at.is_not(None),
-            or_(Contact.id == owner, Contact.linkedId == owner),
+            _customer_rows([owner]),
         )
         .limit(1)
     )
