@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, func, insert, or_, select
+from sqlalchemy import Connection, delete, func, insert, literal, or_, select, union_all
 
 from ..extensions import db
 from ..identity.rules import Row, consolidate
@@ -41,7 +41,7 @@ GRAM = 3
 # Rows each matcher returns per round while a page is being filled.
 _SCAN_BATCH = 200
 # Index entries counted per gram to find the rarest one; past this it is "common".
-_RARITY_PROBE = 2000
+_RARITY_PROBE = 600
 _PHONE_LIKE = re.compile(r"\+?[0-9\s\-.()\[\]]+")
 _NOT_DIGIT = re.compile(r"[^0-9]")
 
@@ -137,16 +137,27 @@ def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = Non
             progress(len(batch))
 
 
-def _gram_frequency(conn: Connection, gram: str) -> int:
-    capped = select(_g.contact_id).where(_g.gram == gram).limit(_RARITY_PROBE).subquery()
-    return conn.execute(select(func.count()).select_from(capped)).scalar_one()
+def _rarest_gram(conn: Connection, grams: Iterable[str]) -> str:
+    """The gram with the fewest index entries (counted up to a cap), in one statement."""
+    ordered = sorted(grams)
+    if len(ordered) == 1:
+        return ordered[0]
+    probes = [
+        select(literal(position).label("position"), func.count().label("entries")).select_from(
+            select(_g.contact_id).where(_g.gram == gram).limit(_RARITY_PROBE).subquery()
+        )
+        for position, gram in enumerate(ordered)
+    ]
+    counts = conn.execute(union_all(*probes)).all()
+    position = min(counts, key=lambda row: (row.entries, row.position)).position
+    return ordered[position]
 
 
 def _scan(
     conn: Connection, grams: Iterable[str], test, before: int | None, limit: int
 ) -> list[int]:
     """Contact ids (highest first) among the rarest gram's entries that pass ``test``."""
-    rarest = min(sorted(grams), key=lambda gram: _gram_frequency(conn, gram))
+    rarest = _rarest_gram(conn, grams)
     statement = (
         select(_g.contact_id)
         .join(Contact.__table__, _c.id == _g.contact_id)
