@@ -61,3 +61,16 @@ def test_generate_and_list_are_not_counted(client):
         issued_code(client)
     response = client.get("/vouchers", query_string={"email": LORRAINE})
     assert len(response.get_json()["vouchers"]) == 8
+
+
+class TestWithRedisDown:
+    @pytest.fixture
+    def app_config(self, app_config):
+        # Nothing listens on port 1: the shared storage is unreachable.
+        return {**app_config, "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:1"}
+
+    def test_limits_still_hold_per_process_and_nothing_fails(self, app, client):
+        code = issued_code(client)
+        answers = [validate(client, "K7QM-3XPD-9R", email=BIFF).status_code for _ in range(4)]
+        assert answers == [404, 404, 404, 429]
+        assert validate(client, code).status_code == 200

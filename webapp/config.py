@@ -26,6 +26,8 @@ class Config:
     RATELIMIT_ENABLED = True
     # Namespaces the counters in a Redis that other services share.
     RATELIMIT_KEY_PREFIX = os.environ.get("RATELIMIT_KEY_PREFIX", "identity")
+    # While the shared storage is unreachable, count per process rather than fail (500).
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
     # POST /vouchers/validate: per client address, and per voucher code across all clients.
     VOUCHER_VALIDATE_LIMIT_PER_CLIENT = os.environ.get(
         "VOUCHER_VALIDATE_LIMIT_PER_CLIENT", "30 per minute;300 per hour"
