@@ -16,9 +16,9 @@ from tests.test_concurrency import _post
 from webapp.extensions import db
 from webapp.identity.rules import parse_identifier
 from webapp.models import Contact
+from webapp.reconcile.core import ReconcileError
 from webapp.reconcile.jobs import claim_job, create_job, run_job
 from webapp.reconcile.service import (
-    ReconcileError,
     delete_contact,
     merge_customers,
     reconcile_customer,

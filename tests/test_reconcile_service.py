@@ -11,11 +11,10 @@ from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
 from webapp.identity.service import BlockedValues, identify
 from webapp.models import AuditEntry, Contact, Identifier, Merge, utcnow
+from webapp.reconcile.core import NotFound, ReconcileError
 from webapp.reconcile.jobs import AlreadyRunning, claim_job, create_job, run_job
 from webapp.reconcile.models import DONE, ReconcileJob
 from webapp.reconcile.service import (
-    NotFound,
-    ReconcileError,
     delete_contact,
     link_values,
     merge_customers,

@@ -29,8 +29,8 @@ from ..audit import record
 from ..database import SQLITE_IMMEDIATE
 from ..extensions import db
 from ..models import Contact, utcnow
+from .core import RECONCILE, ReconcileError, lock_view, write_plan, write_transaction
 from .models import DONE, FAILED, QUEUED, RUNNING, ReconcileJob
-from .service import RECONCILE, ReconcileError, _lock_view, _transaction, _write
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
     if not ids:
         db.session.rollback()
         return Batch(0, after_id, 0, 0)
-    view, _ = _lock_view(conn, ids)
+    view, _ = lock_view(conn, ids)
     plan = view.plan()
-    _write(conn, plan, cause=RECONCILE, actor=actor)
+    write_plan(conn, plan, cause=RECONCILE, actor=actor)
     before = plan.customers_before(view.rows)
     after = plan.customers_after()
     for primary, members in after.items():
@@ -170,7 +170,7 @@ def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> Recon
     db.session.rollback()
     try:
         while True:
-            batch = _transaction(
+            batch = write_transaction(
                 lambda conn: reconcile_batch(conn, job_id, cursor, size, actor)  # noqa: B023
             )
             if not batch.checked:

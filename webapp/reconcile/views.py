@@ -24,10 +24,9 @@ from ..identity.rules import InvalidValue, parse_email, parse_identifier, parse_
 from ..identity.service import blocked_keys
 from ..models import Contact, Identifier
 from . import bp
+from .core import NotFound, ReconcileError
 from .jobs import AlreadyRunning, create_job, get_job, launch, recent_jobs
 from .service import (
-    NotFound,
-    ReconcileError,
     blocked_identifiers,
     customer_snapshot,
     delete_contact,

@@ -1,0 +1,309 @@
+"""The machinery every reconciliation action shares: lock, read, recompute, write, audit.
+
+Every action follows the identify service's locking discipline (read its
+docstring): a write transaction (BEGIN IMMEDIATE on SQLite) that locks the
+primary row of every customer it may change, ordered by id, re-reading until
+the set of customers is stable. The set is closed over shared values and
+stored evidence (``evidence``), so a customer that must merge with or split
+from another is always locked and recomputed whole.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from flask import current_app
+from sqlalchemy import Connection, insert, or_, select, update
+
+from ..audit import record
+from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..extensions import db
+from ..identity.rules import (
+    EMAIL,
+    Key,
+    MergeStep,
+    Reconciliation,
+    Relink,
+    Row,
+    evidence_keys,
+    keys_detail,
+    reconcile,
+)
+from ..identity.service import _row, blocked_keys
+from ..models import PRIMARY, SECONDARY, Contact, Merge, utcnow
+from .models import Bond
+
+_c = Contact.__table__.c
+
+T = TypeVar("T")
+
+# Rounds of "lock what the last read found" before the transaction starts again.
+_MAX_LOCK_ROUNDS = 16
+
+AGENT = "agent"
+RECONCILE = "reconcile"
+
+
+class ReconcileError(ValueError):
+    """An action the rules refuse; the message is for the agent."""
+
+
+class NotFound(ReconcileError):
+    """The contact or customer does not exist (or was deleted)."""
+
+
+@dataclass
+class Outcome:
+    """What an action changed: rows relinked, merges, and the customers before and after."""
+
+    action: str
+    # The customer to show afterwards (the primary the action's subject now belongs to).
+    customer_id: int | None
+    relinks: list[Relink] = field(default_factory=list)
+    merges: list[MergeStep] = field(default_factory=list)
+    before: dict[int, list[int]] = field(default_factory=dict)
+    after: dict[int, list[int]] = field(default_factory=dict)
+    added_row: int | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.relinks or self.merges or self.added_row)
+
+    def summary(self) -> str:
+        """One sentence for the agent: what changed."""
+        parts = []
+        if self.added_row:
+            parts.append(f"contact {self.added_row} added")
+        if self.merges:
+            parts.append(f"{len(self.merges)} customer(s) merged")
+        promoted = [r.row_id for r in self.relinks if r.after is None]
+        if promoted:
+            parts.append(f"{len(promoted)} new customer(s) split off")
+        if self.relinks:
+            parts.append(f"{len(self.relinks)} contact row(s) relinked")
+        return "; ".join(parts).capitalize() + "." if parts else "Nothing needed to change."
+
+
+@dataclass
+class View:
+    """Every row of the locked customers, with what decides who belongs with whom."""
+
+    rows: list[Row]
+    deleted: list[Row]
+    blocked: set[Key]
+    bonds: list[frozenset[Key]]
+
+    def plan(self) -> Reconciliation:
+        """Who belongs with whom in this view, as the changes to make."""
+        return reconcile(self.rows, self.blocked, self.bonds, self.deleted)
+
+
+def write_transaction(work: Callable[[Connection], T]) -> T:
+    """Run ``work`` in a write transaction, again when it loses a lock race."""
+
+    def attempt() -> T:
+        return work(db.session.connection(execution_options={SQLITE_IMMEDIATE: True}))
+
+    # End any read the caller left open, so that the write lock is taken up front.
+    db.session.rollback()
+    return run_write_transaction(attempt, current_app.config["IDENTIFY_MAX_ATTEMPTS"])
+
+
+def holders(conn: Connection, keys: Iterable[Key]) -> set[int]:
+    """The customers (primary ids) whose live rows hold one of ``keys``."""
+    emails = sorted({key for kind, key in keys if kind == EMAIL})
+    phones = sorted({key for kind, key in keys if kind != EMAIL})
+    found: set[int] = set()
+    for column, wanted in ((_c.email_key, emails), (_c.phone_key, phones)):
+        if wanted:
+            statement = select(_c.id, _c.linkedId).where(column.in_(wanted), _c.deletedAt.is_(None))
+            found |= {linked or row_id for row_id, linked in conn.execute(statement)}
+    return found
+
+
+def evidence(conn: Connection, row_ids: Sequence[int]) -> list[frozenset[Key]]:
+    """The bonds anchored on these rows: identify merges' request values and agents' bonds."""
+    m = Merge.__table__.c
+    details = conn.execute(
+        select(m.detail).where(
+            or_(m.survivor_id.in_(row_ids), m.absorbed_id.in_(row_ids)), m.detail.is_not(None)
+        )
+    ).scalars()
+    b = Bond.__table__.c
+    agents = conn.execute(select(b.detail).where(b.contact_id.in_(row_ids))).scalars()
+    bonds = []
+    for detail in [*details, *agents]:
+        try:
+            parsed = json.loads(detail)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            bonds.append(evidence_keys(parsed))
+    return bonds
+
+
+def read_view(conn: Connection, customer_ids: set[int]) -> tuple[View, set[int]]:
+    """The rows of these customers and the customers the view says belong with them."""
+    ids = sorted(customer_ids)
+    records = conn.execute(
+        select(*Contact.__table__.c).where(or_(_c.id.in_(ids), _c.linkedId.in_(ids)))
+    ).all()
+    live = [_row(r) for r in records if r.deletedAt is None]
+    deleted = [_row(r) for r in records if r.deletedAt is not None]
+    bonds = evidence(conn, [r.id for r in records])
+    keys = {key for row in live for key in row.identifiers()} | {k for b in bonds for k in b}
+    blocked = blocked_keys(conn, keys)
+    customers = {row.primary_id for row in live} | holders(conn, keys - blocked)
+    return View(live, deleted, blocked, bonds), customers
+
+
+def lock_view(conn: Connection, seeds: Iterable[int]) -> tuple[View, set[int]]:
+    """Lock every customer that ``seeds`` may merge with or split into, and read them whole."""
+    held: set[int] = set()
+    wanted = set(seeds)
+    for _ in range(_MAX_LOCK_ROUNDS):
+        to_lock = sorted(wanted - held)
+        if to_lock:
+            conn.execute(select(_c.id).where(_c.id.in_(to_lock)).order_by(_c.id).with_for_update())
+            held |= set(to_lock)
+        view, customers = read_view(conn, held)
+        if customers <= held:
+            return view, held
+        wanted = held | customers
+    raise Retry("the customers kept changing while being locked")
+
+
+def write_plan(conn: Connection, plan: Reconciliation, *, cause: str, actor: str) -> None:
+    """Apply a reconciliation: new links and precedences, and a merge row per merge."""
+    now = utcnow()
+    targets: dict[int | None, list[int]] = {}
+    for relink in [*plan.relinks, *plan.deleted_relinks]:
+        targets.setdefault(relink.after, []).append(relink.row_id)
+    for after, ids in targets.items():
+        conn.execute(
+            update(Contact.__table__)
+            .where(_c.id.in_(ids))
+            .values(
+                linkedId=after,
+                linkPrecedence=PRIMARY if after is None else SECONDARY,
+                updatedAt=now,
+            )
+        )
+    if plan.merges:
+        conn.execute(
+            insert(Merge.__table__),
+            [
+                {
+                    "survivor_id": step.survivor_id,
+                    "absorbed_id": step.absorbed_id,
+                    "rows_moved": step.rows_moved,
+                    "cause": cause,
+                    "actor": actor,
+                    "detail": None,
+                    "created_at": now,
+                }
+                for step in plan.merges
+            ],
+        )
+
+
+def settle(
+    conn: Connection, held: set[int], *, actor: str, cause: str
+) -> tuple[View, Reconciliation]:
+    """Re-read the locked customers, reconcile them and write the result."""
+    view, customers = read_view(conn, held)
+    if not customers <= held:
+        # A write of this transaction reached a customer not locked yet.
+        view, held = lock_view(conn, held | customers)
+    plan = view.plan()
+    write_plan(conn, plan, cause=cause, actor=actor)
+    return view, plan
+
+
+def home_of(plan: Reconciliation, rows: Sequence[Row], contact_id: int) -> int | None:
+    """The primary that ``contact_id``'s old customer's oldest live row now belongs to."""
+    by_id = {row.id: row for row in rows}
+    row = by_id.get(contact_id)
+    owner = row.primary_id if row else contact_id
+    members = sorted((r for r in rows if r.primary_id == owner), key=lambda r: (r.created_at, r.id))
+    if not members:
+        return None
+    for group in plan.groups:
+        if members[0].id in group:
+            return group[0]
+    return None
+
+
+def outcome_of(
+    action: str, customer_id: int | None, plan: Reconciliation, before_rows: Sequence[Row]
+) -> Outcome:
+    """The outcome of an action from its reconciliation and the rows as they were."""
+    return Outcome(
+        action=action,
+        customer_id=customer_id,
+        relinks=plan.relinks,
+        merges=plan.merges,
+        before=plan.customers_before(before_rows),
+        after=plan.customers_after(),
+    )
+
+
+def audit(
+    actor: str,
+    outcome: Outcome,
+    *,
+    subject: str,
+    reason: str | None = None,
+    before: dict | None = None,
+    after: dict | None = None,
+) -> None:
+    """Record an action in the audit log, in its transaction: customers before and after."""
+    before = {"customers": outcome.before, **(before or {})}
+    after = {"customers": outcome.after, **(after or {})}
+    if outcome.added_row:
+        after["added_contact"] = outcome.added_row
+    record(
+        actor,
+        outcome.action,
+        customer_id=outcome.customer_id,
+        subject=subject,
+        reason=reason,
+        before=before,
+        after=after,
+    )
+
+
+def primary_of(conn: Connection, contact_id: int) -> int:
+    """The customer (primary id) a live contact belongs to; NotFound otherwise."""
+    found = conn.execute(
+        select(_c.id, _c.linkedId).where(_c.id == contact_id, _c.deletedAt.is_(None))
+    ).first()
+    if found is None:
+        raise NotFound(f"there is no contact {contact_id}")
+    return found.linkedId or found.id
+
+
+def primary_in(view: View, contact_id: int) -> int:
+    """The customer a live contact of the view belongs to; NotFound otherwise."""
+    for row in view.rows:
+        if row.id == contact_id:
+            return row.primary_id
+    raise NotFound(f"there is no contact {contact_id}")
+
+
+def add_bond(
+    conn: Connection, anchors: Iterable[int], keys: Iterable[Key], *, cause: str, actor: str
+) -> None:
+    """Keep an agent's word that ``keys`` belong together, found through each anchor row."""
+    detail = json.dumps(keys_detail(keys))
+    now = utcnow()
+    conn.execute(
+        insert(Bond.__table__),
+        [
+            {"contact_id": a, "detail": detail, "cause": cause, "actor": actor, "created_at": now}
+            for a in sorted(set(anchors))
+        ],
+    )
