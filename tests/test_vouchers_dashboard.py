@@ -230,3 +230,17 @@ def test_offers_page_empty_state(signed_in_client):
     response = signed_in_client.get("/offers")
     assert response.status_code == 200
     assert "No offers yet" in response.get_data(as_text=True)
+
+
+def test_a_voucher_is_voided_only_from_its_own_customers_page(signed_in_client):
+    client = signed_in_client
+    issued_code(client, email=LORRAINE)
+    issued_code(client, email=BIFF)
+    (lorraines, _) = vouchers()
+    response = client.post(
+        f"/customers/2/vouchers/{lorraines.id}/void", data={"reason": "x"}, headers=HTMX
+    )
+    assert response.status_code == 422
+    assert "this customer has no such voucher" in response.get_data(as_text=True)
+    assert all(v.voided_at is None for v in vouchers())
+    assert audit_entries() == []

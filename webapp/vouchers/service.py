@@ -475,15 +475,20 @@ def customer_vouchers(customer_id: int) -> list[VoucherView]:
     return _sorted_views(_customer_voucher_rows([customer_id]), utcnow())
 
 
-def void_voucher(voucher_id: int, reason: str, *, actor: str) -> VoucherView:
-    """Withdraw an unused voucher with a reason (audit-logged); a used one cannot be voided."""
+def void_voucher(
+    voucher_id: int, reason: str, *, actor: str, customer_id: int | None = None
+) -> VoucherView:
+    """Withdraw an unused voucher with a reason (audit-logged); a used one cannot be voided.
+
+    With ``customer_id``, only a voucher of that customer (its primary id) is found.
+    """
 
     def work() -> VoucherView:
         _begin_write()
         found = db.session.get(Voucher, voucher_id)
         owner = None if found is None else _lock_owner(found.contact_id)
-        if owner is None:
-            raise VoucherError(404, "voucher_not_found", "no such voucher")
+        if owner is None or customer_id not in (None, owner):
+            raise VoucherError(404, "voucher_not_found", "this customer has no such voucher")
         voucher = db.session.scalars(
             select(Voucher)
             .where(Voucher.id == voucher_id)

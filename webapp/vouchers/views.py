@@ -170,7 +170,12 @@ def void(contact_id: int, voucher_id: int):
     form = VoidForm()
     if form.validate_on_submit():
         try:
-            view = void_voucher(voucher_id, form.reason.data.strip(), actor=current_user.email)
+            view = void_voucher(
+                voucher_id,
+                form.reason.data.strip(),
+                actor=current_user.email,
+                customer_id=primary_id,
+            )
         except VoucherError as exc:
             # A used or already voided voucher has no form left to show it on.
             return _section(primary_id, 422, error=exc.message)
