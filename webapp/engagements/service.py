@@ -74,17 +74,20 @@ def pick_contact_row(values: Sequence[Value], rows: Sequence[Row], blocked: set)
     return None
 
 
-def _existing_events(conn: Connection, events: Sequence[EventInput]) -> dict[tuple, int]:
-    """{(channel, external_id): event id} of the events already stored."""
+def _existing_events(conn: Connection, events: Sequence[EventInput]) -> dict[tuple, Recorded]:
+    """{(channel, external_id): the stored event, as a repeat} of the events already stored."""
     pairs = sorted({(e.channel, e.external_id) for e in events if e.external_id})
     if not pairs:
         return {}
     found = conn.execute(
-        select(_e.channel, _e.external_id, _e.id).where(
-            tuple_(_e.channel, _e.external_id).in_(pairs)
-        )
+        select(_e.channel, _e.external_id, _e.id, _e.contact_id, _c.linkedId)
+        .join(Contact.__table__, _c.id == _e.contact_id)
+        .where(tuple_(_e.channel, _e.external_id).in_(pairs))
     )
-    return {(channel, external_id): event_id for channel, external_id, event_id in found}
+    return {
+        (channel, external_id): Recorded(event_id, contact_id, linked or contact_id, True)
+        for channel, external_id, event_id, contact_id, linked in found
+    }
 
 
 def lock_customer_of(conn: Connection, contact_id: int) -> tuple[int, bool] | None:
@@ -117,8 +120,8 @@ def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | No
         return None
     customer_id = locked[0]
     existing = _existing_events(conn, events)
-    # Per event: the id of the event it repeats, or the row it adds.
-    slots: list[tuple[int | Engagement, bool]] = []
+    # Per event: the stored event it repeats, or the row it adds (and whether a repeat).
+    slots: list[tuple[Recorded | Engagement, bool]] = []
     claimed: dict[tuple, Engagement] = {}
     for event in events:
         pair = (event.channel, event.external_id)
@@ -147,9 +150,9 @@ def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | No
     db.session.flush()
     # Read the ids before the commit expires the rows.
     answers = [
-        Recorded(
-            target if isinstance(target, int) else target.id, contact_id, customer_id, duplicate
-        )
+        target
+        if isinstance(target, Recorded)
+        else Recorded(target.id, contact_id, customer_id, duplicate)
         for target, duplicate in slots
     ]
     db.session.commit()
@@ -231,20 +234,8 @@ def _record_group(events: Sequence[EventInput]) -> list[Recorded]:
 def _known_events(events: Sequence[EventInput]) -> dict[tuple, Recorded]:
     """Repeats of events already stored, answered without reconciling anything."""
     existing = _existing_events(db.session.connection(), events)
-    if not existing:
-        db.session.rollback()
-        return {}
-    owners = db.session.execute(
-        select(_e.id, _e.contact_id, _c.linkedId)
-        .join(Contact.__table__, _c.id == _e.contact_id)
-        .where(_e.id.in_(list(existing.values())))
-    )
-    by_id = {
-        event_id: Recorded(event_id, contact_id, linked or contact_id, duplicate=True)
-        for event_id, contact_id, linked in owners
-    }
     db.session.rollback()
-    return {pair: by_id[event_id] for pair, event_id in existing.items()}
+    return existing
 
 
 def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
