@@ -382,3 +382,24 @@ def test_an_event_whose_only_identifier_is_blocked_is_422_and_others_in_the_batc
     assert second["status"] == 201
     (stored,) = engagements()
     assert stored.contact_id == contacts()[0].id
+
+
+def test_a_block_that_splits_a_customer_splits_its_history_with_it(client):
+    from webapp.identity.rules import parse_phone
+    from webapp.reconcile.service import set_blocked
+
+    mine = post_event(
+        client, channel="sms", direction="inbound", email=ANNA, phoneNumber="5550000"
+    ).get_json()["event"]
+    theirs = post_event(
+        client, channel="email", direction="inbound", email="bob@example.com", phoneNumber="5550000"
+    ).get_json()["event"]
+    # Joined through the shop's own number, which both typed in.
+    assert mine["customerId"] == theirs["customerId"]
+    set_blocked(parse_phone("5550000"), True, "agent@example.com", "the shop's own number")
+
+    anna = client.get(f"/api/v1/customers/lookup?email={ANNA}").get_json()["customer"]
+    bob = client.get("/api/v1/customers/lookup?email=bob@example.com").get_json()["customer"]
+    assert anna["customerId"] != bob["customerId"]
+    assert [e["id"] for e in anna["recentEngagements"]] == [mine["id"]]
+    assert [e["id"] for e in bob["recentEngagements"]] == [theirs["id"]]
