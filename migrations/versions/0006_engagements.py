@@ -98,9 +98,13 @@ def upgrade():
         sa.UniqueConstraint("call_id", name=op.f("uq_screen_pop_call_id")),
         **MYSQL_TABLE,
     )
+    with op.batch_alter_table("screen_pop", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_screen_pop_created_at"), ["created_at"], unique=False)
 
 
 def downgrade():
+    with op.batch_alter_table("screen_pop", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_screen_pop_created_at"))
     op.drop_table("screen_pop")
     with op.batch_alter_table("contact_name", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_contact_name_name_key"))

@@ -81,7 +81,8 @@ class ScreenPop(db.Model):
     call_id: Mapped[str | None] = mapped_column(String(200))
     # The call recorded for a known caller; None until someone creates the customer.
     engagement_id: Mapped[int | None] = mapped_column(ForeignKey("engagement.id"))
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # A dashboard opening without a cursor asks for the calls still ringing.
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
 
     # A telephony webhook retried with the same call id pops once.
     __table_args__ = (UniqueConstraint("call_id"), MYSQL_TABLE_ARGS)
