@@ -16,11 +16,14 @@ from webapp.models import utcnow
 SCREENSHOTS = os.environ.get("VOUCHER_SCREENSHOTS")
 
 
-def snapshot(page, name: str) -> None:
+def snapshot(page, name: str, selector: str | None = None) -> None:
     if SCREENSHOTS:
         # caret="initial": hiding the caret injects a style the CSP (rightly) blocks.
         path = os.path.join(SCREENSHOTS, f"{name}.png")
-        page.screenshot(path=path, full_page=True, caret="initial")
+        if selector:
+            page.locator(selector).screenshot(path=path, caret="initial")
+        else:
+            page.screenshot(path=path, full_page=True, caret="initial")
 
 
 def test_issue_and_void_on_the_customer_page_then_see_the_offer(signed_in_page, client):
@@ -70,4 +73,10 @@ def test_issue_and_void_on_the_customer_page_then_see_the_offer(signed_in_page, 
     expect(apology).to_contain_text("15%")
     expect(page.locator("tr", has_text="Welcome")).to_contain_text("once per customer")
     snapshot(page, "vouchers-offers")
+
+    # On a phone the tables become cards; the section is still whole.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/customers/1")
+    expect(page.locator("#vouchers")).to_contain_text("issued by mistake")
+    snapshot(page, "vouchers-section-phone", "#vouchers")
     assert page.console_errors == [], page.console_errors
