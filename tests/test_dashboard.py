@@ -5,7 +5,7 @@ import re
 import pytest
 from sqlalchemy import select, update
 
-from tests.builders import identify
+from tests.builders import csrf_token_from, identify
 from webapp.audit import record
 from webapp.dashboard import sections
 from webapp.dashboard.models import ContactGram
@@ -345,3 +345,33 @@ def test_flask_search_reindex_indexes_every_contact(client, runner):
     assert result.exit_code == 0, result.output
     assert "indexed 3 contacts" in result.output
     assert [c.primary_id for c in search_customers("bulk").customers] == [3, 2, 1]
+
+
+def _html_routes(app):
+    """(method, url) of every route of every HTML blueprint, path arguments set to 1."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        blueprint = rule.endpoint.rpartition(".")[0]
+        if not blueprint or blueprint == "auth" or blueprint.endswith("api"):
+            continue
+        url = rule.rule
+        for argument in rule.arguments:
+            url = re.sub(rf"<(?:[a-z]+:)?{argument}>", "1", url)
+        routes += [(method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return routes
+
+
+def test_every_html_route_of_every_area_needs_sign_in(app, client):
+    # Another area's page left open would show customer data to anyone.
+    client.environ_base["HTTP_X_CSRFTOKEN"] = csrf_token_from(
+        client.get("/sign-in").get_data(as_text=True)
+    )
+    routes = _html_routes(app)
+    assert ("GET", "/customers/1") in routes and ("GET", "/audit") in routes
+    for method, url in routes:
+        response = client.open(url, method=method)
+        assert response.status_code == 302, (method, url, response.status_code)
+        assert response.headers["Location"].startswith("/sign-in"), (method, url)
+        htmx = client.open(url, method=method, headers=HTMX)
+        assert htmx.status_code == 401, (method, url)
+        assert htmx.headers["HX-Redirect"].startswith("/sign-in"), (method, url)
