@@ -1,6 +1,7 @@
 """Reconciliation services on SQLite and MariaDB: what each action writes, audits and refuses."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, insert, select, update
@@ -349,3 +350,18 @@ def test_identify_api_answers_422_when_every_value_is_blocked(app, client):
     assert response.status_code == 200
     assert response.get_json()["contact"]["phoneNumbers"] == []
     assert [(c.email, c.phoneNumber) for c in contacts()] == [("real@x.io", None)]
+
+
+def test_a_run_that_stopped_responding_gives_way_to_a_new_one(app):
+    stale = create_job(AGENT)
+    db.session.execute(
+        update(ReconcileJob.__table__)
+        .where(ReconcileJob.id == stale.id)
+        .values(heartbeat_at=utcnow() - timedelta(minutes=6))
+    )
+    db.session.commit()
+    assert db.session.get(ReconcileJob, stale.id, populate_existing=True).stalled
+    fresh = create_job(AGENT)
+    old = db.session.get(ReconcileJob, stale.id, populate_existing=True)
+    assert (old.status, old.active, old.error) == ("failed", None, "stopped responding")
+    assert (fresh.status, fresh.active) == ("queued", 1)

@@ -1,17 +1,19 @@
 """Reconciliation pages and forms on SQLite and MariaDB: page vs fragment, 422s, CSRF, sign-in."""
 
 import time
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.builders import assert_invariants, contacts, csrf_token_from
 from webapp.dashboard.search import reindex
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
 from webapp.identity.service import identify
-from webapp.models import Contact, Identifier, Merge
-from webapp.reconcile.jobs import get_job
+from webapp.models import Contact, Identifier, Merge, utcnow
+from webapp.reconcile.jobs import create_job, get_job
+from webapp.reconcile.models import ReconcileJob
 from webapp.reconcile.service import set_blocked
 
 HTMX = {"HX-Request": "true"}
@@ -269,10 +271,22 @@ def test_whole_database_run_in_the_background_to_the_end(signed_in_client):
 
 
 def test_a_second_run_while_one_is_active_is_refused_in_place(signed_in_client):
-    from webapp.reconcile.jobs import create_job
-
     create_job("someone@example.com")
     response = signed_in_client.post("/reconcile", headers=HTMX)
     assert response.status_code == 422
     assert is_fragment(response, "runs")
     assert "already running" in response.get_data(as_text=True)
+
+
+def test_a_stalled_run_stops_polling_and_says_so(signed_in_client):
+    job = create_job("someone@example.com")
+    db.session.execute(
+        update(ReconcileJob.__table__)
+        .where(ReconcileJob.id == job.id)
+        .values(heartbeat_at=utcnow() - timedelta(minutes=6))
+    )
+    db.session.commit()
+    running = signed_in_client.get(f"/reconcile/{job.id}", headers=HTMX)
+    html = running.get_data(as_text=True)
+    assert "stopped responding" in html
+    assert "hx-get" not in html

@@ -18,7 +18,6 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from flask import current_app
@@ -30,7 +29,7 @@ from ..database import SQLITE_IMMEDIATE
 from ..extensions import db
 from ..models import Contact, utcnow
 from .core import RECONCILE, ReconcileError, lock_view, write_plan, write_transaction
-from .models import DONE, FAILED, QUEUED, RUNNING, ReconcileJob
+from .models import DONE, FAILED, QUEUED, RUNNING, STALE_AFTER, ReconcileJob
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 _c = Contact.__table__.c
 _j = ReconcileJob.__table__.c
-
-# A run whose heartbeat is older than this has died (its process was killed).
-STALE_AFTER = timedelta(minutes=5)
 
 
 class AlreadyRunning(ReconcileError):
@@ -129,14 +125,19 @@ def create_job(actor: str) -> ReconcileJob:
 def launch(job_id: int) -> None:
     """Start ``flask reconcile --job ID`` as its own process, on this app's database."""
     env = {**os.environ, "DATABASE_URL": current_app.config["SQLALCHEMY_DATABASE_URI"]}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "reconcile", "--job", str(job_id)],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "reconcile", "--job", str(job_id)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.exception("could not start reconciliation run %d", job_id)
+        _finish(job_id, FAILED, f"could not start: {exc}")
+        return
     # Reap the child when it ends, so that a long-lived worker collects no zombies.
     threading.Thread(target=process.wait, daemon=True).start()
     log.info("reconciliation run %d started as process %d", job_id, process.pid)
@@ -204,7 +205,6 @@ def get_job(job_id: int) -> ReconcileJob | None:
 
 def recent_jobs(limit: int = 10) -> list[ReconcileJob]:
     """The latest runs, newest first."""
-    _expire_stalled()
     return list(
         db.session.scalars(select(ReconcileJob).order_by(ReconcileJob.id.desc()).limit(limit))
     )

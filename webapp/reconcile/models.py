@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
 from ..models import MYSQL_TABLE_ARGS, Timestamp, utcnow
+
+# A run whose heartbeat is older than this has died (its process was killed).
+STALE_AFTER = timedelta(minutes=5)
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -62,6 +65,12 @@ class ReconcileJob(db.Model):
     heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (UniqueConstraint("active"), MYSQL_TABLE_ARGS)
+
+    @property
+    def stalled(self) -> bool:
+        """An active run whose process stopped writing progress."""
+        beat = self.heartbeat_at or self.created_at
+        return self.active is not None and beat < utcnow() - STALE_AFTER
 
     @property
     def percent(self) -> int:
