@@ -12,10 +12,11 @@ bp = Blueprint("reconcile", __name__)
 def init_reconcile(app: Flask) -> None:
     """Register the reconciliation pages and their places on the customer page."""
     from ..dashboard.sections import register_action, register_nav, register_section
-    from . import views
+    from . import views  # noqa: F401  (attaches the routes to bp)
+    from .service import panel_data
 
     register_action("reconcile", "reconcile/_actions.html", order=10)
-    register_section("reconcile", "reconcile/_section.html", views.section_data, order=5)
+    register_section("reconcile", "reconcile/_section.html", panel_data, order=5)
     register_nav("Blocked values", "reconcile.blocked", order=60)
     register_nav("Reconcile", "reconcile.runs", order=70)
     app.register_blueprint(bp)

@@ -13,12 +13,13 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from ..dashboard.search import index_contact
 from ..extensions import db
-from ..identity.rules import EMAIL, Customer, Value, consolidate
+from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
 from ..identity.service import _lock_claims, _row, blocked_keys
 from ..models import SECONDARY, Contact, Identifier, utcnow
 from .core import (
     AGENT,
     RECONCILE,
+    NotFound,
     Outcome,
     ReconcileError,
     add_bond,
@@ -281,3 +282,50 @@ def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Ou
         return outcome
 
     return write_transaction(work)
+
+
+def live_contact(contact_id: int) -> Contact | None:
+    """A contact row that is not deleted, or None."""
+    contact = db.session.get(Contact, contact_id)
+    return contact if contact is not None and contact.deletedAt is None else None
+
+
+def identifier_value(identifier_id: int) -> Value:
+    """The value a claim row holds, ready for ``set_blocked``; NotFound when there is none."""
+    claim = db.session.get(Identifier, identifier_id)
+    if claim is None:
+        raise NotFound(f"there is no identifier {identifier_id}")
+    return parse_key(claim.kind, claim.key)
+
+
+def panel_data(primary_id: int) -> dict:
+    """The customer page's reconciliation panel: values with their blocked state, live contacts."""
+    contacts = list(
+        db.session.scalars(
+            select(Contact)
+            .where(
+                or_(Contact.id == primary_id, Contact.linkedId == primary_id),
+                Contact.deletedAt.is_(None),
+            )
+            .order_by(Contact.createdAt, Contact.id)
+        )
+    )
+    values: dict[Key, str] = {}
+    for contact in contacts:
+        if contact.email_key:
+            values.setdefault((EMAIL, contact.email_key), contact.email)
+        if contact.phone_key:
+            values.setdefault((PHONE, contact.phone_key), contact.phoneNumber)
+    blocked = blocked_keys(db.session.connection(), values)
+    data = {
+        "values": [
+            {"kind": kind, "key": key, "shown": shown, "blocked": (kind, key) in blocked}
+            for (kind, key), shown in values.items()
+        ],
+        "contacts": [
+            {"id": c.id, "email": c.email, "phone": c.phoneNumber, "primary": c.linkedId is None}
+            for c in contacts
+        ],
+    }
+    db.session.rollback()
+    return data

@@ -11,26 +11,22 @@ import re
 
 from flask import abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
-from flask_wtf import FlaskForm
-from sqlalchemy import or_, select
-from wtforms import HiddenField, IntegerField, SearchField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, Optional
 
 from ..dashboard import require_agent
 from ..dashboard.rendering import page_or_fragment, wants_fragment
 from ..dashboard.search import search_customers
-from ..extensions import db
-from ..identity.rules import InvalidValue, parse_email, parse_identifier, parse_key, parse_phone
-from ..identity.service import blocked_keys
-from ..models import Contact, Identifier
+from ..identity.rules import InvalidValue, parse_identifier
 from . import bp
 from .core import NotFound, ReconcileError
+from .forms import BlockForm, ConfirmForm, DeleteForm, LinkForm, MergeForm, MergeSearchForm
 from .jobs import AlreadyRunning, create_job, get_job, launch, recent_jobs
 from .service import (
     blocked_identifiers,
     customer_snapshot,
     delete_contact,
+    identifier_value,
     link_values,
+    live_contact,
     merge_customers,
     merge_preview,
     reconcile_customer,
@@ -41,61 +37,6 @@ bp.before_request(require_agent)
 
 # The id a block form on the customer page carries (one per value), echoed back on errors.
 _FORM_ID = re.compile(r"block-form-[0-9]{1,4}")
-
-
-class LinkForm(FlaskForm):
-    """An e-mail and/or a phone to add to a customer."""
-
-    email = StringField("E-mail", validators=[Optional(), Length(max=320)])
-    phone = StringField("Phone", validators=[Optional(), Length(max=64)])
-
-    def values(self) -> list:
-        """The parsed values; problems land on the fields."""
-        found = []
-        for field, parse in ((self.email, parse_email), (self.phone, parse_phone)):
-            text = (field.data or "").strip()
-            if text:
-                try:
-                    found.append(parse(text))
-                except InvalidValue as exc:
-                    field.errors.append(str(exc))
-        if not found and not self.email.errors and not self.phone.errors:
-            self.form_errors.append("Enter an e-mail address, a phone number or both.")
-        return found
-
-
-class MergeForm(FlaskForm):
-    """The customer to merge with (any of its contact ids)."""
-
-    other = IntegerField("Other customer", validators=[DataRequired()])
-
-
-class MergeSearchForm(FlaskForm):
-    """The merge dialog's search box (GET)."""
-
-    class Meta:
-        csrf = False
-
-    q = SearchField("Find the other customer", validators=[Optional(), Length(max=320)])
-    other = HiddenField()
-
-
-class BlockForm(FlaskForm):
-    """A value to block and why."""
-
-    value = StringField("E-mail or phone", validators=[DataRequired(), Length(max=320)])
-    reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
-    customer = HiddenField()
-
-
-class ConfirmForm(FlaskForm):
-    """Carries only the CSRF token: the button is the confirmation."""
-
-
-class DeleteForm(FlaskForm):
-    """Confirms a soft delete; the reason is optional."""
-
-    reason = StringField("Reason (optional)", validators=[Optional(), Length(max=500)])
 
 
 def _agent() -> str:
@@ -120,40 +61,6 @@ def _customer_url(customer_id: int | None) -> str:
 
 def _missing(message: str):
     return render_template("dashboard/error.html", title="Not found", message=message), 404
-
-
-def section_data(primary_id: int) -> dict:
-    """The customer page's reconciliation panel: values with their blocked state, live contacts."""
-    contacts = list(
-        db.session.scalars(
-            select(Contact)
-            .where(
-                or_(Contact.id == primary_id, Contact.linkedId == primary_id),
-                Contact.deletedAt.is_(None),
-            )
-            .order_by(Contact.createdAt, Contact.id)
-        )
-    )
-    values: dict[tuple[str, str], str] = {}
-    for contact in contacts:
-        if contact.email_key:
-            values.setdefault(("email", contact.email_key), contact.email)
-        if contact.phone_key:
-            values.setdefault(("phone", contact.phone_key), contact.phoneNumber)
-    blocked = blocked_keys(db.session.connection(), values)
-    data = {
-        "values": [
-            {"kind": kind, "key": key, "shown": shown, "blocked": (kind, key) in blocked}
-            for (kind, key), shown in values.items()
-        ],
-        "contacts": [
-            {"id": c.id, "email": c.email, "phone": c.phoneNumber, "primary": c.linkedId is None}
-            for c in contacts
-        ],
-        "confirm": ConfirmForm(),
-    }
-    db.session.rollback()
-    return data
 
 
 @bp.route("/customers/<int:contact_id>/link", methods=["GET", "POST"])
@@ -291,11 +198,10 @@ def unblock(identifier_id: int):
     form = ConfirmForm()
     if not form.validate_on_submit():
         abort(400)
-    identifier = db.session.get(Identifier, identifier_id)
-    if identifier is None:
-        return _missing(f"There is no identifier {identifier_id}.")
-    value = parse_key(identifier.kind, identifier.key)
-    db.session.rollback()
+    try:
+        value = identifier_value(identifier_id)
+    except NotFound as exc:
+        return _missing(str(exc))
     try:
         outcome = set_blocked(value, False, _agent())
     except ReconcileError as exc:
@@ -320,8 +226,8 @@ def unblock(identifier_id: int):
 @bp.route("/contacts/<int:contact_id>/delete", methods=["GET", "POST"])
 def delete(contact_id: int):
     """Soft-delete a contact after confirmation; its customer is recomputed and may split."""
-    contact = db.session.get(Contact, contact_id)
-    if contact is None or contact.deletedAt is not None:
+    contact = live_contact(contact_id)
+    if contact is None:
         return _missing(f"There is no contact #{contact_id}.")
     form = DeleteForm()
     if form.validate_on_submit():

@@ -1,0 +1,64 @@
+"""The reconciliation forms (Flask-WTF: every POST form carries the CSRF token)."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, IntegerField, SearchField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, Optional
+
+from ..identity.rules import InvalidValue, Value, parse_email, parse_phone
+
+
+class LinkForm(FlaskForm):
+    """An e-mail and/or a phone to add to a customer."""
+
+    email = StringField("E-mail", validators=[Optional(), Length(max=320)])
+    phone = StringField("Phone", validators=[Optional(), Length(max=64)])
+
+    def values(self) -> list[Value]:
+        """The parsed values; problems land on the fields."""
+        found = []
+        for field, parse in ((self.email, parse_email), (self.phone, parse_phone)):
+            text = (field.data or "").strip()
+            if text:
+                try:
+                    found.append(parse(text))
+                except InvalidValue as exc:
+                    field.errors.append(str(exc))
+        if not found and not self.email.errors and not self.phone.errors:
+            self.form_errors.append("Enter an e-mail address, a phone number or both.")
+        return found
+
+
+class MergeForm(FlaskForm):
+    """The customer to merge with (any of its contact ids)."""
+
+    other = IntegerField("Other customer", validators=[DataRequired()])
+
+
+class MergeSearchForm(FlaskForm):
+    """The merge dialog's search box (GET)."""
+
+    class Meta:
+        csrf = False
+
+    q = SearchField("Find the other customer", validators=[Optional(), Length(max=320)])
+    other = HiddenField()
+
+
+class BlockForm(FlaskForm):
+    """A value to block and why."""
+
+    value = StringField("E-mail or phone", validators=[DataRequired(), Length(max=320)])
+    reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
+    customer = HiddenField()
+
+
+class ConfirmForm(FlaskForm):
+    """Carries only the CSRF token: the button is the confirmation."""
+
+
+class DeleteForm(FlaskForm):
+    """Confirms a soft delete; the reason is optional."""
+
+    reason = StringField("Reason (optional)", validators=[Optional(), Length(max=500)])
