@@ -12,7 +12,7 @@ from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
 from webapp.identity.service import BlockedValues, identify
 from webapp.models import AuditEntry, Contact, Identifier, Merge, utcnow
-from webapp.reconcile.core import NotFound, ReconcileError
+from webapp.reconcile.core import NotFound, ReconcileError, blocked_among
 from webapp.reconcile.jobs import AlreadyRunning, claim_job, create_job, run_job
 from webapp.reconcile.models import DONE, ReconcileJob
 from webapp.reconcile.service import (
@@ -365,3 +365,18 @@ def test_a_run_that_stopped_responding_gives_way_to_a_new_one(app):
     old = db.session.get(ReconcileJob, stale.id, populate_existing=True)
     assert (old.status, old.active, old.error) == ("failed", None, "stopped responding")
     assert (fresh.status, fresh.active) == ("queued", 1)
+
+
+def test_blocked_lookup_handles_more_keys_than_one_statement_binds(app):
+    now = utcnow()
+    keys = [("email", f"user{i}@x.io") for i in range(1200)] + [("phone", "555")]
+    db.session.execute(
+        insert(Identifier.__table__),
+        [
+            {"kind": k, "key": v, "created_at": now, "blocked_at": now if i % 400 == 7 else None}
+            for i, (k, v) in enumerate(keys)
+        ],
+    )
+    db.session.commit()
+    found = blocked_among(db.session.connection(), keys)
+    assert found == {("email", "user7@x.io"), ("email", "user407@x.io"), ("email", "user807@x.io")}

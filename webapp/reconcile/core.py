@@ -11,7 +11,7 @@ from another is always locked and recomputed whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -32,11 +32,15 @@ from ..identity.rules import (
     keys_detail,
     reconcile,
 )
-from ..identity.service import _row, blocked_keys
-from ..models import PRIMARY, SECONDARY, Contact, Merge, utcnow
+from ..identity.service import _row
+from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
 from .models import Bond
 
 _c = Contact.__table__.c
+_i = Identifier.__table__.c
+
+# Keys bound per statement when looking up many (SQLite binds at most 32766 values).
+_CHUNK = 500
 
 T = TypeVar("T")
 
@@ -112,30 +116,56 @@ def write_transaction(work: Callable[[Connection], T]) -> T:
     return run_write_transaction(attempt, current_app.config["IDENTIFY_MAX_ATTEMPTS"])
 
 
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
 def holders(conn: Connection, keys: Iterable[Key]) -> set[int]:
     """The customers (primary ids) whose live rows hold one of ``keys``."""
     emails = sorted({key for kind, key in keys if kind == EMAIL})
     phones = sorted({key for kind, key in keys if kind != EMAIL})
     found: set[int] = set()
     for column, wanted in ((_c.email_key, emails), (_c.phone_key, phones)):
-        if wanted:
-            statement = select(_c.id, _c.linkedId).where(column.in_(wanted), _c.deletedAt.is_(None))
+        for part in _chunks(wanted):
+            statement = select(_c.id, _c.linkedId).where(column.in_(part), _c.deletedAt.is_(None))
             found |= {linked or row_id for row_id, linked in conn.execute(statement)}
+    return found
+
+
+def blocked_among(conn: Connection, keys: Iterable[Key]) -> set[Key]:
+    """Which of any number of ``keys`` are blocked, in chunks of indexed ``kind = ? AND key IN``.
+
+    Identify's own lookup is shaped for a request's one or two values; a whole
+    customer can hold thousands, more than one statement may bind on SQLite.
+    """
+    by_kind: dict[str, list[str]] = {}
+    for kind, key in sorted(set(keys)):
+        by_kind.setdefault(kind, []).append(key)
+    found: set[Key] = set()
+    for kind, wanted in by_kind.items():
+        for part in _chunks(wanted):
+            statement = select(_i.kind, _i.key).where(
+                _i.kind == kind, _i.key.in_(part), _i.blocked_at.is_not(None)
+            )
+            found |= {(k, v) for k, v in conn.execute(statement)}
     return found
 
 
 def evidence(conn: Connection, row_ids: Sequence[int]) -> list[frozenset[Key]]:
     """The bonds anchored on these rows: identify merges' request values and agents' bonds."""
     m = Merge.__table__.c
-    details = conn.execute(
-        select(m.detail).where(
-            or_(m.survivor_id.in_(row_ids), m.absorbed_id.in_(row_ids)), m.detail.is_not(None)
-        )
-    ).scalars()
     b = Bond.__table__.c
-    agents = conn.execute(select(b.detail).where(b.contact_id.in_(row_ids))).scalars()
+    details: list[str] = []
+    for part in _chunks(sorted(row_ids)):
+        details += conn.execute(
+            select(m.detail).where(
+                or_(m.survivor_id.in_(part), m.absorbed_id.in_(part)), m.detail.is_not(None)
+            )
+        ).scalars()
+        details += conn.execute(select(b.detail).where(b.contact_id.in_(part))).scalars()
     bonds = []
-    for detail in [*details, *agents]:
+    for detail in details:
         try:
             parsed = json.loads(detail)
         except ValueError:
@@ -155,7 +185,7 @@ def read_view(conn: Connection, customer_ids: set[int]) -> tuple[View, set[int]]
     deleted = [_row(r) for r in records if r.deletedAt is not None]
     bonds = evidence(conn, [r.id for r in records])
     keys = {key for row in live for key in row.identifiers()} | {k for b in bonds for k in b}
-    blocked = blocked_keys(conn, keys)
+    blocked = blocked_among(conn, keys)
     customers = {row.primary_id for row in live} | holders(conn, keys - blocked)
     return View(live, deleted, blocked, bonds), customers
 

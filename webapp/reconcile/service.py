@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 from ..dashboard.search import index_contact
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
-from ..identity.service import _lock_claims, _row, blocked_keys
+from ..identity.service import _lock_claims, _row
 from ..models import SECONDARY, Contact, Identifier, utcnow
 from .core import (
     AGENT,
@@ -24,6 +24,7 @@ from .core import (
     ReconcileError,
     add_bond,
     audit,
+    blocked_among,
     holders,
     home_of,
     lock_view,
@@ -85,7 +86,7 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
     def work(conn: Connection) -> Outcome:
         _lock_claims(conn, values)
         wanted = {(v.kind, v.key) for v in values}
-        refused = blocked_keys(conn, wanted)
+        refused = blocked_among(conn, wanted)
         if refused:
             shown = ", ".join(key for _, key in sorted(refused))
             raise ReconcileError(f"{shown} is blocked: a blocked value links nothing")
@@ -316,7 +317,7 @@ def panel_data(primary_id: int) -> dict:
             values.setdefault((EMAIL, contact.email_key), contact.email)
         if contact.phone_key:
             values.setdefault((PHONE, contact.phone_key), contact.phoneNumber)
-    blocked = blocked_keys(db.session.connection(), values)
+    blocked = blocked_among(db.session.connection(), values)
     data = {
         "values": [
             {"kind": kind, "key": key, "shown": shown, "blocked": (kind, key) in blocked}
