@@ -19,6 +19,13 @@ def snapshot(page, name: str) -> None:
         page.screenshot(
             path=os.path.join(SCREENSHOTS, f"{name}.png"), full_page=True, caret="initial"
         )
+        # And as a phone shows it.
+        size = page.viewport_size
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(
+            path=os.path.join(SCREENSHOTS, f"{name}-phone.png"), full_page=True, caret="initial"
+        )
+        page.set_viewport_size(size)
 
 
 def seed(client, pairs):
