@@ -13,9 +13,18 @@ from . import models  # noqa: F401  (registers the tables with the metadata)
 
 def init_engagements(app: Flask) -> None:
     """Register the engagements blueprints; call after the dashboard is set up."""
+    from ..dashboard.search import register_matcher
+    from ..dashboard.sections import register_section
     from ..extensions import csrf
     from .api import bp as api_bp
+    from .names import match_names
+    from .views import activity_section, name_section
+    from .views import bp as views_bp
 
     # Integrations authenticate with API keys, not cookies: no CSRF token.
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(views_bp)
+    register_section("name", "engagements/_name_section.html", name_section, order=5)
+    register_section("activity", "engagements/_activity.html", activity_section, order=10)
+    register_matcher("names", match_names)

@@ -108,16 +108,17 @@ def engagement_page(
 ) -> list[EngagementItem]:
     """The newest ``limit`` engagements of these contact rows older than ``before``.
 
-    Each contact row's events are read newest first straight off the
+    Each contact row's event ids are read newest first straight off the
     (contact_id[, channel], occurred_at, id) index and stopped at ``limit``;
-    the few per-row slices are merged, so the cost follows the page size and
-    not the customer's history length.
+    the per-row slices are merged and only the page's rows are then read, so
+    the cost follows the page size, not the history's length.
     """
     if not contact_ids:
         return []
 
     def newest(condition):
-        query = select(*_COLUMNS).where(condition)
+        # Only (id, occurred_at): the index alone answers, no table row is read yet.
+        query = select(_e.id, _e.occurred_at).where(condition)
         if channel is not None:
             query = query.where(_e.channel == channel)
         if before is not None:
@@ -126,15 +127,24 @@ def engagement_page(
 
     ids = sorted(set(contact_ids))
     if len(ids) == 1:
-        statement = newest(_e.contact_id == ids[0])
+        top = newest(_e.contact_id == ids[0]).subquery("top")
     elif len(ids) > _MAX_PER_ROW_QUERIES:
-        statement = newest(_e.contact_id.in_(ids))
+        top = newest(_e.contact_id.in_(ids)).subquery("top")
     else:
         slices = [newest(_e.contact_id == cid).subquery() for cid in ids]
         merged = union_all(*(select(*part.c) for part in slices)).subquery("merged")
-        statement = (
-            select(*merged.c).order_by(merged.c.occurred_at.desc(), merged.c.id.desc()).limit(limit)
+        top = (
+            select(*merged.c)
+            .order_by(merged.c.occurred_at.desc(), merged.c.id.desc())
+            .limit(limit)
+            .subquery("top")
         )
+    # Then read the full rows of the page's events only.
+    statement = (
+        select(*_COLUMNS)
+        .select_from(Engagement.__table__.join(top, _e.id == top.c.id))
+        .order_by(_e.occurred_at.desc(), _e.id.desc())
+    )
     return [EngagementItem(**row._mapping) for row in conn.execute(statement)]
 
 

@@ -1,0 +1,103 @@
+// Screen-pop: polls the server for incoming calls and shows each one in a pop-up.
+// Short polls, not a held-open connection, so no gunicorn worker is tied up per agent;
+// the cursor (the last call id seen) makes every poll a tiny indexed read.
+(function () {
+  "use strict";
+
+  var script = document.currentScript;
+  var pollUrl = script && script.dataset.pollUrl;
+  if (!pollUrl) return;
+
+  var INTERVAL_MS = 1000;
+  // A failing server is asked less often, up to this.
+  var MAX_BACKOFF_MS = 15000;
+  var STORAGE_KEY = "screen-pop-dismissed";
+  var cursor = null;
+  var delay = INTERVAL_MS;
+
+  function container() {
+    var box = document.getElementById("screen-pops");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "screen-pops";
+      box.className = "screen-pops";
+      box.setAttribute("aria-live", "assertive");
+      document.body.appendChild(box);
+    }
+    return box;
+  }
+
+  function dismissed() {
+    try {
+      return JSON.parse(window.sessionStorage.getItem(STORAGE_KEY) || "[]");
+    } catch (error) {
+      return [];
+    }
+  }
+
+  function dismiss(popId) {
+    var ids = dismissed();
+    ids.push(popId);
+    // Only the latest few matter: older calls have stopped popping anyway.
+    window.sessionStorage.setItem(STORAGE_KEY, JSON.stringify(ids.slice(-50)));
+  }
+
+  function show(html) {
+    var template = document.createElement("template");
+    template.innerHTML = html;
+    var box = container();
+    var skip = dismissed();
+    var pops = template.content.querySelectorAll(".screen-pop");
+    // The server sends the newest first; insert oldest first so the newest ends on top.
+    for (var i = pops.length - 1; i >= 0; i--) {
+      var pop = pops[i];
+      var id = pop.dataset.popId;
+      if (skip.indexOf(id) !== -1) continue;
+      var shown = box.querySelector('.screen-pop[data-pop-id="' + id + '"]');
+      if (shown) box.replaceChild(pop, shown);
+      else box.insertBefore(pop, box.firstChild);
+      if (window.htmx) window.htmx.process(pop);
+    }
+  }
+
+  function schedule() {
+    window.setTimeout(poll, delay);
+  }
+
+  function poll() {
+    var url = pollUrl + (cursor === null ? "" : "?after=" + encodeURIComponent(cursor));
+    fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        var next = response.headers.get("X-Screen-Pop-Cursor");
+        // No cursor means this is not our endpoint answering (signed out): stop.
+        if (!response.ok || next === null) {
+          if (response.status >= 500) throw new Error("server error " + response.status);
+          return null;
+        }
+        cursor = next;
+        delay = INTERVAL_MS;
+        return response.status === 204 ? "" : response.text();
+      })
+      .then(function (html) {
+        if (html === null) return;
+        if (html) show(html);
+        schedule();
+      })
+      .catch(function () {
+        delay = Math.min(delay * 2, MAX_BACKOFF_MS);
+        schedule();
+      });
+  }
+
+  document.addEventListener("click", function (event) {
+    var pop = event.target.closest(".screen-pop");
+    if (!pop) return;
+    // Acting on a call (opening the customer, creating one) also means it was seen.
+    var action = event.target.closest("[data-dismiss-pop], a, button[type=submit]");
+    if (!action) return;
+    dismiss(pop.dataset.popId);
+    if (action.hasAttribute("data-dismiss-pop")) pop.remove();
+  });
+
+  poll();
+})();

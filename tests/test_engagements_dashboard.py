@@ -1,0 +1,280 @@
+"""Dashboard parts of engagements: activity timeline, names, name search and screen-pops."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.builders import AGENT_EMAIL, contacts, identify
+from webapp.engagements.models import ContactName, Engagement, ScreenPop
+from webapp.extensions import db
+from webapp.models import AuditEntry, utcnow
+
+ANNA = "anna@example.com"
+HTMX = {"HX-Request": "true"}
+
+
+def event(client, **body):
+    body.setdefault("email", ANNA)
+    response = client.post("/events", json=body)
+    assert response.status_code in (200, 201), response.get_json()
+    return response.get_json()["event"]
+
+
+def at(minutes: float) -> str:
+    return (utcnow() - timedelta(days=1) + timedelta(minutes=minutes)).isoformat() + "Z"
+
+
+def engagement_ids(html: str) -> list[int]:
+    return [int(x) for x in re.findall(r'data-engagement-id="(\d+)"', html)]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/customers/1/activity"),
+        ("get", "/screen-pops"),
+        ("post", "/customers/1/name"),
+        ("post", "/screen-pops/1/customer"),
+    ],
+)
+def test_dashboard_parts_need_sign_in(client, method, path):
+    response = getattr(client, method)(path)
+    if method == "get":
+        assert response.status_code == 302
+        assert "/sign-in" in response.headers["Location"]
+    else:
+        # No session, no CSRF token: refused before anything runs.
+        assert response.status_code in (302, 400)
+    assert contacts() == []
+
+
+def test_customer_page_shows_activity_interleaved_with_history_and_escapes_text(
+    signed_in_client,
+):
+    client = signed_in_client
+    identify(client, ANNA)
+    first = event(
+        client,
+        channel="sms",
+        direction="inbound",
+        summary="<script>alert(1)</script>",
+        name="Anna Berg",
+    )
+    event(client, channel="call", direction="outbound", durationSeconds=125)
+    page = client.get(f"/customers/{first['customerId']}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'id="activity"' in html and 'id="customer-name"' in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert(1)" not in html
+    assert 'value="Anna Berg"' in html
+    activity = html[html.index('id="activity"') :]
+    # Newest first: the call, then the SMS, then the contact row the first event created.
+    assert activity.index("Outbound call") < activity.index("Inbound SMS")
+    assert activity.index("Inbound SMS") < activity.index(f"Contact #{first['contactId']} from")
+    assert "2 min 5 s" in activity
+
+
+def test_activity_is_a_page_cold_and_a_fragment_for_htmx(signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound")["customerId"]
+    page = signed_in_client.get(f"/customers/{customer}/activity")
+    fragment = signed_in_client.get(f"/customers/{customer}/activity", headers=HTMX)
+    for response in (page, fragment):
+        assert response.status_code == 200
+        assert "HX-Request" in response.headers["Vary"]
+        assert response.headers["Cache-Control"] == "no-store"
+    assert "<html" in page.get_data(as_text=True)
+    body = fragment.get_data(as_text=True)
+    assert "<html" not in body
+    assert body.lstrip().startswith('<section class="panel" id="activity"')
+
+
+def test_activity_of_a_secondary_redirects_and_unknown_is_404(signed_in_client):
+    identify(signed_in_client, ANNA, "123")
+    identify(signed_in_client, "other@example.com", "123")
+    first, second = contacts()
+    moved = signed_in_client.get(f"/customers/{second.id}/activity?channel=sms")
+    assert moved.status_code == 302
+    assert moved.headers["Location"].endswith(f"/customers/{first.id}/activity?channel=sms")
+    assert signed_in_client.get("/customers/999/activity").status_code == 404
+
+
+def test_channel_filter_shows_only_that_channel(signed_in_client):
+    sms = event(signed_in_client, channel="sms", direction="inbound", occurredAt=at(1))
+    call = event(signed_in_client, channel="call", direction="inbound", occurredAt=at(2))
+    customer = sms["customerId"]
+    html = signed_in_client.get(
+        f"/customers/{customer}/activity?channel=call", headers=HTMX
+    ).get_data(as_text=True)
+    assert engagement_ids(html) == [call["id"]]
+    # History (contact rows) belongs to "All activity" only.
+    assert "Contact #" not in html
+    bad = signed_in_client.get(f"/customers/{customer}/activity?channel=fax", headers=HTMX)
+    assert bad.status_code == 422
+    assert "Not a valid choice" in bad.get_data(as_text=True)
+    assert sorted(engagement_ids(bad.get_data(as_text=True))) == sorted([sms["id"], call["id"]])
+
+
+def test_load_more_walks_the_whole_history_once_newest_first(app, signed_in_client):
+    ids = [
+        event(signed_in_client, channel="sms", direction="inbound", occurredAt=at(i))["id"]
+        for i in range(70)
+    ]
+    customer = contacts()[0].id
+    url = f"/customers/{customer}/activity"
+    seen: list[int] = []
+    pages = 0
+    while url:
+        response = signed_in_client.get(url, headers=HTMX)
+        assert response.status_code == 200
+        html = response.get_data(as_text=True)
+        seen += engagement_ids(html)
+        found = re.search(r'hx-get="([^"]+before=[^"]+)"', html)
+        url = found.group(1).replace("&amp;", "&") if found else None
+        pages += 1
+    assert pages == 3
+    assert seen == list(reversed(ids))
+    last = signed_in_client.get(f"/customers/{customer}/activity?before=nonsense")
+    assert last.status_code == 400
+
+
+def test_page_views_are_grouped_per_visit(signed_in_client):
+    for minute in (0, 5, 12, 60, 61):
+        event(
+            signed_in_client,
+            channel="web",
+            url=f"https://shop.example/p{minute}",
+            occurredAt=at(minute),
+        )
+    customer = contacts()[0].id
+    html = signed_in_client.get(f"/customers/{customer}/activity", headers=HTMX).get_data(
+        as_text=True
+    )
+    assert re.findall(r"Visit · (\d+) pages?", html) == ["2", "3"]
+    assert html.count("<details") == 2
+    assert "https://shop.example/p12" in html
+
+
+def test_a_visit_across_the_page_size_stays_one_entry(signed_in_client):
+    views = [
+        {"channel": "web", "email": ANNA, "url": f"https://shop.example/{i}", "occurredAt": at(i)}
+        for i in range(45)
+    ]
+    assert signed_in_client.post("/events/batch", json={"events": views}).status_code == 200
+    customer = contacts()[0].id
+    html = signed_in_client.get(f"/customers/{customer}/activity", headers=HTMX).get_data(
+        as_text=True
+    )
+    assert re.findall(r"Visit · (\d+) pages?", html) == ["45"]
+    assert "before=" not in html
+
+
+def test_agent_sets_the_name_it_wins_over_event_names_and_is_audited(signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="Anna B")[
+        "customerId"
+    ]
+    response = signed_in_client.post(
+        f"/customers/{customer}/name", data={"name": "  Anna Berg  "}, headers=HTMX
+    )
+    assert response.status_code == 200
+    assert response.headers["HX-Trigger"] == "customer-renamed"
+    body = response.get_data(as_text=True)
+    assert body.lstrip().startswith('<form id="name-form"')
+    assert 'value="Anna Berg"' in body
+    card = signed_in_client.get(f"/api/v1/customers/lookup?email={ANNA}").get_json()["customer"]
+    assert card["name"] == "Anna Berg"
+    # A later event name does not replace the agent's.
+    event(signed_in_client, channel="sms", direction="inbound", name="Someone Else")
+    card = signed_in_client.get(f"/api/v1/customers/lookup?email={ANNA}").get_json()["customer"]
+    assert card["name"] == "Anna Berg"
+    (entry,) = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "rename"))
+    assert (entry.actor, entry.customer_id) == (AGENT_EMAIL, customer)
+    assert '"Anna B"' in entry.before and '"Anna Berg"' in entry.after
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+def test_invalid_name_is_422_in_place_and_stores_nothing(signed_in_client, name):
+    customer = event(signed_in_client, channel="sms", direction="inbound")["customerId"]
+    response = signed_in_client.post(
+        f"/customers/{customer}/name", data={"name": name}, headers=HTMX
+    )
+    assert response.status_code == 422
+    assert 'class="field-errors"' in response.get_data(as_text=True)
+    assert list(db.session.scalars(select(ContactName))) == []
+
+
+def test_rename_without_htmx_redirects_to_the_customer(signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound")["customerId"]
+    response = signed_in_client.post(f"/customers/{customer}/name", data={"name": "Anna"})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/customers/{customer}")
+
+
+def test_search_finds_customers_by_any_part_of_a_name(signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="Anna Berglund")[
+        "customerId"
+    ]
+    event(signed_in_client, channel="sms", direction="inbound", email="bob@example.com", name="Bob")
+    html = signed_in_client.get("/?q=berglu", headers=HTMX).get_data(as_text=True)
+    assert f"/customers/{customer}" in html
+    assert "bob@example.com" not in html
+
+
+def test_screen_pop_polling_shows_a_known_caller_with_name_and_engagements(signed_in_client):
+    customer = event(
+        signed_in_client, channel="sms", direction="inbound", phoneNumber="+1 555 0100", name="Anna"
+    )["customerId"]
+    first = signed_in_client.get("/screen-pops")
+    assert first.status_code == 204
+    cursor = first.headers["X-Screen-Pop-Cursor"]
+    assert signed_in_client.get(f"/screen-pops?after={cursor}").status_code == 204
+    call = signed_in_client.post("/calls/incoming", json={"phoneNumber": "+15550100"})
+    pop_id = call.get_json()["popId"]
+    response = signed_in_client.get(f"/screen-pops?after={cursor}")
+    assert response.status_code == 200
+    assert response.headers["X-Screen-Pop-Cursor"] == str(pop_id)
+    html = response.get_data(as_text=True)
+    assert f'data-pop-id="{pop_id}"' in html
+    assert ">Anna</h2>" in html
+    assert ANNA in html and "+1 555 0100" in html
+    assert f'href="/customers/{customer}"' in html
+    # The call itself is the newest engagement listed.
+    assert html.index(">call<") < html.index(">sms<")
+    assert signed_in_client.get(f"/screen-pops?after={pop_id}").status_code == 204
+
+
+def test_unknown_caller_pop_creates_the_customer_in_one_click(signed_in_client):
+    pop_id = signed_in_client.post(
+        "/calls/incoming", json={"phoneNumber": "+44 20 7946 0000", "callId": "c-9"}
+    ).get_json()["popId"]
+    html = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    assert "Unknown caller" in html
+    assert f'action="/screen-pops/{pop_id}/customer"' in html
+    response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
+    assert response.status_code == 303
+    (contact,) = contacts()
+    assert response.headers["Location"].endswith(f"/customers/{contact.id}")
+    assert (contact.phoneNumber, contact.source) == ("+44 20 7946 0000", "agent")
+    (call,) = db.session.scalars(select(Engagement))
+    assert (call.contact_id, call.channel, call.external_id) == (contact.id, "call", "c-9")
+    assert db.session.get(ScreenPop, pop_id).engagement_id == call.id
+    # A second click (or a second agent) changes nothing.
+    db.session.rollback()
+    assert signed_in_client.post(f"/screen-pops/{pop_id}/customer").status_code == 303
+    assert len(contacts()) == 1
+    assert len(list(db.session.scalars(select(Engagement)))) == 1
+    assert signed_in_client.post("/screen-pops/999/customer").status_code == 404
+
+
+def test_a_number_several_customers_hold_lists_them_all(signed_in_client):
+    identify(signed_in_client, "one@example.com", "+4930555")
+    identify(signed_in_client, "two@example.com", "004930555")
+    signed_in_client.post("/calls/incoming", json={"phoneNumber": "4930555"})
+    html = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    assert "2 customers have this number" in html
+    assert "one@example.com" in html and "two@example.com" in html
+    assert list(db.session.scalars(select(Engagement))) == []

@@ -1,0 +1,89 @@
+"""Customer names: agents set the display name, and search finds customers by any name kept."""
+
+from __future__ import annotations
+
+from flask import current_app
+from sqlalchemy import Connection, select
+
+from .. import audit
+from ..database import SQLITE_IMMEDIATE, run_write_transaction
+from ..extensions import db
+from ..identity.service import customer_rows
+from ..models import Contact, utcnow
+from .history import display_name
+from .models import NAME_FROM_AGENT, ContactName
+from .service import lock_customer_of
+
+_c = Contact.__table__.c
+_n = ContactName.__table__.c
+
+
+def _rename(primary_id: int, name: str, actor: str) -> bool:
+    conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+    locked = lock_customer_of(conn, primary_id)
+    # Only a live primary names a customer; a merged-away id would name someone else.
+    if locked is None or locked != (primary_id, True):
+        db.session.rollback()
+        return False
+    ids = [row.id for row in customer_rows(conn, primary_id)]
+    before = display_name(conn, ids)
+    db.session.add(
+        ContactName(
+            contact_id=primary_id,
+            name=name,
+            name_key=name.lower(),
+            source=NAME_FROM_AGENT,
+            actor=actor,
+            created_at=utcnow(),
+        )
+    )
+    audit.record(
+        actor,
+        "rename",
+        customer_id=primary_id,
+        subject=f"customer {primary_id}",
+        before={"name": before},
+        after={"name": name},
+    )
+    db.session.commit()
+    return True
+
+
+def set_display_name(primary_id: int, name: str, actor: str) -> bool:
+    """Make ``name`` the customer's display name (audited); False when it is no live primary."""
+    # End the caller's read transaction: the write must begin with the lock (BEGIN IMMEDIATE).
+    db.session.rollback()
+    return run_write_transaction(
+        lambda: _rename(primary_id, name.strip(), actor),
+        current_app.config["IDENTIFY_MAX_ATTEMPTS"],
+    )
+
+
+def customer_name(primary_id: int) -> str | None:
+    """The display name of the customer whose primary row is ``primary_id``."""
+    conn = db.session.connection()
+    name = display_name(conn, [row.id for row in customer_rows(conn, primary_id)])
+    db.session.rollback()
+    return name
+
+
+def match_names(conn: Connection, query, before: int | None, limit: int) -> list[int]:
+    """Search matcher: live contact rows holding a name that contains the query, highest first.
+
+    ``contact_name`` holds only the names people gave, far fewer rows than
+    contacts, and the scan walks contact ids downward and stops at ``limit``.
+    """
+    term = query.text.lower()
+    if len(term) < 2:
+        return []
+    statement = (
+        select(_n.contact_id)
+        .join(Contact.__table__, _c.id == _n.contact_id)
+        .where(_n.name_key.contains(term, autoescape=True), _c.deletedAt.is_(None))
+        .group_by(_n.contact_id)
+        .order_by(_n.contact_id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        statement = statement.where(_n.contact_id < before)
+    return list(conn.execute(statement).scalars())

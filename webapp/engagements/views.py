@@ -1,0 +1,159 @@
+"""Dashboard parts of engagements: the activity timeline, the customer's name and screen-pops."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import SelectField, StringField
+from wtforms.validators import DataRequired, Length, Optional
+
+from ..dashboard import require_agent
+from ..dashboard.customers import locate_customer
+from ..dashboard.rendering import page_or_fragment, wants_fragment
+from .activity import InvalidCursor, customer_activity
+from .models import CHANNELS
+from .names import customer_name, set_display_name
+from .payloads import MAX_NAME_LENGTH
+from .screenpop import create_caller, recent_pops
+
+bp = Blueprint("engagements", __name__)
+bp.before_request(require_agent)
+
+CHANNEL_LABELS = {
+    "call": "Calls",
+    "sms": "SMS",
+    "whatsapp": "WhatsApp",
+    "email": "E-mail",
+    "facebook": "Facebook",
+    "web": "Web visits",
+}
+# The header polling scripts read to know where to resume.
+CURSOR_HEADER = "X-Screen-Pop-Cursor"
+
+
+@bp.after_request
+def _private(response: Response) -> Response:
+    # Customer data never sits in a shared or browser cache.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+class ActivityFilterForm(FlaskForm):
+    """The activity's channel filter (GET)."""
+
+    class Meta:
+        csrf = False
+
+    channel = SelectField(
+        "Channel",
+        choices=[("", "All activity"), *CHANNEL_LABELS.items()],
+        validators=[Optional()],
+    )
+
+
+class NameForm(FlaskForm):
+    """The customer's display name, as an agent sets it."""
+
+    name = StringField(
+        "Name",
+        filters=[lambda value: value.strip() if value else value],
+        validators=[DataRequired(), Length(max=MAX_NAME_LENGTH)],
+    )
+
+
+def _not_found(contact_id: int):
+    return render_template(
+        "dashboard/error.html",
+        title="No such customer",
+        message=f"No customer holds contact #{contact_id}.",
+    ), 404
+
+
+def activity_section(primary_id: int) -> dict:
+    """Section loader for the customer page: the first page of activity."""
+    return {"activity": customer_activity(primary_id), "filter": ActivityFilterForm(formdata=None)}
+
+
+def name_section(primary_id: int) -> dict:
+    """Section loader for the customer page: the display name and the form that edits it."""
+    return {"name_form": NameForm(formdata=None, name=customer_name(primary_id))}
+
+
+@bp.get("/customers/<int:contact_id>/activity")
+def activity(contact_id: int):
+    """A customer's activity, filterable by channel, a page at a time (``before`` continues)."""
+    primary_id = locate_customer(contact_id)
+    if primary_id is None:
+        return _not_found(contact_id)
+    if primary_id != contact_id:
+        return redirect(url_for(".activity", contact_id=primary_id, **request.args), 302)
+    form = ActivityFilterForm(request.args)
+    valid = form.validate()
+    channel = form.channel.data if valid and form.channel.data in CHANNELS else None
+    try:
+        page = customer_activity(primary_id, channel=channel, before=request.args.get("before"))
+    except InvalidCursor:
+        return render_template(
+            "dashboard/error.html",
+            title="Bad link",
+            message="This “load more” link is damaged; open the customer again.",
+        ), 400
+    if page is None:
+        return _not_found(contact_id)
+    more = request.args.get("before") is not None
+    return page_or_fragment(
+        "engagements/activity.html",
+        "engagements/_activity_more.html" if more else "engagements/_activity.html",
+        status=200 if valid else 422,
+        section={"activity": page, "filter": form},
+    )
+
+
+@bp.post("/customers/<int:contact_id>/name")
+def rename(contact_id: int):
+    """Set the customer's display name; invalid input comes back in place as 422."""
+    form = NameForm()
+    primary_id = locate_customer(contact_id)
+    if primary_id is None:
+        return _not_found(contact_id)
+    if form.validate_on_submit() and set_display_name(
+        primary_id, form.name.data, current_user.email
+    ):
+        if not wants_fragment():
+            return redirect(url_for("dashboard.customer", contact_id=primary_id), 303)
+        response = make_response(
+            render_template(
+                "engagements/_name.html",
+                primary_id=primary_id,
+                form=form,
+                saved=True,
+            )
+        )
+        response.headers["HX-Trigger"] = "customer-renamed"
+        return response
+    return render_template("engagements/_name.html", primary_id=primary_id, form=form), 422
+
+
+@bp.get("/screen-pops")
+def screen_pops():
+    """Calls newer than ``after`` for the polling dashboard; 204 when there is none."""
+    after = request.args.get("after", type=int)
+    pops, cursor = recent_pops(after)
+    if pops:
+        response = make_response(render_template("engagements/_screen_pops.html", pops=pops))
+    else:
+        response = make_response("", 204)
+    response.headers[CURSOR_HEADER] = str(cursor)
+    return response
+
+
+@bp.post("/screen-pops/<int:pop_id>/customer")
+def create_customer_from_call(pop_id: int):
+    """One click on an unknown caller's pop: make the number a customer and open it."""
+    primary_id = create_caller(pop_id, current_user.email)
+    if primary_id is None:
+        return render_template(
+            "dashboard/error.html", title="No such call", message="This call is not known."
+        ), 404
+    return redirect(url_for("dashboard.customer", contact_id=primary_id), 303)
