@@ -40,8 +40,9 @@ PAGE_SIZE = 20
 GRAM = 3
 # Rows each matcher returns per round while a page is being filled.
 _SCAN_BATCH = 200
-# Index entries counted per gram to find the rarest one; past this it is "common".
-_RARITY_PROBE = 600
+# Index entries counted per gram to find the rarest one: first a few, then, only
+# when every gram reached that many, more (past the last cap a gram is "common").
+_RARITY_CAPS = (500, 5000)
 _PHONE_LIKE = re.compile(r"\+?[0-9\s\-.()\[\]]+")
 _NOT_DIGIT = re.compile(r"[^0-9]")
 
@@ -137,20 +138,29 @@ def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = Non
             progress(len(batch))
 
 
-def _rarest_gram(conn: Connection, grams: Iterable[str]) -> str:
-    """The gram with the fewest index entries (counted up to a cap), in one statement."""
-    ordered = sorted(grams)
-    if len(ordered) == 1:
-        return ordered[0]
+def _gram_counts(conn: Connection, grams: Sequence[str], cap: int) -> list[int]:
+    """How many index entries each gram has, counting no further than ``cap``; one statement."""
     probes = [
         select(literal(position).label("position"), func.count().label("entries")).select_from(
-            select(_g.contact_id).where(_g.gram == gram).limit(_RARITY_PROBE).subquery()
+            select(_g.contact_id).where(_g.gram == gram).limit(cap).subquery()
         )
-        for position, gram in enumerate(ordered)
+        for position, gram in enumerate(grams)
     ]
-    counts = conn.execute(union_all(*probes)).all()
-    position = min(counts, key=lambda row: (row.entries, row.position)).position
-    return ordered[position]
+    counts = dict(conn.execute(union_all(*probes)).all())
+    return [counts[position] for position in range(len(grams))]
+
+
+def _rarest_gram(conn: Connection, grams: Iterable[str]) -> str:
+    """The gram with the fewest index entries, the one whose entries a search walks."""
+    candidates = sorted(grams)
+    for cap in _RARITY_CAPS:
+        if len(candidates) == 1:
+            break
+        counts = _gram_counts(conn, candidates, cap)
+        fewest = min(counts)
+        if fewest < cap:
+            return candidates[counts.index(fewest)]
+    return candidates[0]
 
 
 def _scan(
