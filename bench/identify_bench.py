@@ -253,6 +253,8 @@ def main(sizes, databases, duration, warmup, connections, workers, seed, mysql_s
     dialects = [d.strip() for d in databases.split(",") if d.strip()]
     if "mariadb" in dialects and mariadb_version(mysql_server) is None:
         raise click.UsageError(f"MariaDB does not answer at {mysql_server}; try --databases sqlite")
+    # The code measured is the code at the start of the run.
+    started_with = environment(mysql_server if "mariadb" in dialects else None)
     opts = {
         "sizes": size_list,
         "databases": dialects,
@@ -273,7 +275,7 @@ def main(sizes, databases, duration, warmup, connections, workers, seed, mysql_s
             if not leftover.name.endswith(".wrk.txt"):
                 leftover.unlink()
     data = {
-        "environment": environment(mysql_server if "mariadb" in dialects else None),
+        "environment": started_with,
         "settings": {k: v for k, v in opts.items() if k != "mysql_server"},
         "results": results,
     }

@@ -246,6 +246,8 @@ def main(contacts, databases, queries, names_every, seed, mysql_server) -> None:
     dialects = [d.strip() for d in databases.split(",") if d.strip()]
     if "mariadb" in dialects and mariadb_version(mysql_server) is None:
         raise click.UsageError(f"MariaDB does not answer at {mysql_server}; try --databases sqlite")
+    # The code measured is the code at the start of the run.
+    started_with = environment(mysql_server if "mariadb" in dialects else None)
     count = customers.customers_for_contacts(contacts)
     run_dir = run_directory("search")
     query_list = draw_queries(count, queries, names_every, seed)
@@ -289,7 +291,7 @@ def main(contacts, databases, queries, names_every, seed, mysql_server) -> None:
             }
         )
     data = {
-        "environment": environment(mysql_server if "mariadb" in dialects else None),
+        "environment": started_with,
         "settings": {
             "contacts": contacts,
             "queries": queries,

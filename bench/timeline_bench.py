@@ -281,6 +281,8 @@ def main(events, customer_events, customer_count, databases, repeats, mysql_serv
         raise click.UsageError(f"MariaDB does not answer at {mysql_server}; try --databases sqlite")
     if customer_events >= events:
         raise click.UsageError("--customer-events must be smaller than --events")
+    # The code measured is the code at the start of the run.
+    started_with = environment(mysql_server if "mariadb" in dialects else None)
     busy_primary = customers.primary_id(TARGET_INDEX)
     busy_ids = [busy_primary, busy_primary + 1]
     total_contacts = customers.contact_rows_per_customers(customer_count)
@@ -324,7 +326,7 @@ def main(events, customer_events, customer_count, databases, repeats, mysql_serv
             }
         )
     data = {
-        "environment": environment(mysql_server if "mariadb" in dialects else None),
+        "environment": started_with,
         "settings": {
             "events": events,
             "customer_events": customer_events,
