@@ -29,7 +29,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, func, insert, literal, or_, select, union_all
+from sqlalchemy import (
+    Connection,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 
 from ..extensions import db
 from ..identity.rules import Row, consolidate
@@ -43,6 +53,10 @@ _SCAN_BATCH = 200
 # Index entries counted per gram to find the rarest one: first a few, then, only
 # when every gram reached that many, more (past the last cap a gram is "common").
 _RARITY_CAPS = (500, 5000)
+# Grams besides the rarest that a candidate must also hold in the index.
+_EXTRA_GRAMS = 3
+# Candidates taken from the index per round trip before their rows are checked.
+_CANDIDATE_CHUNK = 1000
 _PHONE_LIKE = re.compile(r"\+?[0-9\s\-.()\[\]]+")
 _NOT_DIGIT = re.compile(r"[^0-9]")
 
@@ -150,34 +164,54 @@ def _gram_counts(conn: Connection, grams: Sequence[str], cap: int) -> list[int]:
     return [counts[position] for position in range(len(grams))]
 
 
-def _rarest_gram(conn: Connection, grams: Iterable[str]) -> str:
-    """The gram with the fewest index entries, the one whose entries a search walks."""
-    candidates = sorted(grams)
+def _by_rarity(conn: Connection, grams: Iterable[str]) -> list[str]:
+    """The grams, fewest index entries first (as far as the capped counts tell)."""
+    ordered = sorted(grams)
     for cap in _RARITY_CAPS:
-        if len(candidates) == 1:
+        if len(ordered) == 1:
             break
-        counts = _gram_counts(conn, candidates, cap)
-        fewest = min(counts)
-        if fewest < cap:
-            return candidates[counts.index(fewest)]
-    return candidates[0]
+        counts = dict(zip(ordered, _gram_counts(conn, ordered, cap), strict=True))
+        ordered.sort(key=lambda gram: counts[gram])
+        if counts[ordered[0]] < cap:
+            break
+    return ordered
 
 
 def _scan(
     conn: Connection, grams: Iterable[str], test, before: int | None, limit: int
 ) -> list[int]:
-    """Contact ids (highest first) among the rarest gram's entries that pass ``test``."""
-    rarest = _rarest_gram(conn, grams)
-    statement = (
+    """Contact ids (highest first) among the rarest gram's entries that pass ``test``.
+
+    A match holds every gram of the term, so candidates are first narrowed in
+    the index alone (a few more grams, whose entries sit together), a chunk at
+    a time; only then are their contact rows, scattered across the table, read
+    for the substring test.
+    """
+    rarest, *others = _by_rarity(conn, grams)
+    candidates = (
         select(_g.contact_id)
-        .join(Contact.__table__, _c.id == _g.contact_id)
-        .where(_g.gram == rarest, _c.deletedAt.is_(None), test)
+        .where(_g.gram == rarest)
         .order_by(_g.contact_id.desc())
-        .limit(limit)
+        .limit(_CANDIDATE_CHUNK)
     )
-    if before is not None:
-        statement = statement.where(_g.contact_id < before)
-    return list(conn.execute(statement).scalars())
+    for gram in others[:_EXTRA_GRAMS]:
+        also = ContactGram.__table__.alias()
+        candidates = candidates.where(
+            exists().where(also.c.gram == gram, also.c.contact_id == _g.contact_id)
+        )
+    found: list[int] = []
+    while len(found) < limit:
+        chunk = candidates if before is None else candidates.where(_g.contact_id < before)
+        ids = list(conn.execute(chunk).scalars())
+        if not ids:
+            break
+        found += conn.execute(
+            select(_c.id).where(_c.id.in_(ids), _c.deletedAt.is_(None), test).order_by(_c.id.desc())
+        ).scalars()
+        if len(ids) < _CANDIDATE_CHUNK:
+            break
+        before = ids[-1]
+    return found[:limit]
 
 
 def match_emails(conn: Connection, query: SearchQuery, before: int | None, limit: int) -> list[int]:
