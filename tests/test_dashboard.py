@@ -375,3 +375,17 @@ def test_every_html_route_of_every_area_needs_sign_in(app, client):
         htmx = client.open(url, method=method, headers=HTMX)
         assert htmx.status_code == 401, (method, url)
         assert htmx.headers["HX-Redirect"].startswith("/sign-in"), (method, url)
+
+
+def test_search_walks_the_index_in_chunks(app, monkeypatch):
+    # Matches are spread over many chunks of candidates that share the query's grams.
+    monkeypatch.setattr("webapp.dashboard.search._CANDIDATE_CHUNK", 2)
+    now = utcnow()
+    for n in range(1, 13):
+        key = f"orders-{n:02d}@shop.io" if n % 4 else f"ord-ers-{n:02d}@shop.io"
+        db.session.add(Contact(id=n, email=key, email_key=key, createdAt=now))
+    db.session.commit()
+    reindex()
+    page = search_customers("orders-")
+    assert [c.primary_id for c in page.customers] == [11, 10, 9, 7, 6, 5, 3, 2, 1]
+    assert [c.primary_id for c in search_customers("ord-ers").customers] == [12, 8, 4]
