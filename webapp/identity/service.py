@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from functools import lru_cache
 
 from flask import current_app
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, tuple_, union, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, union, update
+from sqlalchemy.exc import DBAPIError
 
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
@@ -150,6 +152,27 @@ def _unblocked(conn: Connection, values: Sequence[Value]) -> list[Value]:
     return kept
 
 
+def _read_pass(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
+    """The unblocked values and the rows of the customers they touch, without locks.
+
+    Runs on a connection of its own (no session state; closing it ends the
+    read transaction). A pooled connection the server has dropped is
+    discarded by SQLAlchemy, and the read runs once more on a fresh one.
+    """
+    try:
+        return _read(values)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return _read(values)
+
+
+def _read(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
+    with db.engine.connect() as conn:
+        kept = _unblocked(conn, values)
+        return kept, _load_rows(conn, kept)
+
+
 def identify(
     values: Sequence[Value], *, source: str = "checkout", actor: str | None = None
 ) -> Customer:
@@ -158,11 +181,7 @@ def identify(
     Runs and commits its own transactions: call it before, not inside, a
     transaction of your own (uncommitted work in ``db.session`` is rolled back).
     """
-    # The read-only pass runs on a connection of its own: no session state,
-    # and closing it ends the read transaction.
-    with db.engine.connect() as conn:
-        values = _unblocked(conn, values)
-        rows = _load_rows(conn, values)
+    values, rows = _read_pass(values)
     plan = plan_identify(values, rows)
     if not plan.writes:
         return consolidate(plan.survivor_id, rows)
@@ -174,26 +193,34 @@ def identify(
     )
 
 
+@lru_cache(maxsize=64)
+def _claims_statement(count: int):
+    """Lock ``count`` claim rows, bound as ``k0``/``v0``, ...
+
+    One equality pair per value, not a row-value IN list: SQLite searches its
+    unique index for each pair, where it would scan the whole table for
+    ``(kind, key) IN (...)``.
+    """
+    c = Identifier.__table__.c
+    pairs = (and_(c.kind == bindparam(f"k{i}"), c.key == bindparam(f"v{i}")) for i in range(count))
+    return select(c.kind, c.key).where(or_(*pairs)).order_by(c.kind, c.key).with_for_update()
+
+
 def _lock_claims(conn: Connection, values: Sequence[Value]) -> None:
     """Hold the claim row of every value, creating the ones never seen before."""
     wanted = sorted({(v.kind, v.key) for v in values})
-    table = Identifier.__table__
-    pair = tuple_(table.c.kind, table.c.key)
-    held = set(
-        conn.execute(
-            select(table.c.kind, table.c.key)
-            .where(pair.in_(wanted))
-            .order_by(table.c.kind, table.c.key)
-            .with_for_update()
-        ).all()
-    )
+    params: dict[str, str] = {}
+    for i, (kind, key) in enumerate(wanted):
+        params[f"k{i}"] = kind
+        params[f"v{i}"] = key
+    held = set(conn.execute(_claims_statement(len(wanted)), params).all())
     fresh = [
         {"kind": k, "key": key, "created_at": utcnow()} for k, key in wanted if (k, key) not in held
     ]
     if fresh:
         # A concurrent insert of the same value raises a duplicate-key error,
         # and the whole transaction runs again (database.is_retryable).
-        conn.execute(insert(table), fresh)
+        conn.execute(insert(Identifier.__table__), fresh)
 
 
 def _lock_customers(conn: Connection, values: Sequence[Value]) -> list[Row]:
@@ -223,8 +250,7 @@ def _identify_locked(values: Sequence[Value], *, source: str, actor: str | None)
     values = _unblocked(conn, values)
     rows = _lock_customers(conn, values)
     plan = plan_identify(values, rows)
-    primary_id = _apply(conn, plan, rows, values, source=source, actor=actor)
-    rows = _load_rows(conn, values)
+    primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
     db.session.commit()
     return consolidate(primary_id, rows)
 
@@ -237,9 +263,18 @@ def _apply(
     *,
     source: str,
     actor: str | None,
-) -> int:
-    """Write a plan: absorb the other primaries, then add the new row. Returns the primary id."""
+) -> tuple[int, list[Row]]:
+    """Write a plan: absorb the other primaries, then add the new row.
+
+    Returns the customer's primary id and its rows as they now are, so the
+    answer needs no further read.
+    """
     now = utcnow()
+    survivor = plan.survivor_id
+    absorbed = set(plan.absorbed)
+    after = [
+        replace(row, linked_id=survivor) if row.primary_id in absorbed else row for row in rows
+    ]
     if plan.absorbed:
         conn.execute(
             update(Contact.__table__)
@@ -266,7 +301,7 @@ def _apply(
             ],
         )
     if plan.new_row is None:
-        return plan.survivor_id
+        return survivor, after
     new = plan.new_row
     result = conn.execute(
         insert(Contact.__table__).values(
@@ -281,7 +316,19 @@ def _apply(
             source=source,
         )
     )
-    return plan.survivor_id if new.linked_id is not None else result.inserted_primary_key[0]
+    new_id = result.inserted_primary_key[0]
+    after.append(
+        Row(
+            id=new_id,
+            email=new.email,
+            phone=new.phone,
+            email_key=new.email_key,
+            phone_key=new.phone_key,
+            linked_id=new.linked_id,
+            created_at=now,
+        )
+    )
+    return (survivor if new.linked_id is not None else new_id), after
 
 
 def customer_rows(conn: Connection, primary_id: int) -> list[Row]:
