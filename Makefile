@@ -41,7 +41,9 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Debian's wrk drives the load; the benchmark itself is docs/benchmarks.md.
 bench: install-dev
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python bench/identify_bench.py
 
 clean:
