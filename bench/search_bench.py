@@ -47,10 +47,10 @@ from bench.seeding import (  # noqa: E402
     seed_customers,
 )
 from webapp import create_app  # noqa: E402
-from webapp.dashboard.models import ContactGram  # noqa: E402
-from webapp.dashboard.search import contact_grams, search_customers  # noqa: E402
+from webapp.dashboard.search import search_customers  # noqa: E402
 from webapp.engagements.models import ContactName  # noqa: E402
 from webapp.extensions import db  # noqa: E402
+from webapp.identity.search_index import ContactGram, contact_grams  # noqa: E402
 from webapp.models import Contact  # noqa: E402
 
 log = logging.getLogger("search_bench")

@@ -8,9 +8,9 @@ from sqlalchemy import select, update
 from tests.builders import csrf_token_from, identify
 from webapp.audit import record
 from webapp.dashboard import sections
-from webapp.dashboard.models import ContactGram
-from webapp.dashboard.search import contact_grams, index_contact, reindex, search_customers
+from webapp.dashboard.search import reindex, search_customers
 from webapp.extensions import db
+from webapp.identity.search_index import ContactGram, contact_grams, index_contact
 from webapp.models import Contact, utcnow
 
 HTMX = {"HX-Request": "true"}

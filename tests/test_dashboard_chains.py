@@ -4,7 +4,8 @@ import pytest
 
 from tests.builders import row
 from webapp.dashboard.chains import Link, link_chains
-from webapp.dashboard.search import contact_grams, parse_query
+from webapp.dashboard.search import parse_query
+from webapp.identity.search_index import contact_grams
 
 
 def steps(chain):

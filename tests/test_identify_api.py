@@ -6,6 +6,7 @@ from sqlalchemy import select
 from tests.builders import assert_invariants, contacts, identify
 from tests.openapi_check import assert_matches_openapi
 from webapp.extensions import db
+from webapp.identity.search_index import ContactGram, contact_grams
 from webapp.models import Contact, Identifier, Merge, utcnow
 
 LORRAINE = "lorraine@hillvalley.edu"
@@ -220,3 +221,16 @@ def test_unknown_api_path_is_json_404(client):
     response = client.get("/identify/extra")
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_new_rows_are_indexed_for_search_in_the_same_transaction(client):
+    identify(client, "Doc@HillValley.edu", "+1 (555) 010")
+    identify(client, "emmett@hillvalley.edu", "+1 (555) 010")
+    identify(client, "emmett@hillvalley.edu", None)  # nothing new: nothing indexed
+    indexed = {}
+    for gram in db.session.scalars(select(ContactGram)):
+        indexed.setdefault(gram.contact_id, set()).add(gram.gram)
+    assert indexed == {
+        1: contact_grams("doc@hillvalley.edu", "+1555010"),
+        2: contact_grams("emmett@hillvalley.edu", "+1555010"),
+    }

@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFError
 
 from ..auth import init_auth
 from ..extensions import csrf, htmx
-from . import models  # noqa: F401  (registers the search index table)
+from ..identity import search_index  # noqa: F401  (registers the search index table)
 from .sections import nav_links, register_nav
 
 bp = Blueprint("dashboard", __name__)

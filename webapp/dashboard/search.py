@@ -43,11 +43,10 @@ from sqlalchemy import (
 
 from ..extensions import db
 from ..identity.rules import Row, consolidate
+from ..identity.search_index import GRAM, NOT_DIGIT, ContactGram, contact_grams, grams
 from ..models import Contact
-from .models import ContactGram
 
 PAGE_SIZE = 20
-GRAM = 3
 # Rows each matcher returns per round while a page is being filled.
 _SCAN_BATCH = 200
 # Index entries counted per gram to find the rarest one: first a few, then, only
@@ -58,7 +57,6 @@ _EXTRA_GRAMS = 3
 # Candidates taken from the index per round trip before their rows are checked.
 _CANDIDATE_CHUNK = 1000
 _PHONE_LIKE = re.compile(r"\+?[0-9\s\-.()\[\]]+")
-_NOT_DIGIT = re.compile(r"[^0-9]")
 
 _c = Contact.__table__.c
 _g = ContactGram.__table__.c
@@ -90,31 +88,9 @@ def parse_query(raw: str) -> SearchQuery:
     email_term = lowered if len(lowered) >= GRAM else None
     phone_term = None
     if _PHONE_LIKE.fullmatch(text):
-        digits = _NOT_DIGIT.sub("", text)
+        digits = NOT_DIGIT.sub("", text)
         phone_term = digits if len(digits) >= GRAM else None
     return SearchQuery(text=text, email_term=email_term, phone_term=phone_term)
-
-
-def _grams(prefix: str, text: str | None) -> set[str]:
-    if not text:
-        return set()
-    return {prefix + text[i : i + GRAM] for i in range(len(text) - GRAM + 1)}
-
-
-def contact_grams(email_key: str | None, phone_key: str | None) -> set[str]:
-    """The index entries of one contact row."""
-    return _grams("e", email_key) | _grams("p", _NOT_DIGIT.sub("", phone_key or ""))
-
-
-def index_contact(
-    conn: Connection, contact_id: int, email_key: str | None, phone_key: str | None
-) -> None:
-    """Add a new contact row to the search index, in the caller's transaction."""
-    grams = contact_grams(email_key, phone_key)
-    if grams:
-        conn.execute(
-            insert(ContactGram.__table__), [{"gram": g, "contact_id": contact_id} for g in grams]
-        )
 
 
 def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = None) -> int:
@@ -219,7 +195,7 @@ def match_emails(conn: Connection, query: SearchQuery, before: int | None, limit
     if query.email_term is None:
         return []
     test = _c.email_key.contains(query.email_term, autoescape=True)
-    return _scan(conn, _grams("e", query.email_term), test, before, limit)
+    return _scan(conn, grams("e", query.email_term), test, before, limit)
 
 
 def match_phones(conn: Connection, query: SearchQuery, before: int | None, limit: int) -> list[int]:
@@ -227,7 +203,7 @@ def match_phones(conn: Connection, query: SearchQuery, before: int | None, limit
     if query.phone_term is None:
         return []
     test = _c.phone_key.contains(query.phone_term, autoescape=True)
-    return _scan(conn, _grams("p", query.phone_term), test, before, limit)
+    return _scan(conn, grams("p", query.phone_term), test, before, limit)
 
 
 _MATCHERS: dict[str, Matcher] = {"emails": match_emails, "phones": match_phones}

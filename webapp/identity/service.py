@@ -36,6 +36,7 @@ from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
 from .rules import EMAIL, Customer, Key, Plan, Row, Value, consolidate, plan_identify
+from .search_index import index_contact
 
 _c = Contact.__table__.c
 
@@ -317,6 +318,7 @@ def _apply(
         )
     )
     new_id = result.inserted_primary_key[0]
+    index_contact(conn, new_id, new.email_key, new.phone_key)
     after.append(
         Row(
             id=new_id,

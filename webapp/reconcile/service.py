@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, or_, select, update
 
-from ..dashboard.search import index_contact
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
+from ..identity.search_index import index_contact
 from ..identity.service import _lock_claims, _row
 from ..models import SECONDARY, Contact, Identifier, utcnow
 from .core import (

@@ -1,0 +1,56 @@
+"""The search index: three-character pieces (grams) of every contact's e-mail and phone keys.
+
+It lives with the identity core because every write that adds a contact row
+(identify, agents' links) must index it in the same transaction; the
+dashboard's search reads it (webapp/dashboard/search.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import Connection, Integer, String, insert
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..extensions import db
+from ..models import MYSQL_TABLE_ARGS
+
+GRAM = 3
+NOT_DIGIT = re.compile(r"[^0-9]")
+
+
+class ContactGram(db.Model):
+    """One row per gram of a contact's keys, so that a search reads an index, not the table.
+
+    ``gram`` is a kind letter ("e" e-mail, "p" phone digits) and three characters.
+    Rows are only ever added: a contact's keys never change, and deleted
+    contacts are filtered out when the search checks its candidates.
+    """
+
+    __tablename__ = "contact_gram"
+
+    gram: Mapped[str] = mapped_column(String(4), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+    __table_args__ = ({**MYSQL_TABLE_ARGS, "sqlite_with_rowid": False},)
+
+
+def grams(prefix: str, text: str | None) -> set[str]:
+    """The grams of ``text``, each behind a kind letter."""
+    if not text:
+        return set()
+    return {prefix + text[i : i + GRAM] for i in range(len(text) - GRAM + 1)}
+
+
+def contact_grams(email_key: str | None, phone_key: str | None) -> set[str]:
+    """The index entries of one contact row."""
+    return grams("e", email_key) | grams("p", NOT_DIGIT.sub("", phone_key or ""))
+
+
+def index_contact(
+    conn: Connection, contact_id: int, email_key: str | None, phone_key: str | None
+) -> None:
+    """Add a new contact row to the search index, in the caller's transaction."""
+    entries = [{"gram": g, "contact_id": contact_id} for g in contact_grams(email_key, phone_key)]
+    if entries:
+        conn.execute(insert(ContactGram.__table__), entries)
