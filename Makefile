@@ -30,7 +30,7 @@ browser:
 
 # Installs, builds the schema and serves the app on SQLite at http://$(HOST):$(PORT).
 run: install
-	$(BIN)/flask --app wsgi db upgrade heads
+	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) wsgi:app
 
 # Installs everything and runs the whole suite (SQLite and MariaDB, browser tests included).

@@ -56,9 +56,9 @@ def app_environment(url: str) -> dict[str, str]:
 
 
 def migrate(url: str) -> None:
-    """Build the schema the way operators do: ``flask db upgrade heads``."""
+    """Build the schema the way operators do: ``flask db upgrade``."""
     result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade", "heads"],
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
         cwd=ROOT,
         env=app_environment(url),
         capture_output=True,

@@ -47,7 +47,7 @@ def seed(url: str) -> None:
     """Schema, an agent and customers, all through the app's own code."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
-        upgrade(revision="heads")
+        upgrade()
         create_agent(*AGENT)
         client = app.test_client()
         for email, phone in ORDERS:

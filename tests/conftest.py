@@ -62,7 +62,7 @@ def database_urls(tmp_path_factory):
         if url:
             app = create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
             with app.app_context():
-                upgrade(revision="heads")
+                upgrade()
                 db.engine.dispose()
     yield urls
     if urls["mariadb"]:
