@@ -105,6 +105,8 @@ def test_repeated_external_id_stores_one_event_and_answers_the_first_id(app, cli
         ({"channel": "sms", "direction": "inbound", "phoneNumber": "call me"}, "phoneNumber"),
         ({**SMS, "occurredAt": "yesterday"}, "occurredAt"),
         ({**SMS, "occurredAt": "2999-01-01T00:00:00Z"}, "occurredAt"),
+        ({**SMS, "occurredAt": "0001-01-01T00:00:00+01:00"}, "occurredAt"),
+        ({"channel": "web", "email": ANNA, "url": "http://[::1/page"}, "url"),
         ({"channel": "web", "email": ANNA, "url": "javascript:alert(1)"}, "url"),
         ({"channel": "web", "email": ANNA, "url": "/relative"}, "url"),
         ({**SMS, "durationSeconds": 30}, "durationSeconds"),
@@ -299,6 +301,7 @@ def test_lookup_lists_every_customer_a_number_matches_and_picks_none(app, client
         ("?email=nobody@example.com", 404),
         ("?email=a@b.co&limit=0", 400),
         ("?email=a@b.co&limit=x", 400),
+        ("?email=a@b.co&limit=%C2%B2", 400),
     ],
 )
 def test_lookup_errors_are_json(app, client, query, status):

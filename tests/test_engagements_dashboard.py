@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import select
@@ -26,6 +27,10 @@ def event(client, **body):
 
 def at(minutes: float) -> str:
     return (utcnow() - timedelta(days=1) + timedelta(minutes=minutes)).isoformat() + "Z"
+
+
+def url_for_activity(customer: int, **args) -> str:
+    return f"/customers/{customer}/activity?{urlencode(args)}"
 
 
 def engagement_ids(html: str) -> list[int]:
@@ -101,6 +106,10 @@ def test_activity_of_a_secondary_redirects_and_unknown_is_404(signed_in_client):
     assert moved.status_code == 302
     assert moved.headers["Location"].endswith(f"/customers/{first.id}/activity?channel=sms")
     assert signed_in_client.get("/customers/999/activity").status_code == 404
+    # Parameters the view does not read are dropped, not handed to url_for.
+    odd = signed_in_client.get(f"/customers/{second.id}/activity?contact_id=7&_external=1")
+    assert odd.status_code == 302
+    assert odd.headers["Location"] == f"/customers/{first.id}/activity"
 
 
 def test_channel_filter_shows_only_that_channel(signed_in_client):
@@ -138,8 +147,9 @@ def test_load_more_walks_the_whole_history_once_newest_first(app, signed_in_clie
         pages += 1
     assert pages == 3
     assert seen == list(reversed(ids))
-    last = signed_in_client.get(f"/customers/{customer}/activity?before=nonsense")
-    assert last.status_code == 400
+    for forged in ("nonsense", "2026-01-01T00:00:00+00:00~5", f"2026-01-01T00:00:00~{2**64}"):
+        response = signed_in_client.get(url_for_activity(customer, before=forged))
+        assert response.status_code == 400, forged
 
 
 def test_page_views_are_grouped_per_visit(signed_in_client):

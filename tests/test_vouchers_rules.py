@@ -125,6 +125,7 @@ def test_expiry_is_stored_as_utc(raw, stored):
         1767225599,
         "2026-06-01T12:00:00Z",  # exactly now is not the future
         "2026-06-01T13:59:59+02:00",
+        "9999-12-31T23:59:59-01:00",  # past the last datetime once in UTC
     ],
 )
 def test_bad_or_past_expiries_are_refused(raw):

@@ -68,9 +68,13 @@ def decode_cursor(raw: str) -> tuple[datetime, int]:
     """Parse a ``before`` value; raises InvalidCursor."""
     moment, _, event_id = raw.partition("~")
     try:
-        return datetime.fromisoformat(moment), int(event_id)
+        at, after_id = datetime.fromisoformat(moment), int(event_id)
     except ValueError:
         raise InvalidCursor(raw) from None
+    # encode_cursor writes naive UTC and an id the database can hold; anything else is forged.
+    if at.tzinfo is not None or not 0 <= after_id < 2**63:
+        raise InvalidCursor(raw)
+    return at, after_id
 
 
 def _same_visit(newer: EngagementItem, older: EngagementItem) -> bool:

@@ -55,7 +55,11 @@ def parse_timestamp(raw: str) -> datetime:
     """An ISO 8601 date-time as naive UTC (no offset means UTC). Raises ValueError."""
     moment = datetime.fromisoformat(raw)
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            # 0001-01-01T00:00+01:00 has no UTC form in a datetime.
+            raise ValueError(f"{raw} is out of range") from None
     return moment
 
 
@@ -94,7 +98,11 @@ def _url(payload: dict[str, Any], fields: dict[str, str]) -> str | None:
     if url is None:
         return None
     # Shown as a link on the dashboard: anything but http(s) could run script there.
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket, say
+        fields["url"] = "must be an absolute http or https URL"
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         fields["url"] = "must be an absolute http or https URL"
         return None

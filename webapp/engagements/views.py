@@ -87,7 +87,9 @@ def activity(contact_id: int):
     if primary_id is None:
         return _not_found(contact_id)
     if primary_id != contact_id:
-        return redirect(url_for(".activity", contact_id=primary_id, **request.args), 302)
+        # Only the parameters this view reads: others (contact_id, _external) would reach url_for.
+        kept = {k: v for k, v in request.args.items() if k in ("channel", "before")}
+        return redirect(url_for(".activity", contact_id=primary_id, **kept), 302)
     form = ActivityFilterForm(request.args)
     valid = form.validate()
     channel = form.channel.data if valid and form.channel.data in CHANNELS else None

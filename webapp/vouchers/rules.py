@@ -97,7 +97,11 @@ def parse_expiry(raw: object, now: datetime) -> datetime:
         ) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidVoucherValue("expiry needs a UTC offset, like +01:00 or Z")
-    expires_at = moment.astimezone(UTC).replace(tzinfo=None)
+    try:
+        expires_at = moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        # 9999-12-31T23:59:59-01:00 lies past the last datetime once in UTC.
+        raise InvalidVoucherValue("expiry is out of range") from None
     if expires_at <= now:
         raise InvalidVoucherValue("expiry must be in the future")
     return expires_at
