@@ -128,12 +128,19 @@ def test_invalid_event_is_400_naming_the_field_and_stores_nothing(app, client, b
 
 @pytest.mark.parametrize(
     ("data", "content_type", "status"),
-    [("[1]", "application/json", 400), ("{", "application/json", 400), ("{}", "text/plain", 415)],
+    [
+        ("[1]", "application/json", 400),
+        ("{", "application/json", 400),
+        ("{}", "text/plain", 415),
+        # A lone surrogate is valid JSON but no text a database column can hold.
+        ('{"channel": "web", "email": "a@b.co", "summary": "\\ud800"}', "application/json", 400),
+    ],
 )
 def test_malformed_bodies_are_clear_json_errors(client, data, content_type, status):
     response = client.post("/events", data=data, content_type=content_type)
     assert response.status_code == status
     assert set(response.get_json()["error"]) == {"code", "message", "fields"}
+    assert (contacts(), engagements()) == ([], [])
 
 
 def test_routing_errors_under_the_engagement_paths_answer_json(client):

@@ -123,6 +123,18 @@ def test_generate_refuses_bad_fields_and_writes_nothing(app, client, change, fie
     assert db.session.scalar(select(func.count()).select_from(Offer)) == 0
 
 
+def test_a_lone_surrogate_is_a_400_not_a_database_error(client):
+    body = {"email": LORRAINE, "offer_name": "Summer \ud800", "discount": 10, "expiry": in_days(3)}
+    response = client.post("/vouchers/generate", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    assert (contacts(), vouchers()) == ([], [])
+    # A pair that spells one character is fine.
+    paired = client.post("/vouchers/generate", json={**body, "offer_name": "Summer \U0001f600"})
+    assert paired.status_code == 201
+    assert paired.get_json()["offer_name"] == "Summer \U0001f600"
+
+
 @pytest.mark.parametrize(
     ("path", "method"),
     [("/vouchers/generate", "post"), ("/vouchers/validate", "post")],
