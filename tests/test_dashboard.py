@@ -389,3 +389,31 @@ def test_search_walks_the_index_in_chunks(app, monkeypatch):
     page = search_customers("orders-")
     assert [c.primary_id for c in page.customers] == [11, 10, 9, 7, 6, 5, 3, 2, 1]
     assert [c.primary_id for c in search_customers("ord-ers").customers] == [12, 8, 4]
+
+
+HUGE = str(2**64)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", f"/customers/{HUGE}", 404),
+        ("get", f"/customers/{HUGE}/activity", 404),
+        ("get", f"/customers/{HUGE}/vouchers", 404),
+        ("get", f"/contacts/{HUGE}/delete", 404),
+        ("get", f"/reconcile/{HUGE}", 404),
+        ("post", f"/customers/{HUGE}/reconcile", 404),
+        ("post", f"/identifiers/{HUGE}/unblock", 404),
+        ("get", f"/audit?page={HUGE}", 200),
+        ("get", f"/?q=doc&page={HUGE}", 200),
+        ("get", f"/screen-pops?after={HUGE}", 204),
+        ("get", f"/customers/1/merge?other={HUGE}", 200),
+        ("post", "/customers/1/merge", 422),
+    ],
+)
+def test_ids_past_any_database_integer_are_not_a_server_error(
+    signed_in_client, method, path, status
+):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    response = getattr(signed_in_client, method)(path, data={"other": HUGE})
+    assert response.status_code == status

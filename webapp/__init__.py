@@ -9,10 +9,12 @@ from pathlib import Path
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from .config import PROFILES
 from .database import configure_engine, engine_options
 from .extensions import db, limiter, migrate
+from .models import MAX_ROW_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +40,14 @@ def _secret_key(app: Flask) -> str:
     return path.read_text().strip()
 
 
+class RowIdConverter(IntegerConverter):
+    """``<int:...>`` in every route: an id no database integer holds is a 404, not an overflow."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", MAX_ROW_ID)
+        super().__init__(map, *args, **kwargs)
+
+
 def _database_url(app: Flask) -> str:
     url = app.config.get("SQLALCHEMY_DATABASE_URI")
     if not url:
@@ -55,6 +65,7 @@ def create_app(config: dict | None = None) -> Flask:
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
+    app.url_map.converters["int"] = RowIdConverter
     app.config.from_object(PROFILES[os.environ.get("APP_ENV", "production")])
     # Answers keep the documented key order (primaryContactId first).
     app.json.sort_keys = False

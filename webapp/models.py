@@ -20,6 +20,18 @@ MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 PRIMARY = "primary"
 SECONDARY = "secondary"
 
+# The largest id a database integer holds (SQLite's 64-bit INTEGER); past it a
+# query does not find nothing, it fails (OverflowError on SQLite).
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(raw: str) -> int:
+    """An id read from a request (0 included, for cursors); ValueError when out of range."""
+    value = int(raw)
+    if not 0 <= value <= MAX_ROW_ID:
+        raise ValueError(f"{raw} is not an id")
+    return value
+
 
 def utcnow() -> datetime:
     """The current UTC time as a naive datetime, the form every column stores."""

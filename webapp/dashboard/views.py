@@ -32,8 +32,12 @@ class AuditFilterForm(FlaskForm):
     action = SelectField("Action", validators=[Optional()], validate_choice=False)
 
 
+# Far past any real list, and an offset every database can bind.
+MAX_PAGE = 100_000
+
+
 def _page_number() -> int:
-    return request.args.get("page", default=1, type=int) or 1
+    return min(max(request.args.get("page", default=1, type=int), 1), MAX_PAGE)
 
 
 @bp.get("/")

@@ -11,6 +11,7 @@ from wtforms.validators import DataRequired, Length, Optional
 from ..dashboard import require_agent
 from ..dashboard.customers import locate_customer
 from ..dashboard.rendering import page_or_fragment, wants_fragment
+from ..models import row_id
 from .activity import InvalidCursor, customer_activity
 from .models import CHANNELS
 from .names import customer_name, set_display_name
@@ -140,7 +141,7 @@ def rename(contact_id: int):
 @bp.get("/screen-pops")
 def screen_pops():
     """Calls newer than ``after`` for the polling dashboard; 204 when there is none."""
-    after = request.args.get("after", type=int)
+    after = request.args.get("after", type=row_id)
     pops, cursor = recent_pops(after)
     if pops:
         response = make_response(render_template("engagements/_screen_pops.html", pops=pops))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, IntegerField, SearchField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from ..identity.rules import InvalidValue, Value, parse_email, parse_phone
+from ..models import MAX_ROW_ID
 
 
 class LinkForm(FlaskForm):
@@ -33,7 +34,9 @@ class LinkForm(FlaskForm):
 class MergeForm(FlaskForm):
     """The customer to merge with (any of its contact ids)."""
 
-    other = IntegerField("Other customer", validators=[DataRequired()])
+    other = IntegerField(
+        "Other customer", validators=[DataRequired(), NumberRange(min=1, max=MAX_ROW_ID)]
+    )
 
 
 class MergeSearchForm(FlaskForm):

@@ -16,6 +16,7 @@ from ..dashboard import require_agent
 from ..dashboard.rendering import page_or_fragment, wants_fragment
 from ..dashboard.search import search_customers
 from ..identity.rules import InvalidValue, parse_identifier
+from ..models import row_id
 from . import bp
 from .core import NotFound, ReconcileError
 from .forms import BlockForm, ConfirmForm, DeleteForm, LinkForm, MergeForm, MergeSearchForm
@@ -93,7 +94,7 @@ def merge(contact_id: int):
     """The merge dialog: search for the other customer, then preview the merge."""
     search = MergeSearchForm(request.args)
     query = (search.q.data or "").strip()
-    other = request.args.get("other", type=int)
+    other = request.args.get("other", type=row_id)
     try:
         customer = customer_snapshot(contact_id)
     except NotFound as exc:
