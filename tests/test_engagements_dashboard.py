@@ -280,6 +280,20 @@ def test_unknown_caller_pop_creates_the_customer_in_one_click(signed_in_client):
     assert signed_in_client.post("/screen-pops/999/customer").status_code == 404
 
 
+def test_a_blocked_unknown_callers_pop_cannot_become_a_customer(signed_in_client):
+    blocked = signed_in_client.post(
+        "/identifiers/block", data={"value": "+44 20 7946 0001", "reason": "the shop's own line"}
+    )
+    assert blocked.status_code == 303
+    pop_id = signed_in_client.post(
+        "/calls/incoming", json={"phoneNumber": "+44 20 7946 0001", "callId": "c-10"}
+    ).get_json()["popId"]
+    response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
+    assert response.status_code == 422
+    assert "blocked" in response.get_data(as_text=True)
+    assert contacts() == []
+
+
 def test_a_number_several_customers_hold_lists_them_all(signed_in_client):
     identify(signed_in_client, "one@example.com", "+4930555")
     identify(signed_in_client, "two@example.com", "004930555")

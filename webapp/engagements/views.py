@@ -11,6 +11,7 @@ from wtforms.validators import DataRequired, Length, Optional
 from ..dashboard import require_agent
 from ..dashboard.customers import locate_customer
 from ..dashboard.rendering import page_or_fragment, wants_fragment
+from ..identity.service import BlockedValues
 from ..models import row_id
 from .activity import InvalidCursor, customer_activity
 from .models import CHANNELS
@@ -154,7 +155,14 @@ def screen_pops():
 @bp.post("/screen-pops/<int:pop_id>/customer")
 def create_customer_from_call(pop_id: int):
     """One click on an unknown caller's pop: make the number a customer and open it."""
-    primary_id = create_caller(pop_id, current_user.email)
+    try:
+        primary_id = create_caller(pop_id, current_user.email)
+    except BlockedValues:
+        return render_template(
+            "dashboard/error.html",
+            title="Number blocked",
+            message="This number is blocked, so it cannot become a customer.",
+        ), 422
     if primary_id is None:
         return render_template(
             "dashboard/error.html", title="No such call", message="This call is not known."
