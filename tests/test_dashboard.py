@@ -79,8 +79,25 @@ def test_security_headers_on_every_response(signed_in_client, path):
     assert response.headers["Referrer-Policy"] == "same-origin"
 
 
-def test_signed_in_pages_are_not_cached(signed_in_client):
-    assert signed_in_client.get("/").headers["Cache-Control"] == "no-store"
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/customers/1",
+        "/customers/1/activity",
+        "/customers/1/vouchers",
+        "/customers/1/merge",
+        "/customers/1/link",
+        "/blocked",
+        "/reconcile",
+        "/offers",
+    ],
+)
+def test_signed_in_pages_are_not_cached(signed_in_client, path):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    response = signed_in_client.get(path)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
 
 
 def test_no_inline_script_in_pages(signed_in_client):

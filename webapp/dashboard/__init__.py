@@ -38,14 +38,19 @@ def require_agent() -> None:
     """``before_request`` hook for HTML blueprints: signed-out visitors go to the sign-in page."""
 
 
-bp.before_request(require_agent)
-
-
-@bp.after_request
 def _private(response: Response) -> Response:
     # Customer data never sits in a shared or browser cache.
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def protect(blueprint: Blueprint) -> None:
+    """What every HTML blueprint needs: signed-in agents only, and nothing it answers cached."""
+    blueprint.before_request(require_agent)
+    blueprint.after_request(_private)
+
+
+protect(bp)
 
 
 def _security_headers(response: Response) -> Response:

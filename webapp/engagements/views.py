@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
-from ..dashboard import require_agent
+from ..dashboard import protect
 from ..dashboard.customers import locate_customer
 from ..dashboard.rendering import page_or_fragment, wants_fragment
 from ..identity.service import BlockedValues
@@ -20,7 +20,7 @@ from .payloads import MAX_NAME_LENGTH
 from .screenpop import create_caller, recent_pops
 
 bp = Blueprint("engagements", __name__)
-bp.before_request(require_agent)
+protect(bp)
 
 CHANNEL_LABELS = {
     "call": "Calls",
@@ -32,13 +32,6 @@ CHANNEL_LABELS = {
 }
 # The header polling scripts read to know where to resume.
 CURSOR_HEADER = "X-Screen-Pop-Cursor"
-
-
-@bp.after_request
-def _private(response: Response) -> Response:
-    # Customer data never sits in a shared or browser cache.
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
 
 
 class ActivityFilterForm(FlaskForm):

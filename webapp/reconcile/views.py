@@ -12,7 +12,7 @@ import re
 from flask import abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from ..dashboard import require_agent
+from ..dashboard import protect
 from ..dashboard.rendering import page_or_fragment, wants_fragment
 from ..dashboard.search import search_customers
 from ..identity.rules import InvalidValue, parse_identifier
@@ -34,7 +34,7 @@ from .service import (
     set_blocked,
 )
 
-bp.before_request(require_agent)
+protect(bp)
 
 # The id a block form on the customer page carries (one per value), echoed back on errors.
 _FORM_ID = re.compile(r"block-form-[0-9]{1,4}")

@@ -15,7 +15,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, DateField, StringField
 from wtforms.validators import DataRequired, Length
 
-from ..dashboard import require_agent
+from ..dashboard import protect
 from ..dashboard.customers import locate_customer
 from ..dashboard.rendering import page_or_fragment, wants_fragment
 from ..models import utcnow
@@ -36,7 +36,7 @@ from .service import (
 )
 
 bp = Blueprint("vouchers", __name__)
-bp.before_request(require_agent)
+protect(bp)
 # Hundredths of a percent as people read them: 1250 -> 12.5.
 bp.add_app_template_filter(discount_percent, "discount_percent")
 
