@@ -190,6 +190,18 @@ def test_block_from_the_customer_page_splits_and_redirects(signed_in_client):
     assert_invariants()
 
 
+@pytest.mark.parametrize("back", ["\u00b2", "x", ""])
+def test_block_with_a_customer_field_that_is_no_id_goes_to_the_blocked_page(signed_in_client, back):
+    response = signed_in_client.post(
+        "/identifiers/block", data={"value": "test@test.com", "reason": "junk", "customer": back}
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/blocked"
+    assert db.session.scalar(select(Identifier.key).where(Identifier.blocked_at.is_not(None))) == (
+        "test@test.com"
+    )
+
+
 @pytest.mark.parametrize(
     ("data", "error"),
     [

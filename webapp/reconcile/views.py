@@ -168,7 +168,8 @@ def block():
             back = form.customer.data
             target = (
                 _customer_url(outcome.customer_id or int(back))
-                if back and back.isdigit()
+                # isascii: "²".isdigit() holds, but int("²") fails.
+                if back and back.isascii() and back.isdigit()
                 else url_for(".blocked")
             )
             return _finished(target, f"{value.key} is blocked. {outcome.summary()}")
