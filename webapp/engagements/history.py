@@ -163,14 +163,6 @@ def display_name(conn: Connection, contact_ids: Sequence[int]) -> str | None:
     return None
 
 
-def current_primary(conn: Connection, contact_id: int) -> int | None:
-    """The primary id of the customer that holds ``contact_id`` now (links are one hop)."""
-    found = conn.execute(select(_c.id, _c.linkedId).where(_c.id == contact_id)).one_or_none()
-    if found is None:
-        return None
-    return found.linkedId if found.linkedId is not None else found.id
-
-
 def customer_card(conn: Connection, primary_id: int, *, recent: int = 5) -> CustomerCard | None:
     """The card of the customer whose primary row is ``primary_id``; None if it has no live rows."""
     rows = customer_rows(conn, primary_id)

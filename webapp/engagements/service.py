@@ -21,6 +21,7 @@ from ..api.errors import ApiError
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Row, Value
+from ..identity.search_index import index_names
 from ..identity.service import BlockedValues, blocked_keys, identify, load_customer_rows
 from ..models import Contact, utcnow
 from .models import NAME_FROM_EVENT, ContactName, Engagement
@@ -160,7 +161,7 @@ def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | No
 
 
 def _add_event_names(conn: Connection, contact_id: int, events: Sequence[EventInput]) -> None:
-    """Keep each new name the events carry against the contact row, once per spelling."""
+    """Keep each new name the events carry against the contact row, once per spelling, indexed."""
     names: dict[str, str] = {}
     for event in events:
         if event.name:
@@ -190,6 +191,7 @@ def _add_event_names(conn: Connection, contact_id: int, events: Sequence[EventIn
     ]
     if rows:
         conn.execute(insert(ContactName.__table__), rows)
+        index_names(conn, contact_id, [row["name_key"] for row in rows])
 
 
 def _blocked_error(values: Sequence[Value]) -> ApiError:
@@ -261,8 +263,3 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
         for index, result in zip(indexes, stored, strict=True):
             results[index] = result
     return results  # type: ignore[return-value]
-
-
-def events_by_ids(ids: Sequence[int]) -> list[Engagement]:
-    """Stored engagements by id (for answers and tests)."""
-    return list(db.session.scalars(select(Engagement).where(Engagement.id.in_(list(ids)))))
