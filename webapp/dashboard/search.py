@@ -16,10 +16,15 @@ Extension point for other parts of the app (names, for instance)::
         # only ids below ``before`` when it is not None, at most ``limit`` of them
         ...
 
-    register_matcher("names", match_names)
+    def name_entries(conn, contact_ids):
+        # the (gram, contact id) index entries those rows' names make, for reindex
+        ...
+
+    register_matcher("names", match_names, name_entries)
 
 Results of every matcher are merged by contact id, so each must return ids in
-descending order; a customer is shown once, at its newest matching row.
+descending order; a customer is shown once, at its newest matching row. A
+matcher that keeps grams of its own in the index walks it with ``scan``.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ _g = ContactGram.__table__.c
 
 # (connection, query, before, limit) -> matching contact ids, highest first.
 Matcher = Callable[[Connection, "SearchQuery", int | None, int], list[int]]
+# (connection, contact ids) -> the (gram, contact id) index entries a matcher reads for them.
+IndexEntries = Callable[[Connection, Sequence[int]], Iterable[tuple[str, int]]]
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,9 @@ def parse_query(raw: str) -> SearchQuery:
 def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = None) -> int:
     """Rebuild the index entries of every contact, one committed batch at a time.
 
-    Returns how many contacts were indexed. Safe to run twice; contacts added
+    Each batch gets its e-mail and phone grams plus the entries of every
+    matcher registered with ``index_entries`` (names). Returns how many
+    contacts were indexed. Safe to run twice; contacts and names added
     meanwhile are indexed by the write that adds them.
     """
     done = 0
@@ -114,13 +123,16 @@ def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = Non
             return done
         ids = [row.id for row in batch]
         conn.execute(delete(ContactGram.__table__).where(_g.contact_id.in_(ids)))
-        entries = [
-            {"gram": g, "contact_id": row.id}
-            for row in batch
-            for g in contact_grams(row.email_key, row.phone_key)
-        ]
+        entries = {
+            (g, row.id) for row in batch for g in contact_grams(row.email_key, row.phone_key)
+        }
+        for index_entries in _INDEX_ENTRIES.values():
+            entries.update(index_entries(conn, ids))
         if entries:
-            conn.execute(insert(ContactGram.__table__), entries)
+            conn.execute(
+                insert(ContactGram.__table__),
+                [{"gram": g, "contact_id": cid} for g, cid in sorted(entries)],
+            )
         db.session.commit()
         done += len(batch)
         last = ids[-1]
@@ -153,15 +165,15 @@ def _by_rarity(conn: Connection, grams: Iterable[str]) -> list[str]:
     return ordered
 
 
-def _scan(
-    conn: Connection, grams: Iterable[str], test, before: int | None, limit: int
-) -> list[int]:
-    """Contact ids (highest first) among the rarest gram's entries that pass ``test``.
+def scan(conn: Connection, grams: Iterable[str], test, before: int | None, limit: int) -> list[int]:
+    """Live contact ids (highest first, below ``before``) in the rarest gram that pass ``test``.
 
-    A match holds every gram of the term, so candidates are first narrowed in
-    the index alone (a few more grams, whose entries sit together), a chunk at
-    a time; only then are their contact rows, scattered across the table, read
-    for the substring test.
+    ``test`` is a condition on the contact row (on ``Contact`` columns, or an
+    EXISTS correlated to it) that does the real substring test. A match holds
+    every gram of the term, so candidates are first narrowed in the index
+    alone (a few more grams, whose entries sit together), a chunk at a time;
+    only then are their contact rows, scattered across the table, read for
+    the test.
     """
     rarest, *others = _by_rarity(conn, grams)
     candidates = (
@@ -195,7 +207,7 @@ def match_emails(conn: Connection, query: SearchQuery, before: int | None, limit
     if query.email_term is None:
         return []
     test = _c.email_key.contains(query.email_term, autoescape=True)
-    return _scan(conn, grams("e", query.email_term), test, before, limit)
+    return scan(conn, grams("e", query.email_term), test, before, limit)
 
 
 def match_phones(conn: Connection, query: SearchQuery, before: int | None, limit: int) -> list[int]:
@@ -203,15 +215,24 @@ def match_phones(conn: Connection, query: SearchQuery, before: int | None, limit
     if query.phone_term is None:
         return []
     test = _c.phone_key.contains(query.phone_term, autoescape=True)
-    return _scan(conn, grams("p", query.phone_term), test, before, limit)
+    return scan(conn, grams("p", query.phone_term), test, before, limit)
 
 
 _MATCHERS: dict[str, Matcher] = {"emails": match_emails, "phones": match_phones}
+_INDEX_ENTRIES: dict[str, IndexEntries] = {}
 
 
-def register_matcher(name: str, matcher: Matcher) -> None:
-    """Let search also find customers by something else (see the module docstring)."""
+def register_matcher(
+    name: str, matcher: Matcher, index_entries: IndexEntries | None = None
+) -> None:
+    """Let search also find customers by something else (see the module docstring).
+
+    ``index_entries`` gives the grams the matcher reads for a batch of contact
+    rows, so that ``reindex`` rebuilds them with the rest.
+    """
     _MATCHERS[name] = matcher
+    if index_entries is not None:
+        _INDEX_ENTRIES[name] = index_entries
 
 
 @dataclass(frozen=True)

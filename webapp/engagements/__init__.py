@@ -17,7 +17,7 @@ def init_engagements(app: Flask) -> None:
     from ..dashboard.sections import register_section
     from ..extensions import csrf
     from .api import bp as api_bp
-    from .names import match_names
+    from .names import match_names, name_index_entries
     from .views import activity_section, name_section
     from .views import bp as views_bp
 
@@ -27,4 +27,4 @@ def init_engagements(app: Flask) -> None:
     app.register_blueprint(views_bp)
     register_section("name", "engagements/_name_section.html", name_section, order=5)
     register_section("activity", "engagements/_activity.html", activity_section, order=10)
-    register_matcher("names", match_names)
+    register_matcher("names", match_names, name_index_entries)

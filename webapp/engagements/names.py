@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flask import current_app
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, exists, select
 
 from .. import audit
+from ..dashboard.search import SearchQuery, scan
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
+from ..identity.search_index import GRAM, index_names, name_grams
 from ..identity.service import customer_rows
 from ..models import Contact, utcnow
 from .history import display_name
@@ -37,6 +41,7 @@ def _rename(primary_id: int, name: str, actor: str) -> bool:
             created_at=utcnow(),
         )
     )
+    index_names(conn, primary_id, [name.lower()])
     audit.record(
         actor,
         "rename",
@@ -67,23 +72,23 @@ def customer_name(primary_id: int) -> str | None:
     return name
 
 
-def match_names(conn: Connection, query, before: int | None, limit: int) -> list[int]:
+def match_names(conn: Connection, query: SearchQuery, before: int | None, limit: int) -> list[int]:
     """Search matcher: live contact rows holding a name that contains the query, highest first.
 
-    ``contact_name`` holds only the names people gave, far fewer rows than
-    contacts, and the scan walks contact ids downward and stops at ``limit``.
+    Every name's grams ("n" kind) are in the search index, so this walks the
+    index like the e-mail and phone matchers; the candidates' names get the
+    real substring test.
     """
     term = query.text.lower()
-    if len(term) < 2:
+    if len(term) < GRAM:
         return []
-    statement = (
-        select(_n.contact_id)
-        .join(Contact.__table__, _c.id == _n.contact_id)
-        .where(_n.name_key.contains(term, autoescape=True), _c.deletedAt.is_(None))
-        .group_by(_n.contact_id)
-        .order_by(_n.contact_id.desc())
-        .limit(limit)
+    holds_name = exists().where(_n.contact_id == _c.id, _n.name_key.contains(term, autoescape=True))
+    return scan(conn, name_grams(term), holds_name, before, limit)
+
+
+def name_index_entries(conn: Connection, contact_ids: Sequence[int]) -> set[tuple[str, int]]:
+    """The search index entries (gram, contact id) of every name kept against these rows."""
+    rows = conn.execute(
+        select(_n.contact_id, _n.name_key).where(_n.contact_id.in_(list(contact_ids)))
     )
-    if before is not None:
-        statement = statement.where(_n.contact_id < before)
-    return list(conn.execute(statement).scalars())
+    return {(gram, contact_id) for contact_id, key in rows for gram in name_grams(key)}

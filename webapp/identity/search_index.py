@@ -2,14 +2,16 @@
 
 It lives with the identity core because every write that adds a contact row
 (identify, agents' links) must index it in the same transaction; the
-dashboard's search reads it (webapp/dashboard/search.py).
+dashboard's search reads it (webapp/dashboard/search.py). Names kept against
+a contact row (webapp/engagements) are indexed the same way, by their writers.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-from sqlalchemy import Connection, Integer, String, insert
+from sqlalchemy import Connection, Integer, String, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -22,8 +24,9 @@ NOT_DIGIT = re.compile(r"[^0-9]")
 class ContactGram(db.Model):
     """One row per gram of a contact's keys, so that a search reads an index, not the table.
 
-    ``gram`` is a kind letter ("e" e-mail, "p" phone digits) and three characters.
-    Rows are only ever added: a contact's keys never change, and deleted
+    ``gram`` is a kind letter ("e" e-mail, "p" phone digits, "n" a name kept
+    against the row) and three characters. Rows are only ever added: a
+    contact's keys never change, names are only ever added, and deleted
     contacts are filtered out when the search checks its candidates.
     """
 
@@ -47,6 +50,11 @@ def contact_grams(email_key: str | None, phone_key: str | None) -> set[str]:
     return grams("e", email_key) | grams("p", NOT_DIGIT.sub("", phone_key or ""))
 
 
+def name_grams(name_key: str | None) -> set[str]:
+    """The index entries of one name (its lower-cased key) kept against a contact row."""
+    return grams("n", name_key)
+
+
 def index_contact(
     conn: Connection, contact_id: int, email_key: str | None, phone_key: str | None
 ) -> None:
@@ -54,3 +62,25 @@ def index_contact(
     entries = [{"gram": g, "contact_id": contact_id} for g in contact_grams(email_key, phone_key)]
     if entries:
         conn.execute(insert(ContactGram.__table__), entries)
+
+
+def index_names(conn: Connection, contact_id: int, name_keys: Iterable[str]) -> None:
+    """Add names newly kept against a contact row to the search index, in the caller's transaction.
+
+    A row's names often share grams ("Ann Lee", "Ann Leigh"), and each gram is
+    one entry per row, so only the grams the row does not hold yet are added.
+    """
+    wanted = set().union(*(name_grams(key) for key in name_keys))
+    if not wanted:
+        return
+    table = ContactGram.__table__
+    held = set(
+        conn.scalars(
+            select(table.c.gram).where(
+                table.c.contact_id == contact_id, table.c.gram.in_(sorted(wanted))
+            )
+        )
+    )
+    entries = [{"gram": g, "contact_id": contact_id} for g in sorted(wanted - held)]
+    if entries:
+        conn.execute(insert(table), entries)
