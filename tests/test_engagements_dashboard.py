@@ -7,12 +7,15 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.builders import AGENT_EMAIL, contacts, identify
+from webapp.dashboard.search import parse_query, reindex, search_customers
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
+from webapp.engagements.names import match_names
 from webapp.extensions import db
-from webapp.models import AuditEntry, utcnow
+from webapp.identity.search_index import ContactGram, name_grams
+from webapp.models import AuditEntry, Contact, utcnow
 
 ANNA = "anna@example.com"
 HTMX = {"HX-Request": "true"}
@@ -232,6 +235,115 @@ def test_search_finds_customers_by_any_part_of_a_name(signed_in_client):
     html = signed_in_client.get("/?q=berglu", headers=HTMX).get_data(as_text=True)
     assert f"/customers/{customer}" in html
     assert "bob@example.com" not in html
+
+
+def name_index() -> dict[int, set[str]]:
+    """{contact id: its "n" grams} as the search index holds them."""
+    entries: dict[int, set[str]] = {}
+    for gram in db.session.scalars(select(ContactGram).where(ContactGram.gram.startswith("n"))):
+        entries.setdefault(gram.contact_id, set()).add(gram.gram)
+    return entries
+
+
+def found(text: str) -> list[int]:
+    return [customer.primary_id for customer in search_customers(text).customers]
+
+
+@pytest.mark.parametrize(
+    ("text", "matches"),
+    [
+        ("ann", True),
+        ("BERG", True),
+        ("na b", True),
+        ("a b", True),
+        ("glund", True),
+        ("  Anna   Berglund ", True),
+        ("annb", False),
+        ("berglunds", False),
+        ("a%d", False),
+        ("ber_", False),
+    ],
+)
+def test_a_name_is_found_by_any_part_of_three_characters_or_more(signed_in_client, text, matches):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="Anna Berglund")[
+        "customerId"
+    ]
+    assert found(text) == ([customer] if matches else [])
+
+
+def test_event_names_are_indexed_with_the_event_once_per_gram(signed_in_client):
+    stored = event(signed_in_client, channel="sms", direction="inbound", name="Anna Berg")
+    # A second spelling on the same row shares most grams with the first.
+    event(signed_in_client, channel="sms", direction="inbound", name="Anna Berglund")
+    assert name_index() == {
+        stored["contactId"]: name_grams("anna berg") | name_grams("anna berglund")
+    }
+    assert found("berglu") == [stored["customerId"]]
+
+
+def test_names_set_by_agents_are_indexed_in_the_same_write(signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="Anna B")[
+        "customerId"
+    ]
+    response = signed_in_client.post(
+        f"/customers/{customer}/name", data={"name": "Zoë Ångström"}, headers=HTMX
+    )
+    assert response.status_code == 200
+    assert name_index() == {customer: name_grams("anna b") | name_grams("zoë ångström")}
+    assert found("ë Å") == [customer]
+    assert found("ÅNGSTRÖM") == [customer]
+
+
+def test_name_matcher_keeps_the_contract_highest_first_below_before_at_most_limit(
+    signed_in_client,
+):
+    ids = [
+        event(
+            signed_in_client,
+            channel="sms",
+            direction="inbound",
+            email=f"c{n}@example.com",
+            name=f"Lee Number {n}",
+        )["contactId"]
+        for n in range(5)
+    ]
+    event(signed_in_client, channel="sms", direction="inbound", email="x@example.com", name="Kim")
+    gone = db.session.get(Contact, ids[1])
+    gone.deletedAt = utcnow()
+    db.session.commit()
+    conn = db.session.connection()
+    query = parse_query("lee num")
+    live = sorted(set(ids) - {ids[1]}, reverse=True)
+    assert match_names(conn, query, None, 10) == live
+    assert match_names(conn, query, live[0], 2) == live[1:3]
+    assert match_names(conn, query, live[-1], 10) == []
+    assert match_names(conn, parse_query("lee numbers"), None, 10) == []
+    db.session.rollback()
+
+
+def test_reindex_indexes_the_names_kept(signed_in_client, runner):
+    customers = [
+        event(
+            signed_in_client,
+            channel="sms",
+            direction="inbound",
+            email=f"c{n}@example.com",
+            name=f"Reindexed Person {n}",
+        )["customerId"]
+        for n in range(3)
+    ]
+    expected = name_index()
+    assert sorted(expected) == sorted(customers)
+    # Names loaded while the index was not kept (a bulk load, an old release).
+    db.session.execute(delete(ContactGram).where(ContactGram.gram.startswith("n")))
+    db.session.commit()
+    assert found("indexed pers") == []
+    assert reindex(batch_size=2) == 3
+    assert name_index() == expected
+    assert found("indexed pers") == customers[::-1]
+    result = runner.invoke(args=["search", "reindex", "--batch-size", "1"])
+    assert result.exit_code == 0, result.output
+    assert name_index() == expected
 
 
 def test_screen_pop_polling_shows_a_known_caller_with_name_and_engagements(signed_in_client):
