@@ -266,6 +266,17 @@ def test_first_event_name_is_the_display_name(client):
     assert names == ["Anna Berg", "A. Berg"]
 
 
+def test_a_longest_name_that_lower_casing_lengthens_is_stored(client):
+    # "İ".lower() is two characters: the search key must still fit its column on MariaDB.
+    name = "\u0130" * 200
+    response = post_event(client, channel="sms", direction="inbound", phoneNumber="777", name=name)
+    assert response.status_code == 201
+    (stored,) = db.session.scalars(select(ContactName))
+    assert (stored.name, len(stored.name_key)) == (name, 200)
+    card = client.get("/api/v1/customers/lookup?phone=777").get_json()["customer"]
+    assert card["name"] == name
+
+
 def test_lookup_finds_a_phone_in_any_formatting_with_engagements_newest_first(app, client):
     for minute in (1, 3, 2):
         post_event(

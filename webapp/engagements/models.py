@@ -52,6 +52,18 @@ class Engagement(db.Model):
     )
 
 
+NAME_KEY_LENGTH = 200
+
+
+def name_key(name: str) -> str:
+    """What search compares: the name lower-cased, cut to fit its column.
+
+    Lower-casing can lengthen a name ("İ" becomes two characters), so a name of
+    the longest length allowed would otherwise overflow the column on MySQL.
+    """
+    return name.lower()[:NAME_KEY_LENGTH]
+
+
 class ContactName(db.Model):
     """A name a customer gave (with an event) or an agent set, kept against a contact row."""
 
@@ -61,7 +73,7 @@ class ContactName(db.Model):
     contact_id: Mapped[int] = mapped_column(ForeignKey("Contact.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     # Lower-cased name, what search compares.
-    name_key: Mapped[str] = mapped_column(String(200), index=True)
+    name_key: Mapped[str] = mapped_column(String(NAME_KEY_LENGTH), index=True)
     source: Mapped[str] = mapped_column(String(16))
     # The agent's e-mail for names set on the customer page.
     actor: Mapped[str | None] = mapped_column(String(320))

@@ -15,7 +15,7 @@ from ..identity.search_index import GRAM, index_names, name_grams
 from ..identity.service import customer_rows
 from ..models import Contact, utcnow
 from .history import display_name
-from .models import NAME_FROM_AGENT, ContactName
+from .models import NAME_FROM_AGENT, ContactName, name_key
 from .service import lock_customer_of
 
 _c = Contact.__table__.c
@@ -35,13 +35,13 @@ def _rename(primary_id: int, name: str, actor: str) -> bool:
         ContactName(
             contact_id=primary_id,
             name=name,
-            name_key=name.lower(),
+            name_key=name_key(name),
             source=NAME_FROM_AGENT,
             actor=actor,
             created_at=utcnow(),
         )
     )
-    index_names(conn, primary_id, [name.lower()])
+    index_names(conn, primary_id, [name_key(name)])
     audit.record(
         actor,
         "rename",

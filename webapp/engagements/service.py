@@ -24,7 +24,7 @@ from ..identity.rules import EMAIL, Row, Value
 from ..identity.search_index import index_names
 from ..identity.service import BlockedValues, blocked_keys, identify, load_customer_rows
 from ..models import Contact, utcnow
-from .models import NAME_FROM_EVENT, ContactName, Engagement
+from .models import NAME_FROM_EVENT, ContactName, Engagement, name_key
 from .payloads import EventInput
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _add_event_names(conn: Connection, contact_id: int, events: Sequence[EventIn
     names: dict[str, str] = {}
     for event in events:
         if event.name:
-            names.setdefault(event.name.lower(), event.name)
+            names.setdefault(name_key(event.name), event.name)
     if not names:
         return
     known = set(
