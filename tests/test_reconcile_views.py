@@ -302,3 +302,16 @@ def test_a_stalled_run_stops_polling_and_says_so(signed_in_client):
     html = running.get_data(as_text=True)
     assert "stopped responding" in html
     assert "hx-get" not in html
+
+
+def test_a_write_that_keeps_losing_lock_races_is_a_503_page_not_a_500(app, signed_in_client):
+    ident("ann@x.io", "555")
+    # No attempt left: the write transaction gives up at once, as after many lost races.
+    app.config["IDENTIFY_MAX_ATTEMPTS"] = 0
+    response = signed_in_client.post("/customers/1/reconcile")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "Try again in a moment" in response.get_data(as_text=True)
+    # The JSON API keeps its own answer for the same failure.
+    api = signed_in_client.post("/identify", json={"email": "new@x.io"})
+    assert (api.status_code, api.get_json()["error"]["code"]) == (503, "busy")

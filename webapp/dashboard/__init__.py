@@ -11,6 +11,7 @@ from flask_login import login_required
 from flask_wtf.csrf import CSRFError
 
 from ..auth import init_auth
+from ..database import Contention
 from ..extensions import csrf, htmx
 from ..identity import search_index  # noqa: F401  (registers the search index table)
 from .sections import nav_links, register_nav
@@ -68,6 +69,16 @@ def _csrf_failed(exc: CSRFError):
     ), 400
 
 
+def _busy(_exc: Contention):
+    # A write that kept losing lock races to other writers (checkout traffic, say).
+    page = render_template(
+        "dashboard/error.html",
+        title="Busy",
+        message="Too many changes to this customer at once. Try again in a moment.",
+    )
+    return page, 503, {"Retry-After": "1"}
+
+
 def init_dashboard(app: Flask) -> None:
     """Install sign-in, CSRF, htmx and security headers, and register the dashboard."""
     from ..api import bp as api_bp
@@ -79,6 +90,8 @@ def init_dashboard(app: Flask) -> None:
     init_auth(app)
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _csrf_failed)
+    # The JSON API blueprints answer Contention with their own JSON handler.
+    app.register_error_handler(Contention, _busy)
     register_nav("Customers", "dashboard.home", order=10)
     register_nav("Audit", "dashboard.audit", order=90)
     app.register_blueprint(bp)
