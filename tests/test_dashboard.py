@@ -434,3 +434,14 @@ def test_ids_past_any_database_integer_are_not_a_server_error(
     seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
     response = getattr(signed_in_client, method)(path, data={"other": HUGE})
     assert response.status_code == status
+
+
+def test_every_html_form_of_every_area_needs_the_csrf_token(app, signed_in_client):
+    # A cookie-authenticated POST without the token is what a forged cross-site form sends.
+    del signed_in_client.environ_base["HTTP_X_CSRFTOKEN"]
+    posts = [url for method, url in _html_routes(app) if method == "POST"]
+    assert "/customers/1/merge" in posts and "/customers/1/vouchers" in posts
+    for url in posts:
+        response = signed_in_client.post(url, data={"reason": "x", "name": "x", "other": "2"})
+        assert response.status_code == 400, url
+        assert "Form expired" in response.get_data(as_text=True), url
