@@ -234,3 +234,21 @@ def test_new_rows_are_indexed_for_search_in_the_same_transaction(client):
         1: contact_grams("doc@hillvalley.edu", "+1555010"),
         2: contact_grams("emmett@hillvalley.edu", "+1555010"),
     }
+
+
+def test_a_merge_moves_the_absorbed_customers_deleted_rows_too(client):
+    identify(client, "a@x.io", "1")  # 1
+    identify(client, "b@x.io", "2")  # 2
+    identify(client, "b2@x.io", "2")  # 3 -> 2
+    gone = db.session.get(Contact, 3)
+    gone.deletedAt = utcnow()
+    db.session.commit()
+    status, body = identify(client, "a@x.io", "2")  # absorbs customer 2 into 1
+    assert status == 200
+    assert body["contact"]["secondaryContactIds"] == [2]
+    assert {c.id: (c.linkedId, c.deletedAt is not None) for c in contacts()} == {
+        1: (None, False),
+        2: (1, False),
+        3: (1, True),
+    }
+    assert_invariants()

@@ -280,12 +280,11 @@ def _apply(
         replace(row, linked_id=survivor) if row.primary_id in absorbed else row for row in rows
     ]
     if plan.absorbed:
+        # Deleted rows move too, so that what hangs off them (engagements,
+        # vouchers, history) still reaches the customer in one hop.
         conn.execute(
             update(Contact.__table__)
-            .where(
-                or_(_c.id.in_(plan.absorbed), _c.linkedId.in_(plan.absorbed)),
-                _c.deletedAt.is_(None),
-            )
+            .where(or_(_c.id.in_(plan.absorbed), _c.linkedId.in_(plan.absorbed)))
             .values(linkedId=plan.survivor_id, linkPrecedence=SECONDARY, updatedAt=now)
         )
         detail = json.dumps({v.kind: v.stored for v in values})
