@@ -9,7 +9,8 @@ from datetime import datetime
 from sqlalchemy import or_, select
 
 from ..extensions import db
-from ..identity.rules import EMAIL, PHONE, Row, consolidate
+from ..identity.rules import EMAIL, PHONE, consolidate
+from ..identity.service import row_from_record
 from ..models import AuditEntry, Contact, Merge
 from .chains import Link, link_chains
 
@@ -68,18 +69,6 @@ def locate_customer(contact_id: int) -> int | None:
     return contact.id
 
 
-def _row(contact: Contact) -> Row:
-    return Row(
-        id=contact.id,
-        email=contact.email,
-        phone=contact.phoneNumber,
-        email_key=contact.email_key,
-        phone_key=contact.phone_key,
-        linked_id=contact.linkedId,
-        created_at=contact.createdAt,
-    )
-
-
 def _contact_events(contacts: list[Contact]) -> list[TimelineEvent]:
     """One event per row saying which values it brought first, and one per deletion."""
     known: set[tuple[str, str]] = set()
@@ -90,7 +79,7 @@ def _contact_events(contacts: list[Contact]) -> list[TimelineEvent]:
             added.append(("new email", contact.email or ""))
         if contact.phone_key and (PHONE, contact.phone_key) not in known:
             added.append(("new phone", contact.phoneNumber or ""))
-        known.update(_row(contact).identifiers())
+        known.update(row_from_record(contact).identifiers())
         seen = [("email", contact.email or "—"), ("phone", contact.phoneNumber or "—")]
         events.append(
             TimelineEvent(
@@ -161,7 +150,7 @@ def load_customer(primary_id: int, newest_first: bool = True) -> CustomerView | 
     live = [c for c in contacts if c.deletedAt is None]
     if not any(c.id == primary_id and c.linkedId is None for c in live):
         return None
-    rows = [_row(c) for c in live]
+    rows = [row_from_record(c) for c in live]
     customer = consolidate(primary_id, rows)
     chains = link_chains(primary_id, rows)
     ids = [c.id for c in contacts]

@@ -49,6 +49,7 @@ from sqlalchemy import (
 from ..extensions import db
 from ..identity.rules import Row, consolidate
 from ..identity.search_index import GRAM, NOT_DIGIT, ContactGram, contact_grams, grams
+from ..identity.service import ROW_COLUMNS, row_from_record
 from ..models import Contact
 
 PAGE_SIZE = 20
@@ -290,22 +291,14 @@ def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSumm
     if not primary_ids:
         return []
     records = conn.execute(
-        select(
-            _c.id,
-            _c.email,
-            _c.phoneNumber,
-            _c.email_key,
-            _c.phone_key,
-            _c.linkedId,
-            _c.createdAt,
-        ).where(
+        select(*ROW_COLUMNS).where(
             or_(_c.id.in_(primary_ids), _c.linkedId.in_(primary_ids)),
             _c.deletedAt.is_(None),
         )
     ).all()
     rows: dict[int, list[Row]] = {pid: [] for pid in primary_ids}
     for r in records:
-        row = Row(r.id, r.email, r.phoneNumber, r.email_key, r.phone_key, r.linkedId, r.createdAt)
+        row = row_from_record(r)
         if row.primary_id in rows:
             rows[row.primary_id].append(row)
     summaries = []

@@ -44,7 +44,8 @@ _c = Contact.__table__.c
 _MAX_LOCK_ROUNDS = 8
 
 
-def _row(record) -> Row:
+def row_from_record(record) -> Row:
+    """A domain Row from a Contact, or from a result row with ROW_COLUMNS."""
     return Row(
         id=record.id,
         email=record.email,
@@ -56,7 +57,7 @@ def _row(record) -> Row:
     )
 
 
-_ROW_COLUMNS = (
+ROW_COLUMNS = (
     _c.id,
     _c.email,
     _c.phoneNumber,
@@ -90,8 +91,8 @@ def _group_statement(kinds: tuple[str, ...]):
     )
     owners = primary_ids.cte("owners")
     live = _c.deletedAt.is_(None)
-    as_primary = select(*_ROW_COLUMNS).join(owners, _c.id == owners.c.id).where(live)
-    as_secondary = select(*_ROW_COLUMNS).join(owners, _c.linkedId == owners.c.id).where(live)
+    as_primary = select(*ROW_COLUMNS).join(owners, _c.id == owners.c.id).where(live)
+    as_secondary = select(*ROW_COLUMNS).join(owners, _c.linkedId == owners.c.id).where(live)
     return as_primary.union_all(as_secondary)
 
 
@@ -101,7 +102,7 @@ def _bound(values: Sequence[Value]) -> tuple[tuple[str, ...], dict[str, str]]:
 
 def _load_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
     kinds, params = _bound(values)
-    return [_row(record) for record in conn.execute(_group_statement(kinds), params)]
+    return [row_from_record(record) for record in conn.execute(_group_statement(kinds), params)]
 
 
 def load_customer_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
@@ -338,8 +339,8 @@ def _apply(
 def customer_rows(conn: Connection, primary_id: int) -> list[Row]:
     """Every live row of one customer, by its primary id."""
     records = conn.execute(
-        select(*_ROW_COLUMNS).where(
+        select(*ROW_COLUMNS).where(
             or_(_c.id == primary_id, _c.linkedId == primary_id), _c.deletedAt.is_(None)
         )
     )
-    return [_row(r) for r in records]
+    return [row_from_record(r) for r in records]

@@ -32,7 +32,7 @@ from ..identity.rules import (
     keys_detail,
     reconcile,
 )
-from ..identity.service import _row
+from ..identity.service import row_from_record
 from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
 from .models import Bond
 
@@ -181,8 +181,8 @@ def read_view(conn: Connection, customer_ids: set[int]) -> tuple[View, set[int]]
     records = conn.execute(
         select(*Contact.__table__.c).where(or_(_c.id.in_(ids), _c.linkedId.in_(ids)))
     ).all()
-    live = [_row(r) for r in records if r.deletedAt is None]
-    deleted = [_row(r) for r in records if r.deletedAt is not None]
+    live = [row_from_record(r) for r in records if r.deletedAt is None]
+    deleted = [row_from_record(r) for r in records if r.deletedAt is not None]
     bonds = evidence(conn, [r.id for r in records])
     keys = {key for row in live for key in row.identifiers()} | {k for b in bonds for k in b}
     blocked = blocked_among(conn, keys)

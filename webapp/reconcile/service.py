@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
 from ..identity.search_index import index_contact
-from ..identity.service import _lock_claims, _row
+from ..identity.service import _lock_claims, row_from_record
 from ..models import SECONDARY, Contact, Identifier, utcnow
 from .core import (
     AGENT,
@@ -66,7 +66,7 @@ def customer_snapshot(contact_id: int) -> Customer:
                 or_(_c.id == primary, _c.linkedId == primary), _c.deletedAt.is_(None)
             )
         )
-        return consolidate(primary, [_row(r) for r in records])
+        return consolidate(primary, [row_from_record(r) for r in records])
     finally:
         db.session.rollback()
 
@@ -151,7 +151,7 @@ def merge_preview(contact_id: int, other_id: int) -> MergePreview:
                 _c.deletedAt.is_(None),
             )
         )
-        rows = [_row(r) for r in records]
+        rows = [row_from_record(r) for r in records]
     finally:
         db.session.rollback()
     by_id = {row.id: row for row in rows}
