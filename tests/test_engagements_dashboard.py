@@ -13,6 +13,7 @@ from tests.builders import AGENT_EMAIL, contacts, identify
 from webapp.dashboard.search import parse_query, reindex, search_customers
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.engagements.names import match_names
+from webapp.engagements.screenpop import POP_SETTLE
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, name_grams
 from webapp.models import AuditEntry, Contact, utcnow
@@ -358,7 +359,8 @@ def test_screen_pop_polling_shows_a_known_caller_with_name_and_engagements(signe
     pop_id = call.get_json()["popId"]
     response = signed_in_client.get(f"/screen-pops?after={cursor}")
     assert response.status_code == 200
-    assert response.headers["X-Screen-Pop-Cursor"] == str(pop_id)
+    # The cursor waits until the pop has settled (see POP_SETTLE).
+    assert response.headers["X-Screen-Pop-Cursor"] == cursor
     html = response.get_data(as_text=True)
     assert f'data-pop-id="{pop_id}"' in html
     assert ">Anna</h2>" in html
@@ -367,6 +369,34 @@ def test_screen_pop_polling_shows_a_known_caller_with_name_and_engagements(signe
     # The call itself is the newest engagement listed.
     assert html.index(">call<") < html.index(">sms<")
     assert signed_in_client.get(f"/screen-pops?after={pop_id}").status_code == 204
+
+
+def test_a_pop_that_commits_late_with_a_lower_id_still_shows(signed_in_client):
+    early_id, later_id = (
+        signed_in_client.post("/calls/incoming", json={"phoneNumber": number}).get_json()["popId"]
+        for number in ("+1 555 0198", "+1 555 0199")
+    )
+    assert early_id < later_id
+    # The earlier pop's transaction has not committed yet when the page polls.
+    db.session.execute(delete(ScreenPop).where(ScreenPop.id == early_id))
+    db.session.commit()
+    first = signed_in_client.get("/screen-pops?after=0")
+    assert f'data-pop-id="{later_id}"' in first.get_data(as_text=True)
+    cursor = first.headers["X-Screen-Pop-Cursor"]
+    assert int(cursor) < early_id
+    # Now it commits, with its lower id.
+    db.session.add(ScreenPop(id=early_id, phone_number="+1 555 0198", phone_key="+15550198"))
+    db.session.commit()
+    html = signed_in_client.get(f"/screen-pops?after={cursor}").get_data(as_text=True)
+    assert f'data-pop-id="{early_id}"' in html
+    assert f'data-pop-id="{later_id}"' in html
+    # Once both have settled the cursor moves past them and polls go quiet.
+    for pop in db.session.scalars(select(ScreenPop)):
+        pop.created_at = utcnow() - POP_SETTLE - timedelta(seconds=1)
+    db.session.commit()
+    settled = signed_in_client.get(f"/screen-pops?after={cursor}")
+    assert settled.headers["X-Screen-Pop-Cursor"] == str(later_id)
+    assert signed_in_client.get(f"/screen-pops?after={later_id}").status_code == 204
 
 
 def test_unknown_caller_pop_creates_the_customer_in_one_click(signed_in_client):

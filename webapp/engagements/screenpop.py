@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 POP_WINDOW = timedelta(seconds=60)
 # At most this many calls show at once, newest first.
 MAX_POPS = 3
+# Ids are handed out when a pop is inserted, not when it commits: a pop with
+# a lower id can become visible after a higher one was served. The cursor
+# only moves past pops this old, so a late one is still found; younger pops
+# are sent again on each poll, and the page shows each id once.
+POP_SETTLE = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -125,12 +130,17 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     if after is not None:
         query = query.where(ScreenPop.id > after)
     pops = list(db.session.scalars(query.order_by(ScreenPop.id.desc()).limit(MAX_POPS)))
-    if pops:
-        cursor = max(pops[0].id, after or 0)
-    elif after is not None:
-        cursor = after
+    settled_before = utcnow() - POP_SETTLE
+    if after is not None or pops:
+        settled = [pop.id for pop in pops if pop.created_at <= settled_before]
+        cursor = max([*settled, after or 0])
     else:
-        cursor = db.session.scalar(select(func.max(ScreenPop.id))) or 0
+        cursor = (
+            db.session.scalar(
+                select(func.max(ScreenPop.id)).where(ScreenPop.created_at <= settled_before)
+            )
+            or 0
+        )
     conn = db.session.connection()
     views = []
     for pop in pops:
