@@ -118,16 +118,31 @@ class BlockedValues(ValueError):
         self.values = list(values)
 
 
+def _pairs(count: int):
+    """``count`` (kind, key) equality pairs, bound as ``k0``/``v0``, ``k1``/``v1``, ...
+
+    SQLite searches its unique index for each pair, where it would scan the
+    whole table for a row-value IN list.
+    """
+    c = Identifier.__table__.c
+    return or_(
+        *(and_(c.kind == bindparam(f"k{i}"), c.key == bindparam(f"v{i}")) for i in range(count))
+    )
+
+
+def _pair_params(pairs: Sequence[Key]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for i, (kind, key) in enumerate(pairs):
+        params[f"k{i}"] = kind
+        params[f"v{i}"] = key
+    return params
+
+
 @lru_cache(maxsize=64)
 def _blocked_statement(count: int):
-    """Which of ``count`` (kind, key) pairs, bound as ``k0``/``v0``, ..., are blocked."""
+    """Which of ``count`` bound (kind, key) pairs are blocked."""
     c = Identifier.__table__.c
-    return select(c.kind, c.key).where(
-        or_(
-            *(and_(c.kind == bindparam(f"k{i}"), c.key == bindparam(f"v{i}")) for i in range(count))
-        ),
-        c.blocked_at.is_not(None),
-    )
+    return select(c.kind, c.key).where(_pairs(count), c.blocked_at.is_not(None))
 
 
 def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
@@ -135,11 +150,8 @@ def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
     wanted = sorted(set(keys))
     if not wanted:
         return set()
-    params: dict[str, str] = {}
-    for i, (kind, key) in enumerate(wanted):
-        params[f"k{i}"] = kind
-        params[f"v{i}"] = key
-    return {(kind, key) for kind, key in conn.execute(_blocked_statement(len(wanted)), params)}
+    statement = _blocked_statement(len(wanted))
+    return {(kind, key) for kind, key in conn.execute(statement, _pair_params(wanted))}
 
 
 def _unblocked(conn: Connection, values: Sequence[Value]) -> list[Value]:
@@ -197,25 +209,15 @@ def identify(
 
 @lru_cache(maxsize=64)
 def _claims_statement(count: int):
-    """Lock ``count`` claim rows, bound as ``k0``/``v0``, ...
-
-    One equality pair per value, not a row-value IN list: SQLite searches its
-    unique index for each pair, where it would scan the whole table for
-    ``(kind, key) IN (...)``.
-    """
+    """Lock ``count`` bound claim rows, in key order."""
     c = Identifier.__table__.c
-    pairs = (and_(c.kind == bindparam(f"k{i}"), c.key == bindparam(f"v{i}")) for i in range(count))
-    return select(c.kind, c.key).where(or_(*pairs)).order_by(c.kind, c.key).with_for_update()
+    return select(c.kind, c.key).where(_pairs(count)).order_by(c.kind, c.key).with_for_update()
 
 
 def _lock_claims(conn: Connection, values: Sequence[Value]) -> None:
     """Hold the claim row of every value, creating the ones never seen before."""
     wanted = sorted({(v.kind, v.key) for v in values})
-    params: dict[str, str] = {}
-    for i, (kind, key) in enumerate(wanted):
-        params[f"k{i}"] = kind
-        params[f"v{i}"] = key
-    held = set(conn.execute(_claims_statement(len(wanted)), params).all())
+    held = set(conn.execute(_claims_statement(len(wanted)), _pair_params(wanted)).all())
     fresh = [
         {"kind": k, "key": key, "created_at": utcnow()} for k, key in wanted if (k, key) not in held
     ]
