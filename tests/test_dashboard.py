@@ -286,7 +286,66 @@ def test_merged_away_primary_redirects_and_the_merge_is_on_the_timeline(signed_i
 def test_unknown_customer_is_404(signed_in_client):
     response = signed_in_client.get("/customers/4242")
     assert response.status_code == 404
-    assert "No customer holds contact #4242" in response.get_data(as_text=True)
+    assert "Customer 4242 not found" in response.get_data(as_text=True)
+
+
+# Every HTML area's missing thing, answered by the one dashboard not-found page.
+NOT_FOUND_CASES = [
+    # dashboard
+    ("get", "/customers/4242", {}, "Customer 4242 not found"),
+    # engagements
+    ("get", "/customers/4242/activity", {}, "Customer 4242 not found"),
+    ("post", "/customers/4242/name", {"name": "Ann"}, "Customer 4242 not found"),
+    ("post", "/screen-pops/4242/customer", {}, "Screen-pop 4242 not found"),
+    # vouchers
+    ("get", "/customers/4242/vouchers", {}, "Customer 4242 not found"),
+    ("post", "/customers/4242/vouchers", {"offer_name": "X"}, "Customer 4242 not found"),
+    ("post", "/customers/4242/vouchers/1/void", {"reason": "x"}, "Customer 4242 not found"),
+    # reconcile
+    ("post", "/customers/4242/link", {"email": "new@x.io"}, "Customer 4242 not found"),
+    ("get", "/customers/4242/merge", {}, "Customer 4242 not found"),
+    ("post", "/customers/4242/merge", {"other": "1"}, "Customer 4242 not found"),
+    ("post", "/customers/4242/reconcile", {}, "Customer 4242 not found"),
+    ("get", "/contacts/4242/delete", {}, "Contact 4242 not found"),
+    ("post", "/identifiers/4242/unblock", {}, "Identifier 4242 not found"),
+    ("get", "/reconcile/4242", {}, "Reconciliation run 4242 not found"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "data", "title"), NOT_FOUND_CASES)
+def test_every_area_answers_missing_things_with_the_one_not_found_page(
+    signed_in_client, method, path, data, title
+):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    send = getattr(signed_in_client, method)
+    kwargs = {"data": data} if method == "post" else {}
+
+    page = send(path, **kwargs)
+    assert page.status_code == 404
+    assert "HX-Request" in page.vary
+    html = page.get_data(as_text=True)
+    assert "<html" in html
+    assert f"<title>{title} · Customer identity</title>" in html
+    assert f'<h1 id="not-found-title">{title}</h1>' in html
+    assert '<form class="search" action="/" method="get" role="search">' in html
+
+    fragment = send(path, headers=HTMX, **kwargs)
+    assert fragment.status_code == 404
+    assert "HX-Request" in fragment.vary
+    body = fragment.get_data(as_text=True)
+    assert "<html" not in body
+    assert first_tag(body) == (
+        '<section class="card error-card" id="not-found" aria-labelledby="not-found-title">'
+    )
+    assert f'<h1 id="not-found-title">{title}</h1>' in body
+    assert 'action="/" method="get" role="search"' in body
+
+
+def test_json_api_paths_keep_their_json_404(client):
+    for path in ("/vouchers/nope", "/api/v1/customers/4242", "/events/nope"):
+        response = client.get(path, headers=HTMX)
+        assert response.status_code == 404, path
+        assert response.get_json()["error"]["code"] == "not_found", path
 
 
 def test_timeline_order_toggle_and_audit_entries(signed_in_client):

@@ -13,11 +13,20 @@
     showError.timer = window.setTimeout(function () { toast.hidden = true; }, 6000);
   }
 
+  // The dashboard's not-found answer names what is missing ("Customer 7 not found").
+  function notFoundTitle(xhr) {
+    if (xhr.status !== 404 || !xhr.responseText) return null;
+    var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+    var title = doc.getElementById("not-found-title");
+    return title ? title.textContent.trim() + "." : null;
+  }
+
   document.addEventListener("htmx:responseError", function (event) {
-    var status = event.detail.xhr.status;
+    var xhr = event.detail.xhr;
+    var status = xhr.status;
     var text = status === 400
       ? "The form expired. Reload the page and try again."
-      : "Something went wrong (" + status + "). Try again.";
+      : notFoundTitle(xhr) || "Something went wrong (" + status + "). Try again.";
     showError(text);
   });
 

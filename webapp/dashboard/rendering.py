@@ -21,3 +21,14 @@ def page_or_fragment(page: str, fragment: str, status: int = 200, **context) -> 
     response = make_response(render_template(template, **context), status)
     response.vary.add("HX-Request")
     return response
+
+
+def not_found(thing: str, ident: int) -> Response:
+    """The dashboard's one not-found answer: "<thing> <ident> not found", a search box, 404.
+
+    Every HTML area uses it for a missing customer, contact, run, ...; the JSON
+    API keeps its own JSON 404.
+    """
+    return page_or_fragment(
+        "dashboard/not_found.html", "dashboard/_not_found.html", 404, thing=thing, ident=ident
+    )

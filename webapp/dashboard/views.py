@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from flask import abort, redirect, render_template, request, url_for
+from flask import redirect, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import SearchField, SelectField
 from wtforms.validators import Length, Optional
 
 from . import bp
 from .customers import audit_log, load_customer, locate_customer
-from .rendering import page_or_fragment
+from .rendering import not_found, page_or_fragment
 from .search import search_customers
 from .sections import actions, load_sections
 
@@ -58,11 +58,7 @@ def customer(contact_id: int):
     """A customer's page; any contact id of the customer redirects to its primary's page."""
     primary_id = locate_customer(contact_id)
     if primary_id is None:
-        return render_template(
-            "dashboard/error.html",
-            title="No such customer",
-            message=f"No customer holds contact #{contact_id}.",
-        ), 404
+        return not_found("Customer", contact_id)
     newest_first = request.args.get("order") != "oldest"
     if primary_id != contact_id:
         # 302, not 301: a split can later give this contact another primary.
@@ -72,7 +68,7 @@ def customer(contact_id: int):
         return redirect(target, 302)
     view = load_customer(primary_id, newest_first=newest_first)
     if view is None:
-        abort(404)
+        return not_found("Customer", contact_id)
     return page_or_fragment(
         "dashboard/customer.html",
         "dashboard/_timeline.html",

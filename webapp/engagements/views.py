@@ -10,7 +10,7 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from ..dashboard import protect
 from ..dashboard.customers import locate_customer
-from ..dashboard.rendering import page_or_fragment, wants_fragment
+from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
 from ..identity.service import BlockedValues
 from ..models import row_id
 from .activity import InvalidCursor, customer_activity
@@ -57,14 +57,6 @@ class NameForm(FlaskForm):
     )
 
 
-def _not_found(contact_id: int):
-    return render_template(
-        "dashboard/error.html",
-        title="No such customer",
-        message=f"No customer holds contact #{contact_id}.",
-    ), 404
-
-
 def activity_section(primary_id: int) -> dict:
     """Section loader for the customer page: the first page of activity."""
     return {"activity": customer_activity(primary_id), "filter": ActivityFilterForm(formdata=None)}
@@ -80,7 +72,7 @@ def activity(contact_id: int):
     """A customer's activity, filterable by channel, a page at a time (``before`` continues)."""
     primary_id = locate_customer(contact_id)
     if primary_id is None:
-        return _not_found(contact_id)
+        return not_found("Customer", contact_id)
     if primary_id != contact_id:
         # Only the parameters this view reads: others (contact_id, _external) would reach url_for.
         kept = {k: v for k, v in request.args.items() if k in ("channel", "before")}
@@ -97,7 +89,7 @@ def activity(contact_id: int):
             message="This “load more” link is damaged; open the customer again.",
         ), 400
     if page is None:
-        return _not_found(contact_id)
+        return not_found("Customer", contact_id)
     more = request.args.get("before") is not None
     return page_or_fragment(
         "engagements/activity.html",
@@ -113,7 +105,7 @@ def rename(contact_id: int):
     form = NameForm()
     primary_id = locate_customer(contact_id)
     if primary_id is None:
-        return _not_found(contact_id)
+        return not_found("Customer", contact_id)
     if form.validate_on_submit() and set_display_name(
         primary_id, form.name.data, current_user.email
     ):
@@ -157,7 +149,5 @@ def create_customer_from_call(pop_id: int):
             message="This number is blocked, so it cannot become a customer.",
         ), 422
     if primary_id is None:
-        return render_template(
-            "dashboard/error.html", title="No such call", message="This call is not known."
-        ), 404
+        return not_found("Screen-pop", pop_id)
     return redirect(url_for("dashboard.customer", contact_id=primary_id), 303)

@@ -13,7 +13,7 @@ from flask import abort, flash, make_response, redirect, render_template, reques
 from flask_login import current_user
 
 from ..dashboard import protect
-from ..dashboard.rendering import page_or_fragment, wants_fragment
+from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
 from ..dashboard.search import search_customers
 from ..identity.rules import InvalidValue, parse_identifier
 from ..models import row_id
@@ -60,10 +60,6 @@ def _customer_url(customer_id: int | None) -> str:
     return url_for("dashboard.customer", contact_id=customer_id)
 
 
-def _missing(message: str):
-    return render_template("dashboard/error.html", title="Not found", message=message), 404
-
-
 @bp.route("/customers/<int:contact_id>/link", methods=["GET", "POST"])
 def link(contact_id: int):
     """Add an e-mail and/or phone to a customer, by the identify rules."""
@@ -73,8 +69,8 @@ def link(contact_id: int):
         if values:
             try:
                 outcome = link_values(contact_id, values, _agent())
-            except NotFound as exc:
-                return _missing(str(exc))
+            except NotFound:
+                return not_found("Customer", contact_id)
             except ReconcileError as exc:
                 form.form_errors.append(str(exc))
             else:
@@ -97,8 +93,8 @@ def merge(contact_id: int):
     other = request.args.get("other", type=row_id)
     try:
         customer = customer_snapshot(contact_id)
-    except NotFound as exc:
-        return _missing(str(exc))
+    except NotFound:
+        return not_found("Customer", contact_id)
     preview = error = None
     if other is not None:
         try:
@@ -136,8 +132,8 @@ def merge_confirm(contact_id: int):
         error = "Choose the customer to merge with."
     try:
         customer = customer_snapshot(contact_id)
-    except NotFound as exc:
-        return _missing(str(exc))
+    except NotFound:
+        return not_found("Customer", contact_id)
     return page_or_fragment(
         "reconcile/merge.html",
         "reconcile/_merge_preview.html",
@@ -202,8 +198,8 @@ def unblock(identifier_id: int):
         abort(400)
     try:
         value = identifier_value(identifier_id)
-    except NotFound as exc:
-        return _missing(str(exc))
+    except NotFound:
+        return not_found("Identifier", identifier_id)
     try:
         outcome = set_blocked(value, False, _agent())
     except ReconcileError as exc:
@@ -230,7 +226,7 @@ def delete(contact_id: int):
     """Soft-delete a contact after confirmation; its customer is recomputed and may split."""
     contact = live_contact(contact_id)
     if contact is None:
-        return _missing(f"There is no contact #{contact_id}.")
+        return not_found("Contact", contact_id)
     form = DeleteForm()
     if form.validate_on_submit():
         try:
@@ -255,8 +251,8 @@ def rerun(contact_id: int):
         abort(400)
     try:
         outcome = reconcile_customer(contact_id, _agent())
-    except NotFound as exc:
-        return _missing(str(exc))
+    except NotFound:
+        return not_found("Customer", contact_id)
     return _finished(_customer_url(outcome.customer_id), outcome.summary())
 
 
@@ -290,5 +286,5 @@ def run(job_id: int):
     """One run's progress; the progress fragment polls itself until the run ends."""
     job = get_job(job_id)
     if job is None:
-        return _missing(f"There is no reconciliation run {job_id}.")
+        return not_found("Reconciliation run", job_id)
     return page_or_fragment("reconcile/run.html", "reconcile/_progress.html", job=job)

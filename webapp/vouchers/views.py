@@ -17,7 +17,7 @@ from wtforms.validators import DataRequired, Length
 
 from ..dashboard import protect
 from ..dashboard.customers import locate_customer
-from ..dashboard.rendering import page_or_fragment, wants_fragment
+from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
 from ..models import utcnow
 from .rules import (
     MAX_OFFER_NAME,
@@ -108,26 +108,12 @@ def _changed(primary_id: int, message: str, event: str):
     return redirect(url_for("dashboard.customer", contact_id=primary_id) + "#vouchers", 303)
 
 
-def _customer_or_404(contact_id: int):
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return None, (
-            render_template(
-                "dashboard/error.html",
-                title="No such customer",
-                message=f"No customer holds contact #{contact_id}.",
-            ),
-            404,
-        )
-    return primary_id, None
-
-
 @bp.get("/customers/<int:contact_id>/vouchers")
 def customer_section(contact_id: int):
     """The customer's vouchers on their own page (or the section, for htmx)."""
-    primary_id, missing = _customer_or_404(contact_id)
-    if missing:
-        return missing
+    primary_id = locate_customer(contact_id)
+    if primary_id is None:
+        return not_found("Customer", contact_id)
     if primary_id != contact_id:
         return redirect(url_for(".customer_section", contact_id=primary_id), 302)
     return _section(primary_id)
@@ -136,9 +122,9 @@ def customer_section(contact_id: int):
 @bp.post("/customers/<int:contact_id>/vouchers")
 def issue(contact_id: int):
     """Issue a voucher to the customer (audit-logged)."""
-    primary_id, missing = _customer_or_404(contact_id)
-    if missing:
-        return missing
+    primary_id = locate_customer(contact_id)
+    if primary_id is None:
+        return not_found("Customer", contact_id)
     form = IssueForm()
     parsed = form.parsed() if form.validate_on_submit() else None
     if parsed is not None:
@@ -164,9 +150,9 @@ def issue(contact_id: int):
 @bp.post("/customers/<int:contact_id>/vouchers/<int:voucher_id>/void")
 def void(contact_id: int, voucher_id: int):
     """Withdraw an unused voucher, with a reason (audit-logged)."""
-    primary_id, missing = _customer_or_404(contact_id)
-    if missing:
-        return missing
+    primary_id = locate_customer(contact_id)
+    if primary_id is None:
+        return not_found("Customer", contact_id)
     form = VoidForm()
     if form.validate_on_submit():
         try:
