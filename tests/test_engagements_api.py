@@ -127,6 +127,39 @@ def test_invalid_event_is_400_naming_the_field_and_stores_nothing(app, client, b
 
 
 @pytest.mark.parametrize(
+    ("body", "field", "found"),
+    [
+        ({**SMS, "name": "Anna\x00Berg"}, "name", "U+0000"),
+        ({**SMS, "name": "Anna\x07"}, "name", "U+0007"),
+        ({**SMS, "name": "\x1b[31mAnna"}, "name", "U+001B"),
+        ({**SMS, "name": "Anna\nBerg"}, "name", "U+000A"),
+        ({**SMS, "name": "\u202emoc.elpmaxe@anna"}, "name", "U+202E"),
+        ({**SMS, "summary": "Where is\x00 my order?"}, "summary", "U+0000"),
+        ({**SMS, "externalId": "sms\x071"}, "externalId", "U+0007"),
+        ({"channel": "web", "email": ANNA, "url": "https://shop.test/\x1b"}, "url", "U+001B"),
+    ],
+)
+def test_control_characters_in_free_text_are_400_naming_the_field(app, client, body, field, found):
+    response = post_event(client, **body)
+    assert response.status_code == 400
+    assert_matches_openapi(app, "/events", "post", response)
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_field"
+    assert error["fields"] == {field: f"must not contain control characters (found {found})"}
+    assert (contacts(), engagements(), count(ContactName)) == ([], [], 0)
+
+
+def test_a_summary_keeps_its_lines_and_tabs(client):
+    summary = "Where is my order?\r\n\tOrder 42"
+    response = post_event(client, **SMS, summary=summary, name="\u05d3\u05e0\u05d4\u200f B")
+    assert response.status_code == 201
+    (stored,) = engagements()
+    assert stored.summary == summary
+    (name,) = db.session.scalars(select(ContactName))
+    assert name.name == "\u05d3\u05e0\u05d4\u200f B"
+
+
+@pytest.mark.parametrize(
     ("data", "content_type", "status"),
     [
         ("[1]", "application/json", 400),
@@ -374,6 +407,7 @@ def test_incoming_call_from_an_unknown_number_creates_no_customer(client):
         ({"phoneNumber": "nope"}, "phoneNumber"),
         ({"phoneNumber": "555", "callId": ""}, "callId"),
         ({"phoneNumber": "555", "callId": 12}, "callId"),
+        ({"phoneNumber": "555", "callId": "call\x001"}, "callId"),
     ],
 )
 def test_incoming_call_validation(app, client, body, field):

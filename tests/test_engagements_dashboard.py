@@ -221,6 +221,23 @@ def test_invalid_name_is_422_in_place_and_stores_nothing(signed_in_client, name)
     assert list(db.session.scalars(select(ContactName))) == []
 
 
+@pytest.mark.parametrize(
+    ("name", "found"), [("Anna\x00", "U+0000"), ("An\x1bna", "U+001B"), ("\u202eAnna", "U+202E")]
+)
+def test_a_name_with_control_characters_is_422_and_stores_nothing(signed_in_client, name, found):
+    customer = event(signed_in_client, channel="sms", direction="inbound")["customerId"]
+    for headers in (HTMX, {}):
+        response = signed_in_client.post(
+            f"/customers/{customer}/name", data={"name": name}, headers=headers
+        )
+        assert response.status_code == 422
+        assert f"must not contain control characters (found {found})" in response.get_data(
+            as_text=True
+        )
+    assert list(db.session.scalars(select(ContactName))) == []
+    assert list(db.session.scalars(select(AuditEntry))) == []
+
+
 def test_rename_without_htmx_redirects_to_the_customer(signed_in_client):
     customer = event(signed_in_client, channel="sms", direction="inbound")["customerId"]
     response = signed_in_client.post(f"/customers/{customer}/name", data={"name": "Anna"})

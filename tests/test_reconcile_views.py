@@ -208,6 +208,9 @@ def test_block_with_a_customer_field_that_is_no_id_goes_to_the_blocked_page(sign
         ({"value": "555", "reason": ""}, "This field is required."),
         ({"value": "call me", "reason": "junk"}, "phone number"),
         ({"value": "", "reason": "junk"}, "This field is required."),
+        ({"value": "555", "reason": "junk\x00"}, "control characters (found U+0000)"),
+        ({"value": "555", "reason": "\x1b[2Jjunk"}, "control characters (found U+001B)"),
+        ({"value": "555", "reason": "\u2066junk"}, "control characters (found U+2066)"),
     ],
 )
 def test_block_errors_come_back_in_place_as_422(signed_in_client, data, error):
@@ -217,6 +220,17 @@ def test_block_errors_come_back_in_place_as_422(signed_in_client, data, error):
     assert is_fragment(response, "block-form")
     assert error in response.get_data(as_text=True)
     assert db.session.scalar(select(Identifier).where(Identifier.blocked_at.is_not(None))) is None
+
+
+def test_a_block_reason_keeps_the_lines_of_its_textarea(signed_in_client):
+    ident("ann@x.io", "555")
+    reason = "the shop's own phone\r\n\tsee ticket 42"
+    response = signed_in_client.post(
+        "/identifiers/block", data={"value": "555", "reason": reason}, headers=HTMX
+    )
+    assert response.status_code == 200
+    stored = db.session.scalar(select(Identifier.blocked_reason).where(Identifier.key == "555"))
+    assert stored == reason
 
 
 def test_blocked_page_is_empty_then_unblock_answers_with_the_fragment(signed_in_client):
@@ -248,6 +262,20 @@ def test_delete_asks_for_confirmation_then_deletes(signed_in_client):
     assert links() == {1: 2, 2: None}
     gone = signed_in_client.get("/contacts/1/delete")
     assert gone.status_code == 404
+
+
+@pytest.mark.parametrize(("reason", "found"), [("dupe\x07", "U+0007"), ("du\npe", "U+000A")])
+def test_a_delete_reason_with_control_characters_is_422_and_deletes_nothing(
+    signed_in_client, reason, found
+):
+    ident("ann@x.io", "555")
+    ident("ann@x.io", "666")
+    response = signed_in_client.post("/contacts/1/delete", data={"reason": reason}, headers=HTMX)
+    assert response.status_code == 422
+    assert is_fragment(response, "delete-confirm")
+    assert f"control characters (found {found})" in response.get_data(as_text=True)
+    assert links() == {1: None, 2: 1}
+    assert [c.deletedAt for c in contacts()] == [None, None]
 
 
 def test_rerun_one_customer_reports_what_changed(signed_in_client):

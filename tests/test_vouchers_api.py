@@ -100,6 +100,9 @@ def test_generate_for_a_known_email_reuses_its_customer(client):
         ({"email": "not-an-email"}, "email"),
         ({"offer_name": ""}, "offer_name"),
         ({"offer_name": "x" * 121}, "offer_name"),
+        ({"offer_name": "Summer\x00sale"}, "offer_name"),
+        ({"offer_name": "\x1b[1mSummer"}, "offer_name"),
+        ({"offer_name": "Summer\u202d sale"}, "offer_name"),
         ({"discount": 0}, "discount"),
         ({"discount": 100.5}, "discount"),
         ({"discount": "ten"}, "discount"),
@@ -121,6 +124,15 @@ def test_generate_refuses_bad_fields_and_writes_nothing(app, client, change, fie
     assert contacts() == []
     assert vouchers() == []
     assert db.session.scalar(select(func.count()).select_from(Offer)) == 0
+
+
+def test_an_offer_name_with_a_control_character_says_which(client):
+    response = generate(client, offer="Summer\x07sale")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["fields"] == {
+        "offer_name": "offer_name must not contain control characters (found U+0007)"
+    }
+    assert (contacts(), vouchers()) == ([], [])
 
 
 def test_a_lone_surrogate_is_a_400_not_a_database_error(client):

@@ -14,13 +14,13 @@ from webapp.vouchers.models import Offer
 from webapp.vouchers.rules import iso_utc, parse_expiry
 
 
-def run(runner, emails_file, *extra, discount="15", expiry=None):
+def run(runner, emails_file, *extra, offer="Spring mailing", discount="15", expiry=None):
     return runner.invoke(
         args=[
             "vouchers",
             "generate",
             "--offer",
-            "Spring mailing",
+            offer,
             "--discount",
             discount,
             "--expiry",
@@ -88,6 +88,9 @@ def test_bad_options_are_refused_before_anything_is_issued(runner, tmp_path):
     too_much = run(runner, emails, discount="150")
     assert too_much.exit_code == 2
     assert "discount" in too_much.output
+    control = run(runner, emails, offer="Spring\x1b")
+    assert control.exit_code == 2
+    assert "control characters" in control.output
     assert vouchers() == []
 
 

@@ -127,6 +127,10 @@ def test_issue_without_javascript_redirects_back_to_the_customer(signed_in_clien
         ({"offer_name": "X", "discount": "0"}, "discount must be more than 0"),
         ({"offer_name": "X", "discount": "ten"}, "discount must be a number"),
         ({"offer_name": "X", "discount": "10", "valid_until": "2020-01-01"}, "in the future"),
+        (
+            {"offer_name": "Sale\x07", "discount": "10"},
+            "the offer name must not contain control characters (found U+0007)",
+        ),
     ],
 )
 def test_invalid_issue_is_422_with_the_errors_in_place(signed_in_client, body, message):
@@ -183,6 +187,26 @@ def test_agent_voids_a_voucher_with_a_reason(signed_in_client):
         f"voucher {code}",
     )
     assert validate(client, code).status_code == 410
+
+
+@pytest.mark.parametrize(
+    ("reason", "found"), [("sent\x00twice", "U+0000"), ("\u202etwice", "U+202E")]
+)
+def test_a_void_reason_with_control_characters_is_422_and_voids_nothing(
+    signed_in_client, reason, found
+):
+    client = signed_in_client
+    identify(client, LORRAINE)
+    issued_code(client)
+    (voucher,) = vouchers()
+    response = client.post(
+        f"/customers/1/vouchers/{voucher.id}/void", data={"reason": reason}, headers=HTMX
+    )
+    assert response.status_code == 422
+    assert is_fragment(response, "vouchers")
+    assert f"must not contain control characters (found {found})" in response.get_data(as_text=True)
+    assert vouchers()[0].voided_at is None
+    assert audit_entries() == []
 
 
 def test_a_used_voucher_cannot_be_voided(signed_in_client):

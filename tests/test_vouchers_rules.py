@@ -140,13 +140,20 @@ def test_iso_utc_round_trips():
 
 
 @pytest.mark.parametrize(
-    ("raw", "name"), [("Summer sale", "Summer sale"), ("  Summer   sale ", "Summer sale")]
+    ("raw", "name"),
+    [
+        ("Summer sale", "Summer sale"),
+        ("  Summer   sale ", "Summer sale"),
+        ("Summer\tsale\r\n", "Summer sale"),
+    ],
 )
 def test_offer_names_are_trimmed(raw, name):
     assert parse_offer_name(raw) == name
 
 
-@pytest.mark.parametrize("raw", ["", "   ", None, 5, "x" * 121])
+@pytest.mark.parametrize(
+    "raw", ["", "   ", None, 5, "x" * 121, "Sale\x00", "Sale\x1f", "Sale\x85", "\u202eelaS"]
+)
 def test_bad_offer_names_are_refused(raw):
     with pytest.raises(InvalidVoucherValue):
         parse_offer_name(raw)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from typing import Any
 
 from flask import Request
 
 from ..identity.rules import InvalidValue, Value, parse_email, parse_phone
+from ..text import free_text_problem
 from .errors import ApiError
 
 
@@ -45,8 +47,21 @@ def _encodable(payload: Any) -> bool:
     return True
 
 
-def _text(payload: dict[str, Any], name: str, fields: dict[str, str]) -> str | None:
-    """A string field, trimmed; None when missing, null or blank."""
+def string_field(
+    payload: dict[str, Any],
+    name: str,
+    fields: dict[str, str],
+    *,
+    limit: int | None = None,
+    free_text: bool = True,
+    multiline: bool = False,
+) -> str | None:
+    """A string field, trimmed; None when missing, null, blank or wrong (added to ``fields``).
+
+    ``free_text`` fields are refused when they hold control characters
+    (``multiline`` ones may keep tabs and line breaks); identifiers pass
+    ``free_text=False`` because their own parsers check them.
+    """
     value = payload.get(name)
     if value is None:
         return None
@@ -54,6 +69,13 @@ def _text(payload: dict[str, Any], name: str, fields: dict[str, str]) -> str | N
         fields[name] = "must be a string or null"
         return None
     value = value.strip()
+    if limit is not None and len(value) > limit:
+        fields[name] = f"must be at most {limit} characters"
+        return None
+    problem = free_text_problem(value, multiline=multiline) if free_text else None
+    if problem:
+        fields[name] = problem
+        return None
     return value or None
 
 
@@ -68,7 +90,7 @@ def _phone_text(payload: dict[str, Any], name: str, fields: dict[str, str]) -> s
     if value is not None and not isinstance(value, str):
         fields[name] = "must be a string, a whole number or null"
         return None
-    return _text(payload, name, fields)
+    return string_field(payload, name, fields, free_text=False)
 
 
 def contact_values(
@@ -80,7 +102,8 @@ def contact_values(
     """Validate the e-mail and phone of a payload; problems are added to ``fields``."""
     values: list[Value] = []
     for name, read, parse in (
-        (email_field, _text, parse_email),
+        # The identifier parsers refuse control characters with their own messages.
+        (email_field, partial(string_field, free_text=False), parse_email),
         (phone_field, _phone_text, parse_phone),
     ):
         text = read(payload, name, fields)

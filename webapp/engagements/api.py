@@ -7,7 +7,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..api import _contention, _database_error, require_api_key
 from ..api.errors import ApiError, api_error_response
-from ..api.payloads import contact_values, json_object
+from ..api.payloads import contact_values, json_object, string_field
 from ..database import Contention
 from ..extensions import db
 from .history import customer_card, customers_holding
@@ -132,18 +132,14 @@ def incoming_call():
     payload = json_object(request)
     fields: dict[str, str] = {}
     values = contact_values({"phoneNumber": payload.get("phoneNumber")}, fields)
-    call_id = payload.get("callId")
-    if call_id is not None and (
-        not isinstance(call_id, str)
-        or not call_id.strip()
-        or len(call_id.strip()) > MAX_EXTERNAL_ID_LENGTH
-    ):
-        fields["callId"] = f"must be a non-empty string of at most {MAX_EXTERNAL_ID_LENGTH}"
+    call_id = string_field(payload, "callId", fields, limit=MAX_EXTERNAL_ID_LENGTH)
+    if call_id is None and "callId" not in fields and payload.get("callId") is not None:
+        fields["callId"] = "must not be blank"
     if not values and not fields:
         fields["phoneNumber"] = "is required"
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)
-    call = record_incoming_call(values[0], call_id.strip() if call_id else None)
+    call = record_incoming_call(values[0], call_id)
     match = {0: "none", 1: "one"}.get(len(call.customer_ids), "several")
     return (
         jsonify(

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..api.errors import ApiError
-from ..api.payloads import contact_values
+from ..api.payloads import contact_values, string_field
 from ..identity.rules import Value
 from ..models import utcnow
 from .models import CALL, CHANNELS, DIRECTIONS, WEB
@@ -35,20 +35,6 @@ class EventInput:
     url: str | None = None
     duration_seconds: int | None = None
     external_id: str | None = None
-
-
-def _string(payload: dict[str, Any], name: str, limit: int, fields: dict[str, str]) -> str | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        fields[name] = "must be a string or null"
-        return None
-    value = value.strip()
-    if len(value) > limit:
-        fields[name] = f"must be at most {limit} characters"
-        return None
-    return value or None
 
 
 def parse_timestamp(raw: str) -> datetime:
@@ -94,7 +80,7 @@ def _choice(
 
 
 def _url(payload: dict[str, Any], fields: dict[str, str]) -> str | None:
-    url = _string(payload, "url", MAX_URL_LENGTH, fields)
+    url = string_field(payload, "url", fields, limit=MAX_URL_LENGTH)
     if url is None:
         return None
     # Shown as a link on the dashboard: anything but http(s) could run script there.
@@ -141,11 +127,12 @@ def event_input(payload: Any) -> EventInput:
         direction=direction,
         values=tuple(values),
         occurred_at=_occurred_at(payload, fields),
-        name=_string(payload, "name", MAX_NAME_LENGTH, fields),
-        summary=_string(payload, "summary", MAX_SUMMARY_LENGTH, fields),
+        name=string_field(payload, "name", fields, limit=MAX_NAME_LENGTH),
+        # A message's text: its lines and tabs are kept.
+        summary=string_field(payload, "summary", fields, limit=MAX_SUMMARY_LENGTH, multiline=True),
         url=_url(payload, fields),
         duration_seconds=_duration(payload, channel, fields),
-        external_id=_string(payload, "externalId", MAX_EXTERNAL_ID_LENGTH, fields),
+        external_id=string_field(payload, "externalId", fields, limit=MAX_EXTERNAL_ID_LENGTH),
     )
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)

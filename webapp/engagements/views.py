@@ -13,6 +13,7 @@ from ..dashboard.customers import locate_customer
 from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
 from ..identity.service import BlockedValues
 from ..models import row_id
+from ..text import FreeText
 from .activity import InvalidCursor, customer_activity
 from .models import CHANNELS
 from .names import customer_name, set_display_name
@@ -53,7 +54,7 @@ class NameForm(FlaskForm):
     name = StringField(
         "Name",
         filters=[lambda value: value.strip() if value else value],
-        validators=[DataRequired(), Length(max=MAX_NAME_LENGTH)],
+        validators=[DataRequired(), Length(max=MAX_NAME_LENGTH), FreeText()],
     )
 
 

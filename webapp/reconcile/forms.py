@@ -8,6 +8,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from ..identity.rules import InvalidValue, Value, parse_email, parse_phone
 from ..models import MAX_ROW_ID
+from ..text import FreeText
 
 
 class LinkForm(FlaskForm):
@@ -53,7 +54,9 @@ class BlockForm(FlaskForm):
     """A value to block and why."""
 
     value = StringField("E-mail or phone", validators=[DataRequired(), Length(max=320)])
-    reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
+    reason = TextAreaField(
+        "Reason", validators=[DataRequired(), Length(max=500), FreeText(multiline=True)]
+    )
     customer = HiddenField()
 
 
@@ -64,4 +67,4 @@ class ConfirmForm(FlaskForm):
 class DeleteForm(FlaskForm):
     """Confirms a soft delete; the reason is optional."""
 
-    reason = StringField("Reason (optional)", validators=[Optional(), Length(max=500)])
+    reason = StringField("Reason (optional)", validators=[Optional(), Length(max=500), FreeText()])

@@ -11,6 +11,8 @@ import secrets
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
+from ..text import free_text_problem
+
 # Crockford's base32: digits and capitals without I, L, O and U, so nothing
 # read aloud or copied from paper can be confused with another symbol.
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -113,9 +115,13 @@ def iso_utc(moment: datetime | None) -> str | None:
 
 
 def parse_offer_name(raw: object) -> str:
-    """An offer name: non-blank text of at most MAX_OFFER_NAME characters, trimmed."""
+    """An offer name: non-blank text of at most MAX_OFFER_NAME characters, whitespace collapsed."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidVoucherValue("offer_name must be a non-empty string")
+    # Tabs and line breaks become single spaces below; any other control character is refused.
+    problem = free_text_problem(raw, multiline=True)
+    if problem:
+        raise InvalidVoucherValue(f"offer_name {problem}")
     name = " ".join(raw.split())
     if len(name) > MAX_OFFER_NAME:
         raise InvalidVoucherValue(f"offer_name is longer than {MAX_OFFER_NAME} characters")

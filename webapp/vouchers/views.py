@@ -19,6 +19,7 @@ from ..dashboard import protect
 from ..dashboard.customers import locate_customer
 from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
 from ..models import utcnow
+from ..text import FreeText
 from .rules import (
     MAX_OFFER_NAME,
     InvalidVoucherValue,
@@ -69,7 +70,7 @@ class IssueForm(FlaskForm):
 class VoidForm(FlaskForm):
     """Why a voucher is withdrawn; kept in the audit log."""
 
-    reason = StringField("Reason", validators=[DataRequired(), Length(max=500)])
+    reason = StringField("Reason", validators=[DataRequired(), Length(max=500), FreeText()])
 
 
 def _end_of_day(day: date | None) -> datetime:
