@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -24,6 +25,10 @@ _MYSQL_RETRYABLE = {1213, 1205, 1062, 1020}
 
 # Execution option that asks SQLite for BEGIN IMMEDIATE (the write lock up front).
 SQLITE_IMMEDIATE = "sqlite_begin_immediate"
+
+# Execution option for a read that runs one statement at a time: SQLite runs
+# each statement in a snapshot of its own, so no BEGIN is sent for it.
+SINGLE_STATEMENT = "single_statement_read"
 
 
 class Retry(Exception):
@@ -68,9 +73,10 @@ def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        if conn.get_execution_options().get(SQLITE_IMMEDIATE):
+        options = conn.get_execution_options()
+        if options.get(SQLITE_IMMEDIATE):
             _begin_immediate(conn, busy_timeout_ms)
-        else:
+        elif not options.get(SINGLE_STATEMENT):
             conn.exec_driver_sql("BEGIN")
 
 
@@ -79,23 +85,28 @@ def _begin_immediate(conn, busy_timeout_ms: int) -> None:
 
     SQLite's own busy handler sleeps in steps growing to 100 ms, so a queue of
     writers that each hold the lock for a millisecond or two would wait far
-    longer than needed; here a waiter looks again after at most 2 ms.
+    longer than needed; here a waiter looks again after at most 2 ms. The
+    attempts go straight to the driver (this runs on every write); the last
+    one, past the deadline, goes through SQLAlchemy so that its error is the
+    usual wrapped one.
     """
+    driver = conn.connection.driver_connection
     deadline = time.monotonic() + busy_timeout_ms / 1000
     delay = 0.0002
-    conn.exec_driver_sql("PRAGMA busy_timeout = 0")
+    driver.execute("PRAGMA busy_timeout = 0")
     try:
-        while True:
+        while time.monotonic() < deadline:
             try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                driver.execute("BEGIN IMMEDIATE")
                 return
-            except OperationalError as exc:
-                if not is_retryable(exc) or time.monotonic() >= deadline:
-                    raise
+            except sqlite3.OperationalError as exc:
+                if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                    break  # not a lock: the attempt below raises it, wrapped
             time.sleep(random.uniform(0.5, 1.0) * delay)
             delay = min(delay * 2, 0.002)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
     finally:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        driver.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
 
 
 def is_retryable(exc: DBAPIError) -> bool:

@@ -29,10 +29,21 @@ from dataclasses import replace
 from functools import lru_cache
 
 from flask import current_app
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, union, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    exists,
+    insert,
+    or_,
+    select,
+    true,
+    union,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 
-from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..database import SINGLE_STATEMENT, SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
 from .rules import EMAIL, Customer, Key, Plan, Row, Value, consolidate, plan_identify
@@ -42,6 +53,9 @@ _c = Contact.__table__.c
 
 # Primaries to lock in one write transaction before giving up on a moving target.
 _MAX_LOCK_ROUNDS = 8
+
+# Built once: the hot path binds parameters to it and never rebuilds it.
+_INSERT_CONTACT = insert(Contact.__table__)
 
 
 def row_from_record(record) -> Row:
@@ -154,24 +168,44 @@ def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
     return {(kind, key) for kind, key in conn.execute(statement, _pair_params(wanted))}
 
 
-def _unblocked(conn: Connection, values: Sequence[Value]) -> list[Value]:
-    """The request values that are not blocked; BlockedValues when none is left.
+def _unblocked(values: Sequence[Value], blocked: set[Key]) -> list[Value]:
+    """The values that are not blocked; BlockedValues when none is left.
 
     A blocked value takes no part in matching and is never stored.
     """
-    blocked = blocked_keys(conn, [(v.kind, v.key) for v in values])
     kept = [v for v in values if (v.kind, v.key) not in blocked]
     if not kept:
         raise BlockedValues(values)
     return kept
 
 
+@lru_cache(maxsize=64)
+def _read_statement(kinds: tuple[str, ...]):
+    """One statement for the read pass: which values are blocked, and the rows they reach.
+
+    A one-row table of flags (``b0``, ``b1``, ...: is value *i* blocked) is
+    outer-joined to the group rows, so the answer always holds one row, and
+    the database takes one snapshot for both questions.
+    """
+    c = Identifier.__table__.c
+    flags = select(
+        *(
+            exists()
+            .where(c.kind == kind, c.key == bindparam(f"v{i}"), c.blocked_at.is_not(None))
+            .label(f"b{i}")
+            for i, kind in enumerate(kinds)
+        )
+    ).subquery("flags")
+    group = _group_statement(kinds).subquery("grp")
+    return select(flags, group).select_from(flags.outerjoin(group, true()))
+
+
 def _read_pass(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
     """The unblocked values and the rows of the customers they touch, without locks.
 
     Runs on a connection of its own (no session state; closing it ends the
-    read transaction). A pooled connection the server has dropped is
-    discarded by SQLAlchemy, and the read runs once more on a fresh one.
+    read). A pooled connection the server has dropped is discarded by
+    SQLAlchemy, and the read runs once more on a fresh one.
     """
     try:
         return _read(values)
@@ -182,8 +216,16 @@ def _read_pass(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
 
 
 def _read(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
-    with db.engine.connect() as conn:
-        kept = _unblocked(conn, values)
+    kinds, params = _bound(values)
+    with db.engine.connect().execution_options(**{SINGLE_STATEMENT: True}) as conn:
+        records = conn.execute(_read_statement(kinds), params).all()
+        flags = records[0][: len(values)]
+        if not any(flags):
+            return list(values), [row_from_record(r) for r in records if r.id is not None]
+        # Rare: a blocked value takes no part in matching; read again without it.
+        kept = [value for value, blocked in zip(values, flags, strict=True) if not blocked]
+        if not kept:
+            raise BlockedValues(values)
         return kept, _load_rows(conn, kept)
 
 
@@ -209,15 +251,27 @@ def identify(
 
 @lru_cache(maxsize=64)
 def _claims_statement(count: int):
-    """Lock ``count`` bound claim rows, in key order."""
+    """Lock ``count`` bound claim rows, in key order, and say which are blocked."""
     c = Identifier.__table__.c
-    return select(c.kind, c.key).where(_pairs(count)).order_by(c.kind, c.key).with_for_update()
+    return (
+        select(c.kind, c.key, c.blocked_at)
+        .where(_pairs(count))
+        .order_by(c.kind, c.key)
+        .with_for_update()
+    )
 
 
-def _lock_claims(conn: Connection, values: Sequence[Value]) -> None:
-    """Hold the claim row of every value, creating the ones never seen before."""
+def lock_claims(conn: Connection, values: Sequence[Value]) -> set[Key]:
+    """Hold the claim row of every value, creating the ones never seen before.
+
+    Returns the values' keys that are blocked, as read under the locks (a
+    value is blocked and unblocked under its claim lock too).
+    """
     wanted = sorted({(v.kind, v.key) for v in values})
-    held = set(conn.execute(_claims_statement(len(wanted)), _pair_params(wanted)).all())
+    held = {
+        (k, key): blocked_at
+        for k, key, blocked_at in conn.execute(_claims_statement(len(wanted)), _pair_params(wanted))
+    }
     fresh = [
         {"kind": k, "key": key, "created_at": utcnow()} for k, key in wanted if (k, key) not in held
     ]
@@ -225,6 +279,7 @@ def _lock_claims(conn: Connection, values: Sequence[Value]) -> None:
         # A concurrent insert of the same value raises a duplicate-key error,
         # and the whole transaction runs again (database.is_retryable).
         conn.execute(insert(Identifier.__table__), fresh)
+    return {key for key, blocked_at in held.items() if blocked_at is not None}
 
 
 def _lock_customers(conn: Connection, values: Sequence[Value]) -> list[Row]:
@@ -252,9 +307,8 @@ def _lock_customers(conn: Connection, values: Sequence[Value]) -> list[Row]:
 
 def _identify_locked(values: Sequence[Value], *, source: str, actor: str | None) -> Customer:
     conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
-    _lock_claims(conn, values)
-    # Read again under the claim locks, which blocking a value takes too.
-    values = _unblocked(conn, values)
+    # Blocked values are read again under the claim locks, which blocking takes too.
+    values = _unblocked(values, lock_claims(conn, values))
     rows = _lock_customers(conn, values)
     plan = plan_identify(values, rows)
     primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
@@ -310,17 +364,18 @@ def _apply(
         return survivor, after
     new = plan.new_row
     result = conn.execute(
-        insert(Contact.__table__).values(
-            email=new.email,
-            phoneNumber=new.phone,
-            email_key=new.email_key,
-            phone_key=new.phone_key,
-            linkedId=new.linked_id,
-            linkPrecedence=PRIMARY if new.linked_id is None else SECONDARY,
-            createdAt=now,
-            updatedAt=now,
-            source=source,
-        )
+        _INSERT_CONTACT,
+        {
+            "email": new.email,
+            "phoneNumber": new.phone,
+            "email_key": new.email_key,
+            "phone_key": new.phone_key,
+            "linkedId": new.linked_id,
+            "linkPrecedence": PRIMARY if new.linked_id is None else SECONDARY,
+            "createdAt": now,
+            "updatedAt": now,
+            "source": source,
+        },
     )
     new_id = result.inserted_primary_key[0]
     index_contact(conn, new_id, new.email_key, new.phone_key)

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
 from ..identity.search_index import index_contact
-from ..identity.service import _lock_claims, row_from_record
+from ..identity.service import lock_claims, row_from_record
 from ..models import SECONDARY, Contact, Identifier, utcnow
 from .core import (
     AGENT,
@@ -84,9 +84,8 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
         raise ReconcileError("enter an email address or a phone number")
 
     def work(conn: Connection) -> Outcome:
-        _lock_claims(conn, values)
+        refused = lock_claims(conn, values)
         wanted = {(v.kind, v.key) for v in values}
-        refused = blocked_among(conn, wanted)
         if refused:
             shown = ", ".join(key for _, key in sorted(refused))
             raise ReconcileError(f"{shown} is blocked: a blocked value links nothing")
@@ -210,7 +209,7 @@ def set_blocked(value: Value, blocked: bool, actor: str, reason: str | None = No
         raise ReconcileError("say why the value is blocked")
 
     def work(conn: Connection) -> Outcome:
-        _lock_claims(conn, [value])
+        lock_claims(conn, [value])
         claim = _identifier(conn, value)
         if (claim.blocked_at is not None) == blocked:
             raise ReconcileError(f"{value.key} is {'already' if blocked else 'not'} blocked")
