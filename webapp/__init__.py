@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 
@@ -48,6 +49,19 @@ class RowIdConverter(IntegerConverter):
         super().__init__(map, *args, **kwargs)
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with no signing set-up for requests that send no cookie.
+
+    The checkout's API calls never carry one; the stock interface builds its
+    signer on every request before looking.
+    """
+
+    def open_session(self, app, request):
+        if self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def _database_url(app: Flask) -> str:
     url = app.config.get("SQLALCHEMY_DATABASE_URI")
     if not url:
@@ -66,6 +80,7 @@ def create_app(config: dict | None = None) -> Flask:
         static_folder=str(ROOT / "static"),
     )
     app.url_map.converters["int"] = RowIdConverter
+    app.session_interface = CookieSessions()
     app.config.from_object(PROFILES[os.environ.get("APP_ENV", "production")])
     # Answers keep the documented key order (primaryContactId first).
     app.json.sort_keys = False
