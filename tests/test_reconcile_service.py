@@ -10,9 +10,9 @@ from tests.builders import assert_invariants, contacts
 from tests.openapi_check import assert_matches_openapi
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
-from webapp.identity.service import BlockedValues, identify
+from webapp.identity.service import BlockedValues, blocked_keys, identify
 from webapp.models import AuditEntry, Contact, Identifier, Merge, utcnow
-from webapp.reconcile.core import NotFound, ReconcileError, blocked_among
+from webapp.reconcile.core import NotFound, ReconcileError
 from webapp.reconcile.jobs import AlreadyRunning, claim_job, create_job, run_job
 from webapp.reconcile.models import DONE, ReconcileJob
 from webapp.reconcile.service import (
@@ -378,5 +378,5 @@ def test_blocked_lookup_handles_more_keys_than_one_statement_binds(app):
         ],
     )
     db.session.commit()
-    found = blocked_among(db.session.connection(), keys)
+    found = blocked_keys(db.session.connection(), keys)
     assert found == {("email", "user7@x.io"), ("email", "user407@x.io"), ("email", "user807@x.io")}

@@ -22,7 +22,13 @@ from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Row, Value
 from ..identity.search_index import index_names
-from ..identity.service import BlockedValues, blocked_keys, identify, load_customer_rows
+from ..identity.service import (
+    BlockedValues,
+    blocked_keys,
+    identify,
+    load_customer_rows,
+    lock_customers,
+)
 from ..models import Contact, utcnow
 from .models import NAME_FROM_EVENT, ContactName, Engagement, name_key
 from .payloads import EventInput
@@ -94,22 +100,19 @@ def _existing_events(conn: Connection, events: Sequence[EventInput]) -> dict[tup
 def lock_customer_of(conn: Connection, contact_id: int) -> tuple[int, bool] | None:
     """Lock the primary row of the customer holding ``contact_id``; (primary id, row is live).
 
-    None when no such row exists. The row may be relinked between the read
-    and the lock, so read again until the primary read is the one held.
+    None when no such row exists.
     """
-    held: set[int] = set()
-    for _ in range(8):
+
+    def read(_held: frozenset[int]):
         found = conn.execute(
             select(_c.linkedId, _c.deletedAt).where(_c.id == contact_id)
         ).one_or_none()
         if found is None:
-            return None
+            return None, ()
         primary_id = found.linkedId if found.linkedId is not None else contact_id
-        if primary_id in held:
-            return primary_id, found.deletedAt is None
-        conn.execute(select(_c.id).where(_c.id == primary_id).with_for_update())
-        held.add(primary_id)
-    raise Retry("the customer kept changing while being locked")
+        return (primary_id, found.deletedAt is None), (primary_id,)
+
+    return lock_customers(conn, read)
 
 
 def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | None:

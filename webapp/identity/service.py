@@ -24,9 +24,10 @@ Concurrency design (docs/identity.md has the long form):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import lru_cache
+from typing import TypeVar
 
 from flask import current_app
 from sqlalchemy import (
@@ -51,8 +52,10 @@ from .search_index import index_contact
 
 _c = Contact.__table__.c
 
-# Primaries to lock in one write transaction before giving up on a moving target.
-_MAX_LOCK_ROUNDS = 8
+# Rounds of "lock what the last read relied on" before the transaction starts again.
+_MAX_LOCK_ROUNDS = 16
+
+T = TypeVar("T")
 
 # Built once: the hot path binds parameters to it and never rebuilds it.
 _INSERT_CONTACT = insert(Contact.__table__)
@@ -152,20 +155,30 @@ def _pair_params(pairs: Sequence[Key]) -> dict[str, str]:
     return params
 
 
-@lru_cache(maxsize=64)
-def _blocked_statement(count: int):
-    """Which of ``count`` bound (kind, key) pairs are blocked."""
-    c = Identifier.__table__.c
-    return select(c.kind, c.key).where(_pairs(count), c.blocked_at.is_not(None))
+# Keys bound per statement when looking up many (SQLite binds at most 32766 values).
+_CHUNK = 500
+
+
+def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size``, to bind into one statement each."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
-    """Which of ``keys`` are blocked: one lookup on the claim rows' unique index."""
-    wanted = sorted(set(keys))
-    if not wanted:
-        return set()
-    statement = _blocked_statement(len(wanted))
-    return {(kind, key) for kind, key in conn.execute(statement, _pair_params(wanted))}
+    """Which of ``keys`` (any number) are blocked, by ``kind = ? AND key IN (...)`` lookups."""
+    c = Identifier.__table__.c
+    by_kind: dict[str, list[str]] = {}
+    for kind, key in sorted(set(keys)):
+        by_kind.setdefault(kind, []).append(key)
+    found: set[Key] = set()
+    for kind, wanted in by_kind.items():
+        for part in chunks(wanted):
+            statement = select(c.kind, c.key).where(
+                c.kind == kind, c.key.in_(part), c.blocked_at.is_not(None)
+            )
+            found |= {(k, v) for k, v in conn.execute(statement)}
+    return found
 
 
 def _unblocked(values: Sequence[Value], blocked: set[Key]) -> list[Value]:
@@ -282,34 +295,67 @@ def lock_claims(conn: Connection, values: Sequence[Value]) -> set[Key]:
     return {key for key, blocked_at in held.items() if blocked_at is not None}
 
 
-def _lock_customers(conn: Connection, values: Sequence[Value]) -> list[Row]:
-    """Lock the primary row of every customer the values touch and return their rows.
+def lock_customers(
+    conn: Connection,
+    read: Callable[[frozenset[int]], tuple[T, Collection[int]]],
+    seeds: Iterable[int] = (),
+) -> T:
+    """Lock the primary rows a read relies on, reading again until it relies on no more.
 
-    A customer can be absorbed between the read and the lock, so read again
-    after locking until the primaries read are exactly the ones held.
+    ``read(held)`` returns its result and the primary ids it relied on; it
+    runs after ``seeds`` are locked, then again after each round of locks,
+    until every id it relied on was already held while it ran. A customer can
+    be absorbed, split or deleted between a read and a lock, which is why one
+    read is never enough. Rows are locked in id order within a round.
+
+    Every writer that changes a customer, in every area, holds its primary's
+    lock, so what the final read saw stays true until commit. On SQLite
+    BEGIN IMMEDIATE has already shut out every other writer: no lock is sent,
+    and the rounds only let a read widen to what it relies on.
     """
+    lock = conn.dialect.name != "sqlite"
+    held: set[int] = set()
+    wanted: set[int] = set(seeds)
+    for _ in range(_MAX_LOCK_ROUNDS):
+        missing = sorted(wanted - held)
+        if missing:
+            if lock:
+                conn.execute(
+                    select(_c.id).where(_c.id.in_(missing)).order_by(_c.id).with_for_update()
+                )
+            held.update(missing)
+        result, relied_on = read(frozenset(held))
+        wanted = set(relied_on)
+        if wanted <= held:
+            return result
+    raise Retry("the customers kept changing while being locked")
+
+
+def _locked_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
+    """Every live row of every customer the values touch, those customers locked."""
     if conn.dialect.name == "sqlite":
         # BEGIN IMMEDIATE already shuts out every other writer: what is read stays.
         return _load_rows(conn, values)
-    held: set[int] = set()
-    for _ in range(_MAX_LOCK_ROUNDS):
+
+    def read(held: frozenset[int]) -> tuple[list[Row], set[int]]:
         rows = _load_rows(conn, values)
-        wanted = {row.primary_id for row in rows}
+        primaries = {row.primary_id for row in rows}
         by_id = {row.id: row for row in rows}
-        stable = wanted <= held and all(pid in by_id and by_id[pid].is_primary for pid in wanted)
-        if stable:
-            return rows
-        to_lock = sorted(wanted - held)
-        conn.execute(select(_c.id).where(_c.id.in_(to_lock)).order_by(_c.id).with_for_update())
-        held |= set(to_lock)
-    raise Retry("the customers kept changing while being locked")
+        if primaries <= held and not all(
+            pid in by_id and by_id[pid].is_primary for pid in primaries
+        ):
+            # Locked, yet a primary is missing: the customer changed shape; start again.
+            raise Retry("a locked customer's rows are incomplete")
+        return rows, primaries
+
+    return lock_customers(conn, read)
 
 
 def _identify_locked(values: Sequence[Value], *, source: str, actor: str | None) -> Customer:
     conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
     # Blocked values are read again under the claim locks, which blocking takes too.
     values = _unblocked(values, lock_claims(conn, values))
-    rows = _lock_customers(conn, values)
+    rows = _locked_rows(conn, values)
     plan = plan_identify(values, rows)
     primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
     db.session.commit()

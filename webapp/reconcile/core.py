@@ -11,7 +11,7 @@ from another is always locked and recomputed whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,7 +19,7 @@ from flask import current_app
 from sqlalchemy import Connection, insert, or_, select, update
 
 from ..audit import record
-from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
 from ..identity.rules import (
     EMAIL,
@@ -32,20 +32,13 @@ from ..identity.rules import (
     keys_detail,
     reconcile,
 )
-from ..identity.service import row_from_record
-from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
+from ..identity.service import blocked_keys, chunks, lock_customers, row_from_record
+from ..models import PRIMARY, SECONDARY, Contact, Merge, utcnow
 from .models import Bond
 
 _c = Contact.__table__.c
-_i = Identifier.__table__.c
-
-# Keys bound per statement when looking up many (SQLite binds at most 32766 values).
-_CHUNK = 500
 
 T = TypeVar("T")
-
-# Rounds of "lock what the last read found" before the transaction starts again.
-_MAX_LOCK_ROUNDS = 16
 
 AGENT = "agent"
 RECONCILE = "reconcile"
@@ -116,39 +109,15 @@ def write_transaction(work: Callable[[Connection], T]) -> T:
     return run_write_transaction(attempt, current_app.config["IDENTIFY_MAX_ATTEMPTS"])
 
 
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 def holders(conn: Connection, keys: Iterable[Key]) -> set[int]:
     """The customers (primary ids) whose live rows hold one of ``keys``."""
     emails = sorted({key for kind, key in keys if kind == EMAIL})
     phones = sorted({key for kind, key in keys if kind != EMAIL})
     found: set[int] = set()
     for column, wanted in ((_c.email_key, emails), (_c.phone_key, phones)):
-        for part in _chunks(wanted):
+        for part in chunks(wanted):
             statement = select(_c.id, _c.linkedId).where(column.in_(part), _c.deletedAt.is_(None))
             found |= {linked or row_id for row_id, linked in conn.execute(statement)}
-    return found
-
-
-def blocked_among(conn: Connection, keys: Iterable[Key]) -> set[Key]:
-    """Which of any number of ``keys`` are blocked, in chunks of indexed ``kind = ? AND key IN``.
-
-    Identify's own lookup is shaped for a request's one or two values; a whole
-    customer can hold thousands, more than one statement may bind on SQLite.
-    """
-    by_kind: dict[str, list[str]] = {}
-    for kind, key in sorted(set(keys)):
-        by_kind.setdefault(kind, []).append(key)
-    found: set[Key] = set()
-    for kind, wanted in by_kind.items():
-        for part in _chunks(wanted):
-            statement = select(_i.kind, _i.key).where(
-                _i.kind == kind, _i.key.in_(part), _i.blocked_at.is_not(None)
-            )
-            found |= {(k, v) for k, v in conn.execute(statement)}
     return found
 
 
@@ -157,7 +126,7 @@ def evidence(conn: Connection, row_ids: Sequence[int]) -> list[frozenset[Key]]:
     m = Merge.__table__.c
     b = Bond.__table__.c
     details: list[str] = []
-    for part in _chunks(sorted(row_ids)):
+    for part in chunks(sorted(row_ids)):
         details += conn.execute(
             select(m.detail).where(
                 or_(m.survivor_id.in_(part), m.absorbed_id.in_(part)), m.detail.is_not(None)
@@ -185,25 +154,19 @@ def read_view(conn: Connection, customer_ids: set[int]) -> tuple[View, set[int]]
     deleted = [row_from_record(r) for r in records if r.deletedAt is not None]
     bonds = evidence(conn, [r.id for r in records])
     keys = {key for row in live for key in row.identifiers()} | {k for b in bonds for k in b}
-    blocked = blocked_among(conn, keys)
+    blocked = blocked_keys(conn, keys)
     customers = {row.primary_id for row in live} | holders(conn, keys - blocked)
     return View(live, deleted, blocked, bonds), customers
 
 
 def lock_view(conn: Connection, seeds: Iterable[int]) -> tuple[View, set[int]]:
     """Lock every customer that ``seeds`` may merge with or split into, and read them whole."""
-    held: set[int] = set()
-    wanted = set(seeds)
-    for _ in range(_MAX_LOCK_ROUNDS):
-        to_lock = sorted(wanted - held)
-        if to_lock:
-            conn.execute(select(_c.id).where(_c.id.in_(to_lock)).order_by(_c.id).with_for_update())
-            held |= set(to_lock)
+
+    def read(held: frozenset[int]) -> tuple[tuple[View, set[int]], set[int]]:
         view, customers = read_view(conn, held)
-        if customers <= held:
-            return view, held
-        wanted = held | customers
-    raise Retry("the customers kept changing while being locked")
+        return (view, set(held)), held | customers
+
+    return lock_customers(conn, read, seeds)
 
 
 def write_plan(conn: Connection, plan: Reconciliation, *, cause: str, actor: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
 from ..identity.search_index import index_contact
-from ..identity.service import lock_claims, row_from_record
+from ..identity.service import blocked_keys, lock_claims, row_from_record
 from ..models import SECONDARY, Contact, Identifier, utcnow
 from .core import (
     AGENT,
@@ -24,7 +24,6 @@ from .core import (
     ReconcileError,
     add_bond,
     audit,
-    blocked_among,
     holders,
     home_of,
     lock_view,
@@ -316,7 +315,7 @@ def panel_data(primary_id: int) -> dict:
             values.setdefault((EMAIL, contact.email_key), contact.email)
         if contact.phone_key:
             values.setdefault((PHONE, contact.phone_key), contact.phoneNumber)
-    blocked = blocked_among(db.session.connection(), values)
+    blocked = blocked_keys(db.session.connection(), values)
     data = {
         "values": [
             {"kind": kind, "key": key, "shown": shown, "blocked": (kind, key) in blocked}

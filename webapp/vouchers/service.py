@@ -29,8 +29,8 @@ from .. import audit
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Value
-from ..identity.service import BlockedValues, identify
-from ..models import Contact, Identifier, utcnow
+from ..identity.service import BlockedValues, blocked_keys, identify, lock_customers
+from ..models import Contact, utcnow
 from .models import Offer, Voucher
 from .rules import (
     EXPIRED,
@@ -133,16 +133,9 @@ def _begin_write() -> None:
     db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
 
 
-def _is_blocked(email_key: str) -> bool:
-    blocked_at = db.session.scalar(
-        select(Identifier.blocked_at).where(Identifier.kind == EMAIL, Identifier.key == email_key)
-    )
-    return blocked_at is not None
-
-
 def _email_customers(email_key: str) -> set[int]:
     """The live customers (primary ids) holding an e-mail; none for a blocked one."""
-    if _is_blocked(email_key):
+    if blocked_keys(db.session.connection(), [(EMAIL, email_key)]):
         return set()
     rows = db.session.execute(
         select(Contact.id, Contact.linkedId).where(
@@ -200,19 +193,13 @@ def _customer_rows(owners: Sequence[int]):
 
 
 def _lock_owner(contact_id: int) -> int | None:
-    """Lock the primary row of the customer ``contact_id`` belongs to and return its id.
+    """Lock the primary row of the customer ``contact_id`` belongs to and return its id."""
 
-    A merge can move the row between the read and the lock, so read again
-    after each lock until the owner read is one already held.
-    """
-    held: set[int] = set()
-    for _ in range(_MAX_LOCK_ROUNDS):
+    def read(_held: frozenset[int]):
         owner = _owner(contact_id)
-        if owner is None or owner in held:
-            return owner
-        db.session.execute(select(Contact.id).where(Contact.id == owner).with_for_update())
-        held.add(owner)
-    raise Retry("the customer kept changing while being locked")
+        return owner, () if owner is None else (owner,)
+
+    return lock_customers(db.session.connection(), read)
 
 
 def _first_row_with_email(email_key: str) -> int | None:
