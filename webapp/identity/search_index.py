@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, Integer, String, insert, select
+from sqlalchemy import Connection, Integer, String, bindparam, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -55,13 +55,48 @@ def name_grams(name_key: str | None) -> set[str]:
     return grams("n", name_key)
 
 
+def _add_entries(conn: Connection, contact_id: int, entries: Iterable[str]) -> None:
+    """Insert (gram, contact_id) index rows in one executemany.
+
+    A contact row has some thirty grams and identify adds one on every new
+    value, so the rows go straight to the driver: SQLAlchemy's executemany
+    would process each row's parameters on its own, which cost about a
+    fifth of a new customer's request.
+    """
+    sql, positional = _insert_sql(conn.dialect)
+    if positional:
+        rows: list = [(gram, contact_id) for gram in sorted(entries)]
+    else:
+        rows = [{"g": gram, "c": contact_id} for gram in sorted(entries)]
+    if rows:
+        conn.exec_driver_sql(sql, rows)
+
+
+_INSERT_SQL: dict[tuple[str, str], tuple[str, bool]] = {}
+
+
+def _insert_sql(dialect) -> tuple[str, bool]:
+    """The dialect's INSERT of one (gram, contact_id) row, and whether it binds by position.
+
+    Positional parameters are bound as ("g", "c"), named ones as g and c.
+    """
+    cache_key = (dialect.name, dialect.paramstyle)
+    if cache_key not in _INSERT_SQL:
+        statement = insert(ContactGram.__table__).values(
+            gram=bindparam("g"), contact_id=bindparam("c")
+        )
+        compiled = statement.compile(dialect=dialect)
+        if compiled.positional and list(compiled.positiontup or ()) != ["g", "c"]:
+            raise RuntimeError(f"unexpected parameter order for {dialect.name}")
+        _INSERT_SQL[cache_key] = (str(compiled), compiled.positional)
+    return _INSERT_SQL[cache_key]
+
+
 def index_contact(
     conn: Connection, contact_id: int, email_key: str | None, phone_key: str | None
 ) -> None:
     """Add a new contact row to the search index, in the caller's transaction."""
-    entries = [{"gram": g, "contact_id": contact_id} for g in contact_grams(email_key, phone_key)]
-    if entries:
-        conn.execute(insert(ContactGram.__table__), entries)
+    _add_entries(conn, contact_id, contact_grams(email_key, phone_key))
 
 
 def index_names(conn: Connection, contact_id: int, name_keys: Iterable[str]) -> None:
@@ -81,6 +116,4 @@ def index_names(conn: Connection, contact_id: int, name_keys: Iterable[str]) -> 
             )
         )
     )
-    entries = [{"gram": g, "contact_id": contact_id} for g in sorted(wanted - held)]
-    if entries:
-        conn.execute(insert(table), entries)
+    _add_entries(conn, contact_id, wanted - held)
