@@ -352,13 +352,14 @@ def _locked_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
 
 
 def _identify_locked(values: Sequence[Value], *, source: str, actor: str | None) -> Customer:
-    conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
-    # Blocked values are read again under the claim locks, which blocking takes too.
-    values = _unblocked(values, lock_claims(conn, values))
-    rows = _locked_rows(conn, values)
-    plan = plan_identify(values, rows)
-    primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
-    db.session.commit()
+    # A connection of its own, as the read pass: the ORM session has nothing to add here.
+    options = {SQLITE_IMMEDIATE: True}
+    with db.engine.connect().execution_options(**options) as conn, conn.begin():
+        # Blocked values are read again under the claim locks, which blocking takes too.
+        values = _unblocked(values, lock_claims(conn, values))
+        rows = _locked_rows(conn, values)
+        plan = plan_identify(values, rows)
+        primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
     return consolidate(primary_id, rows)
 
 
