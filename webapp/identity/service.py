@@ -254,7 +254,9 @@ def identify(
     plan = plan_identify(values, rows)
     if not plan.writes:
         return consolidate(plan.survivor_id, rows)
-    # The write transaction must begin afresh (on SQLite: IMMEDIATE).
+    # The write runs on a connection of its own; a transaction the caller left
+    # open in the session could hold the very locks it needs (on SQLite, the
+    # database's write lock), so it ends here.
     db.session.rollback()
     return run_write_transaction(
         lambda: _identify_locked(values, source=source, actor=actor),
