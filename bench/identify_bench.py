@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import customers  # noqa: E402
-from bench.load import LoadResult, gunicorn, run_wrk  # noqa: E402
+from bench.load import LoadResult, Server, gunicorn, run_wrk  # noqa: E402
 from bench.mix import MixWriter  # noqa: E402
 from bench.reporting import (  # noqa: E402
     environment,
@@ -63,35 +63,39 @@ def _bodies(writer: MixWriter, path: Path, seconds: int) -> Path:
 
 
 def _measure(
-    base: str, warmup_file: Path, bodies_file: Path, run_dir: Path, label: str, opts: dict
+    server: Server, warmup_file: Path, bodies_file: Path, run_dir: Path, label: str, opts: dict
 ) -> LoadResult:
     # The machine may be shared: record how busy it was around the run.
     load_before = os.getloadavg()[0]
     if opts["warmup"]:
         run_wrk(
-            base,
+            server.url,
             warmup_file,
             run_dir,
             label=f"{label}-warmup",
             duration=opts["warmup"],
             connections=opts["connections"],
         )
+    cpu_before = server.worker_cpu_seconds()
     result = run_wrk(
-        base,
+        server.url,
         bodies_file,
         run_dir,
         label=label,
         duration=opts["duration"],
         connections=opts["connections"],
     )
+    cpu = server.worker_cpu_seconds() - cpu_before
+    result.worker_cpu_ms = round(cpu * 1000 / result.requests, 3) if result.requests else None
     result.load_average = (round(load_before, 2), round(os.getloadavg()[0], 2))
     log.info(
-        "%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d",
+        "%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d, worker CPU %s ms per request",
         label,
         result.rps,
         result.p50_ms,
         result.p99_ms,
         result.non_2xx,
+        result.worker_cpu_ms,
     )
     return result
 
@@ -107,8 +111,8 @@ def _bare_run(dialect: str, contacts: int, run_dir: Path, opts: dict) -> LoadRes
         opts["workers"],
         run_dir / f"bare-{dialect}.gunicorn.log",
         pythonpath=Path(__file__).parent,
-    ) as base:
-        return _measure(base, warmup, bodies, run_dir, f"bare-{dialect}", opts)
+    ) as server:
+        return _measure(server, warmup, bodies, run_dir, f"bare-{dialect}", opts)
 
 
 def _identify_run(dialect: str, contacts: int, run_dir: Path, opts: dict) -> dict:
@@ -124,8 +128,8 @@ def _identify_run(dialect: str, contacts: int, run_dir: Path, opts: dict) -> dic
         warmup = _bodies(writer, run_dir / f"{label}-warmup.txt", opts["warmup"])
         bodies = _bodies(writer, run_dir / f"{label}.txt", opts["duration"])
         log_path = run_dir / f"{label}.gunicorn.log"
-        with gunicorn("wsgi:app", app_environment(url), opts["workers"], log_path) as base:
-            result = _measure(base, warmup, bodies, run_dir, label, opts)
+        with gunicorn("wsgi:app", app_environment(url), opts["workers"], log_path) as server:
+            result = _measure(server, warmup, bodies, run_dir, label, opts)
         contacts_after = table_count(url, Contact.__table__)
     server_errors = sum(
         1 for line in log_path.read_text().splitlines() if "Traceback" in line or " ERROR " in line
@@ -204,21 +208,22 @@ def _markdown(data: dict) -> str:
         f"connections, {opts['duration']} s per run after a {opts['warmup']} s warm-up, "
         f"mix seed {opts['seed']}.",
         "",
-        "| database | contacts seeded | endpoint | req/s | p50 ms | p99 ms | ratio | non-2xx "
-        "| load avg before, after |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| database | contacts seeded | endpoint | req/s | p50 ms | p99 ms | ratio "
+        "| worker CPU ms/request | non-2xx | load avg before, after |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for dialect, section in data["results"].items():
         bare = section["bare"]
         lines.append(
             f"| {dialect} | - | bare Flask | {bare['rps']:,.0f} | {bare['p50_ms']:.2f} | "
-            f"{bare['p99_ms']:.2f} | 1 | {bare['non_2xx']} | {_load(bare)} |"
+            f"{bare['p99_ms']:.2f} | 1 | {bare['worker_cpu_ms']} | {bare['non_2xx']} "
+            f"| {_load(bare)} |"
         )
         for run in section["identify"]:
             lines.append(
                 f"| {dialect} | {run['contacts_seeded']:,} | identify | {run['rps']:,.0f} | "
-                f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['ratio']} | {run['non_2xx']} "
-                f"| {_load(run)} |"
+                f"{run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['ratio']} "
+                f"| {run['worker_cpu_ms']} | {run['non_2xx']} | {_load(run)} |"
             )
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for verdict in data["verdicts"]:

@@ -38,6 +38,8 @@ class LoadResult:
     wrapped: int
     # 1-minute load average before the warm-up and after the run, when recorded.
     load_average: tuple[float, float] | None = None
+    # CPU time (user + system) the gunicorn workers spent per request, when recorded.
+    worker_cpu_ms: float | None = None
 
     @property
     def rps(self) -> float:
@@ -66,6 +68,7 @@ class LoadResult:
             "sent": self.sent,
             "wrapped": self.wrapped,
             "load_average": self.load_average,
+            "worker_cpu_ms": self.worker_cpu_ms,
         }
 
 
@@ -91,11 +94,32 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> N
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
+@dataclass
+class Server:
+    """A gunicorn serving on loopback: its base URL and its master process."""
+
+    url: str
+    pid: int
+
+    def worker_cpu_seconds(self) -> float:
+        """User plus system CPU time used so far by the master's worker processes (Linux)."""
+        total = 0
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        for child in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            # utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def gunicorn(
     app: str, env: dict[str, str], workers: int, log_path: Path, pythonpath: Path | None = None
-) -> Iterator[str]:
-    """Serve ``app`` ('module:variable') with ``workers`` sync workers; yields the base URL."""
+) -> Iterator[Server]:
+    """Serve ``app`` ('module:variable') with ``workers`` sync workers."""
     port = free_port()
     command = [
         sys.executable,
@@ -117,7 +141,7 @@ def gunicorn(
         base = f"http://{HOST}:{port}"
         try:
             _wait_ready(f"{base}/healthz", process)
-            yield base
+            yield Server(base, process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
