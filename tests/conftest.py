@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MYSQL_SERVER_URL = os.environ.get("TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
 MARIADB_REQUIRED = os.environ.get("CI") == "true" or os.environ.get("REQUIRE_MARIADB") == "1"
 DIALECTS = ["sqlite", "mariadb"]
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
 def _mariadb_database_url(name: str) -> str:
@@ -140,6 +141,20 @@ def signed_in_client(client, agent):
 
     sign_in(client)
     return client
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The real Redis the rate limits are shared through; skipped (or failed in CI) if absent."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        if MARIADB_REQUIRED or os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail(f"Redis is required but unreachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+    return REDIS_URL
 
 
 def _free_port() -> int:

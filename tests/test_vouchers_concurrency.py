@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import threading
 import uuid
 from collections import Counter
@@ -18,13 +17,12 @@ import pytest
 from sqlalchemy import select
 
 from tests.builders import identify
-from tests.conftest import MARIADB_REQUIRED, LiveServer
+from tests.conftest import LiveServer
 from tests.test_vouchers_api import BIFF, LORRAINE, MCFLY, issued_code, vouchers
 from webapp.extensions import db
 from webapp.vouchers.models import Voucher
 
 PARALLEL = 24
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # Limits far above what these tests send: they test redemption, not limiting.
 GENEROUS = {
     "VOUCHER_VALIDATE_LIMIT_PER_CLIENT": "10000 per minute",
@@ -148,20 +146,6 @@ def test_a_merge_racing_redemptions_lets_one_customer_redeem_once(client, vouche
     third = issued_code(client, email=BIFF, offer="Welcome")
     status, body = post(url, "/vouchers/validate", {"code": third, "email": LORRAINE})
     assert (status, body["error"]["code"]) == (409, "offer_already_redeemed")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The real Redis the rate limits are shared through; skipped (or failed in CI) if absent."""
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-    except redis.RedisError as exc:
-        if MARIADB_REQUIRED or os.environ.get("REQUIRE_REDIS") == "1":
-            pytest.fail(f"Redis is required but unreachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
-    return REDIS_URL
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
