@@ -35,6 +35,10 @@ class Config:
     VOUCHER_VALIDATE_LIMIT_PER_CODE = os.environ.get(
         "VOUCHER_VALIDATE_LIMIT_PER_CODE", "10 per minute"
     )
+    # POST /sign-in: refused attempts per account (the e-mail typed) and per client address.
+    # An agent who mistypes a few times never gets near them; guessing does, fast.
+    SIGN_IN_LIMIT_PER_ACCOUNT = os.environ.get("SIGN_IN_LIMIT_PER_ACCOUNT", "10 per 15 minutes")
+    SIGN_IN_LIMIT_PER_ADDRESS = os.environ.get("SIGN_IN_LIMIT_PER_ADDRESS", "30 per 15 minutes")
     # Customers per transaction in a whole-database reconciliation run.
     RECONCILE_BATCH_SIZE = int(os.environ.get("RECONCILE_BATCH_SIZE", "100"))
     # Dashboard sessions: seconds until an agent must sign in again (12 h by default).

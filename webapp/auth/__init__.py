@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from urllib.parse import urlsplit
 
 from flask import (
@@ -15,13 +17,17 @@ from flask import (
     session,
     url_for,
 )
+from flask_limiter import RateLimitExceeded
 from flask_login import UserMixin, current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from ..extensions import login_manager
+from ..extensions import limiter, login_manager
+from .limits import account_key, account_limit, address_limit, refused, retry_after_seconds
 from .service import authenticate, load_agent
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
@@ -72,6 +78,8 @@ def _unauthorized():
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
+@limiter.limit(address_limit, methods=["POST"], deduct_when=refused)
+@limiter.limit(account_limit, key_func=account_key, methods=["POST"], deduct_when=refused)
 def sign_in():
     """The sign-in page; a wrong e-mail or password is said in place (422)."""
     destination = safe_next(request.args.get("next")) or url_for("dashboard.home")
@@ -93,6 +101,21 @@ def sign_in():
     if form.is_submitted():
         status = 422
     return render_template("auth/sign_in.html", form=form), status
+
+
+@bp.errorhandler(RateLimitExceeded)
+def _too_many_attempts(exc: RateLimitExceeded):
+    """The sign-in page again, 429, saying when to try again; the password was not checked."""
+    wait = retry_after_seconds()
+    minutes = math.ceil(wait / 60)
+    log.warning("sign-in refused from %s: too many attempts (%s)", request.remote_addr, exc)
+    form = SignInForm()
+    form.form_errors.append(
+        f"Too many sign-in attempts; try again in {minutes} minute{'' if minutes == 1 else 's'}."
+    )
+    response = make_response(render_template("auth/sign_in.html", form=form), 429)
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 @bp.post("/sign-out")

@@ -47,9 +47,14 @@ def normalise_email(raw: str) -> str:
         raise AgentError(str(exc)) from None
 
 
+def lookup_key(email: str) -> str:
+    """The e-mail as agents are looked up by: trimmed, lower-case (any text, never raises)."""
+    return email.strip().lower()
+
+
 def find_agent(email: str) -> User | None:
     """The agent with this e-mail, or None."""
-    return db.session.scalar(select(User).where(User.email == email.strip().lower()))
+    return db.session.scalar(select(User).where(User.email == lookup_key(email)))
 
 
 def create_agent(email: str, password: str) -> User:
@@ -75,7 +80,7 @@ def disable_agent(email: str) -> User:
     """Stop an agent from signing in; their open sessions end on the next request."""
     user = find_agent(email)
     if user is None:
-        raise AgentError(f"no agent with e-mail {email.strip().lower()}")
+        raise AgentError(f"no agent with e-mail {lookup_key(email)}")
     user.is_active = False
     db.session.commit()
     log.info("agent %s disabled", user.email)

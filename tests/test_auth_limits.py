@@ -1,0 +1,187 @@
+"""Rate limits on POST /sign-in: refused attempts per account and per address, 429 in place."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from http.cookiejar import CookieJar
+from urllib.error import HTTPError
+from urllib.parse import urlencode
+from urllib.request import HTTPCookieProcessor, build_opener
+
+import pytest
+from sqlalchemy import select
+
+from tests.builders import AGENT_EMAIL, AGENT_PASSWORD, csrf_token_from, make_agent
+from tests.conftest import LiveServer
+from webapp.extensions import db
+from webapp.models import User
+
+WRONG = "not the password"
+OTHER_EMAIL = "other.agent@example.com"
+ELSEWHERE = {"REMOTE_ADDR": "192.0.2.7"}
+LIMITED = re.compile(r"Too many sign-in attempts; try again in (\d+) minutes?\.")
+
+
+@pytest.fixture
+def app_config(app_config):
+    # Each app gets fresh in-memory counters, so these runs are deterministic.
+    return {
+        **app_config,
+        "SIGN_IN_LIMIT_PER_ACCOUNT": "3 per hour",
+        "SIGN_IN_LIMIT_PER_ADDRESS": "5 per hour",
+    }
+
+
+def attempt(client, email=AGENT_EMAIL, password=WRONG, environ=None, headers=None):
+    """One sign-in through the real form from ``environ``'s address (default 127.0.0.1)."""
+    page = client.get("/sign-in", environ_base=environ or {})
+    assert page.status_code == 200
+    return client.post(
+        "/sign-in",
+        data={"email": email, "password": password, "csrf_token": csrf_token_from(page.text)},
+        environ_base=environ or {},
+        headers=headers,
+    )
+
+
+def assert_limited(response) -> None:
+    """429 with the sign-in form, the wait said in minutes, and a Retry-After that agrees."""
+    assert response.status_code == 429
+    assert response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert 'id="sign-in-form"' in html
+    found = LIMITED.search(html)
+    assert found, html
+    retry_after = int(response.headers["Retry-After"])
+    assert 0 < retry_after <= 3600
+    assert int(found.group(1)) == -(-retry_after // 60)
+
+
+def test_bad_attempts_then_429_with_the_wait(app, client, agent):
+    assert [attempt(client).status_code for _ in range(3)] == [422] * 3
+    assert_limited(attempt(client))
+
+
+def test_the_right_password_is_refused_while_limited(app, client, agent):
+    for _ in range(3):
+        attempt(client)
+    response = attempt(client, password=AGENT_PASSWORD)
+    assert_limited(response)
+    assert "Wrong e-mail or password" not in response.get_data(as_text=True)
+    assert client.get("/").status_code == 302
+    db.session.rollback()
+    assert db.session.scalar(select(User.last_login_at).where(User.email == AGENT_EMAIL)) is None
+
+
+def test_every_spelling_of_an_account_shares_one_count(app, client, agent):
+    for email in [AGENT_EMAIL, " Agent@Example.COM", "AGENT@EXAMPLE.COM "]:
+        assert attempt(client, email=email).status_code == 422
+    assert_limited(attempt(client, email="agent@example.com"))
+
+
+def test_the_account_limit_follows_the_account_to_other_addresses(app, client, agent):
+    for _ in range(3):
+        attempt(client)
+    assert_limited(attempt(client, password=AGENT_PASSWORD, environ=ELSEWHERE))
+    # Another account from that address is not touched by it.
+    assert attempt(client, email=OTHER_EMAIL, environ=ELSEWHERE).status_code == 422
+
+
+def test_another_account_from_the_same_address_meets_only_the_address_limit(app, client, agent):
+    make_agent(OTHER_EMAIL)
+    for _ in range(3):
+        attempt(client)
+    assert_limited(attempt(client))
+    # Two refused attempts left for this address (5 in all), whichever account.
+    assert [attempt(client, email=OTHER_EMAIL).status_code for _ in range(2)] == [422, 422]
+    assert_limited(attempt(client, email=OTHER_EMAIL, password=AGENT_PASSWORD))
+    # The same account from another address is fine.
+    assert attempt(client, email=OTHER_EMAIL, environ=ELSEWHERE).status_code == 422
+
+
+def test_unknown_accounts_are_counted_like_known_ones(app, client, agent):
+    assert [attempt(client, email="nobody@example.com").status_code for _ in range(3)] == [422] * 3
+    assert_limited(attempt(client, email="nobody@example.com"))
+
+
+def test_successful_sign_ins_do_not_count(app, client, agent):
+    # More sign-ins than either limit allows attempts, each followed by a sign-out.
+    for _ in range(6):
+        assert attempt(client, password=AGENT_PASSWORD).status_code == 302
+        token = csrf_token_from(client.get("/").get_data(as_text=True))
+        assert client.post("/sign-out", data={"csrf_token": token}).status_code == 302
+    assert [attempt(client).status_code for _ in range(3)] == [422] * 3
+    assert_limited(attempt(client))
+
+
+def test_showing_the_form_is_never_limited(app, client, agent):
+    for _ in range(5):
+        attempt(client)
+    assert_limited(attempt(client))
+    for _ in range(10):
+        response = client.get("/sign-in")
+        assert response.status_code == 200
+        assert "Too many" not in response.get_data(as_text=True)
+
+
+def test_a_limited_htmx_submission_gets_the_same_page(app, client, agent):
+    for _ in range(3):
+        attempt(client)
+    assert_limited(attempt(client, headers={"HX-Request": "true"}))
+
+
+def test_a_request_refused_for_csrf_does_not_count(app, client, agent):
+    for _ in range(5):
+        response = client.post("/sign-in", data={"email": AGENT_EMAIL, "password": WRONG})
+        assert response.status_code == 400
+    assert [attempt(client).status_code for _ in range(3)] == [422] * 3
+
+
+class TestWithRedisDown:
+    @pytest.fixture
+    def app_config(self, app_config):
+        # Nothing listens on port 1: the shared storage is unreachable.
+        return {**app_config, "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:1"}
+
+    def test_limits_still_hold_per_process_and_nothing_fails(self, app, client, agent):
+        assert [attempt(client).status_code for _ in range(3)] == [422] * 3
+        assert_limited(attempt(client, password=AGENT_PASSWORD))
+
+
+def _live_attempt(base_url: str, opener, token: str, password: str) -> tuple[int, str, dict]:
+    """POST the sign-in form over a real connection: status, page, headers."""
+    body = urlencode({"email": AGENT_EMAIL, "password": password, "csrf_token": token})
+    try:
+        with opener.open(base_url + "/sign-in", body.encode(), timeout=30) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except HTTPError as error:
+        return error.code, error.read().decode(), dict(error.headers)
+
+
+def test_two_servers_share_the_account_limit_through_redis(agent, database_url, redis_url):
+    env = {
+        "RATELIMIT_STORAGE_URI": redis_url,
+        # A fresh namespace, so that earlier runs' counters never count here.
+        "RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+        # Both boxes must read each other's session cookie and CSRF token.
+        "SECRET_KEY": uuid.uuid4().hex,
+        "SIGN_IN_LIMIT_PER_ACCOUNT": "4 per hour",
+        "SIGN_IN_LIMIT_PER_ADDRESS": "1000 per hour",
+    }
+    boxes = [LiveServer(database_url, workers=1, env=env) for _ in range(2)]
+    try:
+        opener = build_opener(HTTPCookieProcessor(CookieJar()))
+        with opener.open(boxes[0].url + "/sign-in", timeout=30) as page:
+            token = csrf_token_from(page.read().decode())
+        answers = [_live_attempt(boxes[i % 2].url, opener, token, WRONG) for i in range(6)]
+        right = _live_attempt(boxes[0].url, opener, token, AGENT_PASSWORD)
+    finally:
+        for box in boxes:
+            box.stop()
+    # Four refused attempts in all, whichever box took them; then 429, even for the password.
+    assert [status for status, _, _ in answers] == [422] * 4 + [429] * 2
+    for status, html, headers in [*answers[4:], right]:
+        assert status == 429
+        assert LIMITED.search(html)
+        assert 0 < int(headers["Retry-After"]) <= 3600
