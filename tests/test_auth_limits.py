@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from tests.builders import AGENT_EMAIL, AGENT_PASSWORD, csrf_token_from, make_agent
 from tests.conftest import LiveServer
+from webapp import create_app
 from webapp.extensions import db
 from webapp.models import User
 
@@ -185,3 +186,39 @@ def test_two_servers_share_the_account_limit_through_redis(agent, database_url, 
         assert status == 429
         assert LIMITED.search(html)
         assert 0 < int(headers["Retry-After"]) <= 3600
+
+
+def _from(address: str) -> dict:
+    return {"X-Forwarded-For": address}
+
+
+def _refusals_from(client, address: str, count: int) -> list[int]:
+    # A different unknown account each time, so only the address limit can apply.
+    return [
+        attempt(client, email=f"nobody{n}@example.com", headers=_from(address)).status_code
+        for n in range(count)
+    ]
+
+
+@pytest.fixture
+def proxied_client(app_config, app):
+    """A client of the app as deployed behind one load balancer (TRUSTED_PROXIES=1)."""
+    return create_app({**app_config, "TRUSTED_PROXIES": 1}).test_client()
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(proxied_client):
+    assert _refusals_from(proxied_client, "198.51.100.1", 5) == [422] * 5
+    limited = attempt(proxied_client, email="late@example.com", headers=_from("198.51.100.1"))
+    assert_limited(limited)
+    # Everybody else behind the same balancer keeps signing in.
+    other = attempt(proxied_client, email="late@example.com", headers=_from("198.51.100.2"))
+    assert other.status_code == 422
+
+
+def test_without_a_trusted_proxy_a_forged_forwarded_address_changes_nothing(app, client):
+    statuses = [
+        attempt(client, email=f"nobody{n}@example.com", headers=_from(f"203.0.113.{n}")).status_code
+        for n in range(5)
+    ]
+    assert statuses == [422] * 5
+    assert_limited(attempt(client, email="late@example.com", headers=_from("203.0.113.99")))

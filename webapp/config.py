@@ -20,6 +20,10 @@ class Config:
     # How often a transaction that lost a lock race is tried again before 503.
     IDENTIFY_MAX_ATTEMPTS = int(os.environ.get("IDENTIFY_MAX_ATTEMPTS", "12"))
     SQLITE_BUSY_TIMEOUT_MS = int(os.environ.get("SQLITE_BUSY_TIMEOUT_MS", "10000"))
+    # Reverse proxies (load balancers) in front of the app that set X-Forwarded-For
+    # and X-Forwarded-Proto. 0: clients connect directly, and the headers are ignored
+    # (trusting them without a proxy would let any client pick its own address).
+    TRUSTED_PROXIES = int(os.environ.get("TRUSTED_PROXIES", "0"))
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
     RATELIMIT_HEADERS_ENABLED = True
     # Explicit, because Flask-Limiter would otherwise inherit the previous app's setting.
