@@ -33,6 +33,30 @@ def identify(client, email=None, phone=None, **extra):
     return response.status_code, response.get_json()
 
 
+def many_rows_customer(count: int) -> list[int]:
+    """A customer of ``count`` rows sharing one phone; its ids oldest first by (createdAt, id).
+
+    Rows come two to a timestamp, so the id has to break ties.
+    """
+    ids = []
+    for n in range(count):
+        contact = Contact(
+            email=f"junk{n}@x.io",
+            email_key=f"junk{n}@x.io",
+            phoneNumber="5550000",
+            phone_key="5550000",
+            linkedId=ids[0] if ids else None,
+            linkPrecedence=SECONDARY if ids else PRIMARY,
+            createdAt=T0 + timedelta(minutes=n // 2),
+            source="checkout",
+        )
+        db.session.add(contact)
+        db.session.flush()
+        ids.append(contact.id)
+    db.session.commit()
+    return ids
+
+
 def contacts() -> list[Contact]:
     """Every contact row, deleted or not, in id order, read afresh (a new transaction)."""
     db.session.rollback()

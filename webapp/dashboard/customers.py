@@ -1,4 +1,9 @@
-"""The customer page's data: header, contacts, timeline and why each contact is linked."""
+"""The customer page's data: header, contacts, timeline and why each contact is linked.
+
+The page reads a customer once (``load_customer``) and every part of it,
+sections included, works from that CustomerView. The timeline is shown a page
+of contact rows at a time (``timeline_page``), by keyset on (createdAt, id).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,12 @@ from ..identity.rules import EMAIL, PHONE, consolidate
 from ..identity.service import row_from_record
 from ..models import AuditEntry, Contact, Merge
 from .chains import Link, link_chains
+from .cursors import decode_cursor, encode_cursor
 
 # A deleted row's link is not moved by later merges; follow it this far at most.
 _MAX_HOPS = 16
+# Contact rows per timeline page; other events come with the rows of their time span.
+TIMELINE_PAGE_SIZE = 50
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class TimelineEvent:
     title: str
     actor: str | None = None
     details: list[tuple[str, str]] = field(default_factory=list)
+    # Set on "contact" events: the row the timeline pages by, with ``at``.
+    contact_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class CustomerView:
     first_seen: datetime
     last_seen: datetime
     contacts: list[ContactView]
+    # The whole history, oldest first; contact rows in (createdAt, id) order.
     timeline: list[TimelineEvent]
 
 
@@ -87,6 +98,7 @@ def _contact_events(contacts: list[Contact]) -> list[TimelineEvent]:
                 kind="contact",
                 title=f"Contact #{contact.id} from {contact.source}",
                 details=added or [("nothing new", "same values, another combination"), *seen],
+                contact_id=contact.id,
             )
         )
         if contact.deletedAt is not None:
@@ -140,7 +152,7 @@ def _audit_event(entry: AuditEntry) -> TimelineEvent:
     )
 
 
-def load_customer(primary_id: int, newest_first: bool = True) -> CustomerView | None:
+def load_customer(primary_id: int) -> CustomerView | None:
     """The customer page of a live primary, or None when ``primary_id`` is not one."""
     contacts = list(
         db.session.scalars(
@@ -161,7 +173,8 @@ def load_customer(primary_id: int, newest_first: bool = True) -> CustomerView | 
     timeline = _contact_events(contacts)
     timeline += [_merge_event(m) for m in merges]
     timeline += [_audit_event(a) for a in audits]
-    timeline.sort(key=lambda event: event.at, reverse=newest_first)
+    # Stable: contact rows stay in (createdAt, id) order, the order the timeline pages by.
+    timeline.sort(key=lambda event: event.at)
     views = [
         ContactView(
             id=c.id,
@@ -186,6 +199,62 @@ def load_customer(primary_id: int, newest_first: bool = True) -> CustomerView | 
     )
     db.session.rollback()
     return view
+
+
+@dataclass(frozen=True)
+class TimelinePage:
+    """One page of a customer's timeline in the order asked, and the cursor of the next page."""
+
+    events: list[TimelineEvent]
+    newest_first: bool
+    next_cursor: str | None
+
+
+def _row_key(event: TimelineEvent) -> tuple[datetime, int]:
+    return (event.at, event.contact_id or 0)
+
+
+def timeline_page(
+    customer: CustomerView,
+    *,
+    newest_first: bool = True,
+    after: str | None = None,
+    page_size: int = TIMELINE_PAGE_SIZE,
+) -> TimelinePage:
+    """The ``page_size`` contact rows after the cursor ``after``, with the other events between.
+
+    Keyset on (createdAt, id), not an offset, so rows arriving while an agent
+    reads do not shift the pages. Deletions, merges and audit entries belong to
+    the page whose time span holds them; raises InvalidCursor.
+    """
+    cursor = decode_cursor(after) if after else None
+    ordered = customer.timeline[::-1] if newest_first else customer.timeline
+
+    def comes_after(key: tuple[datetime, int]) -> bool:
+        return cursor is None or (key < cursor if newest_first else key > cursor)
+
+    rows = [e for e in ordered if e.contact_id is not None and comes_after(_row_key(e))]
+    has_more = len(rows) > page_size
+    rows = rows[:page_size]
+    last = rows[-1].at if has_more else None
+    shown = {event.contact_id for event in rows}
+    events = []
+    for event in ordered:
+        if event.contact_id is None:
+            # Same bounds as the rows: strictly past the cursor, up to the last row's time.
+            past_cursor = cursor is None or (
+                event.at < cursor[0] if newest_first else event.at > cursor[0]
+            )
+            before_end = last is None or (event.at >= last if newest_first else event.at <= last)
+            if past_cursor and before_end:
+                events.append(event)
+        elif event.contact_id in shown:
+            events.append(event)
+    return TimelinePage(
+        events=events,
+        newest_first=newest_first,
+        next_cursor=encode_cursor(*_row_key(rows[-1])) if has_more else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ views or base template. Register at import time of your blueprint package::
     register_action("merge", "reconcile/_merge_button.html", order=10)
     register_nav("Offers", "vouchers.offers", order=30)
 
+* A loader registered with ``with_customer=True`` gets the page's CustomerView
+  (contacts and history, already read) instead of the primary id, so it does
+  not read the customer again.
 * A section template is included inside the customer page with ``customer``
   (the CustomerView of webapp.dashboard.customers) and ``section`` (the dict
   its loader returned) in its context. Its root element should be a
@@ -29,9 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-SectionLoader = Callable[[int], dict[str, Any]]
+if TYPE_CHECKING:
+    from .customers import CustomerView
+
+# Called with the primary id, or with the page's CustomerView (``with_customer``).
+SectionLoader = Callable[[Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class Section:
     template: str
     loader: SectionLoader
     order: int
+    with_customer: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,9 +75,16 @@ _actions: dict[str, Action] = {}
 _nav: dict[str, NavLink] = {}
 
 
-def register_section(name: str, template: str, loader: SectionLoader, order: int = 100) -> None:
-    """Add a section to every customer page."""
-    _sections[name] = Section(name, template, loader, order)
+def register_section(
+    name: str,
+    template: str,
+    loader: SectionLoader,
+    order: int = 100,
+    *,
+    with_customer: bool = False,
+) -> None:
+    """Add a section to every customer page; ``with_customer`` gives its loader the CustomerView."""
+    _sections[name] = Section(name, template, loader, order, with_customer)
 
 
 def register_action(name: str, template: str, order: int = 100) -> None:
@@ -97,6 +112,9 @@ def nav_links() -> list[NavLink]:
     return sorted(_nav.values(), key=lambda n: (n.order, n.label))
 
 
-def load_sections(primary_id: int) -> list[tuple[Section, dict[str, Any]]]:
+def load_sections(customer: CustomerView) -> list[tuple[Section, dict[str, Any]]]:
     """Every section with the data its loader returned for this customer."""
-    return [(section, section.loader(primary_id)) for section in sections()]
+    return [
+        (section, section.loader(customer if section.with_customer else customer.primary_id))
+        for section in sections()
+    ]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from flask import redirect, request, url_for
+from flask import redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import SearchField, SelectField
 from wtforms.validators import Length, Optional
 
 from . import bp
-from .customers import audit_log, load_customer, locate_customer
-from .rendering import not_found, page_or_fragment
+from .cursors import InvalidCursor
+from .customers import audit_log, load_customer, locate_customer, timeline_page
+from .rendering import not_found, page_or_fragment, wants_fragment
 from .search import search_customers
 from .sections import actions, load_sections
 
@@ -55,26 +56,38 @@ def home():
 
 @bp.get("/customers/<int:contact_id>")
 def customer(contact_id: int):
-    """A customer's page; any contact id of the customer redirects to its primary's page."""
+    """A customer's page; any contact id of the customer redirects to its primary's page.
+
+    ``after`` continues the timeline from a cursor: htmx's "Show more" swaps in
+    only the next rows, a plain request gets the page with the timeline from there.
+    """
     primary_id = locate_customer(contact_id)
     if primary_id is None:
         return not_found("Customer", contact_id)
     newest_first = request.args.get("order") != "oldest"
+    after = request.args.get("after")
     if primary_id != contact_id:
         # 302, not 301: a split can later give this contact another primary.
-        target = url_for(
-            ".customer", contact_id=primary_id, **({} if newest_first else {"order": "oldest"})
-        )
-        return redirect(target, 302)
-    view = load_customer(primary_id, newest_first=newest_first)
+        kept = {} if newest_first else {"order": "oldest"}
+        if after:
+            kept["after"] = after
+        return redirect(url_for(".customer", contact_id=primary_id, **kept), 302)
+    view = load_customer(primary_id)
     if view is None:
         return not_found("Customer", contact_id)
+    try:
+        timeline = timeline_page(view, newest_first=newest_first, after=after)
+    except InvalidCursor:
+        message = "This “show more” link is damaged; open the customer again."
+        return render_template("dashboard/error.html", title="Bad link", message=message), 400
     return page_or_fragment(
         "dashboard/customer.html",
-        "dashboard/_timeline.html",
+        "dashboard/_timeline_rows.html" if after else "dashboard/_timeline.html",
         customer=view,
-        newest_first=newest_first,
-        sections=load_sections(primary_id),
+        timeline=timeline,
+        after=after,
+        # A fragment shows the timeline only: the sections are not loaded for it.
+        sections=[] if wants_fragment() else load_sections(view),
         actions=actions(),
     )
 

@@ -25,6 +25,11 @@ def init_engagements(app: Flask) -> None:
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(views_bp)
-    register_section("name", "engagements/_name_section.html", name_section, order=5)
-    register_section("activity", "engagements/_activity.html", activity_section, order=10)
+    # Both reuse the customer page's CustomerView instead of reading the customer again.
+    register_section(
+        "name", "engagements/_name_section.html", name_section, order=5, with_customer=True
+    )
+    register_section(
+        "activity", "engagements/_activity.html", activity_section, order=10, with_customer=True
+    )
     register_matcher("names", match_names, name_index_entries)

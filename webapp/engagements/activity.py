@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ..dashboard.customers import TimelineEvent, load_customer
+from ..dashboard.cursors import decode_cursor
+from ..dashboard.cursors import encode_cursor as keyset_cursor
+from ..dashboard.customers import CustomerView, TimelineEvent, load_customer
 from ..extensions import db
 from ..identity.service import customer_rows
 from .history import EngagementItem, engagement_page
@@ -22,10 +24,6 @@ VISIT_GAP = timedelta(minutes=30)
 # A visit longer than this is cut into several entries, so a page stays bounded.
 MAX_VISIT_VIEWS = 500
 _EXTEND_BATCH = 100
-
-
-class InvalidCursor(ValueError):
-    """A ``before`` value that this module did not write."""
 
 
 @dataclass
@@ -61,20 +59,7 @@ class ActivityPage:
 
 def encode_cursor(item: EngagementItem) -> str:
     """The ``before`` value that continues after ``item``."""
-    return f"{item.occurred_at.isoformat()}~{item.id}"
-
-
-def decode_cursor(raw: str) -> tuple[datetime, int]:
-    """Parse a ``before`` value; raises InvalidCursor."""
-    moment, _, event_id = raw.partition("~")
-    try:
-        at, after_id = datetime.fromisoformat(moment), int(event_id)
-    except ValueError:
-        raise InvalidCursor(raw) from None
-    # encode_cursor writes naive UTC and an id the database can hold; anything else is forged.
-    if at.tzinfo is not None or not 0 <= after_id < 2**63:
-        raise InvalidCursor(raw)
-    return at, after_id
+    return keyset_cursor(item.occurred_at, item.id)
 
 
 def _same_visit(newer: EngagementItem, older: EngagementItem) -> bool:
@@ -130,22 +115,32 @@ def _group(items: list[EngagementItem]) -> list[ActivityEntry]:
 
 
 def customer_activity(
-    primary_id: int, *, channel: str | None = None, before: str | None = None
+    primary_id: int,
+    *,
+    channel: str | None = None,
+    before: str | None = None,
+    customer: CustomerView | None = None,
 ) -> ActivityPage | None:
-    """A page of the activity of a live primary; None when ``primary_id`` is not one."""
+    """A page of the activity of a live primary; None when ``primary_id`` is not one.
+
+    ``customer`` is the customer page's own CustomerView when there is one: its
+    history and contact rows are used instead of reading them again.
+    """
     cursor = decode_cursor(before) if before else None
-    history: list[TimelineEvent] = []
-    if channel is None:
-        view = load_customer(primary_id)
-        if view is None:
+    if customer is None and channel is None:
+        customer = load_customer(primary_id)
+        if customer is None:
             return None
-        history = view.timeline
+    history: list[TimelineEvent] = customer.timeline if customer and channel is None else []
     conn = db.session.connection()
-    rows = customer_rows(conn, primary_id)
-    if not any(row.id == primary_id and row.is_primary for row in rows):
-        db.session.rollback()
-        return None
-    ids = [row.id for row in rows]
+    if customer is not None:
+        ids = [contact.id for contact in customer.contacts if contact.deleted_at is None]
+    else:
+        rows = customer_rows(conn, primary_id)
+        if not any(row.id == primary_id and row.is_primary for row in rows):
+            db.session.rollback()
+            return None
+        ids = [row.id for row in rows]
     items = engagement_page(conn, ids, channel=channel, before=cursor, limit=PAGE_SIZE + 1)
     has_more = len(items) > PAGE_SIZE
     items = items[:PAGE_SIZE]

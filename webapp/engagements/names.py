@@ -64,10 +64,15 @@ def set_display_name(primary_id: int, name: str, actor: str) -> bool:
     )
 
 
-def customer_name(primary_id: int) -> str | None:
-    """The display name of the customer whose primary row is ``primary_id``."""
+def customer_name(primary_id: int, contact_ids: Sequence[int] | None = None) -> str | None:
+    """The display name of the customer whose primary row is ``primary_id``.
+
+    ``contact_ids`` are its live rows when the caller has read them already.
+    """
     conn = db.session.connection()
-    name = display_name(conn, [row.id for row in customer_rows(conn, primary_id)])
+    if contact_ids is None:
+        contact_ids = [row.id for row in customer_rows(conn, primary_id)]
+    name = display_name(conn, contact_ids)
     db.session.rollback()
     return name
 

@@ -9,12 +9,13 @@ from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
 from ..dashboard import protect
-from ..dashboard.customers import locate_customer
+from ..dashboard.cursors import InvalidCursor
+from ..dashboard.customers import CustomerView, locate_customer
 from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
 from ..identity.service import BlockedValues
 from ..models import row_id
 from ..text import FreeText
-from .activity import InvalidCursor, customer_activity
+from .activity import customer_activity
 from .models import CHANNELS
 from .names import customer_name, set_display_name
 from .payloads import MAX_NAME_LENGTH
@@ -58,14 +59,19 @@ class NameForm(FlaskForm):
     )
 
 
-def activity_section(primary_id: int) -> dict:
-    """Section loader for the customer page: the first page of activity."""
-    return {"activity": customer_activity(primary_id), "filter": ActivityFilterForm(formdata=None)}
+def activity_section(customer: CustomerView) -> dict:
+    """Section loader for the customer page: the first page of activity, on the page's history."""
+    return {
+        "activity": customer_activity(customer.primary_id, customer=customer),
+        "filter": ActivityFilterForm(formdata=None),
+    }
 
 
-def name_section(primary_id: int) -> dict:
+def name_section(customer: CustomerView) -> dict:
     """Section loader for the customer page: the display name and the form that edits it."""
-    return {"name_form": NameForm(formdata=None, name=customer_name(primary_id))}
+    live_ids = [contact.id for contact in customer.contacts if contact.deleted_at is None]
+    name = customer_name(customer.primary_id, contact_ids=live_ids)
+    return {"name_form": NameForm(formdata=None, name=name)}
 
 
 @bp.get("/customers/<int:contact_id>/activity")

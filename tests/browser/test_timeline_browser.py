@@ -1,0 +1,29 @@
+"""The customer timeline in headless Chromium: 50 rows, then "Show more" adds the next 50."""
+
+import re
+
+from playwright.sync_api import expect
+
+from tests.builders import many_rows_customer
+
+
+def test_show_more_loads_the_next_fifty_rows_in_place(signed_in_page, app):
+    page = signed_in_page
+    ids = many_rows_customer(120)
+    page.goto(f"/customers/{ids[0]}")
+    rows = page.locator("#timeline li.event-contact")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_contain_text(f"Contact #{ids[-1]} from")
+
+    page.locator("#timeline").get_by_role("link", name="Show more").click()
+    expect(rows).to_have_count(100)
+    # Swapped in place (no navigation), newest first throughout, each row once.
+    expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
+    shown = [
+        int(text.split("#")[1].split()[0])
+        for text in rows.locator(".event-title").all_inner_texts()
+    ]
+    assert shown == ids[::-1][:100]
+    expect(page.locator("#timeline").get_by_role("link", name="Show more")).to_have_count(1)
+    expect(page.locator("#customer-header")).to_contain_text("junk0@x.io")
+    assert page.console_errors == []

@@ -1,0 +1,193 @@
+"""The customer page reads a customer once, and pages its timeline by keyset on (createdAt, id)."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event
+
+from tests.builders import T0, identify, many_rows_customer
+from webapp.audit import record
+from webapp.extensions import db
+from webapp.models import Contact
+
+HTMX = {"HX-Request": "true"}
+PAGE = 50
+
+
+def timeline_of(html: str) -> str:
+    """The timeline section of a whole page (other sections repeat the history)."""
+    start = html.index('<section class="panel" id="timeline"')
+    return html[start : html.index("</section>", start)]
+
+
+def row_ids(html: str) -> list[int]:
+    return [int(n) for n in re.findall(r"Contact #(\d+) from", html)]
+
+
+def more_link(html: str) -> str | None:
+    found = re.search(r'<a class="button" href="([^"]+)" hx-get="\1"[^>]*>Show more</a>', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+def walk(client, path: str) -> tuple[list[int], list[str]]:
+    """Every row id shown by the page and its "Show more" fragments, and each part's HTML."""
+    first = client.get(path)
+    assert first.status_code == 200
+    parts = [timeline_of(first.get_data(as_text=True))]
+    link = more_link(parts[0])
+    while link:
+        response = client.get(link, headers=HTMX)
+        assert response.status_code == 200
+        assert "HX-Request" in response.vary
+        parts.append(response.get_data(as_text=True))
+        link = more_link(parts[-1])
+    return [n for part in parts for n in row_ids(part)], parts
+
+
+@pytest.mark.parametrize("count", [1, PAGE - 1, PAGE, PAGE + 1, 120])
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+def test_timeline_pages_hold_50_rows_in_order_none_twice_none_skipped(
+    signed_in_client, count, order
+):
+    ids = many_rows_customer(count)
+    expected = ids[::-1] if order == "newest" else ids
+    query = "?order=oldest" if order == "oldest" else ""
+    shown, parts = walk(signed_in_client, f"/customers/{ids[0]}{query}")
+    assert shown == expected
+    assert [len(row_ids(part)) for part in parts] == [
+        min(PAGE, count - start) for start in range(0, count, PAGE)
+    ]
+    assert more_link(parts[-1]) is None
+
+
+def test_header_counts_every_row_while_the_timeline_shows_a_page(signed_in_client):
+    ids = many_rows_customer(120)
+    html = signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True)
+    assert "<dt>Contacts</dt><dd>120</dd>" in html
+    for n in (0, 60, 119):
+        assert f"junk{n}@x.io</span>" in html
+    header = html[
+        html.index('id="customer-header"') : html.index(
+            "</header>", html.index('id="customer-header"')
+        )
+    ]
+    assert header.count('<span class="chip chip-email">') == 120
+    assert header.count('<span class="chip chip-phone">') == 1
+    assert len(row_ids(timeline_of(html))) == PAGE
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest"])
+def test_other_events_show_once_on_the_page_of_their_time(signed_in_client, order):
+    ids = many_rows_customer(120)
+    # One entry at the exact time of a page's last row, one deep in the history.
+    newest_first = order == "newest"
+    boundary_row = ids[-PAGE] if newest_first else ids[PAGE - 1]
+    boundary_at = db.session.get(Contact, boundary_row).createdAt
+    for reason, at in (("at-the-boundary", boundary_at), ("deep-down", T0 + timedelta(minutes=5))):
+        entry = record("agent@example.com", "block", customer_id=ids[0], reason=reason)
+        entry.created_at = at
+    db.session.commit()
+    query = "" if newest_first else "?order=oldest"
+    shown, parts = walk(signed_in_client, f"/customers/{ids[0]}{query}")
+    assert shown == (ids[::-1] if newest_first else ids)
+    everything = "".join(parts)
+    assert everything.count("at-the-boundary") == 1
+    assert everything.count("deep-down") == 1
+    # Each sits on the page of the rows of its time, in time order with them.
+    assert "at-the-boundary" in parts[0]
+    deep = parts[-1] if newest_first else parts[0]
+    newer, older = deep.index(f"Contact #{ids[12]} from"), deep.index(f"Contact #{ids[9]} from")
+    where = deep.index("deep-down")
+    assert (newer < where < older) if newest_first else (older < where < newer)
+
+
+def test_show_more_is_a_fragment_for_htmx_and_a_page_without_it(signed_in_client):
+    ids = many_rows_customer(120)
+    first = signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True)
+    link = more_link(timeline_of(first))
+    assert link.startswith(f"/customers/{ids[0]}?after=")
+
+    fragment = signed_in_client.get(link, headers=HTMX)
+    assert fragment.status_code == 200
+    assert "HX-Request" in fragment.vary
+    body = fragment.get_data(as_text=True)
+    assert "<html" not in body and 'id="timeline"' not in body
+    assert body.lstrip().startswith('<li class="event event-contact">')
+    assert row_ids(body) == ids[::-1][PAGE : 2 * PAGE]
+
+    # Without JavaScript the link is a plain page: the customer with the timeline from the cursor.
+    page = signed_in_client.get(link)
+    assert page.status_code == 200
+    assert "HX-Request" in page.vary
+    html = page.get_data(as_text=True)
+    assert html.startswith("<!doctype html>")
+    assert 'id="activity"' in html
+    assert row_ids(timeline_of(html)) == ids[::-1][PAGE : 2 * PAGE]
+    assert "Back to the newest" in timeline_of(html)
+    assert more_link(timeline_of(html)) is not None
+
+    # The order toggle still swaps the whole timeline.
+    toggled = signed_in_client.get(f"/customers/{ids[0]}?order=oldest", headers=HTMX)
+    assert (
+        toggled.get_data(as_text=True).lstrip().startswith('<section class="panel" id="timeline"')
+    )
+
+
+def test_a_secondary_keeps_the_cursor_and_a_damaged_cursor_is_a_400(signed_in_client):
+    ids = many_rows_customer(60)
+    response = signed_in_client.get(f"/customers/{ids[5]}?order=oldest&after=x~1")
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/customers/{ids[0]}?order=oldest&after=x~1"
+    for cursor in ("x~1", "2026-01-01T12:00:00~abc", "2026-01-01T12:00:00+02:00~1"):
+        bad = signed_in_client.get(f"/customers/{ids[0]}", query_string={"after": cursor})
+        assert bad.status_code == 400
+        assert "Bad link" in bad.get_data(as_text=True)
+
+
+# --- the customer is read once per page ----------------------------------------------
+
+
+def history_statements(statements: list[str]) -> dict[str, int]:
+    """How many times the page read the customer's rows, merges and audit entries."""
+    flat = [re.sub(r'["`]', "", s).lower() for s in statements]
+    return {
+        "contact history": sum(
+            1
+            for s in flat
+            if re.search(r"from contact\s+where", s)
+            and "contact.linkedid =" in s
+            and "deletedat is null" not in s
+        ),
+        "merges": sum(1 for s in flat if re.search(r"from merge\s+where", s)),
+        "audit entries": sum(
+            1 for s in flat if re.search(r"from audit_entry\s+where audit_entry.customer_id in", s)
+        ),
+    }
+
+
+@pytest.mark.parametrize("order", ["", "?order=oldest"])
+def test_one_customer_page_reads_the_contact_history_once(app, signed_in_client, order):
+    identify(signed_in_client, "a@x.io", "111")
+    identify(signed_in_client, "b@x.io", "222")
+    identify(signed_in_client, "a@x.io", "222")  # merges customer 2 into 1
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        response = signed_in_client.get(f"/customers/1{order}")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    # The page still shows the history in the timeline and in the activity section.
+    assert 'id="activity"' in html
+    assert html.count("Customer #2 merged into #1") == 2
+    assert history_statements(statements) == {
+        "contact history": 1,
+        "merges": 1,
+        "audit entries": 1,
+    }
