@@ -1,4 +1,5 @@
-"""The customer page reads a customer once, and pages its timeline by keyset on (createdAt, id)."""
+"""The customer page reads a customer once, pages its timeline by keyset on (createdAt, id)
+and shows the first 50 contact rows, the rest one link away."""
 
 import re
 from datetime import timedelta
@@ -9,14 +10,14 @@ from sqlalchemy import event
 from tests.builders import T0, identify, many_rows_customer
 from webapp.audit import record
 from webapp.extensions import db
-from webapp.models import Contact
+from webapp.models import SECONDARY, Contact, utcnow
 
 HTMX = {"HX-Request": "true"}
 PAGE = 50
 
 
 def timeline_of(html: str) -> str:
-    """The timeline section of a whole page (other sections repeat the history)."""
+    """The timeline section of a whole page."""
     start = html.index('<section class="panel" id="timeline"')
     return html[start : html.index("</section>", start)]
 
@@ -145,6 +146,87 @@ def test_a_secondary_keeps_the_cursor_and_a_damaged_cursor_is_a_400(signed_in_cl
         assert "Bad link" in bad.get_data(as_text=True)
 
 
+# --- the contacts table shows 50 rows, the contacts page all of them ----------------
+
+
+def contacts_of(html: str) -> str:
+    start = html.index('<section class="panel" id="contacts"')
+    return html[start : html.index("</section>", start)]
+
+
+def table_ids(html: str) -> list[int]:
+    return [int(n) for n in re.findall(r'<tr id="contact-(\d+)"', html)]
+
+
+def all_contacts_link(html: str) -> str | None:
+    found = re.search(r'<a class="button" href="([^"]+)" hx-get="\1"[^>]*>Show all', html)
+    return found.group(1) if found else None
+
+
+@pytest.mark.parametrize("count", [3, PAGE, PAGE + 1, 120])
+def test_contacts_table_shows_the_first_50_rows_and_says_how_many_more(signed_in_client, count):
+    ids = many_rows_customer(count)
+    # A deleted row keeps its place in creation order and counts as a row.
+    db.session.get(Contact, ids[1]).deletedAt = utcnow()
+    db.session.commit()
+    html = contacts_of(signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True))
+    assert table_ids(html) == ids[:PAGE]
+    assert 'class="deleted"' in html
+    link = all_contacts_link(html)
+    if count > PAGE:
+        hidden = count - PAGE
+        assert f"{hidden} more contact{'s' if hidden != 1 else ''}</strong>" in html
+        assert f"Showing the first {PAGE} of {count} contact rows:" in html
+        assert link == f"/customers/{ids[0]}/contacts"
+    else:
+        assert "more contact" not in html and link is None
+
+
+def test_the_contacts_page_shows_every_row_cold_and_as_a_fragment(signed_in_client):
+    ids = many_rows_customer(120)
+    cold = signed_in_client.get(f"/customers/{ids[0]}/contacts")
+    assert cold.status_code == 200
+    assert "HX-Request" in cold.vary
+    page = cold.get_data(as_text=True)
+    assert page.startswith("<!doctype html>")
+    assert f'<a href="/customers/{ids[0]}">#{ids[0]}</a>' in page
+    assert table_ids(contacts_of(page)) == ids
+    assert "more contact" not in page
+
+    # htmx swaps the whole table in place of the capped one.
+    fragment = signed_in_client.get(f"/customers/{ids[0]}/contacts", headers=HTMX)
+    assert fragment.status_code == 200
+    body = fragment.get_data(as_text=True)
+    assert "<html" not in body
+    assert body.lstrip().startswith('<section class="panel" id="contacts"')
+    assert table_ids(body) == ids
+
+    moved = signed_in_client.get(f"/customers/{ids[7]}/contacts")
+    assert moved.status_code == 302
+    assert moved.headers["Location"] == f"/customers/{ids[0]}/contacts"
+
+
+def test_why_linked_chains_of_shown_rows_may_run_through_rows_not_shown(signed_in_client):
+    ids = many_rows_customer(60)
+    # Row 10 now shares nothing with the others but an e-mail that row 59, hidden, also holds.
+    early, late = db.session.get(Contact, ids[10]), db.session.get(Contact, ids[59])
+    early.phoneNumber, early.phone_key = "5559999", "5559999"
+    late.email, late.email_key = early.email, early.email_key
+    assert late.linkedId == ids[0] and late.linkPrecedence == SECONDARY
+    db.session.commit()
+    html = contacts_of(signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True))
+    assert ids[59] not in table_ids(html)
+    row = html[html.index(f'<tr id="contact-{ids[10]}"') :]
+    row = row[: row.index("</tr>")]
+    assert re.findall(r"<li>#(\d+) → #(\d+) share (\w+)", row) == [
+        (str(ids[0]), str(ids[59]), "phone"),
+        (str(ids[59]), str(ids[10]), "email"),
+    ]
+    # The same chain on the contacts page, where row 59 is shown too.
+    full = signed_in_client.get(f"/customers/{ids[0]}/contacts").get_data(as_text=True)
+    assert row in full
+
+
 # --- the customer is read once per page ----------------------------------------------
 
 
@@ -183,9 +265,10 @@ def test_one_customer_page_reads_the_contact_history_once(app, signed_in_client,
         event.remove(db.engine, "before_cursor_execute", count)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    # The page still shows the history in the timeline and in the activity section.
+    # The history is the timeline's alone: the activity section does not repeat it.
     assert 'id="activity"' in html
-    assert html.count("Customer #2 merged into #1") == 2
+    assert html.count("Customer #2 merged into #1") == 1
+    assert "merged into" in timeline_of(html)
     assert history_statements(statements) == {
         "contact history": 1,
         "merges": 1,

@@ -42,6 +42,7 @@ def result_ids(html: str) -> list[int]:
         ("/?q=doc", 'id="results"'),
         ("/audit", 'id="audit-entries"'),
         ("/customers/1", 'id="timeline"'),
+        ("/customers/1/contacts", 'id="contacts"'),
     ],
 )
 def test_htmx_request_gets_the_fragment_others_the_page(signed_in_client, path, root):
@@ -85,6 +86,7 @@ def test_security_headers_on_every_response(signed_in_client, path):
         "/",
         "/customers/1",
         "/customers/1/activity",
+        "/customers/1/contacts",
         "/customers/1/vouchers",
         "/customers/1/merge",
         "/customers/1/link",
@@ -293,6 +295,7 @@ def test_unknown_customer_is_404(signed_in_client):
 NOT_FOUND_CASES = [
     # dashboard
     ("get", "/customers/4242", {}, "Customer 4242 not found"),
+    ("get", "/customers/4242/contacts", {}, "Customer 4242 not found"),
     # engagements
     ("get", "/customers/4242/activity", {}, "Customer 4242 not found"),
     ("post", "/customers/4242/name", {"name": "Ann"}, "Customer 4242 not found"),
@@ -475,6 +478,7 @@ HUGE = str(2**64)
     [
         ("get", f"/customers/{HUGE}", 404),
         ("get", f"/customers/{HUGE}/activity", 404),
+        ("get", f"/customers/{HUGE}/contacts", 404),
         ("get", f"/customers/{HUGE}/vouchers", 404),
         ("get", f"/contacts/{HUGE}/delete", 404),
         ("get", f"/reconcile/{HUGE}", 404),

@@ -288,6 +288,27 @@ def test_events_never_move_and_history_follows_merges(app, client):
     assert card["customerId"] == a.get_json()["event"]["customerId"]
 
 
+def test_lookup_lists_engagements_on_a_since_deleted_contact_marked(app, client):
+    from webapp.reconcile.service import delete_contact
+
+    assert identify(client, ANNA, "111")[0] == 200
+    old = post_event(client, **{**SMS, "email": "old@example.com", "phoneNumber": "111"})
+    old = old.get_json()["event"]
+    delete_contact(old["contactId"], "agent@example.com", reason="typo")
+    new = post_event(client, **SMS).get_json()["event"]
+    response = client.get("/api/v1/customers/lookup", query_string={"phone": "111"})
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/api/v1/customers/lookup", "get", response)
+    card = response.get_json()["customer"]
+    assert card["contactIds"] == [new["contactId"]]
+    assert [(e["id"], e["contactId"], e["contactDeleted"]) for e in card["recentEngagements"]] == [
+        (new["id"], new["contactId"], False),
+        (old["id"], old["contactId"], True),
+    ]
+    # The deleted row's own value no longer finds the customer.
+    assert client.get("/api/v1/customers/lookup?email=old@example.com").status_code == 404
+
+
 def test_first_event_name_is_the_display_name(client):
     post_event(client, channel="sms", direction="inbound", phoneNumber="777", name="Anna Berg")
     post_event(client, channel="sms", direction="inbound", phoneNumber="777", name="A. Berg")

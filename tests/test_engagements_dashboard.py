@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import delete, select
 
-from tests.builders import AGENT_EMAIL, contacts, identify
+from tests.builders import AGENT_EMAIL, contacts, identify, many_rows_customer
 from webapp.dashboard.search import parse_query, reindex, search_customers
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.engagements.names import match_names
@@ -41,6 +41,19 @@ def engagement_ids(html: str) -> list[int]:
     return [int(x) for x in re.findall(r'data-engagement-id="(\d+)"', html)]
 
 
+def section_of(html: str, section_id: str) -> str:
+    start = html.index(f'<section class="panel" id="{section_id}"')
+    return html[start : html.index("</section>", start)]
+
+
+def activity_of(html: str) -> str:
+    return section_of(html, "activity")
+
+
+def timeline_of(html: str) -> str:
+    return section_of(html, "timeline")
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -61,9 +74,7 @@ def test_dashboard_parts_need_sign_in(client, method, path):
     assert contacts() == []
 
 
-def test_customer_page_shows_activity_interleaved_with_history_and_escapes_text(
-    signed_in_client,
-):
+def test_customer_page_shows_activity_newest_first_and_escapes_text(signed_in_client):
     client = signed_in_client
     identify(client, ANNA)
     first = event(
@@ -81,11 +92,105 @@ def test_customer_page_shows_activity_interleaved_with_history_and_escapes_text(
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script>alert(1)" not in html
     assert 'value="Anna Berg"' in html
-    activity = html[html.index('id="activity"') :]
-    # Newest first: the call, then the SMS, then the contact row the first event created.
+    activity = activity_of(html)
+    # Newest first: the call, then the SMS. The contact row the first event created is
+    # the timeline's to show, not the activity's.
     assert activity.index("Outbound call") < activity.index("Inbound SMS")
-    assert activity.index("Inbound SMS") < activity.index(f"Contact #{first['contactId']} from")
     assert "2 min 5 s" in activity
+    assert f"Contact #{first['contactId']} from" in timeline_of(html)
+    assert "Contact #" not in activity
+
+
+def test_the_activity_leaves_contact_history_to_the_timeline(signed_in_client):
+    # A junk customer: 120 contact rows, one merge, an audit entry, two engagements.
+    ids = many_rows_customer(120)
+    identify(signed_in_client, "other@example.com", "999")
+    identify(signed_in_client, "junk0@x.io", "999")
+    sms = event(signed_in_client, channel="sms", direction="inbound", email="junk0@x.io")
+    call = event(signed_in_client, channel="call", direction="inbound", email="junk0@x.io")
+    rename = signed_in_client.post(f"/customers/{ids[0]}/name", data={"name": "Junk"})
+    assert rename.status_code == 303
+    html = signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True)
+    activity = activity_of(html)
+    assert engagement_ids(activity) == [call["id"], sms["id"]]
+    assert activity.count("<li") == 2
+    for history in ("Contact #", "merged into", "event-audit", "rename"):
+        assert history not in activity, history
+    # Each shows once on the page, in the timeline.
+    assert html.count(f"Contact #{ids[-1]} from") == 1
+    assert html.count("merged into") == 1 and "merged into" in timeline_of(html)
+    assert "rename" in timeline_of(html)
+    # The activity's own page has the engagements only as well.
+    alone = signed_in_client.get(f"/customers/{ids[0]}/activity").get_data(as_text=True)
+    assert engagement_ids(alone) == [call["id"], sms["id"]]
+    assert "Contact #" not in alone and "merged into" not in alone
+
+
+def test_a_customer_without_engagements_has_an_empty_activity(signed_in_client):
+    identify(signed_in_client, ANNA, "111")
+    html = signed_in_client.get(f"/customers/{contacts()[0].id}").get_data(as_text=True)
+    activity = activity_of(html)
+    assert "No activity yet" in activity
+    assert "Contact #" not in activity and "<li" not in activity
+
+
+def entry_of(html: str, engagement_id: int) -> str:
+    """The activity entry (or pop line) of one engagement."""
+    start = html.index(f'data-engagement-id="{engagement_id}"')
+    return html[start : html.index("</li>", start)]
+
+
+def test_events_on_a_since_deleted_contact_are_shown_and_marked(signed_in_client):
+    from webapp.reconcile.service import delete_contact
+
+    identify(signed_in_client, "bob@example.com", "222")
+    identify(signed_in_client, ANNA, "111")
+    before = event(
+        signed_in_client,
+        channel="sms",
+        direction="inbound",
+        email="old@example.com",
+        phoneNumber="111",
+        summary="sent before the delete",
+    )
+    visit = event(
+        signed_in_client,
+        channel="web",
+        email="old@example.com",
+        phoneNumber="111",
+        url="https://shop.example/a",
+    )
+    deleted_row = before["contactId"]
+    delete_contact(deleted_row, AGENT_EMAIL, reason="typo")
+    after = event(signed_in_client, channel="email", direction="inbound", summary="after")
+    # Bob's older customer absorbs Anna's: the deleted row is relinked with the others.
+    identify(signed_in_client, ANNA, "222")
+    bob = contacts()[0]
+    assert next(c for c in contacts() if c.id == deleted_row).linkedId == bob.id
+
+    mark = f"on deleted contact #{deleted_row}</span>"
+    html = signed_in_client.get(f"/customers/{bob.id}").get_data(as_text=True)
+    activity = activity_of(html)
+    assert engagement_ids(activity) == [after["id"], visit["id"], before["id"]]
+    assert mark in entry_of(activity, before["id"])
+    assert mark in entry_of(activity, visit["id"])
+    assert "on deleted contact" not in entry_of(activity, after["id"])
+    # The activity's own page and its channel filter read the rows themselves: same marks.
+    alone = signed_in_client.get(f"/customers/{bob.id}/activity", headers=HTMX)
+    assert mark in entry_of(alone.get_data(as_text=True), before["id"])
+    sms_only = signed_in_client.get(f"/customers/{bob.id}/activity?channel=sms", headers=HTMX)
+    body = sms_only.get_data(as_text=True)
+    assert engagement_ids(body) == [before["id"]] and mark in body
+
+    # The screen-pop's last engagements list it the same way.
+    signed_in_client.post("/calls/incoming", json={"phoneNumber": "222"})
+    pop = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    recent = pop[pop.index('class="screen-pop-recent"') :]
+    recent = recent[: recent.index("</ol>")]
+    assert recent.count("<li>") == 4
+    line = next(li for li in recent.split("<li>") if "sent before the delete" in li)
+    assert mark in line
+    assert recent.count("on deleted contact") == 2
 
 
 def test_activity_is_a_page_cold_and_a_fragment_for_htmx(signed_in_client):
@@ -124,7 +229,6 @@ def test_channel_filter_shows_only_that_channel(signed_in_client):
         f"/customers/{customer}/activity?channel=call", headers=HTMX
     ).get_data(as_text=True)
     assert engagement_ids(html) == [call["id"]]
-    # History (contact rows) belongs to "All activity" only.
     assert "Contact #" not in html
     bad = signed_in_client.get(f"/customers/{customer}/activity?channel=fax", headers=HTMX)
     assert bad.status_code == 422

@@ -1,4 +1,4 @@
-"""The customer timeline in headless Chromium: 50 rows, then "Show more" adds the next 50."""
+"""The customer page in headless Chromium: the timeline and the contacts table, 50 rows first."""
 
 import re
 
@@ -26,4 +26,19 @@ def test_show_more_loads_the_next_fifty_rows_in_place(signed_in_page, app):
     assert shown == ids[::-1][:100]
     expect(page.locator("#timeline").get_by_role("link", name="Show more")).to_have_count(1)
     expect(page.locator("#customer-header")).to_contain_text("junk0@x.io")
+    assert page.console_errors == []
+
+
+def test_the_contacts_table_shows_50_rows_then_all_in_place(signed_in_page, app):
+    page = signed_in_page
+    ids = many_rows_customer(120)
+    page.goto(f"/customers/{ids[0]}")
+    rows = page.locator("#contacts tbody tr")
+    expect(rows).to_have_count(50)
+    expect(page.locator("#contacts-more")).to_contain_text("70 more contacts")
+    page.locator("#contacts").get_by_role("link", name="Show all 120 contacts").click()
+    expect(rows).to_have_count(120)
+    expect(page.locator("#contacts-more")).to_have_count(0)
+    expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
+    expect(rows.last).to_have_id(f"contact-{ids[-1]}")
     assert page.console_errors == []

@@ -24,6 +24,8 @@ from .cursors import decode_cursor, encode_cursor
 _MAX_HOPS = 16
 # Contact rows per timeline page; other events come with the rows of their time span.
 TIMELINE_PAGE_SIZE = 50
+# Rows the customer page's contacts table shows; the contacts page shows them all.
+CONTACTS_SHOWN = 50
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Dashboard pages: search (home), customer page and audit log."""
+"""Dashboard pages: search (home), customer page, its contacts and the audit log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from wtforms.validators import Length, Optional
 
 from . import bp
 from .cursors import InvalidCursor
-from .customers import audit_log, load_customer, locate_customer, timeline_page
+from .customers import (
+    CONTACTS_SHOWN,
+    audit_log,
+    load_customer,
+    locate_customer,
+    timeline_page,
+)
 from .rendering import not_found, page_or_fragment, wants_fragment
 from .search import search_customers
 from .sections import actions, load_sections
@@ -84,11 +90,29 @@ def customer(contact_id: int):
         "dashboard/customer.html",
         "dashboard/_timeline_rows.html" if after else "dashboard/_timeline.html",
         customer=view,
+        # Primary first, then by creation; the rest are one link away (the contacts page).
+        contacts=view.contacts[:CONTACTS_SHOWN],
         timeline=timeline,
         after=after,
         # A fragment shows the timeline only: the sections are not loaded for it.
         sections=[] if wants_fragment() else load_sections(view),
         actions=actions(),
+    )
+
+
+@bp.get("/customers/<int:contact_id>/contacts")
+def contacts(contact_id: int):
+    """Every contact row of a customer and why it is linked; htmx swaps in only the table."""
+    primary_id = locate_customer(contact_id)
+    if primary_id is None:
+        return not_found("Customer", contact_id)
+    if primary_id != contact_id:
+        return redirect(url_for(".contacts", contact_id=primary_id), 302)
+    view = load_customer(primary_id)
+    if view is None:
+        return not_found("Customer", contact_id)
+    return page_or_fragment(
+        "dashboard/contacts.html", "dashboard/_contacts.html", customer=view, contacts=view.contacts
     )
 
 

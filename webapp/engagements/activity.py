@@ -1,9 +1,10 @@
-"""The customer's activity: engagements interleaved with contact and merge history, paged.
+"""The customer's activity: its engagements across channels, newest first, paged.
 
-Engagements are read a page at a time by keyset on (occurred_at, id); the
-contact, merge and audit history (a handful of rows per customer) is merged
-into the time window each page covers. Consecutive page views less than 30
-minutes apart read as one visit that expands.
+Engagements are read a page at a time by keyset on (occurred_at, id), from
+every contact row of the customer, deleted rows included (their events are
+marked). Consecutive page views less than 30 minutes apart read as one visit
+that expands. Contact rows, merges and audit entries are the dashboard
+timeline's, not repeated here.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from datetime import datetime, timedelta
 
 from ..dashboard.cursors import decode_cursor
 from ..dashboard.cursors import encode_cursor as keyset_cursor
-from ..dashboard.customers import CustomerView, TimelineEvent, load_customer
+from ..dashboard.customers import CustomerView
 from ..extensions import db
-from ..identity.service import customer_rows
-from .history import EngagementItem, engagement_page
+from .history import EngagementItem, engagement_page, history_rows
 from .models import WEB
 
 PAGE_SIZE = 30
@@ -28,23 +28,26 @@ _EXTEND_BATCH = 100
 
 @dataclass
 class ActivityEntry:
-    """One line of the activity: an engagement, a visit (page views) or a history event."""
+    """One line of the activity: an engagement, or a visit (consecutive page views)."""
 
     at: datetime
     engagement: EngagementItem | None = None
     visit: list[EngagementItem] = field(default_factory=list)
-    history: TimelineEvent | None = None
 
     @property
     def kind(self) -> str:
-        """'engagement', 'visit' or 'history'."""
-        if self.history is not None:
-            return "history"
+        """'engagement' or 'visit'."""
         return "visit" if self.visit else "engagement"
 
     @property
     def visit_started(self) -> datetime | None:
         return self.visit[-1].occurred_at if self.visit else None
+
+    @property
+    def deleted_contacts(self) -> list[int]:
+        """The since-deleted contact rows this entry was recorded on."""
+        items = self.visit or [self.engagement]
+        return sorted({item.contact_id for item in items if item and item.contact_deleted})
 
 
 @dataclass
@@ -70,7 +73,9 @@ def _same_visit(newer: EngagementItem, older: EngagementItem) -> bool:
     )
 
 
-def _complete_visit(conn, ids: list[int], channel: str | None, items: list[EngagementItem]) -> bool:
+def _complete_visit(
+    conn, ids: list[int], deleted: set[int], channel: str | None, items: list[EngagementItem]
+) -> bool:
     """Extend a page ending inside a visit with the rest of that visit (up to a cap).
 
     Appends to ``items``; returns whether older engagements remain after them.
@@ -82,7 +87,12 @@ def _complete_visit(conn, ids: list[int], channel: str | None, items: list[Engag
         last = items[-1]
         wanted = min(_EXTEND_BATCH, MAX_VISIT_VIEWS - run)
         more = engagement_page(
-            conn, ids, channel=channel, before=(last.occurred_at, last.id), limit=wanted
+            conn,
+            ids,
+            channel=channel,
+            before=(last.occurred_at, last.id),
+            limit=wanted,
+            deleted=deleted,
         )
         for item in more:
             if not _same_visit(items[-1], item):
@@ -124,41 +134,30 @@ def customer_activity(
     """A page of the activity of a live primary; None when ``primary_id`` is not one.
 
     ``customer`` is the customer page's own CustomerView when there is one: its
-    history and contact rows are used instead of reading them again.
+    contact rows are used instead of reading them again.
     """
     cursor = decode_cursor(before) if before else None
-    if customer is None and channel is None:
-        customer = load_customer(primary_id)
-        if customer is None:
-            return None
-    history: list[TimelineEvent] = customer.timeline if customer and channel is None else []
     conn = db.session.connection()
     if customer is not None:
-        ids = [contact.id for contact in customer.contacts if contact.deleted_at is None]
+        ids = [contact.id for contact in customer.contacts]
+        deleted = {contact.id for contact in customer.contacts if contact.deleted_at is not None}
     else:
-        rows = customer_rows(conn, primary_id)
-        if not any(row.id == primary_id and row.is_primary for row in rows):
+        rows = history_rows(conn, primary_id)
+        if rows is None:
             db.session.rollback()
             return None
-        ids = [row.id for row in rows]
-    items = engagement_page(conn, ids, channel=channel, before=cursor, limit=PAGE_SIZE + 1)
+        ids, deleted = rows.ids, set(rows.deleted_ids)
+    items = engagement_page(
+        conn, ids, channel=channel, before=cursor, limit=PAGE_SIZE + 1, deleted=deleted
+    )
     has_more = len(items) > PAGE_SIZE
     items = items[:PAGE_SIZE]
     if has_more and items[-1].channel == WEB:
-        has_more = _complete_visit(conn, ids, channel, items)
+        has_more = _complete_visit(conn, ids, deleted, channel, items)
     db.session.rollback()
-
-    entries = _group(items)
-    # History belongs to this page when it falls between the cursor and the oldest item.
-    upper = cursor[0] if cursor else None
-    lower = items[-1].occurred_at if has_more else None
-    for event in history:
-        if (upper is None or event.at < upper) and (lower is None or event.at >= lower):
-            entries.append(ActivityEntry(at=event.at, history=event))
-    entries.sort(key=lambda entry: entry.at, reverse=True)
     return ActivityPage(
         primary_id=primary_id,
         channel=channel,
-        entries=entries,
+        entries=_group(items),
         next_cursor=encode_cursor(items[-1]) if has_more else None,
     )

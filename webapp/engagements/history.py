@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import Connection, and_, or_, select, union_all
 
-from ..identity.rules import Customer, Value, consolidate
-from ..identity.service import customer_rows
+from ..identity.rules import Customer, Row, Value, consolidate
+from ..identity.service import ROW_COLUMNS, row_from_record
 from ..models import Contact
 from .models import NAME_FROM_AGENT, ContactName, Engagement
 
@@ -47,12 +47,15 @@ class EngagementItem:
     url: str | None
     duration_seconds: int | None
     external_id: str | None
+    # Recorded on a contact row that was deleted later: still the customer's.
+    contact_deleted: bool = False
 
     def to_json(self) -> dict:
         """The API's Engagement object."""
         return {
             "id": self.id,
             "contactId": self.contact_id,
+            "contactDeleted": self.contact_deleted,
             "channel": self.channel,
             "direction": self.direction,
             "occurredAt": self.occurred_at.isoformat() + "Z",
@@ -93,6 +96,36 @@ class CustomerCard:
         }
 
 
+@dataclass(frozen=True)
+class HistoryRows:
+    """A customer's contact rows for its history: the live ones, and deleted ones still linked."""
+
+    live: list[Row]
+    deleted_ids: frozenset[int]
+
+    @property
+    def ids(self) -> list[int]:
+        """Every row whose engagements are the customer's, deleted rows included."""
+        return [row.id for row in self.live] + sorted(self.deleted_ids)
+
+
+def history_rows(conn: Connection, primary_id: int) -> HistoryRows | None:
+    """The rows of the customer whose primary is ``primary_id``; None when that is no live primary.
+
+    Deleted rows stay linked (merges move them too), and what was recorded on
+    them happened to this customer, so their engagements belong to its history.
+    """
+    records = conn.execute(
+        select(*ROW_COLUMNS, _c.deletedAt).where(
+            or_(_c.id == primary_id, _c.linkedId == primary_id)
+        )
+    ).all()
+    live = [row_from_record(r) for r in records if r.deletedAt is None]
+    if not any(row.id == primary_id and row.is_primary for row in live):
+        return None
+    return HistoryRows(live, frozenset(r.id for r in records if r.deletedAt is not None))
+
+
 def older_than(occurred_at: datetime, event_id: int):
     """The condition "after (occurred_at, id) newest first", in a form indexes serve."""
     return or_(_e.occurred_at < occurred_at, and_(_e.occurred_at == occurred_at, _e.id < event_id))
@@ -105,8 +138,11 @@ def engagement_page(
     channel: str | None = None,
     before: tuple[datetime, int] | None = None,
     limit: int = 50,
+    deleted: Collection[int] = (),
 ) -> list[EngagementItem]:
     """The newest ``limit`` engagements of these contact rows older than ``before``.
+
+    Items on the rows in ``deleted`` are marked ``contact_deleted``.
 
     Each contact row's event ids are read newest first straight off the
     (contact_id[, channel], occurred_at, id) index and stopped at ``limit``;
@@ -145,7 +181,10 @@ def engagement_page(
         .select_from(Engagement.__table__.join(top, _e.id == top.c.id))
         .order_by(_e.occurred_at.desc(), _e.id.desc())
     )
-    return [EngagementItem(**row._mapping) for row in conn.execute(statement)]
+    return [
+        EngagementItem(**row._mapping, contact_deleted=row.contact_id in deleted)
+        for row in conn.execute(statement)
+    ]
 
 
 def display_name(conn: Connection, contact_ids: Sequence[int]) -> str | None:
@@ -164,16 +203,19 @@ def display_name(conn: Connection, contact_ids: Sequence[int]) -> str | None:
 
 
 def customer_card(conn: Connection, primary_id: int, *, recent: int = 5) -> CustomerCard | None:
-    """The card of the customer whose primary row is ``primary_id``; None if it has no live rows."""
-    rows = customer_rows(conn, primary_id)
-    if not any(row.id == primary_id and row.is_primary for row in rows):
+    """The card of the customer whose primary row is ``primary_id``; None if it has no live rows.
+
+    Its recent engagements include those on since-deleted rows, marked, as the
+    customer page's activity does.
+    """
+    rows = history_rows(conn, primary_id)
+    if rows is None:
         return None
-    customer = consolidate(primary_id, rows)
-    ids = [row.id for row in rows]
+    customer = consolidate(primary_id, rows.live)
     return CustomerCard(
         customer=customer,
-        name=display_name(conn, ids),
-        recent=engagement_page(conn, ids, limit=recent),
+        name=display_name(conn, [row.id for row in rows.live]),
+        recent=engagement_page(conn, rows.ids, limit=recent, deleted=rows.deleted_ids),
         vouchers=valid_vouchers(primary_id),
     )
 
