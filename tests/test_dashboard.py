@@ -470,6 +470,22 @@ def test_search_walks_the_index_in_chunks(app, monkeypatch):
     assert [c.primary_id for c in search_customers("ord-ers").customers] == [12, 8, 4]
 
 
+def test_search_of_common_grams_orders_them_by_recent_density_and_finds_the_same(app, monkeypatch):
+    # Every gram is "common" and the density window holds only the newest rows,
+    # so the rarest gram is chosen from a sample: the results must not depend on it.
+    monkeypatch.setattr("webapp.dashboard.search._RARITY_CAP", 1)
+    monkeypatch.setattr("webapp.dashboard.search._DENSITY_WINDOW", 3)
+    monkeypatch.setattr("webapp.dashboard.search._CANDIDATE_CHUNK", 2)
+    now = utcnow()
+    for n in range(1, 13):
+        key = f"zed{n:02d}@old.io" if n < 9 else f"new{n:02d}@zed.io"
+        db.session.add(Contact(id=n, email=key, email_key=key, createdAt=now))
+    db.session.commit()
+    reindex()
+    assert [c.primary_id for c in search_customers("zed").customers] == list(range(12, 0, -1))
+    assert [c.primary_id for c in search_customers("@old.io").customers] == list(range(8, 0, -1))
+
+
 HUGE = str(2**64)
 
 

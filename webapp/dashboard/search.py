@@ -55,12 +55,17 @@ from ..models import Contact
 PAGE_SIZE = 20
 # Rows each matcher returns per round while a page is being filled.
 _SCAN_BATCH = 200
-# Index entries counted per gram to find the rarest one: first a few, then, only
-# when every gram reached that many, more (past the last cap a gram is "common").
-_RARITY_CAPS = (500, 5000)
+# Index entries counted per gram to find the rarest one. Only when every gram has
+# at least that many are the common grams compared, by their entries among the
+# newest contacts (where the scan starts): one range read per gram, where counting
+# each to a higher cap copied every entry into a derived table on MariaDB.
+_RARITY_CAP = 500
+_DENSITY_WINDOW = 5000
 # Grams besides the rarest that a candidate must also hold in the index.
 _EXTRA_GRAMS = 3
-# Candidates taken from the index per round trip before their rows are checked.
+# Candidates taken from the index per round trip before their rows are checked; the
+# first round takes only as many as the caller wants, since for a dense term (a
+# common name) nearly every candidate that holds the extra grams is a match.
 _CANDIDATE_CHUNK = 1000
 _PHONE_LIKE = re.compile(r"\+?[0-9\s\-.()\[\]]+")
 
@@ -153,16 +158,27 @@ def _gram_counts(conn: Connection, grams: Sequence[str], cap: int) -> list[int]:
     return [counts[position] for position in range(len(grams))]
 
 
+def _recent_density(conn: Connection, grams: Sequence[str]) -> dict[str, int]:
+    """Index entries of each gram among the newest ``_DENSITY_WINDOW`` contact ids."""
+    newest = conn.execute(select(func.max(_c.id))).scalar() or 0
+    rows = conn.execute(
+        select(_g.gram, func.count())
+        .where(_g.gram.in_(grams), _g.contact_id > newest - _DENSITY_WINDOW)
+        .group_by(_g.gram)
+    ).all()
+    return {gram: 0 for gram in grams} | dict(rows)
+
+
 def _by_rarity(conn: Connection, grams: Iterable[str]) -> list[str]:
-    """The grams, fewest index entries first (as far as the capped counts tell)."""
+    """The grams, fewest index entries first; common ones by their density among new contacts."""
     ordered = sorted(grams)
-    for cap in _RARITY_CAPS:
-        if len(ordered) == 1:
-            break
-        counts = dict(zip(ordered, _gram_counts(conn, ordered, cap), strict=True))
-        ordered.sort(key=lambda gram: counts[gram])
-        if counts[ordered[0]] < cap:
-            break
+    if len(ordered) == 1:
+        return ordered
+    counts = dict(zip(ordered, _gram_counts(conn, ordered, _RARITY_CAP), strict=True))
+    ordered.sort(key=lambda gram: counts[gram])
+    if counts[ordered[0]] >= _RARITY_CAP:
+        density = _recent_density(conn, ordered)
+        ordered.sort(key=lambda gram: density[gram])
     return ordered
 
 
@@ -174,32 +190,31 @@ def scan(conn: Connection, grams: Iterable[str], test, before: int | None, limit
     every gram of the term, so candidates are first narrowed in the index
     alone (a few more grams, whose entries sit together), a chunk at a time;
     only then are their contact rows, scattered across the table, read for
-    the test.
+    the test. The first chunk is ``limit`` candidates, later ones
+    ``_CANDIDATE_CHUNK``: a dense term fills its page from the first chunk
+    without reading and testing five times the rows it returns.
     """
     rarest, *others = _by_rarity(conn, grams)
-    candidates = (
-        select(_g.contact_id)
-        .where(_g.gram == rarest)
-        .order_by(_g.contact_id.desc())
-        .limit(_CANDIDATE_CHUNK)
-    )
+    candidates = select(_g.contact_id).where(_g.gram == rarest).order_by(_g.contact_id.desc())
     for gram in others[:_EXTRA_GRAMS]:
         also = ContactGram.__table__.alias()
         candidates = candidates.where(
             exists().where(also.c.gram == gram, also.c.contact_id == _g.contact_id)
         )
     found: list[int] = []
+    size = min(limit, _CANDIDATE_CHUNK)
     while len(found) < limit:
         chunk = candidates if before is None else candidates.where(_g.contact_id < before)
-        ids = list(conn.execute(chunk).scalars())
+        ids = list(conn.execute(chunk.limit(size)).scalars())
         if not ids:
             break
         found += conn.execute(
             select(_c.id).where(_c.id.in_(ids), _c.deletedAt.is_(None), test).order_by(_c.id.desc())
         ).scalars()
-        if len(ids) < _CANDIDATE_CHUNK:
+        if len(ids) < size:
             break
         before = ids[-1]
+        size = _CANDIDATE_CHUNK
     return found[:limit]
 
 
