@@ -147,6 +147,17 @@ def _database_error(exc: SQLAlchemyError):
     )
 
 
+def json_error_handlers(blueprint: Blueprint) -> None:
+    """Give another JSON API blueprint the answers /identify gives.
+
+    Bad input (ApiError), lost lock races (503 busy) and a database outage
+    (503 database_unavailable), all in the API's JSON error shape.
+    """
+    blueprint.register_error_handler(ApiError, _api_error)
+    blueprint.register_error_handler(Contention, _contention)
+    blueprint.register_error_handler(SQLAlchemyError, _database_error)
+
+
 _HTTP_ERROR_CODES = {
     404: "not_found",
     405: "method_not_allowed",

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..api import _contention, _database_error, require_api_key
-from ..api.errors import ApiError, api_error_response
+from ..api import json_error_handlers, require_api_key
+from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
-from ..database import Contention
-from ..extensions import db
-from .history import customer_card, customers_holding
+from .history import cards_holding
 from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
 from .screenpop import record_incoming_call
 from .service import Recorded, record_events
@@ -112,10 +109,7 @@ def lookup_customer():
     if fields or not values:
         fields = fields or {name: "must not be empty" for name in given}
         raise ApiError(400, "invalid_field", "the query value is not valid", fields)
-    conn = db.session.connection()
-    cards = [customer_card(conn, cid, recent=limit) for cid in customers_holding(conn, values[0])]
-    cards = [card for card in cards if card is not None]
-    db.session.rollback()
+    cards = cards_holding(values[0], recent=limit)
     if not cards:
         raise ApiError(404, "not_found", "no customer holds this value")
     return jsonify(
@@ -152,7 +146,4 @@ def incoming_call():
     )
 
 
-# The same JSON answers as /identify for bad input, lost lock races and a database outage.
-bp.register_error_handler(ApiError, api_error_response)
-bp.register_error_handler(Contention, _contention)
-bp.register_error_handler(SQLAlchemyError, _database_error)
+json_error_handlers(bp)

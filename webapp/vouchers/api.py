@@ -7,12 +7,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 from flask_limiter import RateLimitExceeded
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..api import _contention, _database_error, require_api_key
-from ..api.errors import ApiError, api_error_response, error_response
+from ..api import json_error_handlers, require_api_key
+from ..api.errors import ApiError, error_response
 from ..api.payloads import json_object
-from ..database import Contention
 from ..extensions import limiter
 from ..identity.rules import InvalidValue, Value, parse_email
 from ..models import utcnow
@@ -181,7 +179,4 @@ def _rate_limited(exc: RateLimitExceeded):
     )
 
 
-# The same JSON answers as /identify for bad input, lost lock races and a database outage.
-bp.register_error_handler(ApiError, api_error_response)
-bp.register_error_handler(Contention, _contention)
-bp.register_error_handler(SQLAlchemyError, _database_error)
+json_error_handlers(bp)
