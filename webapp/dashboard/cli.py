@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 from flask.cli import with_appcontext
-from sqlalchemy import func, select
 
-from ..extensions import db
-from ..models import Contact
-from .search import reindex
+from .search import contact_count, reindex
 
 
 @click.group("search")
@@ -21,8 +18,6 @@ def search() -> None:
 @with_appcontext
 def reindex_command(batch_size: int) -> None:
     """Rebuild the search index of every contact (after a bulk load, for instance)."""
-    total = db.session.scalar(select(func.count()).select_from(Contact)) or 0
-    db.session.rollback()
-    with click.progressbar(length=total, label="indexing contacts") as bar:
+    with click.progressbar(length=contact_count(), label="indexing contacts") as bar:
         done = reindex(batch_size=batch_size, progress=bar.update)
     click.echo(f"indexed {done} contacts")

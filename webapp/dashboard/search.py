@@ -106,6 +106,13 @@ def parse_query(raw: str) -> SearchQuery:
     return SearchQuery(text=text, email_term=email_term, phone_term=phone_term)
 
 
+def contact_count() -> int:
+    """How many contact rows a reindex goes through (for a progress bar)."""
+    total = db.session.scalar(select(func.count()).select_from(Contact)) or 0
+    db.session.rollback()
+    return total
+
+
 def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = None) -> int:
     """Rebuild the index entries of every contact, one committed batch at a time.
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import Connection, and_, or_, select, union_all
 
+from ..extensions import db
 from ..identity.rules import Customer, Row, Value, consolidate
 from ..identity.service import ROW_COLUMNS, row_from_record
 from ..models import Contact
@@ -218,6 +219,16 @@ def customer_card(conn: Connection, primary_id: int, *, recent: int = 5) -> Cust
         recent=engagement_page(conn, rows.ids, limit=recent, deleted=rows.deleted_ids),
         vouchers=valid_vouchers(primary_id),
     )
+
+
+def cards_holding(value: Value, *, recent: int) -> list[CustomerCard]:
+    """The card of every customer with a live row holding ``value``, read in one transaction."""
+    conn = db.session.connection()
+    try:
+        cards = [customer_card(conn, cid, recent=recent) for cid in customers_holding(conn, value)]
+    finally:
+        db.session.rollback()
+    return [card for card in cards if card is not None]
 
 
 def valid_vouchers(primary_id: int) -> list[dict]:
