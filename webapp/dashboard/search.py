@@ -39,7 +39,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -48,7 +47,14 @@ from sqlalchemy import (
 
 from ..extensions import db
 from ..identity.rules import Row, consolidate
-from ..identity.search_index import GRAM, NOT_DIGIT, ContactGram, contact_grams, grams
+from ..identity.search_index import (
+    GRAM,
+    NOT_DIGIT,
+    ContactGram,
+    add_entries,
+    contact_grams,
+    grams,
+)
 from ..identity.service import ROW_COLUMNS, row_from_record
 from ..models import Contact
 
@@ -141,11 +147,7 @@ def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = Non
         }
         for index_entries in _INDEX_ENTRIES.values():
             entries.update(index_entries(conn, ids))
-        if entries:
-            conn.execute(
-                insert(ContactGram.__table__),
-                [{"gram": g, "contact_id": cid} for g, cid in sorted(entries)],
-            )
+        add_entries(conn, entries)
         db.session.commit()
         done += len(batch)
         last = ids[-1]

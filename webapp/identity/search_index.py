@@ -55,21 +55,19 @@ def name_grams(name_key: str | None) -> set[str]:
     return grams("n", name_key)
 
 
-def _add_entries(conn: Connection, contact_id: int, entries: Iterable[str]) -> None:
-    """Insert (gram, contact_id) index rows in one executemany.
+def add_entries(conn: Connection, entries: Iterable[tuple[str, int]]) -> None:
+    """Insert (gram, contact_id) index rows in one executemany, in the caller's transaction.
 
     A contact row has some thirty grams and identify adds one on every new
     value, so the rows go straight to the driver: SQLAlchemy's executemany
     would process each row's parameters on its own, which cost about a
     fifth of a new customer's request.
     """
+    rows = sorted(entries)
+    if not rows:
+        return
     sql, positional = _insert_sql(conn.dialect)
-    if positional:
-        rows: list = [(gram, contact_id) for gram in sorted(entries)]
-    else:
-        rows = [{"g": gram, "c": contact_id} for gram in sorted(entries)]
-    if rows:
-        conn.exec_driver_sql(sql, rows)
+    conn.exec_driver_sql(sql, rows if positional else [{"g": g, "c": c} for g, c in rows])
 
 
 _INSERT_SQL: dict[tuple[str, str], tuple[str, bool]] = {}
@@ -96,7 +94,7 @@ def index_contact(
     conn: Connection, contact_id: int, email_key: str | None, phone_key: str | None
 ) -> None:
     """Add a new contact row to the search index, in the caller's transaction."""
-    _add_entries(conn, contact_id, contact_grams(email_key, phone_key))
+    add_entries(conn, ((gram, contact_id) for gram in contact_grams(email_key, phone_key)))
 
 
 def index_names(conn: Connection, contact_id: int, name_keys: Iterable[str]) -> None:
@@ -116,4 +114,4 @@ def index_names(conn: Connection, contact_id: int, name_keys: Iterable[str]) -> 
             )
         )
     )
-    _add_entries(conn, contact_id, wanted - held)
+    add_entries(conn, ((gram, contact_id) for gram in wanted - held))
