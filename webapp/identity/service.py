@@ -381,9 +381,9 @@ def _apply(
     """
     now = utcnow()
     survivor = plan.survivor_id
-    absorbed = set(plan.absorbed)
+    absorbed_ids = set(plan.absorbed)
     after = [
-        replace(row, linked_id=survivor) if row.primary_id in absorbed else row for row in rows
+        replace(row, linked_id=survivor) if row.primary_id in absorbed_ids else row for row in rows
     ]
     if plan.absorbed:
         # Deleted rows move too, so that what hangs off them (engagements,
@@ -391,14 +391,14 @@ def _apply(
         conn.execute(
             update(Contact.__table__)
             .where(or_(_c.id.in_(plan.absorbed), _c.linkedId.in_(plan.absorbed)))
-            .values(linkedId=plan.survivor_id, linkPrecedence=SECONDARY, updatedAt=now)
+            .values(linkedId=survivor, linkPrecedence=SECONDARY, updatedAt=now)
         )
         detail = json.dumps({v.kind: v.stored for v in values})
         conn.execute(
             insert(Merge.__table__),
             [
                 {
-                    "survivor_id": plan.survivor_id,
+                    "survivor_id": survivor,
                     "absorbed_id": absorbed,
                     "rows_moved": sum(1 for r in rows if r.primary_id == absorbed),
                     "cause": source,
