@@ -6,7 +6,7 @@ CSRF protection, htmx request details and the security headers.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, render_template
+from flask import Blueprint, Flask, Response
 from flask_login import login_required
 from flask_wtf.csrf import CSRFError
 
@@ -14,6 +14,7 @@ from ..auth import init_auth
 from ..database import Contention
 from ..extensions import csrf, htmx
 from ..identity import search_index  # noqa: F401  (registers the search index table)
+from .rendering import error_page
 from .sections import nav_links, register_nav
 
 bp = Blueprint("dashboard", __name__)
@@ -73,19 +74,13 @@ def _security_headers(response: Response) -> Response:
 
 
 def _csrf_failed(exc: CSRFError):
-    return render_template(
-        "dashboard/error.html", title="Form expired", message=exc.description
-    ), 400
+    return error_page("Form expired", exc.description, 400)
 
 
 def _busy(_exc: Contention):
     # A write that kept losing lock races to other writers (checkout traffic, say).
-    page = render_template(
-        "dashboard/error.html",
-        title="Busy",
-        message="Too many changes to this customer at once. Try again in a moment.",
-    )
-    return page, 503, {"Retry-After": "1"}
+    message = "Too many changes to this customer at once. Try again in a moment."
+    return error_page("Busy", message, 503, {"Retry-After": "1"})
 
 
 def init_dashboard(app: Flask) -> None:

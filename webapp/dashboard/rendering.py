@@ -32,3 +32,9 @@ def not_found(thing: str, ident: int) -> Response:
     return page_or_fragment(
         "dashboard/not_found.html", "dashboard/_not_found.html", 404, thing=thing, ident=ident
     )
+
+
+def error_page(title: str, message: str, status: int, headers: dict | None = None) -> Response:
+    """The dashboard's one error answer for people: a titled message in the page, ``status``."""
+    page = render_template("dashboard/error.html", title=title, message=message)
+    return make_response(page, status, headers or {})

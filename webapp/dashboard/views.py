@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import redirect, render_template, request, url_for
+from flask import redirect, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import SearchField, SelectField
 from wtforms.validators import Length, Optional
@@ -16,7 +16,7 @@ from .customers import (
     locate_customer,
     timeline_page,
 )
-from .rendering import not_found, page_or_fragment, wants_fragment
+from .rendering import error_page, not_found, page_or_fragment, wants_fragment
 from .search import search_customers
 from .sections import actions, load_sections
 
@@ -85,7 +85,7 @@ def customer(contact_id: int):
         timeline = timeline_page(view, newest_first=newest_first, after=after)
     except InvalidCursor:
         message = "This “show more” link is damaged; open the customer again."
-        return render_template("dashboard/error.html", title="Bad link", message=message), 400
+        return error_page("Bad link", message, 400)
     return page_or_fragment(
         "dashboard/customer.html",
         "dashboard/_timeline_rows.html" if after else "dashboard/_timeline.html",

@@ -11,7 +11,7 @@ from wtforms.validators import DataRequired, Length, Optional
 from ..dashboard import protect
 from ..dashboard.cursors import InvalidCursor
 from ..dashboard.customers import CustomerView, locate_customer
-from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
+from ..dashboard.rendering import error_page, not_found, page_or_fragment, wants_fragment
 from ..identity.service import BlockedValues
 from ..models import row_id
 from ..text import FreeText
@@ -90,11 +90,9 @@ def activity(contact_id: int):
     try:
         page = customer_activity(primary_id, channel=channel, before=request.args.get("before"))
     except InvalidCursor:
-        return render_template(
-            "dashboard/error.html",
-            title="Bad link",
-            message="This “load more” link is damaged; open the customer again.",
-        ), 400
+        return error_page(
+            "Bad link", "This “load more” link is damaged; open the customer again.", 400
+        )
     if page is None:
         return not_found("Customer", contact_id)
     more = request.args.get("before") is not None
@@ -150,11 +148,9 @@ def create_customer_from_call(pop_id: int):
     try:
         primary_id = create_caller(pop_id, current_user.email)
     except BlockedValues:
-        return render_template(
-            "dashboard/error.html",
-            title="Number blocked",
-            message="This number is blocked, so it cannot become a customer.",
-        ), 422
+        return error_page(
+            "Number blocked", "This number is blocked, so it cannot become a customer.", 422
+        )
     if primary_id is None:
         return not_found("Screen-pop", pop_id)
     return redirect(url_for("dashboard.customer", contact_id=primary_id), 303)
