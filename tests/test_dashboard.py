@@ -277,6 +277,24 @@ def test_any_contact_id_redirects_to_the_primary(signed_in_client, asked):
     assert response.headers["Location"] == "/customers/1"
 
 
+@pytest.mark.parametrize(
+    "asked, expected",
+    [
+        ("/customers/2?order=oldest&after=x&page=9", "/customers/1?order=oldest&after=x"),
+        ("/customers/2/contacts?order=oldest", "/customers/1/contacts"),
+        ("/customers/2/activity?channel=sms&order=oldest", "/customers/1/activity?channel=sms"),
+        ("/customers/2/vouchers?after=x", "/customers/1/vouchers"),
+    ],
+)
+def test_every_customer_view_of_a_secondary_redirects_keeping_only_its_own_parameters(
+    signed_in_client, asked, expected
+):
+    seed(signed_in_client, ("a@x.io", "111"), ("b@x.io", "222"), ("a@x.io", "222"))
+    response = signed_in_client.get(asked)
+    assert response.status_code == 302
+    assert response.headers["Location"] == expected
+
+
 def test_merged_away_primary_redirects_and_the_merge_is_on_the_timeline(signed_in_client):
     seed(signed_in_client, ("a@x.io", "111"), ("b@x.io", "222"), ("a@x.io", "222"))
     assert signed_in_client.get("/customers/2").headers["Location"] == "/customers/1"

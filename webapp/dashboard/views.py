@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import redirect, request, url_for
+from flask import request
 from flask_wtf import FlaskForm
 from wtforms import SearchField, SelectField
 from wtforms.validators import Length, Optional
@@ -13,10 +13,15 @@ from .customers import (
     CONTACTS_SHOWN,
     audit_log,
     load_customer,
-    locate_customer,
     timeline_page,
 )
-from .rendering import error_page, not_found, page_or_fragment, wants_fragment
+from .rendering import (
+    canonical_customer,
+    error_page,
+    not_found,
+    page_or_fragment,
+    wants_fragment,
+)
 from .search import search_customers
 from .sections import actions, load_sections
 
@@ -67,17 +72,9 @@ def customer(contact_id: int):
     ``after`` continues the timeline from a cursor: htmx's "Show more" swaps in
     only the next rows, a plain request gets the page with the timeline from there.
     """
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return not_found("Customer", contact_id)
+    primary_id = canonical_customer(contact_id, keep=("order", "after"))
     newest_first = request.args.get("order") != "oldest"
     after = request.args.get("after")
-    if primary_id != contact_id:
-        # 302, not 301: a split can later give this contact another primary.
-        kept = {} if newest_first else {"order": "oldest"}
-        if after:
-            kept["after"] = after
-        return redirect(url_for(".customer", contact_id=primary_id, **kept), 302)
     view = load_customer(primary_id)
     if view is None:
         return not_found("Customer", contact_id)
@@ -103,11 +100,7 @@ def customer(contact_id: int):
 @bp.get("/customers/<int:contact_id>/contacts")
 def contacts(contact_id: int):
     """Every contact row of a customer and why it is linked; htmx swaps in only the table."""
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return not_found("Customer", contact_id)
-    if primary_id != contact_id:
-        return redirect(url_for(".contacts", contact_id=primary_id), 302)
+    primary_id = canonical_customer(contact_id)
     view = load_customer(primary_id)
     if view is None:
         return not_found("Customer", contact_id)

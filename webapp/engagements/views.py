@@ -10,8 +10,15 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from ..dashboard import protect
 from ..dashboard.cursors import InvalidCursor
-from ..dashboard.customers import CustomerView, locate_customer
-from ..dashboard.rendering import error_page, not_found, page_or_fragment, wants_fragment
+from ..dashboard.customers import CustomerView
+from ..dashboard.rendering import (
+    canonical_customer,
+    customer_or_404,
+    error_page,
+    not_found,
+    page_or_fragment,
+    wants_fragment,
+)
 from ..identity.service import BlockedValues
 from ..models import row_id
 from ..text import FreeText
@@ -77,13 +84,8 @@ def name_section(customer: CustomerView) -> dict:
 @bp.get("/customers/<int:contact_id>/activity")
 def activity(contact_id: int):
     """A customer's activity, filterable by channel, a page at a time (``before`` continues)."""
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return not_found("Customer", contact_id)
-    if primary_id != contact_id:
-        # Only the parameters this view reads: others (contact_id, _external) would reach url_for.
-        kept = {k: v for k, v in request.args.items() if k in ("channel", "before")}
-        return redirect(url_for(".activity", contact_id=primary_id, **kept), 302)
+    # Only the parameters this view reads: others (contact_id, _external) would reach url_for.
+    primary_id = canonical_customer(contact_id, keep=("channel", "before"))
     form = ActivityFilterForm(request.args)
     valid = form.validate()
     channel = form.channel.data if valid and form.channel.data in CHANNELS else None
@@ -108,9 +110,7 @@ def activity(contact_id: int):
 def rename(contact_id: int):
     """Set the customer's display name; invalid input comes back in place as 422."""
     form = NameForm()
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return not_found("Customer", contact_id)
+    primary_id = customer_or_404(contact_id)
     if form.validate_on_submit() and set_display_name(
         primary_id, form.name.data, current_user.email
     ):

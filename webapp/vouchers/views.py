@@ -16,8 +16,12 @@ from wtforms import BooleanField, DateField, StringField
 from wtforms.validators import DataRequired, Length
 
 from ..dashboard import protect
-from ..dashboard.customers import locate_customer
-from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
+from ..dashboard.rendering import (
+    canonical_customer,
+    customer_or_404,
+    page_or_fragment,
+    wants_fragment,
+)
 from ..models import utcnow
 from ..text import FreeText
 from .rules import (
@@ -112,20 +116,14 @@ def _changed(primary_id: int, message: str, event: str):
 @bp.get("/customers/<int:contact_id>/vouchers")
 def customer_section(contact_id: int):
     """The customer's vouchers on their own page (or the section, for htmx)."""
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return not_found("Customer", contact_id)
-    if primary_id != contact_id:
-        return redirect(url_for(".customer_section", contact_id=primary_id), 302)
+    primary_id = canonical_customer(contact_id)
     return _section(primary_id)
 
 
 @bp.post("/customers/<int:contact_id>/vouchers")
 def issue(contact_id: int):
     """Issue a voucher to the customer (audit-logged)."""
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return not_found("Customer", contact_id)
+    primary_id = customer_or_404(contact_id)
     form = IssueForm()
     parsed = form.parsed() if form.validate_on_submit() else None
     if parsed is not None:
@@ -151,9 +149,7 @@ def issue(contact_id: int):
 @bp.post("/customers/<int:contact_id>/vouchers/<int:voucher_id>/void")
 def void(contact_id: int, voucher_id: int):
     """Withdraw an unused voucher, with a reason (audit-logged)."""
-    primary_id = locate_customer(contact_id)
-    if primary_id is None:
-        return not_found("Customer", contact_id)
+    primary_id = customer_or_404(contact_id)
     form = VoidForm()
     if form.validate_on_submit():
         try:
