@@ -69,6 +69,9 @@ def test_invalid_emails_are_rejected(raw):
         ("+1 (555) 010-9999", "+15550109999"),
         ("0044.20.7946.0958", "00442079460958"),
         ("1", "1"),
+        # White space pasted from a web page or a CJK keyboard is white space too.
+        ("123\u00a0456", "123456"),
+        ("123\u3000456", "123456"),
     ],
 )
 def test_phone_separators_are_ignored_and_leading_plus_kept(raw, key):
@@ -89,6 +92,11 @@ def test_phone_separators_are_ignored_and_leading_plus_kept(raw, key):
         "1" * 21,
         "1-" * 40,
         "12\x0034",
+        # Stored as sent, these would put a tab, a line break or a C1 control in the row.
+        "123\t456",
+        "123\x85456",
+        "123\u2028456",
+        "123\x1c456",
         "call me",
     ],
 )

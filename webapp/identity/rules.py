@@ -13,6 +13,8 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 
+from ..text import free_text_problem
+
 EMAIL = "email"
 PHONE = "phone"
 
@@ -43,8 +45,12 @@ class Value:
 
 
 def _reject_control_characters(value: str, what: str) -> None:
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value if ch not in " \t"):
-        raise InvalidValue(f"{what} contains control characters")
+    # The free-text rule: a phone's separators may be any white space (a
+    # no-break space pasted from a web page), but not a tab, a line break or a
+    # C1 control, which would be stored as sent.
+    problem = free_text_problem(value)
+    if problem:
+        raise InvalidValue(f"{what} {problem}")
 
 
 def parse_email(raw: str) -> Value:
