@@ -79,9 +79,24 @@ def string_field(
     return value or None
 
 
+# Past 2**53 a float no longer holds every whole number: its digits would not be the ones sent.
+_EXACT_FLOAT_LIMIT = 2**53
+
+
+def whole_number(value: Any) -> Any:
+    """``value`` as an int when it is a JSON number with no fraction (5.0 is 5), else unchanged.
+
+    JSON and JSON Schema make no difference between 5 and 5.0, but Python's json
+    reads the second as a float.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT_LIMIT:
+        return int(value)
+    return value
+
+
 def _phone_text(payload: dict[str, Any], name: str, fields: dict[str, str]) -> str | None:
     """A phone field: a string, or a whole non-negative JSON number (123456 == "123456")."""
-    value = payload.get(name)
+    value = whole_number(payload.get(name))
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             fields[name] = "a phone number cannot be negative"

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..api.errors import ApiError
-from ..api.payloads import contact_values, string_field
+from ..api.payloads import contact_values, string_field, whole_number
 from ..identity.rules import Value
 from ..models import utcnow
 from .models import CALL, CHANNELS, DIRECTIONS, WEB
@@ -96,7 +96,7 @@ def _url(payload: dict[str, Any], fields: dict[str, str]) -> str | None:
 
 
 def _duration(payload: dict[str, Any], channel: str | None, fields: dict[str, str]) -> int | None:
-    value = payload.get("durationSeconds")
+    value = whole_number(payload.get("durationSeconds"))
     if value is None:
         return None
     if channel != CALL:
