@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 
 import pytest
+from jsonschema import Draft202012Validator
 from sqlalchemy import func, select
 
 from tests.builders import contacts
 from tests.openapi_check import assert_matches_openapi
+from webapp.engagements.models import Engagement
 from webapp.extensions import db
 from webapp.models import utcnow
 from webapp.vouchers.models import Offer, Voucher
@@ -60,3 +62,78 @@ def test_an_exact_discount_written_any_way_is_issued(client, discount, shown):
     response = client.post("/vouchers/generate", json=body)
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["discount"] == shown
+
+
+def request_schema_errors(app, path: str, body) -> list[str]:
+    """Why ``body`` is not a valid request body of ``POST path`` by the served OpenAPI document."""
+    spec = app.extensions["openapi"]
+    operation = spec["paths"][path]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    validator = Draft202012Validator({**spec, **schema})
+    return [error.message for error in validator.iter_errors(body)]
+
+
+SMS = {"channel": "sms", "direction": "inbound", "email": "anna@example.com"}
+VOUCHER = {"email": "anna@example.com", "offer_name": "Summer sale", "discount": 10}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "accepted"),
+    [
+        # One bad event gets its own 400 result; the batch itself is answered 200.
+        ("/events/batch", {"events": [{"channel": "web"}, "not an event", SMS]}, True),
+        ("/events/batch", {"events": []}, False),
+        ("/identify", {"phoneNumber": "1" * 21}, False),
+        ("/identify", {"phoneNumber": 10**20}, False),
+        ("/identify", {"phoneNumber": "(+44) 20-7946.0001"}, True),
+        ("/identify", {"email": "anna@example.com", "phoneNumber": "  "}, True),
+        ("/events", {**SMS, "direction": None}, False),
+        ("/events", {"channel": "web", "direction": "inbound", "email": "anna@example.com"}, False),
+        ("/events", {**SMS, "durationSeconds": 5}, False),
+        ("/events", {**SMS, "channel": "call", "durationSeconds": 5}, True),
+        ("/calls/incoming", {"phoneNumber": ""}, False),
+        ("/calls/incoming", {"phoneNumber": "123", "callId": "  "}, False),
+        ("/vouchers/generate", {**VOUCHER, "discount": 12.345}, False),
+        ("/vouchers/generate", {**VOUCHER, "offer_name": "   "}, False),
+        ("/vouchers/validate", {"code": "K7QM-3XPD-9", "email": "anna@example.com"}, False),
+    ],
+)
+def test_the_document_accepts_what_the_server_accepts(app, client, path, body, accepted):
+    if path == "/vouchers/generate":
+        body = {**body, "expiry": in_a_month()}
+    assert (request_schema_errors(app, path, body) == []) is accepted
+    response = client.post(path, json=body)
+    assert (response.status_code < 400) is accepted, response.get_json()
+    assert_matches_openapi(app, path, "post", response)
+
+
+@pytest.mark.parametrize("phone", [123456.0, 1.23456e5])
+def test_a_whole_phone_number_written_with_a_fraction_is_that_number(app, client, phone):
+    response = client.post("/identify", json={"phoneNumber": phone})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["contact"]["phoneNumbers"] == ["123456"]
+    assert [c.phoneNumber for c in contacts()] == ["123456"]
+    call = client.post("/calls/incoming", json={"phoneNumber": phone, "callId": "pbx-1"})
+    assert call.status_code == 201, call.get_json()
+    assert call.get_json()["match"] == "one"
+
+
+@pytest.mark.parametrize("phone", [123456.5, 1e20, -1.0])
+def test_a_phone_number_that_is_no_whole_number_is_refused(app, client, phone):
+    response = client.post("/identify", json={"phoneNumber": phone})
+    assert response.status_code == 400, response.get_json()
+    assert set(response.get_json()["error"]["fields"]) == {"phoneNumber"}
+    assert_matches_openapi(app, "/identify", "post", response)
+    assert contacts() == []
+
+
+def test_a_call_duration_written_with_a_fraction_is_whole_seconds(app, client):
+    body = {"channel": "call", "direction": "inbound", "email": "anna@example.com"}
+    response = client.post("/events", json={**body, "durationSeconds": 42.0})
+    assert response.status_code == 201, response.get_json()
+    assert db.session.scalars(select(Engagement.duration_seconds)).all() == [42]
+    db.session.rollback()
+    refused = client.post("/events", json={**body, "durationSeconds": 42.5})
+    assert refused.status_code == 400
+    assert set(refused.get_json()["error"]["fields"]) == {"durationSeconds"}
+    assert count(Engagement) == 1
