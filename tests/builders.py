@@ -138,3 +138,20 @@ def sign_in(client, email: str = AGENT_EMAIL, password: str = AGENT_PASSWORD):
     page = client.get("/").get_data(as_text=True)
     client.environ_base["HTTP_X_CSRFTOKEN"] = csrf_token_from(page)
     return response
+
+
+def commit_elsewhere() -> None:
+    """Commit a write on another connection, as a concurrent request would.
+
+    Called between a service's read and its write, it recreates the race
+    SQLite loses at once (not after the busy timeout): a transaction that
+    read before another connection committed cannot then write.
+    """
+    from sqlalchemy import insert
+
+    from webapp.models import utcnow
+
+    with db.engine.connect() as other, other.begin():
+        other.execute(
+            insert(Identifier).values(kind="email", key=f"elsewhere-{utcnow():%H%M%S%f}@x.io")
+        )

@@ -6,7 +6,14 @@ import pytest
 from flask import g
 from sqlalchemy import select
 
-from tests.builders import AGENT_EMAIL, AGENT_PASSWORD, csrf_token_from, make_agent
+from tests.builders import (
+    AGENT_EMAIL,
+    AGENT_PASSWORD,
+    commit_elsewhere,
+    csrf_token_from,
+    make_agent,
+)
+from webapp.auth import service
 from webapp.extensions import db
 from webapp.models import User
 
@@ -61,6 +68,33 @@ def test_sign_in_records_the_time_and_email_is_case_insensitive(client, agent):
     user = db.session.scalar(select(User).where(User.email == AGENT_EMAIL))
     assert user.last_login_at is not None
     assert user.password_hash.startswith("$argon2id$")
+
+
+def test_sign_in_survives_a_write_committed_during_the_password_check(client, agent, monkeypatch):
+    # The password check takes tens of milliseconds; on a live service other
+    # requests commit meanwhile. On SQLite the sign-in used to answer 500
+    # ("database is locked") when it then recorded the time.
+    hasher = service._hasher()
+
+    class BusyHasher:
+        def verify(self, hashed, password):
+            commit_elsewhere()
+            return hasher.verify(hashed, password)
+
+        def check_needs_rehash(self, hashed):
+            return True
+
+        def hash(self, password):
+            return hasher.hash(password)
+
+    monkeypatch.setattr(service, "_hasher", BusyHasher)
+    old_hash = db.session.scalar(select(User.password_hash))
+    response = _post_sign_in(client, AGENT_EMAIL, AGENT_PASSWORD)
+    assert response.status_code == 302
+    user = db.session.scalar(select(User).where(User.email == AGENT_EMAIL))
+    assert user.last_login_at is not None
+    assert user.password_hash != old_hash
+    assert client.get("/").status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 16 threads released together by a barrier, each on its own HTTP connection,
 send the same event (or the same telephony webhook); the database must end
-with one row and every answer must carry that row's id.
+with one row and every answer must carry that row's id. Last, an event whose
+contact row agents keep deleting gives up with a 503, as a lost race does.
 """
 
 from __future__ import annotations
@@ -92,3 +93,25 @@ def test_one_call_id_sent_16_times_at_once_pops_once(live_server):
     assert len({answer["popId"] for _, answer in results}) == 1
     assert len({answer["eventId"] for _, answer in results}) == 1
     assert (count(Engagement), count(ScreenPop)) == (2, 1)
+
+
+def test_an_event_whose_rows_keep_being_deleted_is_a_503_not_a_500(app, client, monkeypatch):
+    # An agent deletes the row the event was going to be stored on, every time
+    # it is picked: after a few rounds the API gives up as for any lost race.
+    from webapp.engagements import service
+    from webapp.reconcile.service import delete_contact
+
+    store = service.store_events
+
+    def store_after_a_delete(contact_id, events):
+        delete_contact(contact_id, "agent@example.com")
+        return store(contact_id, events)
+
+    monkeypatch.setattr(service, "store_events", store_after_a_delete)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    body = {"channel": "sms", "direction": "inbound", "email": "anna@x.io"}
+    response = client.post("/events", json=body)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "busy"
+    assert response.headers["Retry-After"] == "1"
+    assert count(Engagement) == 0

@@ -6,12 +6,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests.builders import assert_invariants, contacts, csrf_token_from
+from tests.builders import assert_invariants, commit_elsewhere, contacts, csrf_token_from
 from webapp.dashboard.search import reindex
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
 from webapp.identity.service import identify
 from webapp.models import Contact, Identifier, Merge, utcnow
+from webapp.reconcile import views
 from webapp.reconcile.jobs import create_job, get_job
 from webapp.reconcile.models import ReconcileJob
 from webapp.reconcile.service import set_blocked
@@ -308,6 +309,23 @@ def test_whole_database_run_in_the_background_to_the_end(signed_in_client):
     page = signed_in_client.get(target)
     assert "<html" in page.get_data(as_text=True)
     assert links() == {1: None, 2: 1}
+
+
+def test_starting_a_run_survives_a_write_committed_after_the_agent_was_read(
+    signed_in_client, monkeypatch
+):
+    # Signing the agent in reads the database; checkout traffic commits before
+    # the run is queued. On SQLite that used to be a 500 ("database is locked").
+    def create_after_a_commit(actor):
+        commit_elsewhere()
+        return create_job(actor)
+
+    monkeypatch.setattr(views, "create_job", create_after_a_commit)
+    monkeypatch.setattr(views, "launch", lambda job_id: None)
+    start = signed_in_client.post("/reconcile", headers=HTMX)
+    assert start.status_code == 200
+    job_id = int(start.headers["HX-Redirect"].rsplit("/", 1)[1])
+    assert get_job(job_id).status == "queued"
 
 
 def test_a_second_run_while_one_is_active_is_refused_in_place(signed_in_client):

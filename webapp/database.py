@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy import Engine, event
+from flask import current_app
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from .extensions import db
@@ -142,3 +143,19 @@ def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
             db.session.rollback()
             raise
     raise Contention(f"gave up after {max_attempts} attempts")
+
+
+def write_transaction(work: Callable[[Connection], T]) -> T:
+    """Run ``work`` on the session's connection in a write transaction, again when it loses a race.
+
+    Any read the caller left open is ended first, so that SQLite takes its
+    write lock up front (BEGIN IMMEDIATE): a transaction that read, then
+    writes after another connection committed, fails at once with "database
+    is locked", whatever the busy timeout. ``work`` commits.
+    """
+
+    def attempt() -> T:
+        return work(db.session.connection(execution_options={SQLITE_IMMEDIATE: True}))
+
+    db.session.rollback()
+    return run_write_transaction(attempt, current_app.config["IDENTIFY_MAX_ATTEMPTS"])

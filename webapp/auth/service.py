@@ -8,8 +8,9 @@ from functools import cache
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select, update
 
+from ..database import write_transaction
 from ..extensions import db
 from ..identity.rules import InvalidValue, parse_email
 from ..models import User, utcnow
@@ -62,11 +63,18 @@ def create_agent(email: str, password: str) -> User:
     address = normalise_email(email)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AgentError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
-    if find_agent(address) is not None:
-        raise AgentError(f"an agent with e-mail {address} already exists")
-    user = User(email=address, password_hash=_hasher().hash(password), is_active=True)
-    db.session.add(user)
-    db.session.commit()
+    password_hash = _hasher().hash(password)
+
+    def work(conn: Connection) -> int:
+        if conn.execute(select(User.id).where(User.email == address)).first() is not None:
+            raise AgentError(f"an agent with e-mail {address} already exists")
+        user_id = conn.execute(
+            insert(User).values(email=address, password_hash=password_hash, is_active=True)
+        ).inserted_primary_key[0]
+        db.session.commit()
+        return user_id
+
+    user = db.session.get(User, write_transaction(work))
     log.info("agent %s created", address)
     return user
 
@@ -78,13 +86,19 @@ def list_agents() -> list[User]:
 
 def disable_agent(email: str) -> User:
     """Stop an agent from signing in; their open sessions end on the next request."""
-    user = find_agent(email)
-    if user is None:
-        raise AgentError(f"no agent with e-mail {lookup_key(email)}")
-    user.is_active = False
-    db.session.commit()
-    log.info("agent %s disabled", user.email)
-    return user
+    address = lookup_key(email)
+
+    def work(conn: Connection) -> int:
+        found = conn.execute(
+            update(User).where(User.email == address).values(is_active=False)
+        ).rowcount
+        db.session.commit()
+        return found
+
+    if not write_transaction(work):
+        raise AgentError(f"no agent with e-mail {address}")
+    log.info("agent %s disabled", address)
+    return find_agent(address)
 
 
 def authenticate(email: str, password: str) -> User | None:
@@ -104,11 +118,19 @@ def authenticate(email: str, password: str) -> User | None:
     if user is None or not user.is_active:
         db.session.rollback()
         return None
+    changes = {"last_login_at": utcnow()}
     if hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = hasher.hash(password)
-    user.last_login_at = utcnow()
-    db.session.commit()
-    return user
+        changes["password_hash"] = hasher.hash(password)
+    user_id = user.id
+
+    def work(conn: Connection) -> None:
+        conn.execute(update(User).where(User.id == user_id).values(**changes))
+        db.session.commit()
+
+    # The check above read the agent in a transaction that other requests'
+    # commits have since passed by; the sign-in is recorded in a fresh one.
+    write_transaction(work)
+    return db.session.get(User, user_id)
 
 
 def load_agent(user_id: int) -> User | None:

@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import (
     Connection,
@@ -45,6 +46,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from ..database import write_transaction
 from ..extensions import db
 from ..identity.rules import Row, consolidate
 from ..identity.search_index import (
@@ -127,32 +129,35 @@ def reindex(batch_size: int = 5000, progress: Callable[[int], None] | None = Non
     contacts were indexed. Safe to run twice; contacts and names added
     meanwhile are indexed by the write that adds them.
     """
-    done = 0
-    last = 0
-    while True:
-        conn = db.session.connection()
+
+    def rebuild_after(last: int, conn: Connection) -> list[int]:
         batch = conn.execute(
             select(_c.id, _c.email_key, _c.phone_key)
             .where(_c.id > last)
             .order_by(_c.id)
             .limit(batch_size)
         ).all()
-        if not batch:
-            db.session.rollback()
-            return done
         ids = [row.id for row in batch]
-        conn.execute(delete(ContactGram.__table__).where(_g.contact_id.in_(ids)))
-        entries = {
-            (g, row.id) for row in batch for g in contact_grams(row.email_key, row.phone_key)
-        }
-        for index_entries in _INDEX_ENTRIES.values():
-            entries.update(index_entries(conn, ids))
-        add_entries(conn, entries)
+        if ids:
+            conn.execute(delete(ContactGram.__table__).where(_g.contact_id.in_(ids)))
+            entries = {
+                (g, row.id) for row in batch for g in contact_grams(row.email_key, row.phone_key)
+            }
+            for index_entries in _INDEX_ENTRIES.values():
+                entries.update(index_entries(conn, ids))
+            add_entries(conn, entries)
         db.session.commit()
-        done += len(batch)
+        return ids
+
+    done = 0
+    last = 0
+    # A write transaction per batch: reindexing while the service takes traffic.
+    while ids := write_transaction(partial(rebuild_after, last)):
+        done += len(ids)
         last = ids[-1]
         if progress is not None:
-            progress(len(batch))
+            progress(len(ids))
+    return done
 
 
 def _gram_counts(conn: Connection, grams: Sequence[str], cap: int) -> list[int]:

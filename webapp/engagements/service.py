@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import Connection, insert, select, tuple_
 
 from ..api.errors import ApiError
-from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..database import SQLITE_IMMEDIATE, Contention, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Row, Value
 from ..identity.search_index import index_names
@@ -233,7 +233,8 @@ def _record_group(events: Sequence[EventInput]) -> list[Recorded]:
         if stored is not None:
             return stored
         log.info("contact row %s was deleted while storing events; resolving again", contact.id)
-    raise Retry("the contact rows kept disappearing")
+    # Agents kept deleting the rows picked: a 503 "busy", like any other lost race.
+    raise Contention("the contact rows kept disappearing")
 
 
 def _known_events(events: Sequence[EventInput]) -> dict[tuple, Recorded]:

@@ -11,16 +11,12 @@ from another is always locked and recomputed whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from flask import current_app
 from sqlalchemy import Connection, insert, or_, select, update
 
 from ..audit import record
-from ..database import SQLITE_IMMEDIATE, run_write_transaction
-from ..extensions import db
 from ..identity.rules import (
     EMAIL,
     Key,
@@ -38,7 +34,6 @@ from .models import Bond
 
 _c = Contact.__table__.c
 
-T = TypeVar("T")
 
 AGENT = "agent"
 RECONCILE = "reconcile"
@@ -96,17 +91,6 @@ class View:
     def plan(self) -> Reconciliation:
         """Who belongs with whom in this view, as the changes to make."""
         return reconcile(self.rows, self.blocked, self.bonds, self.deleted)
-
-
-def write_transaction(work: Callable[[Connection], T]) -> T:
-    """Run ``work`` in a write transaction, again when it loses a lock race."""
-
-    def attempt() -> T:
-        return work(db.session.connection(execution_options={SQLITE_IMMEDIATE: True}))
-
-    # End any read the caller left open, so that the write lock is taken up front.
-    db.session.rollback()
-    return run_write_transaction(attempt, current_app.config["IDENTIFY_MAX_ATTEMPTS"])
 
 
 def holders(conn: Connection, keys: Iterable[Key]) -> set[int]:

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import Connection, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, func, insert, select, update
 
 from ..audit import record
-from ..database import SQLITE_IMMEDIATE
+from ..database import write_transaction
 from ..extensions import db
 from ..models import Contact, utcnow
-from .core import RECONCILE, ReconcileError, lock_view, write_plan, write_transaction
+from .core import RECONCILE, ReconcileError, lock_view, write_plan
 from .models import DONE, FAILED, QUEUED, RUNNING, STALE_AFTER, ReconcileJob
 
 log = logging.getLogger(__name__)
@@ -96,30 +95,35 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
     return Batch(len(ids), ids[-1], len(after), rows_changed)
 
 
-def _expire_stalled() -> None:
-    db.session.execute(
+def _expire_stalled(conn: Connection) -> None:
+    conn.execute(
         update(ReconcileJob.__table__)
         .where(_j.active.is_not(None), _j.heartbeat_at < utcnow() - STALE_AFTER)
         .values(status=FAILED, active=None, finished_at=utcnow(), error="stopped responding")
     )
-    db.session.commit()
 
 
 def create_job(actor: str) -> ReconcileJob:
     """Queue a whole-database run; AlreadyRunning when one is queued or running.
 
     The unique key on ``active`` lets the database, not a worker's memory,
-    decide that only one run happens at a time.
+    decide that only one run happens at a time: of two agents starting a run
+    together, one insert loses on that key and its retry finds the other's run.
     """
-    _expire_stalled()
-    job = ReconcileJob(actor=actor, status=QUEUED, active=1, heartbeat_at=utcnow())
-    db.session.add(job)
-    try:
+
+    def work(conn: Connection) -> int:
+        _expire_stalled(conn)
+        if conn.execute(select(_j.id).where(_j.active.is_not(None))).first() is not None:
+            raise AlreadyRunning("a reconciliation of the whole database is already running")
+        job_id = conn.execute(
+            insert(ReconcileJob.__table__).values(
+                actor=actor, status=QUEUED, active=1, heartbeat_at=utcnow()
+            )
+        ).inserted_primary_key[0]
         db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        raise AlreadyRunning("a reconciliation of the whole database is already running") from None
-    return job
+        return job_id
+
+    return db.session.get(ReconcileJob, write_transaction(work))
 
 
 def launch(job_id: int) -> None:
@@ -145,20 +149,21 @@ def launch(job_id: int) -> None:
 
 def claim_job(job_id: int) -> ReconcileJob:
     """Mark a queued run as running and count the customers it will check."""
-    db.session.rollback()
-    # Read then write: on SQLite take the write lock first, or the upgrade can fail.
-    conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
-    total = conn.execute(
-        select(func.count()).where(_c.linkedId.is_(None), _c.deletedAt.is_(None))
-    ).scalar_one()
-    now = utcnow()
-    claimed = conn.execute(
-        update(ReconcileJob.__table__)
-        .where(_j.id == job_id, _j.status == QUEUED)
-        .values(status=RUNNING, total=total, started_at=now, heartbeat_at=now)
-    ).rowcount
-    db.session.commit()
-    if claimed != 1:
+
+    def work(conn: Connection) -> int:
+        total = conn.execute(
+            select(func.count()).where(_c.linkedId.is_(None), _c.deletedAt.is_(None))
+        ).scalar_one()
+        now = utcnow()
+        claimed = conn.execute(
+            update(ReconcileJob.__table__)
+            .where(_j.id == job_id, _j.status == QUEUED)
+            .values(status=RUNNING, total=total, started_at=now, heartbeat_at=now)
+        ).rowcount
+        db.session.commit()
+        return claimed
+
+    if write_transaction(work) != 1:
         raise ReconcileError(f"reconciliation run {job_id} is not waiting to start")
     return db.session.get(ReconcileJob, job_id)
 
@@ -189,13 +194,16 @@ def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> Recon
 
 
 def _finish(job_id: int, status: str, error: str | None) -> None:
-    now = utcnow()
-    db.session.execute(
-        update(ReconcileJob.__table__)
-        .where(_j.id == job_id)
-        .values(status=status, active=None, error=error, finished_at=now, heartbeat_at=now)
-    )
-    db.session.commit()
+    def work(conn: Connection) -> None:
+        now = utcnow()
+        conn.execute(
+            update(ReconcileJob.__table__)
+            .where(_j.id == job_id)
+            .values(status=status, active=None, error=error, finished_at=now, heartbeat_at=now)
+        )
+        db.session.commit()
+
+    write_transaction(work)
 
 
 def get_job(job_id: int) -> ReconcileJob | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, or_, select, update
 
+from ..database import write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
 from ..identity.search_index import index_contact
@@ -32,7 +33,6 @@ from .core import (
     primary_of,
     settle,
     write_plan,
-    write_transaction,
 )
 
 _c = Contact.__table__.c
