@@ -80,14 +80,43 @@ def test_malformed_codes_are_refused(typed):
 
 @pytest.mark.parametrize(
     ("raw", "hundredths"),
-    [(10, 1000), (12.5, 1250), ("7.25", 725), (100, 10000), (0.01, 1), ("100.00", 10000)],
+    [
+        (10, 1000),
+        (12.5, 1250),
+        ("7.25", 725),
+        (100, 10000),
+        (0.01, 1),
+        ("100.00", 10000),
+        ("12.500", 1250),
+        ("1E+2", 10000),
+    ],
 )
 def test_discounts_in_hundredths_of_a_percent(raw, hundredths):
     assert parse_discount(raw) == hundredths
 
 
 @pytest.mark.parametrize(
-    "raw", [0, -5, 100.01, 101, 12.345, "ten", "", None, True, [], "nan", "inf"]
+    "raw",
+    [
+        0,
+        -5,
+        100.01,
+        101,
+        12.345,
+        "ten",
+        "",
+        None,
+        True,
+        [],
+        "nan",
+        "inf",
+        # Rounded in a 28-digit Decimal context these became 0% and 100%; the
+        # CLI and the dashboard form read discounts here too.
+        "1e-999999999",
+        "99.999999999999999999999999999",
+        "1.000000000000000000000000000001",
+        "1e999999999",
+    ],
 )
 def test_bad_discounts_are_refused(raw):
     with pytest.raises(InvalidVoucherValue):

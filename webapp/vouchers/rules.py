@@ -75,10 +75,14 @@ def parse_discount(raw: object) -> int:
         raise InvalidVoucherValue("discount must be a number of percent") from None
     if not value.is_finite() or not 0 < value <= 100:
         raise InvalidVoucherValue("discount must be more than 0 and at most 100 percent")
-    hundredths = value * HUNDREDTHS
-    if hundredths != hundredths.to_integral_value():
+    # Exact, on the digits: Decimal arithmetic rounds to 28 digits, which would
+    # issue "99.999999999999999999999999999" as 100 and "1e-999999999" as 0.
+    _sign, digits, exponent = value.as_tuple()
+    shift = exponent + 2  # hundredths = the digits times 10**shift
+    if shift < 0 and (-shift > len(digits) or any(digits[shift:])):
         raise InvalidVoucherValue("discount may have at most two decimals")
-    return int(hundredths)
+    kept = digits[:shift] if shift < 0 else digits + (0,) * shift
+    return int("".join(map(str, kept)))
 
 
 def discount_percent(hundredths: int) -> int | float:
