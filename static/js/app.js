@@ -34,6 +34,60 @@
     showError("The server cannot be reached. Check your connection.");
   });
 
+  // The action forms that open in place (link, block, delete, issue or void a voucher) are
+  // <details>: Escape closes the one the keyboard is in and puts focus back on its button.
+  var DISCLOSURES = "details.action-disclosure[open], details.voucher-issue[open], details.voucher-void[open]";
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Escape" || event.defaultPrevented) return;
+    var active = document.activeElement;
+    var open = active && active.closest ? active.closest(DISCLOSURES) : null;
+    if (!open) {
+      // Focus left on the page itself (after a click on blank space): close the last one opened.
+      var all = document.querySelectorAll(DISCLOSURES);
+      if (!all.length || (active && active !== document.body)) return;
+      open = all[all.length - 1];
+    }
+    event.preventDefault();
+    open.open = false;
+    var summary = open.querySelector("summary");
+    if (summary) summary.focus();
+  });
+
+  // A second click on a submit button while the first request runs would send the form twice
+  // (a plain form before the next page arrives, an htmx form whose request is still out).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.dataset.submitting) {
+      event.preventDefault();
+      return;
+    }
+    // Only plain POST forms: htmx forms are guarded below, a GET (a search) may be sent again.
+    if ((form.method || "").toLowerCase() !== "post" || form.hasAttribute("hx-post")) return;
+    form.dataset.submitting = "1";
+    // Back/forward cache or a download may bring the same page back: allow a new submit then.
+    window.setTimeout(function () { delete form.dataset.submitting; }, 5000);
+  });
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.detail.elt;
+    if (form.tagName !== "FORM" || event.detail.requestConfig.verb === "get") return;
+    form.setAttribute("aria-busy", "true");
+    form.querySelectorAll("button[type=submit]").forEach(function (button) { button.disabled = true; });
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail.elt;
+    if (form.tagName !== "FORM") return;
+    form.removeAttribute("aria-busy");
+    form.querySelectorAll("button[type=submit]").forEach(function (button) { button.disabled = false; });
+  });
+
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    document.querySelectorAll("form[data-submitting]").forEach(function (form) { delete form.dataset.submitting; });
+  });
+
   // Marks the page as scripted, so that buttons needed only without JavaScript hide.
   document.documentElement.classList.add("js");
 })();

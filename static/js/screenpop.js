@@ -99,5 +99,21 @@
     if (action.hasAttribute("data-dismiss-pop")) pop.remove();
   });
 
+  // Escape dismisses the pop the keyboard is in, or the newest one when focus is on the page
+  // itself (never while the agent types in a field: Escape there belongs to the field).
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Escape" || event.defaultPrevented) return;
+    var active = document.activeElement;
+    var pop = active && active.closest ? active.closest(".screen-pop") : null;
+    if (!pop && active && active !== document.body) return;
+    pop = pop || container().querySelector(".screen-pop");
+    if (!pop) return;
+    event.preventDefault();
+    dismiss(pop.dataset.popId);
+    pop.remove();
+    var main = document.getElementById("main");
+    if (main) main.focus();
+  });
+
   poll();
 })();
