@@ -58,6 +58,14 @@ def find_agent(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == lookup_key(email)))
 
 
+def _agent_as_stored(user_id: int) -> User:
+    """The agent as just written, detached, with no read left open (a CLI or test goes on)."""
+    user = db.session.get(User, user_id)
+    db.session.expunge(user)
+    db.session.rollback()
+    return user
+
+
 def create_agent(email: str, password: str) -> User:
     """Add an agent who can sign in at once."""
     address = normalise_email(email)
@@ -74,7 +82,7 @@ def create_agent(email: str, password: str) -> User:
         db.session.commit()
         return user_id
 
-    user = db.session.get(User, write_transaction(work))
+    user = _agent_as_stored(write_transaction(work))
     log.info("agent %s created", address)
     return user
 
@@ -98,7 +106,7 @@ def disable_agent(email: str) -> User:
     if not write_transaction(work):
         raise AgentError(f"no agent with e-mail {address}")
     log.info("agent %s disabled", address)
-    return find_agent(address)
+    return _agent_as_stored(find_agent(address).id)
 
 
 def authenticate(email: str, password: str) -> User | None:
