@@ -417,8 +417,38 @@ def test_incoming_call_from_an_unknown_number_creates_no_customer(client):
     assert response.status_code == 201
     body = response.get_json()
     assert (body["match"], body["eventId"], body["customerIds"]) == ("none", None, [])
+    assert body["blocked"] is False
     assert contacts() == []
     assert count(ScreenPop) == 1
+
+
+@pytest.mark.parametrize("dialled", ["+44 20 7946 0001", "0044 20 7946 0001", "442079460001"])
+def test_a_call_from_a_blocked_number_names_no_one_and_records_nothing(app, client, dialled):
+    from webapp.identity.rules import parse_phone
+    from webapp.reconcile.service import set_blocked
+
+    # The shop's switchboard: every customer who ordered by phone holds it.
+    assert identify(client, ANNA, "+44 20 7946 0001")[0] == 200
+    assert identify(client, "bob@example.com", "+44 20 7946 0001")[0] == 200
+    set_blocked(parse_phone("+44 20 7946 0001"), True, "agent@example.com", "switchboard")
+    response = client.post("/calls/incoming", json={"phoneNumber": dialled, "callId": "c-9"})
+    assert response.status_code == 201
+    assert_matches_openapi(app, "/calls/incoming", "post", response)
+    body = response.get_json()
+    assert (body["match"], body["customerIds"], body["eventId"], body["blocked"]) == (
+        "none",
+        [],
+        None,
+        True,
+    )
+    assert (count(Engagement), count(ScreenPop)) == (0, 1)
+    lookup = client.get("/api/v1/customers/lookup", query_string={"phone": dialled})
+    assert lookup.status_code == 404
+    assert_matches_openapi(app, "/api/v1/customers/lookup", "get", lookup)
+    assert lookup.get_json()["error"]["code"] == "blocked_identifier"
+    # The customers are still found by their own values.
+    found = client.get("/api/v1/customers/lookup", query_string={"email": ANNA})
+    assert found.get_json()["match"] == "one"
 
 
 @pytest.mark.parametrize(

@@ -551,6 +551,11 @@ def test_a_blocked_unknown_callers_pop_cannot_become_a_customer(signed_in_client
     pop_id = signed_in_client.post(
         "/calls/incoming", json={"phoneNumber": "+44 20 7946 0001", "callId": "c-10"}
     ).get_json()["popId"]
+    # The pop says why nobody is shown and offers no customer to create.
+    html = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    assert "Blocked number" in html and "Unknown caller" not in html
+    assert f'action="/screen-pops/{pop_id}/customer"' not in html
+    # A form posted anyway (an old page) is still refused.
     response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
     assert response.status_code == 422
     assert "blocked" in response.get_data(as_text=True)

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from ..api import json_error_handlers, require_api_key
 from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
-from .history import cards_holding
+from .history import cards_holding, value_blocked
 from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
 from .screenpop import record_incoming_call
 from .service import Recorded, record_events
@@ -110,6 +110,8 @@ def lookup_customer():
         fields = fields or {name: "must not be empty" for name in given}
         raise ApiError(400, "invalid_field", "the query value is not valid", fields)
     cards = cards_holding(values[0], recent=limit)
+    if not cards and value_blocked(values[0]):
+        raise ApiError(404, "blocked_identifier", "this value is blocked: it names no customer")
     if not cards:
         raise ApiError(404, "not_found", "no customer holds this value")
     return jsonify(
@@ -141,6 +143,7 @@ def incoming_call():
             eventId=call.event_id,
             match=match,
             customerIds=call.customer_ids,
+            blocked=call.blocked,
         ),
         201,
     )

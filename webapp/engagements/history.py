@@ -11,7 +11,7 @@ from sqlalchemy import Connection, and_, or_, select, union_all
 
 from ..extensions import db
 from ..identity.rules import Customer, Row, Value, consolidate
-from ..identity.service import ROW_COLUMNS, row_from_record
+from ..identity.service import ROW_COLUMNS, blocked_keys, row_from_record
 from ..models import Contact
 from .models import NAME_FROM_AGENT, ContactName, Engagement
 
@@ -231,6 +231,14 @@ def cards_holding(value: Value, *, recent: int) -> list[CustomerCard]:
     return [card for card in cards if card is not None]
 
 
+def value_blocked(value: Value) -> bool:
+    """Whether agents blocked ``value``, read in a transaction of its own."""
+    try:
+        return is_blocked(db.session.connection(), value)
+    finally:
+        db.session.rollback()
+
+
 def valid_vouchers(primary_id: int) -> list[dict]:
     """The customer's valid vouchers, from the provider the vouchers area registers.
 
@@ -252,11 +260,25 @@ def phone_key_variants(key: str) -> list[str]:
     return sorted({key, digits, "+" + digits, "00" + digits})
 
 
+def _held_keys(value: Value) -> list[str]:
+    return phone_key_variants(value.key) if value.kind == "phone" else [value.key]
+
+
+def is_blocked(conn: Connection, value: Value) -> bool:
+    """Whether agents blocked ``value`` (a phone in any prefix form): it identifies no one."""
+    return bool(blocked_keys(conn, [(value.kind, key) for key in _held_keys(value)]))
+
+
 def customers_holding(conn: Connection, value: Value) -> list[int]:
-    """Primary ids of every customer with a live row holding ``value`` (phones in any prefix)."""
-    if value.kind == "phone":
-        condition = _c.phone_key.in_(phone_key_variants(value.key))
-    else:
-        condition = _c.email_key == value.key
-    found = conn.execute(select(_c.id, _c.linkedId).where(condition, _c.deletedAt.is_(None))).all()
+    """Primary ids of every customer with a live row holding ``value`` (phones in any prefix).
+
+    None for a blocked value: a shop's switchboard or a shared test address
+    is held by many customers and names none of them.
+    """
+    if is_blocked(conn, value):
+        return []
+    column = _c.phone_key if value.kind == "phone" else _c.email_key
+    found = conn.execute(
+        select(_c.id, _c.linkedId).where(column.in_(_held_keys(value)), _c.deletedAt.is_(None))
+    ).all()
     return sorted({linked if linked is not None else cid for cid, linked in found})

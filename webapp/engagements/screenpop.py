@@ -19,7 +19,13 @@ from ..extensions import db
 from ..identity.rules import Value, parse_phone
 from ..identity.service import customer_rows, identify
 from ..models import utcnow
-from .history import CustomerCard, customer_card, customers_holding, phone_key_variants
+from .history import (
+    CustomerCard,
+    customer_card,
+    customers_holding,
+    is_blocked,
+    phone_key_variants,
+)
 from .models import CALL, ScreenPop
 from .payloads import EventInput
 from .service import store_events
@@ -44,6 +50,8 @@ class IncomingCall:
     pop_id: int
     event_id: int | None
     customer_ids: list[int]
+    # The number is blocked: it names no customer, so no call event was recorded.
+    blocked: bool = False
 
 
 @dataclass
@@ -54,10 +62,14 @@ class PopView:
     phone_number: str
     created_at: datetime
     cards: list[CustomerCard] = field(default_factory=list)
+    # Agents blocked the number (a switchboard, a shared line): it names no one.
+    blocked: bool = False
 
     @property
     def match(self) -> str:
-        """'one', 'several' or 'none': how many customers hold the number."""
+        """'blocked', or 'one', 'several' or 'none': how many customers hold the number."""
+        if self.blocked:
+            return "blocked"
         return {0: "none", 1: "one"}.get(len(self.cards), "several")
 
 
@@ -108,6 +120,7 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
     """
     conn = db.session.connection()
     customer_ids = customers_holding(conn, phone)
+    blocked = not customer_ids and is_blocked(conn, phone)
     row_id = _caller_row_id(customer_ids[0], phone) if len(customer_ids) == 1 else None
     db.session.rollback()
     event_id = None
@@ -118,7 +131,9 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
         lambda: _insert_pop(phone, call_id, event_id), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
     )
     log.info("incoming call %s from %s: customers %s", pop_id, phone.key, customer_ids)
-    return IncomingCall(pop_id=pop_id, event_id=event_id, customer_ids=customer_ids)
+    return IncomingCall(
+        pop_id=pop_id, event_id=event_id, customer_ids=customer_ids, blocked=blocked
+    )
 
 
 def recent_pops(after: int | None) -> tuple[list[PopView], int]:
@@ -152,6 +167,7 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
                 phone_number=pop.phone_number,
                 created_at=pop.created_at,
                 cards=[card for card in cards if card is not None],
+                blocked=not cards and is_blocked(conn, value),
             )
         )
     db.session.rollback()
