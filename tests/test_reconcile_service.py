@@ -380,3 +380,58 @@ def test_blocked_lookup_handles_more_keys_than_one_statement_binds(app):
     db.session.commit()
     found = blocked_keys(db.session.connection(), keys)
     assert found == {("email", "user7@x.io"), ("email", "user407@x.io"), ("email", "user807@x.io")}
+
+
+# --- evidence agrees with identify after deletions and splits ----------------------
+
+
+def whole_run() -> int:
+    """Run a whole-database reconciliation; how many rows it changed."""
+    job = create_job(AGENT)
+    claim_job(job.id)
+    return run_job(job.id).rows_changed
+
+
+def customer_of(email=None, phone=None) -> int:
+    return ident(email, phone).primary_id
+
+
+def test_a_deleted_rows_value_coming_back_is_new_to_reconciliation_as_to_identify(app):
+    # An agent merged two customers, then deleted the row holding bob's values.
+    ann, bob = customer_of("ann@x.io", "111"), customer_of("bob@x.io", "222")
+    merge_customers(ann, bob, AGENT)
+    delete_contact(bob, AGENT)
+    # No live row holds bob@x.io: identify starts a new customer, and the agents'
+    # old word about the value must not merge it back on the next run.
+    again = customer_of("bob@x.io")
+    assert again not in (ann, bob)
+    assert whole_run() == 0
+    assert customer_of("bob@x.io") == again
+    assert_invariants()
+
+
+def test_a_bridged_value_deleted_then_seen_again_stays_a_customer_of_its_own(app):
+    ident("ann@x.io", "111")
+    ident("bob@x.io", "222")
+    ident("ann@x.io", "222")  # the bridge: evidence that ann@x.io and 222 are one person
+    delete_contact(1, AGENT)
+    again = customer_of("ann@x.io")
+    assert again == 3
+    assert whole_run() == 0
+    assert customer_of("ann@x.io") == 3 and customer_of("bob@x.io") == 2
+    assert_invariants()
+
+
+def test_a_bond_is_found_from_every_customer_it_joins_after_a_split(app):
+    # An agent links bob's e-mail and a phone to ann's customer, then blocks ann's
+    # e-mail: ann splits off, and the bond still joins bob's e-mail and the phone.
+    ann, bob, phone = customer_of("e1@x.io"), customer_of("e2@x.io"), customer_of(None, "333")
+    link_values(ann, [parse_email("e2@x.io"), parse_phone("333")], AGENT)
+    set_blocked(parse_email("e1@x.io"), True, AGENT, "shared inbox")
+    assert customer_of("e2@x.io") == customer_of(None, "333") == bob != phone
+    # Recomputing bob's customer alone and the whole database agree, run after run.
+    assert not reconcile_customer(bob, AGENT).changed
+    assert whole_run() == 0
+    assert not reconcile_customer(bob, AGENT).changed
+    assert customer_of("e2@x.io") == customer_of(None, "333") == bob
+    assert_invariants()

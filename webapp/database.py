@@ -6,7 +6,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from flask import current_app
@@ -30,6 +30,16 @@ SQLITE_IMMEDIATE = "sqlite_begin_immediate"
 # Execution option for a read that runs one statement at a time: SQLite runs
 # each statement in a snapshot of its own, so no BEGIN is sent for it.
 SINGLE_STATEMENT = "single_statement_read"
+
+
+# Values bound into one IN (...) list at most: well under every database's limits.
+_CHUNK = 500
+
+
+def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size``, to bind into one statement each."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class Retry(Exception):

@@ -105,6 +105,44 @@ class Merge(db.Model):
     __table_args__ = (MYSQL_TABLE_ARGS,)
 
 
+class Bond(db.Model):
+    """Someone's word that some values belong to one person: evidence reconciliation keeps.
+
+    Key connectivity alone cannot tell that an e-mail an agent added belongs
+    to a customer holding none of its rows' values, or that two customers a
+    checkout request bridged (adding no row) belong together; the statement
+    is kept. Its keys are ``BondKey`` rows: reconciliation finds a bond
+    through any of them and joins every live row holding one that is not
+    blocked. ``detail`` is the statement as made, for people.
+    """
+
+    __tablename__ = "bond"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The customer (primary row) the statement was made about.
+    contact_id: Mapped[int] = mapped_column(Integer, index=True)
+    # {"email": [keys], "phone": [keys]} as JSON.
+    detail: Mapped[str] = mapped_column(Text)
+    # "link" or "merge" (agents), or what made identify merge ("checkout", "event", ...).
+    cause: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class BondKey(db.Model):
+    """One key a bond ties together; a key that no live row holds any more is withdrawn."""
+
+    __tablename__ = "bond_key"
+
+    bond_id: Mapped[int] = mapped_column(ForeignKey("bond.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+
+    __table_args__ = (Index("ix_bond_key_kind_key", "kind", "key"), MYSQL_TABLE_ARGS)
+
+
 class User(db.Model):
     """A support agent who signs in to the dashboard."""
 

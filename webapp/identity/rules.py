@@ -291,25 +291,8 @@ def parse_identifier(raw: str) -> Value:
     return parse_email(raw) if "@" in raw else parse_phone(raw)
 
 
-def evidence_keys(detail: dict) -> frozenset[Key]:
-    """The keys a merge or link detail ({"email": str | [str], "phone": ...}) ties together.
-
-    Values that no longer parse are skipped: evidence never makes a run fail.
-    """
-    keys: set[Key] = set()
-    for kind in (EMAIL, PHONE):
-        raw = detail.get(kind)
-        for item in raw if isinstance(raw, list) else [raw]:
-            if isinstance(item, str):
-                try:
-                    keys.add((kind, parse_key(kind, item).key))
-                except InvalidValue:
-                    continue
-    return frozenset(keys)
-
-
 def keys_detail(keys: Iterable[Key]) -> dict[str, list[str]]:
-    """The inverse of ``evidence_keys``: keys grouped by kind, sorted, for storing as JSON."""
+    """Keys grouped by kind, sorted: a bond's statement as stored (JSON) for people to read."""
     detail: dict[str, list[str]] = {EMAIL: [], PHONE: []}
     for kind, key in sorted(set(keys)):
         detail[kind].append(key)

@@ -24,7 +24,7 @@ Concurrency design (docs/identity.md has the long form):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from functools import lru_cache
 from typing import TypeVar
@@ -44,9 +44,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from ..database import SINGLE_STATEMENT, SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..database import SINGLE_STATEMENT, SQLITE_IMMEDIATE, Retry, chunks, run_write_transaction
 from ..extensions import db
 from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
+from .evidence import add_bond
 from .rules import EMAIL, Customer, Key, Plan, Row, Value, consolidate, plan_identify
 from .search_index import index_contact
 
@@ -156,15 +157,6 @@ def _pair_params(pairs: Sequence[Key]) -> dict[str, str]:
 
 
 # Keys bound per statement when looking up many (SQLite binds at most 32766 values).
-_CHUNK = 500
-
-
-def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
-    """``items`` in slices of at most ``size``, to bind into one statement each."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
     """Which of ``keys`` (any number) are blocked, by ``kind = ? AND key IN (...)`` lookups."""
     c = Identifier.__table__.c
@@ -408,6 +400,14 @@ def _apply(
                 }
                 for absorbed in plan.absorbed
             ],
+        )
+        # The request's values may sit in no one row: the bond keeps them together.
+        add_bond(
+            conn,
+            [(v.kind, v.key) for v in values],
+            contact_id=survivor,
+            cause=source,
+            actor=actor or source,
         )
     if plan.new_row is None:
         return survivor, after

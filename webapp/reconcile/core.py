@@ -10,13 +10,14 @@ from another is always locked and recomputed whole.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, insert, or_, select, update
 
 from ..audit import record
+from ..database import chunks
+from ..identity.evidence import bonds_holding
 from ..identity.rules import (
     EMAIL,
     Key,
@@ -24,13 +25,10 @@ from ..identity.rules import (
     Reconciliation,
     Relink,
     Row,
-    evidence_keys,
-    keys_detail,
     reconcile,
 )
-from ..identity.service import blocked_keys, chunks, lock_customers, row_from_record
+from ..identity.service import blocked_keys, lock_customers, row_from_record
 from ..models import PRIMARY, SECONDARY, Contact, Merge, utcnow
-from .models import Bond
 
 _c = Contact.__table__.c
 
@@ -105,29 +103,6 @@ def holders(conn: Connection, keys: Iterable[Key]) -> set[int]:
     return found
 
 
-def evidence(conn: Connection, row_ids: Sequence[int]) -> list[frozenset[Key]]:
-    """The bonds anchored on these rows: identify merges' request values and agents' bonds."""
-    m = Merge.__table__.c
-    b = Bond.__table__.c
-    details: list[str] = []
-    for part in chunks(sorted(row_ids)):
-        details += conn.execute(
-            select(m.detail).where(
-                or_(m.survivor_id.in_(part), m.absorbed_id.in_(part)), m.detail.is_not(None)
-            )
-        ).scalars()
-        details += conn.execute(select(b.detail).where(b.contact_id.in_(part))).scalars()
-    bonds = []
-    for detail in details:
-        try:
-            parsed = json.loads(detail)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            bonds.append(evidence_keys(parsed))
-    return bonds
-
-
 def read_view(conn: Connection, customer_ids: set[int]) -> tuple[View, set[int]]:
     """The rows of these customers and the customers the view says belong with them."""
     ids = sorted(customer_ids)
@@ -136,8 +111,9 @@ def read_view(conn: Connection, customer_ids: set[int]) -> tuple[View, set[int]]
     ).all()
     live = [row_from_record(r) for r in records if r.deletedAt is None]
     deleted = [row_from_record(r) for r in records if r.deletedAt is not None]
-    bonds = evidence(conn, [r.id for r in records])
-    keys = {key for row in live for key in row.identifiers()} | {k for b in bonds for k in b}
+    held = {key for row in live for key in row.identifiers()}
+    bonds = bonds_holding(conn, held)
+    keys = held | {k for b in bonds for k in b}
     blocked = blocked_keys(conn, keys)
     customers = {row.primary_id for row in live} | holders(conn, keys - blocked)
     return View(live, deleted, blocked, bonds), customers
@@ -269,18 +245,3 @@ def primary_in(view: View, contact_id: int) -> int:
         if row.id == contact_id:
             return row.primary_id
     raise NotFound(f"there is no contact {contact_id}")
-
-
-def add_bond(
-    conn: Connection, anchors: Iterable[int], keys: Iterable[Key], *, cause: str, actor: str
-) -> None:
-    """Keep an agent's word that ``keys`` belong together, found through each anchor row."""
-    detail = json.dumps(keys_detail(keys))
-    now = utcnow()
-    conn.execute(
-        insert(Bond.__table__),
-        [
-            {"contact_id": a, "detail": detail, "cause": cause, "actor": actor, "created_at": now}
-            for a in sorted(set(anchors))
-        ],
-    )

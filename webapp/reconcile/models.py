@@ -1,4 +1,4 @@
-"""Tables of manual reconciliation: agents' evidence and whole-database runs."""
+"""Tables of manual reconciliation: whole-database runs (bonds live with the core models)."""
 
 from __future__ import annotations
 
@@ -17,28 +17,6 @@ QUEUED = "queued"
 RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
-
-
-class Bond(db.Model):
-    """An agent's word that some values belong to one person (a link or a merge).
-
-    Key connectivity alone cannot tell that an e-mail an agent added belongs to
-    a customer holding none of its rows' values, so the agent's statement is
-    kept as evidence; reconciliation joins every row holding one of ``detail``'s
-    non-blocked keys. It is found through the contact row it is anchored on.
-    """
-
-    __tablename__ = "bond"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    contact_id: Mapped[int] = mapped_column(Integer, index=True)
-    # {"email": [keys], "phone": [keys]} as JSON.
-    detail: Mapped[str] = mapped_column(Text)
-    cause: Mapped[str] = mapped_column(String(16))
-    actor: Mapped[str] = mapped_column(String(320))
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-
-    __table_args__ = (MYSQL_TABLE_ARGS,)
 
 
 class ReconcileJob(db.Model):

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from ..database import write_transaction
 from ..extensions import db
+from ..identity.evidence import add_bond, withdraw_unheld
 from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
 from ..identity.search_index import index_contact
 from ..identity.service import blocked_keys, lock_claims, row_from_record
@@ -23,7 +24,6 @@ from .core import (
     NotFound,
     Outcome,
     ReconcileError,
-    add_bond,
     audit,
     holders,
     home_of,
@@ -115,7 +115,8 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
             ).inserted_primary_key[0]
             index_contact(conn, added, email.key if email else None, phone.key if phone else None)
         anchor = next(row for row in view.rows if row.id == primary)
-        add_bond(conn, [primary], wanted | set(anchor.identifiers()), cause="link", actor=actor)
+        keys = wanted | set(anchor.identifiers())
+        add_bond(conn, keys, contact_id=primary, cause="link", actor=actor)
         view, plan = settle(conn, held, actor=actor, cause=AGENT)
         outcome = outcome_of("link", home_of(plan, view.rows, primary), plan, view.rows)
         outcome.added_row = added
@@ -176,7 +177,7 @@ def merge_customers(contact_id: int, other_id: int, actor: str) -> Outcome:
             raise ReconcileError("these contacts already belong to one customer")
         by_id = {row.id: row for row in view.rows}
         keys = set(by_id[first].identifiers()) | set(by_id[second].identifiers())
-        add_bond(conn, [first, second], keys, cause="merge", actor=actor)
+        add_bond(conn, keys, contact_id=first, cause="merge", actor=actor)
         view, plan = settle(conn, held, actor=actor, cause=AGENT)
         home = home_of(plan, view.rows, first)
         if home is None or home != home_of(plan, view.rows, second):
@@ -272,6 +273,8 @@ def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Ou
             .where(_c.id == contact_id)
             .values(deletedAt=utcnow(), updatedAt=utcnow())
         )
+        gone = next(row for row in before_rows if row.id == contact_id)
+        withdraw_unheld(conn, gone.identifiers())
         view, plan = settle(conn, held, actor=actor, cause=AGENT)
         # None when the customer's last live row was the one deleted.
         outcome = outcome_of("delete", home_of(plan, view.rows, primary), plan, view.rows)
