@@ -3,7 +3,8 @@
 16 threads released together by a barrier, each on its own HTTP connection,
 send the same event (or the same telephony webhook); the database must end
 with one row and every answer must carry that row's id. Last, an event whose
-contact row agents keep deleting gives up with a 503, as a lost race does.
+contact row agents keep deleting gives up with a 503, as a lost race does (in a
+batch, only its own events do).
 """
 
 from __future__ import annotations
@@ -115,3 +116,25 @@ def test_an_event_whose_rows_keep_being_deleted_is_a_503_not_a_500(app, client, 
     assert response.get_json()["error"]["code"] == "busy"
     assert response.headers["Retry-After"] == "1"
     assert count(Engagement) == 0
+
+
+def test_a_batch_answers_503_only_for_the_customer_that_kept_losing(app, client, monkeypatch):
+    from webapp.engagements import service
+    from webapp.reconcile.service import delete_contact
+
+    store = service.store_events
+
+    def store_unless_bob(contact_id, events):
+        if events[0].values[0].key == "bob@x.io":
+            delete_contact(contact_id, "agent@example.com")
+        return store(contact_id, events)
+
+    monkeypatch.setattr(service, "store_events", store_unless_bob)
+    body = {"events": [{"channel": "web", "email": e} for e in ("anna@x.io", "bob@x.io")]}
+    response = client.post("/events/batch", json=body)
+    assert response.status_code == 200
+    first, second = response.get_json()["results"]
+    assert first["status"] == 201
+    assert (second["status"], second["error"]["code"]) == (503, "busy")
+    assert response.get_json()["stored"] == 1
+    assert count(Engagement) == 1

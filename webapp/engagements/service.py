@@ -264,6 +264,16 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
             stored = _record_group([events[i] for i in indexes])
         except ApiError as exc:
             stored = [exc] * len(indexes)
+        except Contention:
+            # This group lost its races; the groups stored already stay stored
+            # and say so, so a client retries only these events.
+            busy = ApiError(
+                503,
+                "busy",
+                "too many concurrent changes to this customer; try this event again",
+                headers={"Retry-After": "1"},
+            )
+            stored = [busy] * len(indexes)
         for index, result in zip(indexes, stored, strict=True):
             results[index] = result
     return results  # type: ignore[return-value]
