@@ -435,3 +435,17 @@ def test_a_bond_is_found_from_every_customer_it_joins_after_a_split(app):
     assert not reconcile_customer(bob, AGENT).changed
     assert customer_of("e2@x.io") == customer_of(None, "333") == bob
     assert_invariants()
+
+
+def test_a_box_whose_clock_runs_behind_never_writes_a_secondary_older_than_its_primary(app):
+    ann = customer_of("ann@x.io", "111")
+    # Another box wrote ann's customer with its clock an hour ahead of this one's.
+    ahead = utcnow() + timedelta(hours=1)
+    db.session.execute(update(Contact).where(Contact.id == ann).values(createdAt=ahead))
+    db.session.commit()
+    assert customer_of("ann.new@x.io", "111") == ann
+    newest = contacts()[-1]
+    assert (newest.linkedId, newest.createdAt >= ahead) == (ann, True)
+    assert whole_run() == 0
+    assert customer_of("ann.new@x.io") == ann
+    assert_invariants()

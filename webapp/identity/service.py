@@ -412,6 +412,12 @@ def _apply(
     if plan.new_row is None:
         return survivor, after
     new = plan.new_row
+    created = now
+    if new.linked_id is not None:
+        # Another box's clock may run behind the one that wrote this customer: a
+        # new secondary is never older than its customer's rows, so the primary
+        # stays the oldest row and a later reconciliation keeps it.
+        created = max(now, *(row.created_at for row in after if row.primary_id == survivor))
     result = conn.execute(
         _INSERT_CONTACT,
         {
@@ -421,7 +427,7 @@ def _apply(
             "phone_key": new.phone_key,
             "linkedId": new.linked_id,
             "linkPrecedence": PRIMARY if new.linked_id is None else SECONDARY,
-            "createdAt": now,
+            "createdAt": created,
             "updatedAt": now,
             "source": source,
         },
@@ -436,7 +442,7 @@ def _apply(
             email_key=new.email_key,
             phone_key=new.phone_key,
             linked_id=new.linked_id,
-            created_at=now,
+            created_at=created,
         )
     )
     return (survivor if new.linked_id is not None else new_id), after

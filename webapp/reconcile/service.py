@@ -99,7 +99,10 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
         if not wanted <= known:
             email = next((v for v in values if v.kind == EMAIL), None)
             phone = next((v for v in values if v.kind != EMAIL), None)
-            now = utcnow()
+            # Never older than the customer's rows, whatever this box's clock
+            # says (as identify): the primary stays the oldest row.
+            ours = (row.created_at for row in view.rows if row.primary_id == primary)
+            now = max(utcnow(), *ours)
             added = conn.execute(
                 insert(Contact.__table__).values(
                     email=email.stored if email else None,
