@@ -11,27 +11,24 @@ they reorder nothing. Line and paragraph separators count as line breaks.
 
 from __future__ import annotations
 
+import re
+
 from wtforms.validators import ValidationError
 
-# Whitespace a multi-line field (a textarea, an engagement summary) may keep.
-_LINE_WHITESPACE = frozenset("\t\n\r")
-_LINE_SEPARATORS = frozenset("\u2028\u2029")
-# LRE, RLE, PDF, LRO, RLO, then LRI, RLI, FSI, PDI.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def _forbidden(ch: str, multiline: bool) -> bool:
-    code = ord(ch)
-    if code < 0x20 or 0x7F <= code <= 0x9F:
-        return not (multiline and ch in _LINE_WHITESPACE)
-    return ch in _BIDI_CONTROLS or (not multiline and ch in _LINE_SEPARATORS)
+# C0 controls, DEL and C1 controls, then LRE, RLE, PDF, LRO, RLO and LRI, RLI, FSI, PDI.
+_CONTROLS = r"\x00-\x1f\x7f-\x9f"
+_BIDI_CONTROLS = r"\u202a-\u202e\u2066-\u2069"
+# One line: no tab, no line break, no line or paragraph separator either.
+_SINGLE_LINE = re.compile(rf"[{_CONTROLS}{_BIDI_CONTROLS}\u2028\u2029]")
+# A multi-line field (a textarea, an engagement summary) keeps tabs and line breaks.
+_MULTI_LINE = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_BIDI_CONTROLS}]")
 
 
 def free_text_problem(text: str, *, multiline: bool = False) -> str | None:
     """Why ``text`` cannot be stored as free text (naming the first bad character), or None."""
-    for ch in text:
-        if _forbidden(ch, multiline):
-            return f"must not contain control characters (found U+{ord(ch):04X})"
+    found = (_MULTI_LINE if multiline else _SINGLE_LINE).search(text)
+    if found:
+        return f"must not contain control characters (found U+{ord(found.group()):04X})"
     return None
 
 
