@@ -29,10 +29,12 @@ def in_days(days: float) -> str:
     return moment.astimezone(timezone(timedelta(hours=2))).isoformat()
 
 
-def generate(client, email=LORRAINE, offer="Summer sale", discount=10, days=30, **extra):
+def generate(
+    client, email=LORRAINE, offer="Summer sale", discount=10, days=30, headers=None, **extra
+):
     """POST /vouchers/generate and return the response."""
     body = {"email": email, "offer_name": offer, "discount": discount, "expiry": in_days(days)}
-    return client.post("/vouchers/generate", json={**body, **extra})
+    return client.post("/vouchers/generate", json={**body, **extra}, headers=headers)
 
 
 def issued_code(client, **kwargs) -> str:
@@ -41,9 +43,10 @@ def issued_code(client, **kwargs) -> str:
     return response.get_json()["code"]
 
 
-def validate(client, code, email=LORRAINE, **extra):
+def validate(client, code, email=LORRAINE, headers=None, **extra):
     """POST /vouchers/validate and return the response."""
-    return client.post("/vouchers/validate", json={"code": code, "email": email, **extra})
+    body = {"code": code, "email": email, **extra}
+    return client.post("/vouchers/validate", json=body, headers=headers)
 
 
 def vouchers() -> list[Voucher]:
@@ -463,3 +466,73 @@ def test_agent_void_is_audited_and_blocks_redemption(client):
     with pytest.raises(service.VoucherError) as refused:
         service.void_voucher(voucher.id, "again", actor="agent@shop.test")
     assert refused.value.code == "voucher_not_voidable"
+
+
+# --- Idempotency-Key: a retry after a lost answer gets the first answer ------------
+
+
+def test_generate_sent_again_with_its_idempotency_key_answers_the_first_voucher(app, client):
+    key = {"Idempotency-Key": "order-4711-voucher"}
+    body = {"email": LORRAINE, "offer_name": "Summer sale", "discount": 10, "expiry": in_days(30)}
+    first = client.post("/vouchers/generate", json=body, headers=key)
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first.headers
+    again = client.post("/vouchers/generate", json=body, headers=key)
+    assert again.status_code == 200
+    assert_matches_openapi(app, "/vouchers/generate", "post", again)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert len(vouchers()) == 1
+    # Without the key, or with another, a new voucher as ever.
+    assert client.post("/vouchers/generate", json=body).status_code == 201
+    assert (
+        client.post("/vouchers/generate", json=body, headers={"Idempotency-Key": "x"}).status_code
+        == 201
+    )
+    assert len(vouchers()) == 3
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"email": MCFLY}, {"offer_name": "Winter sale"}, {"discount": 15}, {"expiry": "later"}],
+)
+def test_an_idempotency_key_sent_with_other_values_is_refused(app, client, changed):
+    key = {"Idempotency-Key": "order-4711-voucher"}
+    body = {"email": LORRAINE, "offer_name": "Summer sale", "discount": 10, "expiry": in_days(30)}
+    assert client.post("/vouchers/generate", json=body, headers=key).status_code == 201
+    if changed.get("expiry") == "later":
+        changed = {"expiry": in_days(31)}
+    response = client.post("/vouchers/generate", json={**body, **changed}, headers=key)
+    assert response.status_code == 422
+    assert_matches_openapi(app, "/vouchers/generate", "post", response)
+    assert response.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert len(vouchers()) == 1
+
+
+@pytest.mark.parametrize("bad", ["   ", "k" * 201, "caf\u00e9", "a\tb"])
+def test_a_malformed_idempotency_key_is_400_and_writes_nothing(app, client, bad):
+    response = generate(client, headers={"Idempotency-Key": bad})
+    assert response.status_code == 400
+    assert_matches_openapi(app, "/vouchers/generate", "post", response)
+    assert "Idempotency-Key" in response.get_json()["error"]["fields"]
+    assert (vouchers(), contacts()) == ([], [])
+
+
+def test_a_redemption_sent_again_with_its_key_answers_200_again_and_only_it(app, client):
+    code = issued_code(client)
+    identify(client, MCFLY, "555")
+    identify(client, LORRAINE, "555")  # mcfly@ is now the same customer
+    key = {"Idempotency-Key": "order-4712-redeem"}
+    first = validate(client, code, headers=key)
+    assert first.status_code == 200
+    again = validate(client, code, headers=key)
+    assert again.status_code == 200
+    assert_matches_openapi(app, "/vouchers/validate", "post", again)
+    assert (again.get_json(), again.headers["Idempotent-Replayed"]) == (first.get_json(), "true")
+    # Any other redemption of the used code is still refused: no key, another key,
+    # or the key with another e-mail of the customer.
+    assert validate(client, code).status_code == 409
+    assert validate(client, code, headers={"Idempotency-Key": "other"}).status_code == 409
+    assert validate(client, code, email=MCFLY, headers=key).status_code == 409
+    (used,) = vouchers()
+    assert (used.used_email, used.redeem_key) == (LORRAINE, "order-4712-redeem")

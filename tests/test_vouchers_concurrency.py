@@ -47,13 +47,16 @@ def voucher_server(app, database_url, server_pool):
     return server_pool[database_url]
 
 
-def post(url: str, path: str, body: dict) -> tuple[int, dict]:
+def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
     """One POST over a fresh connection; (status, JSON body)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
         conn.request(
-            "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", **(headers or {})},
         )
         response = conn.getresponse()
         return response.status, json.loads(response.read())
@@ -61,14 +64,14 @@ def post(url: str, path: str, body: dict) -> tuple[int, dict]:
         conn.close()
 
 
-def all_at_once(bodies: list[tuple[str, str, dict]]) -> list[tuple[int, dict]]:
-    """Send every (url, path, body) from its own thread, released together."""
+def all_at_once(bodies: list[tuple]) -> list[tuple[int, dict]]:
+    """Send every (url, path, body[, headers]) from its own thread, released together."""
     barrier = threading.Barrier(len(bodies))
     results: list[tuple[int, dict] | None] = [None] * len(bodies)
 
-    def send(index: int, url: str, path: str, body: dict) -> None:
+    def send(index: int, url: str, path: str, body: dict, headers: dict | None = None) -> None:
         barrier.wait()
-        results[index] = post(url, path, body)
+        results[index] = post(url, path, body, headers)
 
     threads = [threading.Thread(target=send, args=(i, *item)) for i, item in enumerate(bodies)]
     for thread in threads:
@@ -172,3 +175,19 @@ def test_two_servers_share_the_per_code_limit_through_redis(client, database_url
     assert statuses == [404] * 5 + [429] * 7
     assert answers[5][1]["error"]["code"] == "rate_limited"
     assert vouchers()[0].used_at is None
+
+
+def test_one_issue_sent_24_times_at_once_with_its_key_issues_one_voucher(voucher_server):
+    # A checkout that timed out and retried, many times over, all at once.
+    body = {
+        "email": LORRAINE,
+        "offer_name": "Summer sale",
+        "discount": 10,
+        "expiry": "2099-01-01T00:00:00+00:00",
+    }
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    results = all_at_once([(voucher_server.url, "/vouchers/generate", body, key)] * PARALLEL)
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {201: 1, 200: PARALLEL - 1}, statuses
+    assert len({answer["code"] for _, answer in results}) == 1
+    assert len(vouchers()) == 1

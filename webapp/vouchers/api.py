@@ -59,6 +59,33 @@ def _field(payload: dict[str, Any], name: str, parse, fields: dict[str, str]):
         return None
 
 
+# Long enough for a UUID or a checkout's own order reference with a prefix.
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def _idempotency_key(fields: dict[str, str]) -> str | None:
+    """The request's Idempotency-Key header: printable ASCII, 1 to 200 characters, or absent."""
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not (key.isascii() and key.isprintable()):
+        fields["Idempotency-Key"] = (
+            f"1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, such as a UUID"
+        )
+        return None
+    return key
+
+
+def _answer(body: dict, status: int, replayed: bool):
+    """The JSON answer; a replayed one (same Idempotency-Key) says so in a header."""
+    response = jsonify(body)
+    response.status_code = status
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
 def _refuse_if(fields: dict[str, str]) -> None:
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)
@@ -95,9 +122,12 @@ def generate():
     discount = _field(payload, "discount", parse_discount, fields)
     expires_at = _field(payload, "expiry", lambda raw: parse_expiry(raw, utcnow()), fields)
     once = _flag(payload, "once_per_customer", fields)
+    key = _idempotency_key(fields)
     _refuse_if(fields)
-    view = issue_voucher(email, offer_name, discount, expires_at, once_per_customer=once)
-    return jsonify(_issued_json(view)), 201
+    view = issue_voucher(
+        email, offer_name, discount, expires_at, once_per_customer=once, idempotency_key=key
+    )
+    return _answer(_issued_json(view), 200 if view.replayed else 201, view.replayed)
 
 
 def _client_limit() -> str:
@@ -129,14 +159,16 @@ def validate():
     code = _field(payload, "code", _code, fields)
     email = _email(payload, fields)
     dry_run = _flag(payload, "dry_run", fields)
+    key = _idempotency_key(fields)
     _refuse_if(fields)
-    view = redeem(code, email, dry_run=bool(dry_run))
-    return jsonify(
-        code=view.code,
-        offer_name=view.offer_name,
-        discount=discount_percent(view.discount),
-        used_at=iso_utc(view.used_at),
-    )
+    view = redeem(code, email, dry_run=bool(dry_run), idempotency_key=key)
+    body = {
+        "code": view.code,
+        "offer_name": view.offer_name,
+        "discount": discount_percent(view.discount),
+        "used_at": iso_utc(view.used_at),
+    }
+    return _answer(body, 200, view.replayed)
 
 
 def _list_query() -> dict[str, Any]:

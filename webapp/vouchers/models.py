@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -51,5 +51,13 @@ class Voucher(db.Model):
     voided_at: Mapped[datetime | None] = mapped_column(Timestamp)
     voided_by: Mapped[str | None] = mapped_column(String(320))
     void_reason: Mapped[str | None] = mapped_column(Text)
+    # The client's Idempotency-Key of the request that issued it / redeemed it:
+    # the same request sent again gets the same answer, not a second voucher
+    # or a 409 for its own redemption.
+    issue_key: Mapped[str | None] = mapped_column(String(200))
+    redeem_key: Mapped[str | None] = mapped_column(String(200))
 
-    __table_args__ = (MYSQL_TABLE_ARGS,)
+    __table_args__ = (
+        Index("ix_voucher_issue_key", "issue_key", unique=True),
+        MYSQL_TABLE_ARGS,
+    )

@@ -83,6 +83,8 @@ class VoucherView:
     voided_by: str | None
     void_reason: str | None
     status: str
+    # The answer to a request already carried out (same Idempotency-Key).
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,12 @@ def _offer_for_issue(name: str, discount: int, once_per_customer: bool | None) -
 
 
 def _insert_voucher(
-    offer: Offer, contact_id: int, expires_at: datetime, issued_by: str, now: datetime
+    offer: Offer,
+    contact_id: int,
+    expires_at: datetime,
+    issued_by: str,
+    now: datetime,
+    issue_key: str | None = None,
 ) -> Voucher:
     # A code already taken violates the unique key; run_write_transaction
     # rolls back and the next attempt draws a new code.
@@ -276,10 +283,41 @@ def _insert_voucher(
         expires_at=expires_at,
         issued_at=now,
         issued_by=issued_by,
+        issue_key=issue_key,
     )
     db.session.add(voucher)
     db.session.flush()
     return voucher
+
+
+def _issued_for(
+    key: str, email: Value, offer_name: str, discount: int, expires_at: datetime
+) -> VoucherView | None:
+    """The voucher an earlier request with this Idempotency-Key issued, if it asked the same."""
+    try:
+        found = db.session.execute(
+            select(Voucher, Offer.name, Contact.email_key)
+            .join(Offer, Offer.id == Voucher.offer_id)
+            .join(Contact, Contact.id == Voucher.contact_id)
+            .where(Voucher.issue_key == key)
+        ).first()
+        if found is None:
+            return None
+        voucher, name, email_key = found
+        if (email_key, name, voucher.discount, voucher.expires_at) != (
+            email.key,
+            offer_name,
+            discount,
+            expires_at,
+        ):
+            raise VoucherError(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was sent with another request; use a new key",
+            )
+        return replace(_view(voucher, name, utcnow()), replayed=True)
+    finally:
+        db.session.rollback()
 
 
 def issue_voucher(
@@ -290,10 +328,20 @@ def issue_voucher(
     *,
     once_per_customer: bool | None = None,
     issued_by: str = "api",
+    idempotency_key: str | None = None,
 ) -> VoucherView:
-    """Identify ``email`` (a new one becomes a customer) and issue it a voucher of the offer."""
+    """Identify ``email`` (a new one becomes a customer) and issue it a voucher of the offer.
+
+    With ``idempotency_key``, a request sent again (a retry after a lost
+    answer) gets the voucher the first one issued, marked ``replayed``; the
+    key used for a different voucher is refused (422).
+    """
 
     def work() -> VoucherView:
+        if idempotency_key is not None:
+            issued = _issued_for(idempotency_key, email, offer_name, discount, expires_at)
+            if issued is not None:
+                return issued
         try:
             identify([email], source="voucher")
         except BlockedValues:
@@ -305,7 +353,9 @@ def issue_voucher(
         now = utcnow()
         offer = _offer_for_issue(offer_name, discount, once_per_customer)
         contact_id, _owner_id = _lock_email_row(email.key)
-        voucher = _insert_voucher(offer, contact_id, expires_at, issued_by, now)
+        # Two copies of one request racing: the second insert breaks the unique
+        # key, and its retry finds the first one's voucher above.
+        voucher = _insert_voucher(offer, contact_id, expires_at, issued_by, now, idempotency_key)
         view = _view(voucher, offer.name, now)
         db.session.commit()
         return view
@@ -391,7 +441,9 @@ def _voucher_by_code(code: str) -> Voucher | None:
     return db.session.scalars(select(Voucher).where(Voucher.code == code)).first()
 
 
-def redeem(code: str, email: Value, *, dry_run: bool = False) -> VoucherView:
+def redeem(
+    code: str, email: Value, *, dry_run: bool = False, idempotency_key: str | None = None
+) -> VoucherView:
     """Redeem a voucher (canonical ``code``) for the customer holding ``email``.
 
     With ``dry_run`` nothing is written: the answer is what a redemption would
@@ -408,10 +460,12 @@ def redeem(code: str, email: Value, *, dry_run: bool = False) -> VoucherView:
             return _view(voucher, offer.name, now)
         finally:
             db.session.rollback()
-    return run_write_transaction(lambda: _redeem_locked(code, email), _max_attempts())
+    return run_write_transaction(
+        lambda: _redeem_locked(code, email, idempotency_key), _max_attempts()
+    )
 
 
-def _redeem_locked(code: str, email: Value) -> VoucherView:
+def _redeem_locked(code: str, email: Value, idempotency_key: str | None) -> VoucherView:
     _begin_write()
     found = _voucher_by_code(code)
     owner = None if found is None else _lock_owner(found.contact_id)
@@ -425,11 +479,22 @@ def _redeem_locked(code: str, email: Value) -> VoucherView:
         .execution_options(populate_existing=True)
     ).one()
     now = utcnow()
+    if (
+        idempotency_key is not None
+        and voucher.redeem_key == idempotency_key
+        and voucher.used_email is not None
+        and voucher.used_email.lower() == email.key
+    ):
+        # This very redemption, sent again: its answer, not a 409.
+        offer_name = db.session.get(Offer, voucher.offer_id).name
+        view = replace(_view(voucher, offer_name, now), replayed=True)
+        db.session.rollback()
+        return view
     offer = _check_redeemable(voucher, owner, now)
     claimed = db.session.execute(
         update(Voucher)
         .where(Voucher.id == voucher.id, Voucher.used_at.is_(None), Voucher.voided_at.is_(None))
-        .values(used_at=now, used_email=email.stored)
+        .values(used_at=now, used_email=email.stored, redeem_key=idempotency_key)
         .execution_options(synchronize_session=False)
     )
     if claimed.rowcount != 1:
