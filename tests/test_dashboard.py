@@ -3,9 +3,11 @@
 import re
 
 import pytest
+from flask import g
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
-from tests.builders import csrf_token_from, identify
+from tests.builders import AGENT_EMAIL, csrf_token_from, identify
 from webapp.audit import record
 from webapp.dashboard import sections
 from webapp.dashboard.search import reindex, search_customers
@@ -367,6 +369,90 @@ def test_json_api_paths_keep_their_json_404(client):
         response = client.get(path, headers=HTMX)
         assert response.status_code == 404, path
         assert response.get_json()["error"]["code"] == "not_found", path
+
+
+# --- HTTP errors on HTML paths -------------------------------------------------------
+
+
+def styled_error(response) -> str:
+    """The body of a dashboard error page; fails on werkzeug's bare one."""
+    html = response.get_data(as_text=True)
+    assert html.startswith("<!doctype html>")
+    assert '<link rel="stylesheet" href="/static/css/app.css">' in html
+    assert '<div class="card error-card">' in html
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Security-Policy"]
+    return html
+
+
+@pytest.mark.parametrize("signed_in", [False, True], ids=["signed-out", "signed-in"])
+def test_an_unknown_url_gets_the_styled_404_page_with_a_way_back(client, agent, signed_in):
+    if signed_in:
+        from tests.builders import sign_in
+
+        sign_in(client)
+    response = client.get("/nope-x7?q=probe-q9")
+    assert response.status_code == 404
+    html = styled_error(response)
+    assert "<title>Page not found · Customer identity</title>" in html
+    assert "<h1>Page not found</h1>" in html
+    # Nothing of the request is echoed back.
+    assert "nope-x7" not in html and "probe-q9" not in html
+    if signed_in:
+        assert AGENT_EMAIL in html
+        assert '<a class="button" href="/">Back to search</a>' in html
+    else:
+        # A signed-out visitor sees no top bar, no agent and no screen-pop polling.
+        assert 'class="topbar"' not in html and AGENT_EMAIL not in html
+        assert "screenpop.js" not in html
+        assert '<a class="button" href="/sign-in">Sign in</a>' in html
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("post", "/", "GET"), ("get", "/sign-out", "POST"), ("delete", "/audit", "GET")],
+)
+def test_a_wrong_method_on_an_html_path_is_a_styled_405_that_keeps_allow(
+    signed_in_client, method, path, allowed
+):
+    response = getattr(signed_in_client, method)(path)
+    assert response.status_code == 405
+    assert allowed in [m.strip() for m in response.headers["Allow"].split(",")]
+    html = styled_error(response)
+    assert "<h1>Not allowed here</h1>" in html
+
+
+def test_a_form_too_large_is_a_styled_413(app, client):
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    response = client.post("/sign-in", data={"email": "a@x.io", "password": "x" * 4096})
+    assert response.status_code == 413
+    html = styled_error(response)
+    assert "<h1>Request Entity Too Large</h1>" in html
+
+
+def test_static_files_and_json_paths_keep_their_own_errors(client):
+    missing = client.get("/static/nope.css")
+    assert missing.status_code == 404
+    assert "Customer identity" not in missing.get_data(as_text=True)
+    wrong = client.get("/identify")
+    assert wrong.status_code == 405
+    assert "POST" in wrong.headers["Allow"]
+    assert wrong.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_error_page_falls_back_to_the_plain_error_when_it_cannot_render(
+    signed_in_client, monkeypatch
+):
+    # The page names the signed-in agent; with the database gone that read fails too.
+    def database_down(_user_id):
+        raise OperationalError("SELECT", {}, Exception("gone"))
+
+    monkeypatch.setattr("webapp.auth.load_agent", database_down)
+    # The test's app context (and its g) outlives requests: forget the agent loaded before.
+    g.pop("_login_user", None)
+    response = signed_in_client.get("/nope")
+    assert response.status_code == 404
+    assert "Customer identity" not in response.get_data(as_text=True)
 
 
 def test_timeline_order_toggle_and_audit_entries(signed_in_client):

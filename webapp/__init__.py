@@ -110,6 +110,7 @@ def create_app(config: dict | None = None) -> Flask:
     from .api import http_error_json, load_openapi, wants_json_errors
     from .cli import register_cli
     from .dashboard import init_dashboard
+    from .dashboard.rendering import http_error_page
     from .engagements import init_engagements
     from .reconcile import init_reconcile
     from .vouchers import init_vouchers
@@ -126,7 +127,17 @@ def create_app(config: dict | None = None) -> Flask:
     def _http_error(exc: HTTPException):
         if wants_json_errors(request.path):
             return http_error_json(exc)
-        return exc
+        # A missing stylesheet or image needs no page around it; an error that
+        # brings its own response keeps it.
+        if request.endpoint == "static" or exc.response is not None:
+            return exc
+        try:
+            return http_error_page(exc)
+        except Exception:
+            # The page needs the session's agent; if even that fails (the
+            # database is down), the plain error is still an answer.
+            log.exception("the error page for %s failed; answering plainly", exc.code)
+            return exc
 
     if not app.config["API_KEYS"]:
         app.logger.warning("API_KEYS is not set: POST /identify is open to anyone who can reach it")

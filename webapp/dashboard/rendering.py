@@ -5,8 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flask import Response, abort, make_response, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
 
 from .customers import locate_customer
+
+# Words for the HTTP errors people meet; any other keeps werkzeug's name and description.
+_HTTP_ERROR_WORDS = {
+    404: ("Page not found", "There is no page at this address. Check the link, or search instead."),
+    405: ("Not allowed here", "This page does not accept that kind of request."),
+}
 
 
 def wants_fragment() -> bool:
@@ -38,10 +45,30 @@ def not_found(thing: str, ident: int) -> Response:
     )
 
 
-def error_page(title: str, message: str, status: int, headers: dict | None = None) -> Response:
-    """The dashboard's one error answer for people: a titled message in the page, ``status``."""
+def error_page(
+    title: str, message: str, status: int, headers: dict | list[tuple[str, str]] | None = None
+) -> Response:
+    """The dashboard's one error answer for people: a titled message in the page, ``status``.
+
+    Never cached: the page's top bar names the signed-in agent, and app-wide
+    error handlers run outside the blueprints that add ``Cache-Control``.
+    """
     page = render_template("dashboard/error.html", title=title, message=message)
-    return make_response(page, status, headers or {})
+    response = make_response(page, status, headers or {})
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def http_error_page(exc: HTTPException) -> Response:
+    """A werkzeug HTTP error (404, 405, 413, ...) as the error page, with its status and headers.
+
+    The headers the error carries (``Allow`` on a 405, ``Retry-After`` on a
+    429, ...) are kept; its plain-text body's Content-Type is not.
+    """
+    status = exc.code or 500
+    title, message = _HTTP_ERROR_WORDS.get(status, (exc.name, exc.description or exc.name))
+    headers = [(name, value) for name, value in exc.get_headers() if name.lower() != "content-type"]
+    return error_page(title, message, status, headers)
 
 
 def customer_or_404(contact_id: int) -> int:
