@@ -7,7 +7,7 @@ from flask import g
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from tests.builders import AGENT_EMAIL, csrf_token_from, identify
+from tests.builders import AGENT_EMAIL, csrf_token_from, identify, many_rows_customer
 from webapp.audit import record
 from webapp.dashboard import sections
 from webapp.dashboard.search import reindex, search_customers
@@ -266,6 +266,52 @@ def test_customer_page_header_chips_and_why_linked(signed_in_client):
     assert "#1 → #2 share phone" in html
     assert "#2 → #3 share email" in html
     assert html.count("Contact #") >= 3
+
+
+def header_of(html: str) -> str:
+    start = html.index('id="customer-header"')
+    return html[start : html.index("</header>", start)]
+
+
+def test_the_header_shows_ten_emails_and_ten_phones_then_links_to_the_contacts(
+    signed_in_client,
+):
+    for n in range(13):
+        assert identify(signed_in_client, "ann@x.io", f"555010{n:02d}")[0] == 200
+        assert identify(signed_in_client, f"ann{n:02d}@x.io", "55501000")[0] == 200
+    html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    header = header_of(html)
+    assert header.count('<span class="chip chip-email">') == 10
+    assert header.count('<span class="chip chip-phone">') == 10
+    # Every row is in the contacts table on this page: the links stay on it.
+    assert '<a class="chips-more" href="#contacts">and 4 more e-mails</a>' in header
+    assert '<a class="chips-more" href="#contacts">and 3 more phones</a>' in header
+    assert "ann12@x.io" in html.split("</header>", 1)[1]
+
+
+def test_a_customer_of_65_rows_links_from_the_header_to_the_contacts_page(signed_in_client):
+    ids = many_rows_customer(65)
+    html = signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True)
+    header = header_of(html)
+    assert header.count('<span class="chip chip-email">') == 10
+    assert header.count('<span class="chip chip-phone">') == 1
+    more = f'<a class="chips-more" href="/customers/{ids[0]}/contacts">and 55 more e-mails</a>'
+    assert more in header
+    assert "more phone" not in header
+    assert "<dt>Contacts</dt><dd>65</dd>" in header
+    every = signed_in_client.get(f"/customers/{ids[0]}/contacts").get_data(as_text=True)
+    assert all(f"junk{n}@x.io" in every for n in range(65))
+
+
+def test_contact_cells_are_styled_by_class_not_by_their_label(signed_in_client):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    html = signed_in_client.get("/customers/1/contacts").get_data(as_text=True)
+    assert '<td data-label="E-mail" class="cell-email">doc@hillvalley.edu</td>' in html
+    assert '<td data-label="Phone" class="cell-phone">555-0100</td>' in html
+    css = signed_in_client.get("/static/css/app.css").get_data(as_text=True)
+    assert ".table td.cell-email" in css and ".table td.cell-phone" in css
+    # Labels are words for people (and the phone layout's captions), not style hooks.
+    assert re.findall(r"data-label=\"", css) == []
 
 
 @pytest.mark.parametrize("asked", [2, 3])

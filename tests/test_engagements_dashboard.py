@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import delete, select
+from sqlalchemy import event as sa_event
 
 from tests.builders import AGENT_EMAIL, contacts, identify, many_rows_customer
 from webapp.dashboard.search import parse_query, reindex, search_customers
@@ -312,6 +313,70 @@ def test_agent_sets_the_name_it_wins_over_event_names_and_is_audited(signed_in_c
     (entry,) = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "rename"))
     assert (entry.actor, entry.customer_id) == (AGENT_EMAIL, customer)
     assert '"Anna B"' in entry.before and '"Anna Berg"' in entry.after
+
+
+def heading_of(html: str) -> str:
+    start = html.index('<h1 id="customer-heading"')
+    return html[start : html.index("</h1>", start) + 5]
+
+
+def test_the_customer_heading_shows_the_name_read_once_for_the_page(app, signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="محمد عبد الله")[
+        "customerId"
+    ]
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sa_event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        response = signed_in_client.get(f"/customers/{customer}")
+    finally:
+        sa_event.remove(db.engine, "before_cursor_execute", count)
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert heading_of(html) == (
+        '<h1 id="customer-heading"><span class="customer-name" dir="auto">محمد عبد الله</span>'
+        ' <span class="customer-number"><span class="visually-hidden">customer </span>'
+        f"#{customer}</span></h1>"
+    )
+    # The name section's form shows it too, from the same read.
+    assert 'value="محمد عبد الله"' in section_of(html, "customer-name")
+    names_read = [s for s in statements if re.search(r"from [`\"]?contact_name", s.lower())]
+    assert len(names_read) == 1, names_read
+
+
+def test_a_customer_without_a_name_is_headed_by_its_number(signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound")["customerId"]
+    html = signed_in_client.get(f"/customers/{customer}").get_data(as_text=True)
+    assert heading_of(html) == f'<h1 id="customer-heading">Customer #{customer}</h1>'
+
+
+def test_a_rename_through_htmx_swaps_the_heading_out_of_band(signed_in_client):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="Anna B")[
+        "customerId"
+    ]
+    response = signed_in_client.post(
+        f"/customers/{customer}/name", data={"name": " Anna <Berg> "}, headers=HTMX
+    )
+    assert response.status_code == 200
+    body = response.get_data(as_text=True)
+    assert body.lstrip().startswith('<form id="name-form"')
+    assert heading_of(body) == (
+        '<h1 id="customer-heading" hx-swap-oob="true">'
+        '<span class="customer-name" dir="auto">Anna &lt;Berg&gt;</span>'
+        ' <span class="customer-number"><span class="visually-hidden">customer </span>'
+        f"#{customer}</span></h1>"
+    )
+    page = signed_in_client.get(f"/customers/{customer}").get_data(as_text=True)
+    assert heading_of(page) == heading_of(body).replace(' hx-swap-oob="true"', "")
+    # A refused name changes no heading.
+    refused = signed_in_client.post(
+        f"/customers/{customer}/name", data={"name": "  "}, headers=HTMX
+    )
+    assert refused.status_code == 422
+    assert "customer-heading" not in refused.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 201])

@@ -269,6 +269,7 @@ PAGES = [
     "/offers",
     "/audit",
     "/customers/999999",
+    "/nope",
 ]
 
 
@@ -302,10 +303,87 @@ def test_every_page_fits_the_window_and_logs_no_error(signed_in_page, live_serve
     )
     for path in PAGES:
         response = page.goto(path.format(id=customer))
-        assert response.status == (404 if "999999" in path else 200), path
+        assert response.status == (404 if "999999" in path or "nope" in path else 200), path
         assert horizontal_overflow(page) == 0, f"{path} is wider than {viewport['width']} px"
         assert page.console_errors == [], path
     page.goto(f"/customers/{customer}")
     expect(page.locator("#customer-name input[name=name]")).to_have_attribute("dir", "auto")
     expect(page.locator("#activity p.event-summary").first).to_have_attribute("dir", "auto")
     expect(page.locator("#activity")).to_contain_text(re.compile("مرحبا"))
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+@pytest.mark.parametrize(
+    ("who", "way_back", "landing"),
+    [("visitor", "Sign in", "Sign in"), ("agent", "Back to search", "Find a customer")],
+)
+def test_an_unknown_url_is_a_styled_page_with_a_way_back(
+    page, agent, viewport, who, way_back, landing
+):
+    if who == "agent":
+        sign_in_through_the_form(page)
+    page.set_viewport_size(viewport)
+    response = page.goto("/nope")
+    assert response.status == 404
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    # The dashboard's stylesheet dresses it: a card on the page, not werkzeug's bare text.
+    card = page.locator(".error-card")
+    assert card.evaluate("c => getComputedStyle(c).backgroundColor") != "rgba(0, 0, 0, 0)"
+    assert horizontal_overflow(page) == 0
+    page.get_by_role("link", name=way_back).click()
+    expect(page.get_by_role("heading", name=landing)).to_be_visible()
+    assert page.console_errors == []
+
+
+def test_a_rename_updates_the_heading_in_place(signed_in_page, live_server):
+    page = signed_in_page
+    customer = post_json(
+        live_server.url,
+        "/events",
+        {"channel": "sms", "direction": "inbound", "phoneNumber": "+1 555 0100", "name": "Anna B"},
+    )["event"]["customerId"]
+    page.goto(f"/customers/{customer}")
+    heading = page.locator("#customer-heading")
+    expect(heading).to_have_text(f"Anna B customer #{customer}")
+    expect(heading.locator(".customer-name")).to_have_attribute("dir", "auto")
+    page.locator("#customer-name input[name=name]").fill("Anna Berg")
+    page.get_by_role("button", name="Save name").click()
+    expect(page.locator("#customer-name .saved")).to_be_visible()
+    expect(heading).to_have_text(f"Anna Berg customer #{customer}")
+    expect(page).to_have_url(re.compile(rf"/customers/{customer}$"))
+    assert page.console_errors == []
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_a_customer_of_65_rows_has_a_short_header_that_links_to_every_contact(
+    signed_in_page, live_server, viewport
+):
+    page = signed_in_page
+    page.set_viewport_size(viewport)
+    customer = identify(live_server.url, "row00@x.io", "5550000")
+    for n in range(1, 65):
+        identify(live_server.url, f"row{n:02d}@x.io", "5550000")
+    page.goto(f"/customers/{customer}")
+    header = page.locator("#customer-header")
+    expect(header.locator(".chip-email")).to_have_count(10)
+    expect(header.locator(".chip-phone")).to_have_count(1)
+    assert horizontal_overflow(page) == 0
+    # The contacts section starts within the first screen at desktop width, not after a wall.
+    if viewport is DESKTOP:
+        assert page.locator("#contacts").bounding_box()["y"] < viewport["height"]
+    header.get_by_role("link", name="and 55 more e-mails").click()
+    expect(page).to_have_url(re.compile(rf"/customers/{customer}/contacts$"))
+    expect(page.locator("#contacts tbody tr")).to_have_count(65)
+    assert page.console_errors == []
+
+
+def test_contact_cells_wrap_e_mails_and_keep_phones_whole(signed_in_page, live_server):
+    page = signed_in_page
+    customer = identify(live_server.url, LONG_EMAIL, "+1 (555) 010-0188")
+    page.goto(f"/customers/{customer}")
+    email = page.locator("#contacts td.cell-email")
+    phone = page.locator("#contacts td.cell-phone")
+    expect(email).to_have_text(LONG_EMAIL)
+    expect(phone).to_have_text("+1 (555) 010-0188")
+    assert email.evaluate("c => getComputedStyle(c).overflowWrap") == "anywhere"
+    assert phone.evaluate("c => getComputedStyle(c).whiteSpace") == "nowrap"

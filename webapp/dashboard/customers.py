@@ -26,6 +26,8 @@ _MAX_HOPS = 16
 TIMELINE_PAGE_SIZE = 50
 # Rows the customer page's contacts table shows; the contacts page shows them all.
 CONTACTS_SHOWN = 50
+# E-mails, and phones, the customer page's header shows as chips; the contacts list has them all.
+HEADER_VALUES_SHOWN = 10
 
 
 @dataclass(frozen=True)

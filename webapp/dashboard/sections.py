@@ -20,6 +20,9 @@ views or base template. Register at import time of your blueprint package::
   (the CustomerView of webapp.dashboard.customers) and ``section`` (the dict
   its loader returned) in its context. Its root element should be a
   ``<section class="panel">`` with a heading.
+* A loader that knows the customer's display name returns it under the key
+  ``CUSTOMER_NAME`` as well; the page's heading shows it, so the name is read
+  once per page (the engagements area's name section does).
 * An action template is included in the action bar of the customer page with
   ``customer`` in its context (typically a button or a link opening a dialog).
 * A nav link appears in the top bar of every page; ``endpoint`` is passed to
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
 
 # Called with the primary id, or with the page's CustomerView (``with_customer``).
 SectionLoader = Callable[[Any], dict[str, Any]]
+
+# The key of a section's data under which its loader reports the customer's display name.
+CUSTOMER_NAME = "customer_name"
 
 
 @dataclass(frozen=True)
@@ -118,3 +124,11 @@ def load_sections(customer: CustomerView) -> list[tuple[Section, dict[str, Any]]
         (section, section.loader(customer if section.with_customer else customer.primary_id))
         for section in sections()
     ]
+
+
+def customer_name_of(loaded: list[tuple[Section, dict[str, Any]]]) -> str | None:
+    """The display name a loaded section reported under ``CUSTOMER_NAME``; None when none did."""
+    for _section, data in loaded:
+        if data.get(CUSTOMER_NAME):
+            return data[CUSTOMER_NAME]
+    return None

@@ -11,6 +11,7 @@ from . import bp
 from .cursors import InvalidCursor
 from .customers import (
     CONTACTS_SHOWN,
+    HEADER_VALUES_SHOWN,
     audit_log,
     load_customer,
     timeline_page,
@@ -23,7 +24,7 @@ from .rendering import (
     wants_fragment,
 )
 from .search import search_customers
-from .sections import actions, load_sections
+from .sections import actions, customer_name_of, load_sections
 
 
 class SearchForm(FlaskForm):
@@ -83,16 +84,21 @@ def customer(contact_id: int):
     except InvalidCursor:
         message = "This “show more” link is damaged; open the customer again."
         return error_page("Bad link", message, 400)
+    # A fragment shows the timeline only: the sections are not loaded for it.
+    sections = [] if wants_fragment() else load_sections(view)
     return page_or_fragment(
         "dashboard/customer.html",
         "dashboard/_timeline_rows.html" if after else "dashboard/_timeline.html",
         customer=view,
+        # The name section read the name: the heading shows it without reading it again.
+        customer_name=customer_name_of(sections),
+        header_emails=view.emails[:HEADER_VALUES_SHOWN],
+        header_phones=view.phone_numbers[:HEADER_VALUES_SHOWN],
         # Primary first, then by creation; the rest are one link away (the contacts page).
         contacts=view.contacts[:CONTACTS_SHOWN],
         timeline=timeline,
         after=after,
-        # A fragment shows the timeline only: the sections are not loaded for it.
-        sections=[] if wants_fragment() else load_sections(view),
+        sections=sections,
         actions=actions(),
     )
 

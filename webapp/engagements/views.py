@@ -19,6 +19,7 @@ from ..dashboard.rendering import (
     page_or_fragment,
     wants_fragment,
 )
+from ..dashboard.sections import CUSTOMER_NAME
 from ..identity.service import BlockedValues
 from ..models import row_id
 from ..text import FreeText
@@ -75,10 +76,13 @@ def activity_section(customer: CustomerView) -> dict:
 
 
 def name_section(customer: CustomerView) -> dict:
-    """Section loader for the customer page: the display name and the form that edits it."""
+    """Section loader for the customer page: the display name and the form that edits it.
+
+    The name goes to the page's heading too (``CUSTOMER_NAME``), read once.
+    """
     live_ids = [contact.id for contact in customer.contacts if contact.deleted_at is None]
     name = customer_name(customer.primary_id, contact_ids=live_ids)
-    return {"name_form": NameForm(formdata=None, name=name)}
+    return {CUSTOMER_NAME: name, "name_form": NameForm(formdata=None, name=name)}
 
 
 @bp.get("/customers/<int:contact_id>/activity")
@@ -116,12 +120,19 @@ def rename(contact_id: int):
     ):
         if not wants_fragment():
             return redirect(url_for("dashboard.customer", contact_id=primary_id), 303)
+        # The page's heading shows the name too: it is swapped out of band, so it is never stale.
         response = make_response(
             render_template(
                 "engagements/_name.html",
                 primary_id=primary_id,
                 form=form,
                 saved=True,
+            )
+            + render_template(
+                "dashboard/_customer_heading.html",
+                primary_id=primary_id,
+                customer_name=form.name.data,
+                oob=True,
             )
         )
         response.headers["HX-Trigger"] = "customer-renamed"
