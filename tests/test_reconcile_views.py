@@ -1,5 +1,6 @@
 """Reconciliation pages and forms on SQLite and MariaDB: page vs fragment, 422s, CSRF, sign-in."""
 
+import re
 import time
 from datetime import timedelta
 
@@ -263,6 +264,39 @@ def test_delete_asks_for_confirmation_then_deletes(signed_in_client):
     assert links() == {1: 2, 2: None}
     gone = signed_in_client.get("/contacts/1/delete")
     assert gone.status_code == 404
+
+
+def test_deleting_a_contact_says_so_without_contradicting_itself(signed_in_client):
+    ident("ann@x.io", "555")
+    ident("ann@x.io", "666")
+    response = signed_in_client.post("/contacts/2/delete", data={"reason": "dupe"}, headers=HTMX)
+    assert response.headers["HX-Redirect"] == "/customers/1"
+    assert links() == {1: None, 2: 1}
+    page = signed_in_client.get("/customers/1").get_data(as_text=True)
+    assert "Contact #2 deleted; no other contact changed customer." in page
+    assert "Nothing needed to change" not in page
+
+
+def test_deleting_a_customers_last_contact_says_so(signed_in_client):
+    ident("ann@x.io", "555")
+    response = signed_in_client.post("/contacts/1/delete", data={"reason": "junk"}, headers=HTMX)
+    assert response.headers["HX-Redirect"] == "/"
+    page = signed_in_client.get("/").get_data(as_text=True)
+    assert "Contact #1 deleted; it was the customer&#39;s last contact." in page
+    assert "Nothing needed to change" not in page
+
+
+def test_a_delete_that_splits_the_customer_says_what_changed(signed_in_client):
+    ident("ann@x.io", "555")
+    ident("bob@x.io", "555")
+    ident("bob@x.io", "777")
+    # Row 2 bridges 1 and 3 through phone 555 and bob@x.io; without it they split.
+    signed_in_client.post("/contacts/2/delete", data={"reason": "bridge"}, headers=HTMX)
+    page = signed_in_client.get("/customers/1").get_data(as_text=True)
+    message = re.search(r"Contact #2 deleted[^<]*", page).group(0)
+    assert message.startswith("Contact #2 deleted. ")
+    assert "split off" in message
+    assert "Nothing needed to change" not in message
 
 
 @pytest.mark.parametrize(("reason", "found"), [("dupe\x07", "U+0007"), ("du\npe", "U+000A")])

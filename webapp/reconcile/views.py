@@ -18,7 +18,7 @@ from ..dashboard.search import search_customers
 from ..identity.rules import InvalidValue, parse_identifier
 from ..models import row_id
 from . import bp
-from .core import NotFound, ReconcileError
+from .core import NotFound, Outcome, ReconcileError
 from .forms import BlockForm, ConfirmForm, DeleteForm, LinkForm, MergeForm, MergeSearchForm
 from .jobs import AlreadyRunning, create_job, get_job, launch, recent_jobs
 from .service import (
@@ -221,6 +221,15 @@ def unblock(identifier_id: int):
     return response
 
 
+def _deleted(contact_id: int, outcome: Outcome) -> str:
+    """The message after a delete: never "Nothing needed to change", since the delete did."""
+    if outcome.customer_id is None:
+        return f"Contact #{contact_id} deleted; it was the customer's last contact."
+    if not outcome.changed:
+        return f"Contact #{contact_id} deleted; no other contact changed customer."
+    return f"Contact #{contact_id} deleted. {outcome.summary()}"
+
+
 @bp.route("/contacts/<int:contact_id>/delete", methods=["GET", "POST"])
 def delete(contact_id: int):
     """Soft-delete a contact after confirmation; its customer is recomputed and may split."""
@@ -234,10 +243,7 @@ def delete(contact_id: int):
         except ReconcileError as exc:
             form.form_errors.append(str(exc))
         else:
-            return _finished(
-                _customer_url(outcome.customer_id),
-                f"Contact #{contact_id} deleted. {outcome.summary()}",
-            )
+            return _finished(_customer_url(outcome.customer_id), _deleted(contact_id, outcome))
     status = 422 if request.method == "POST" else 200
     return page_or_fragment(
         "reconcile/delete.html", "reconcile/_delete_form.html", status, form=form, contact=contact
