@@ -557,6 +557,28 @@ def test_screen_pop_polling_shows_a_known_caller_with_name_and_engagements(signe
     assert signed_in_client.get(f"/screen-pops?after={pop_id}").status_code == 204
 
 
+def test_the_screen_pop_writes_a_voucher_discount_as_the_vouchers_table_does(signed_in_client):
+    customer = event(
+        signed_in_client, channel="sms", direction="inbound", phoneNumber="+1 555 0100", name="Anna"
+    )["customerId"]
+    voucher = signed_in_client.post(
+        "/vouchers/generate",
+        json={
+            "email": ANNA,
+            "offer_name": "Half term",
+            "discount": 12.5,
+            "expiry": "2099-12-31T23:59:59Z",
+        },
+    )
+    assert voucher.status_code in (200, 201), voucher.get_json()
+    signed_in_client.post("/calls/incoming", json={"phoneNumber": "+15550100"})
+    pop = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    assert "· Half term · 12.5% ·" in pop
+    assert " %" not in pop
+    table = signed_in_client.get(f"/customers/{customer}/vouchers").get_data(as_text=True)
+    assert '<td data-label="Discount" class="num">12.5%</td>' in table
+
+
 def test_a_pop_that_commits_late_with_a_lower_id_still_shows(signed_in_client):
     early_id, later_id = (
         signed_in_client.post("/calls/incoming", json={"phoneNumber": number}).get_json()["popId"]

@@ -60,7 +60,7 @@ def test_a_call_pops_the_caller_on_the_open_dashboard(signed_in_page, live_serve
     expect(pop).to_contain_text("Question about the flux capacitor")
     expect(pop).not_to_contain_text("biff@x.io")
     expect(pop).to_contain_text(voucher["code"])
-    expect(pop).to_contain_text("Time travel · 15 %")
+    expect(pop).to_contain_text("Time travel · 15%")
     page.screenshot(path=str(tmp_path / "screen-pop.png"))
 
     pop.get_by_role("link", name=f"Open customer #{marty}").click()
