@@ -2,7 +2,7 @@
 
 import pytest
 
-from webapp.text import free_text_problem
+from webapp.text import counted, free_text_problem
 
 CONTROL = [
     "\x00",
@@ -50,3 +50,15 @@ def test_multi_line_text_keeps_tabs_and_line_breaks(good):
 )
 def test_ordinary_text_in_any_script_passes(good):
     assert free_text_problem(good) is None
+
+
+@pytest.mark.parametrize(
+    ("count", "noun", "said"),
+    [
+        (0, "customer", "0 customers"),
+        (1, "contact row", "1 contact row"),
+        (3, "contact row", "3 contact rows"),
+    ],
+)
+def test_counted_says_the_noun_in_the_plural_unless_there_is_one(count, noun, said):
+    assert counted(count, noun) == said

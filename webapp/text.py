@@ -32,6 +32,11 @@ def free_text_problem(text: str, *, multiline: bool = False) -> str | None:
     return None
 
 
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless the count is one: "1 contact row", "3 contact rows"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 class FreeText:
     """WTForms validator: the field's text passes ``free_text_problem``."""
 

@@ -14,6 +14,7 @@ from ..auth import init_auth
 from ..database import Contention
 from ..extensions import csrf, htmx
 from ..identity import search_index  # noqa: F401  (registers the search index table)
+from ..text import counted
 from .rendering import error_page
 from .sections import nav_links, register_nav
 
@@ -100,6 +101,7 @@ def init_dashboard(app: Flask) -> None:
     register_nav("Audit", "dashboard.audit", order=90)
     app.register_blueprint(bp)
     app.context_processor(lambda: {"nav_links": nav_links()})
+    app.add_template_filter(counted)
 
 
 from . import views  # noqa: E402, F401  (attaches the routes to bp)

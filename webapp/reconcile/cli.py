@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
+from ..text import counted
 from .jobs import claim_job, create_job, run_job
 
 
@@ -19,6 +20,6 @@ def reconcile_command(job_id: int | None) -> None:
     with click.progressbar(length=total, label=f"Reconciling {total} customers") as bar:
         job = run_job(job_id, progress=bar.update)
     click.echo(
-        f"Checked {job.processed} customers: {job.customers_changed} changed, "
-        f"{job.rows_changed} contact rows relinked."
+        f"Checked {counted(job.processed, 'customer')}: {job.customers_changed} changed, "
+        f"{counted(job.rows_changed, 'contact row')} relinked."
     )

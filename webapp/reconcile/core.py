@@ -29,6 +29,7 @@ from ..identity.rules import (
 )
 from ..identity.service import blocked_keys, lock_customers, row_from_record
 from ..models import PRIMARY, SECONDARY, Contact, Merge, utcnow
+from ..text import counted
 
 _c = Contact.__table__.c
 
@@ -68,12 +69,12 @@ class Outcome:
         if self.added_row:
             parts.append(f"contact {self.added_row} added")
         if self.merges:
-            parts.append(f"{len(self.merges)} customer(s) merged")
+            parts.append(f"{counted(len(self.merges), 'customer')} merged")
         promoted = [r.row_id for r in self.relinks if r.after is None]
         if promoted:
-            parts.append(f"{len(promoted)} new customer(s) split off")
+            parts.append(f"{counted(len(promoted), 'new customer')} split off")
         if self.relinks:
-            parts.append(f"{len(self.relinks)} contact row(s) relinked")
+            parts.append(f"{counted(len(self.relinks), 'contact row')} relinked")
         return "; ".join(parts).capitalize() + "." if parts else "Nothing needed to change."
 
 
