@@ -32,7 +32,7 @@ SQLITE_IMMEDIATE = "sqlite_begin_immediate"
 SINGLE_STATEMENT = "single_statement_read"
 
 
-# Values bound into one IN (...) list at most: well under every database's limits.
+# Values bound into one IN (...) list at most (SQLite binds at most 32766 per statement).
 _CHUNK = 500
 
 

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from ..api import json_error_handlers, require_api_key
 from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
-from .history import cards_holding, value_blocked
+from .history import cards_holding
 from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
 from .screenpop import record_incoming_call
 from .service import Recorded, record_events
@@ -109,8 +109,8 @@ def lookup_customer():
     if fields or not values:
         fields = fields or {name: "must not be empty" for name in given}
         raise ApiError(400, "invalid_field", "the query value is not valid", fields)
-    cards = cards_holding(values[0], recent=limit)
-    if not cards and value_blocked(values[0]):
+    cards, blocked = cards_holding(values[0], recent=limit)
+    if blocked:
         raise ApiError(404, "blocked_identifier", "this value is blocked: it names no customer")
     if not cards:
         raise ApiError(404, "not_found", "no customer holds this value")

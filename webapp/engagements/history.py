@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import Connection, and_, or_, select, union_all
@@ -221,22 +222,15 @@ def customer_card(conn: Connection, primary_id: int, *, recent: int = 5) -> Cust
     )
 
 
-def cards_holding(value: Value, *, recent: int) -> list[CustomerCard]:
-    """The card of every customer with a live row holding ``value``, read in one transaction."""
+def cards_holding(value: Value, *, recent: int) -> tuple[list[CustomerCard], bool]:
+    """The card of every customer holding ``value``, and whether it is blocked; one transaction."""
     conn = db.session.connection()
     try:
-        cards = [customer_card(conn, cid, recent=recent) for cid in customers_holding(conn, value)]
+        holding = customers_holding(conn, value)
+        cards = [customer_card(conn, cid, recent=recent) for cid in holding.customer_ids]
     finally:
         db.session.rollback()
-    return [card for card in cards if card is not None]
-
-
-def value_blocked(value: Value) -> bool:
-    """Whether agents blocked ``value``, read in a transaction of its own."""
-    try:
-        return is_blocked(db.session.connection(), value)
-    finally:
-        db.session.rollback()
+    return [card for card in cards if card is not None], holding.blocked
 
 
 def valid_vouchers(primary_id: int) -> list[dict]:
@@ -264,21 +258,24 @@ def _held_keys(value: Value) -> list[str]:
     return phone_key_variants(value.key) if value.kind == "phone" else [value.key]
 
 
-def is_blocked(conn: Connection, value: Value) -> bool:
-    """Whether agents blocked ``value`` (a phone in any prefix form): it identifies no one."""
-    return bool(blocked_keys(conn, [(value.kind, key) for key in _held_keys(value)]))
+class Holders(NamedTuple):
+    """The customers a value names (primary ids), and whether agents blocked it."""
+
+    customer_ids: list[int]
+    blocked: bool
 
 
-def customers_holding(conn: Connection, value: Value) -> list[int]:
-    """Primary ids of every customer with a live row holding ``value`` (phones in any prefix).
+def customers_holding(conn: Connection, value: Value) -> Holders:
+    """Every customer with a live row holding ``value`` (phones in any prefix form).
 
     None for a blocked value: a shop's switchboard or a shared test address
     is held by many customers and names none of them.
     """
-    if is_blocked(conn, value):
-        return []
+    keys = _held_keys(value)
+    if blocked_keys(conn, [(value.kind, key) for key in keys]):
+        return Holders([], blocked=True)
     column = _c.phone_key if value.kind == "phone" else _c.email_key
     found = conn.execute(
-        select(_c.id, _c.linkedId).where(column.in_(_held_keys(value)), _c.deletedAt.is_(None))
+        select(_c.id, _c.linkedId).where(column.in_(keys), _c.deletedAt.is_(None))
     ).all()
-    return sorted({linked if linked is not None else cid for cid, linked in found})
+    return Holders(sorted({linked if linked is not None else cid for cid, linked in found}), False)

@@ -23,7 +23,6 @@ from .history import (
     CustomerCard,
     customer_card,
     customers_holding,
-    is_blocked,
     phone_key_variants,
 )
 from .models import CALL, ScreenPop
@@ -119,8 +118,7 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
     A webhook retried with the same call id stores one event and one pop.
     """
     conn = db.session.connection()
-    customer_ids = customers_holding(conn, phone)
-    blocked = not customer_ids and is_blocked(conn, phone)
+    customer_ids, blocked = customers_holding(conn, phone)
     row_id = _caller_row_id(customer_ids[0], phone) if len(customer_ids) == 1 else None
     db.session.rollback()
     event_id = None
@@ -160,14 +158,15 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     views = []
     for pop in pops:
         value = Value("phone", pop.phone_number, pop.phone_key)
-        cards = [customer_card(conn, cid) for cid in customers_holding(conn, value)]
+        holding = customers_holding(conn, value)
+        cards = [customer_card(conn, cid) for cid in holding.customer_ids]
         views.append(
             PopView(
                 id=pop.id,
                 phone_number=pop.phone_number,
                 created_at=pop.created_at,
                 cards=[card for card in cards if card is not None],
-                blocked=not cards and is_blocked(conn, value),
+                blocked=holding.blocked,
             )
         )
     db.session.rollback()

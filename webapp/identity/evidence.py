@@ -29,13 +29,6 @@ _k = BondKey.__table__.c
 _c = Contact.__table__.c
 
 
-def _by_kind(keys: Iterable[Key]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for kind, key in sorted(set(keys)):
-        grouped.setdefault(kind, []).append(key)
-    return grouped
-
-
 def add_bond(
     conn: Connection, keys: Iterable[Key], *, contact_id: int, cause: str, actor: str
 ) -> None:
@@ -59,7 +52,7 @@ def add_bond(
 def bonds_holding(conn: Connection, keys: Iterable[Key]) -> list[frozenset[Key]]:
     """Every bond with one of ``keys``, as the set of keys it ties together."""
     bond_ids: set[int] = set()
-    for kind, wanted in _by_kind(keys).items():
+    for kind, wanted in keys_detail(keys).items():
         for part in chunks(wanted):
             statement = select(_k.bond_id).where(_k.kind == kind, _k.key.in_(part))
             bond_ids.update(conn.execute(statement).scalars())
@@ -75,11 +68,11 @@ def withdraw_unheld(conn: Connection, keys: Iterable[Key]) -> None:
     """Take out of every bond the ones of ``keys`` that no live row holds any more."""
     keys = set(keys)
     held: set[Key] = set()
-    for kind, wanted in _by_kind(keys).items():
+    for kind, wanted in keys_detail(keys).items():
         column = _c.email_key if kind == EMAIL else _c.phone_key
         for part in chunks(wanted):
             statement = select(column).where(column.in_(part), _c.deletedAt.is_(None))
             held.update((kind, key) for key in conn.execute(statement).scalars())
-    for kind, wanted in _by_kind(keys - held).items():
+    for kind, wanted in keys_detail(keys - held).items():
         for part in chunks(wanted):
             conn.execute(delete(BondKey.__table__).where(_k.kind == kind, _k.key.in_(part)))

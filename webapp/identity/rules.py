@@ -292,7 +292,7 @@ def parse_identifier(raw: str) -> Value:
 
 
 def keys_detail(keys: Iterable[Key]) -> dict[str, list[str]]:
-    """Keys grouped by kind, sorted: a bond's statement as stored (JSON) for people to read."""
+    """Keys grouped by kind, each sorted: a bond's statement as stored, and lookups' bound lists."""
     detail: dict[str, list[str]] = {EMAIL: [], PHONE: []}
     for kind, key in sorted(set(keys)):
         detail[kind].append(key)

@@ -48,7 +48,17 @@ from ..database import SINGLE_STATEMENT, SQLITE_IMMEDIATE, Retry, chunks, run_wr
 from ..extensions import db
 from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
 from .evidence import add_bond
-from .rules import EMAIL, Customer, Key, Plan, Row, Value, consolidate, plan_identify
+from .rules import (
+    EMAIL,
+    Customer,
+    Key,
+    Plan,
+    Row,
+    Value,
+    consolidate,
+    keys_detail,
+    plan_identify,
+)
 from .search_index import index_contact
 
 _c = Contact.__table__.c
@@ -156,15 +166,11 @@ def _pair_params(pairs: Sequence[Key]) -> dict[str, str]:
     return params
 
 
-# Keys bound per statement when looking up many (SQLite binds at most 32766 values).
 def blocked_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
     """Which of ``keys`` (any number) are blocked, by ``kind = ? AND key IN (...)`` lookups."""
     c = Identifier.__table__.c
-    by_kind: dict[str, list[str]] = {}
-    for kind, key in sorted(set(keys)):
-        by_kind.setdefault(kind, []).append(key)
     found: set[Key] = set()
-    for kind, wanted in by_kind.items():
+    for kind, wanted in keys_detail(keys).items():
         for part in chunks(wanted):
             statement = select(c.kind, c.key).where(
                 c.kind == kind, c.key.in_(part), c.blocked_at.is_not(None)
