@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -155,3 +157,36 @@ def commit_elsewhere() -> None:
         other.execute(
             insert(Identifier).values(kind="email", key=f"elsewhere-{utcnow():%H%M%S%f}@x.io")
         )
+
+
+@contextmanager
+def statements_run() -> Iterator[list[str]]:
+    """Collect the SQL statements the app sends to the database while the block runs."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def collect(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", collect)
+    try:
+        yield statements
+    finally:
+        event.remove(db.engine, "before_cursor_execute", collect)
+
+
+def post_json(base_url: str, path: str, body: dict) -> dict:
+    """POST to a live server as the shop, the telephony or the CRM would; the JSON answer."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        base_url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status in (200, 201)
+        return json.loads(response.read())

@@ -26,6 +26,16 @@ def in_a_month() -> str:
     return (utcnow().replace(tzinfo=UTC) + timedelta(days=30)).isoformat()
 
 
+def summer_sale(discount) -> dict:
+    """A generate body for lorraine, of the Summer sale offer at ``discount``."""
+    return {
+        "email": "lorraine@hillvalley.edu",
+        "offer_name": "Summer sale",
+        "discount": discount,
+        "expiry": in_a_month(),
+    }
+
+
 @pytest.mark.parametrize(
     "discount",
     [
@@ -37,13 +47,7 @@ def in_a_month() -> str:
     ],
 )
 def test_a_discount_is_never_rounded_into_another_one(app, client, discount):
-    body = {
-        "email": "lorraine@hillvalley.edu",
-        "offer_name": "Summer sale",
-        "discount": discount,
-        "expiry": in_a_month(),
-    }
-    response = client.post("/vouchers/generate", json=body)
+    response = client.post("/vouchers/generate", json=summer_sale(discount))
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["error"]["code"] == "invalid_field"
     assert set(response.get_json()["error"]["fields"]) == {"discount"}
@@ -53,13 +57,7 @@ def test_a_discount_is_never_rounded_into_another_one(app, client, discount):
 
 @pytest.mark.parametrize(("discount", "shown"), [("12.50", 12.5), ("1E+2", 100), (0.01, 0.01)])
 def test_an_exact_discount_written_any_way_is_issued(client, discount, shown):
-    body = {
-        "email": "lorraine@hillvalley.edu",
-        "offer_name": "Summer sale",
-        "discount": discount,
-        "expiry": in_a_month(),
-    }
-    response = client.post("/vouchers/generate", json=body)
+    response = client.post("/vouchers/generate", json=summer_sale(discount))
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["discount"] == shown
 

@@ -5,9 +5,8 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event
 
-from tests.builders import T0, identify, many_rows_customer
+from tests.builders import T0, identify, many_rows_customer, statements_run
 from webapp.audit import record
 from webapp.extensions import db
 from webapp.models import SECONDARY, Contact, utcnow
@@ -257,16 +256,8 @@ def test_one_customer_page_reads_the_contact_history_once(app, signed_in_client,
     identify(signed_in_client, "a@x.io", "111")
     identify(signed_in_client, "b@x.io", "222")
     identify(signed_in_client, "a@x.io", "222")  # merges customer 2 into 1
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", count)
-    try:
+    with statements_run() as statements:
         response = signed_in_client.get(f"/customers/1{order}")
-    finally:
-        event.remove(db.engine, "before_cursor_execute", count)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     # The history is the timeline's alone: the activity section does not repeat it.

@@ -8,9 +8,8 @@ from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import delete, select
-from sqlalchemy import event as sa_event
 
-from tests.builders import AGENT_EMAIL, contacts, identify, many_rows_customer
+from tests.builders import AGENT_EMAIL, contacts, identify, many_rows_customer, statements_run
 from webapp.dashboard.search import parse_query, reindex, search_customers
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.engagements.names import match_names
@@ -324,16 +323,8 @@ def test_the_customer_heading_shows_the_name_read_once_for_the_page(app, signed_
     customer = event(signed_in_client, channel="sms", direction="inbound", name="محمد عبد الله")[
         "customerId"
     ]
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    sa_event.listen(db.engine, "before_cursor_execute", count)
-    try:
+    with statements_run() as statements:
         response = signed_in_client.get(f"/customers/{customer}")
-    finally:
-        sa_event.remove(db.engine, "before_cursor_execute", count)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert heading_of(html) == (

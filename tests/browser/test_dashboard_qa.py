@@ -2,32 +2,17 @@
 phone widths, long messages fold, Escape closes what opened, one click sends one request, and no
 page logs a script error or a CSP violation."""
 
-import json
 import re
-import urllib.request
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import sign_in_through_the_form
-from tests.builders import AGENT_EMAIL
+from tests.builders import AGENT_EMAIL, post_json
 
 LONG_EMAIL = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 57 + ".com"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-
-
-def post_json(base_url: str, path: str, body: dict) -> dict:
-    """POST to the live gunicorn as the shop, the telephony or the CRM would."""
-    request = urllib.request.Request(
-        base_url + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status in (200, 201)
-        return json.loads(response.read())
 
 
 def identify(base_url: str, email=None, phone=None) -> int:

@@ -1,23 +1,10 @@
 """The screen-pop in headless Chromium: a call arrives at gunicorn, the agent's open page pops."""
 
-import json
 import re
-import urllib.request
 
 from playwright.sync_api import expect
 
-
-def post_json(base_url: str, path: str, body: dict) -> dict:
-    """POST to the live gunicorn as the telephony system would."""
-    request = urllib.request.Request(
-        base_url + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status in (200, 201)
-        return json.loads(response.read())
+from tests.builders import post_json
 
 
 def test_a_call_pops_the_caller_on_the_open_dashboard(signed_in_page, live_server, tmp_path):
