@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import click
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -146,12 +147,33 @@ def _identify_run(dialect: str, contacts: int, run_dir: Path, opts: dict) -> dic
     }
 
 
+def _floor_run(contacts: int, run_dir: Path, opts: dict) -> dict:
+    """bench/floor_app.py on a freshly seeded SQLite database: the least identify could cost."""
+    label = f"floor-sqlite-{contacts}"
+    size = customers.customers_for_contacts(contacts)
+    with fresh_database("sqlite", f"bench_floor_{contacts}", run_dir) as url:
+        seeded = seed_customers(url, size)
+        writer = MixWriter(size, opts["seed"])
+        warmup = _bodies(writer, run_dir / f"{label}-warmup.txt", opts["warmup"])
+        bodies = _bodies(writer, run_dir / f"{label}.txt", opts["duration"])
+        env = dict(os.environ, FLOOR_DATABASE=make_url(url).database)
+        log_path = run_dir / f"{label}.gunicorn.log"
+        with gunicorn(
+            "floor_app:app", env, opts["workers"], log_path, pythonpath=Path(__file__).parent
+        ) as server:
+            result = _measure(server, warmup, bodies, run_dir, label, opts)
+    return {"contacts_seeded": seeded.contacts, **result.as_dict()}
+
+
 def _verdicts(results: dict) -> list[dict]:
     """Each issue-2 target, the figure measured and whether it was met."""
     verdicts = []
     for dialect, section in results.items():
         bare = section["bare"]
         runs = section["identify"]
+        if "floor" in section:
+            floor = section["floor"]
+            floor["ratio"] = round(floor["rps"] / bare["rps"], 3) if bare["rps"] else None
         for run in runs:
             run["ratio"] = round(run["rps"] / bare["rps"], 3) if bare["rps"] else None
             if dialect == "sqlite":
@@ -219,6 +241,14 @@ def _markdown(data: dict) -> str:
             f"{bare['p99_ms']:.2f} | 1 | {bare['worker_cpu_ms']} | {bare['non_2xx']} "
             f"| {_load(bare)} |"
         )
+        floor = section.get("floor")
+        if floor:
+            lines.append(
+                f"| {dialect} | {floor['contacts_seeded']:,} | floor (1 read, insert if new) "
+                f"| {floor['rps']:,.0f} | {floor['p50_ms']:.2f} | {floor['p99_ms']:.2f} "
+                f"| {floor['ratio']} | {floor['worker_cpu_ms']} | {floor['non_2xx']} "
+                f"| {_load(floor)} |"
+            )
         for run in section["identify"]:
             lines.append(
                 f"| {dialect} | {run['contacts_seeded']:,} | identify | {run['rps']:,.0f} | "
@@ -244,6 +274,12 @@ def _markdown(data: dict) -> str:
 @click.option("--warmup", default=3, show_default=True, help="Seconds of warm-up before each.")
 @click.option("--connections", default=16, show_default=True)
 @click.option("--workers", default=4, show_default=True, help="gunicorn workers.")
+@click.option(
+    "--floor/--no-floor",
+    default=True,
+    show_default=True,
+    help="Also drive bench/floor_app.py on SQLite: the least any identify could cost.",
+)
 @click.option("--seed", default=20261123, show_default=True, help="Seed of the request mix.")
 @click.option(
     "--mysql-server",
@@ -251,7 +287,9 @@ def _markdown(data: dict) -> str:
     show_default=True,
     help="MariaDB server; a fresh database is created on it and dropped afterwards.",
 )
-def main(sizes, databases, duration, warmup, connections, workers, seed, mysql_server) -> None:
+def main(
+    sizes, databases, duration, warmup, connections, workers, floor, seed, mysql_server
+) -> None:
     """Seed, drive identify and a bare endpoint with wrk, and write the figures."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     size_list = [int(s) for s in sizes.split(",") if s.strip()]
@@ -267,6 +305,7 @@ def main(sizes, databases, duration, warmup, connections, workers, seed, mysql_s
         "warmup": warmup,
         "connections": connections,
         "workers": workers,
+        "floor": floor,
         "seed": seed,
         "mysql_server": mysql_server,
     }
@@ -276,6 +315,8 @@ def main(sizes, databases, duration, warmup, connections, workers, seed, mysql_s
         bare = _bare_run(dialect, size_list[-1], run_dir, opts).as_dict()
         runs = [_identify_run(dialect, size, run_dir, opts) for size in size_list]
         results[dialect] = {"bare": bare, "identify": runs}
+        if dialect == "sqlite" and opts["floor"]:
+            results[dialect]["floor"] = _floor_run(size_list[0], run_dir, opts)
         for leftover in run_dir.glob("*.txt"):
             if not leftover.name.endswith(".wrk.txt"):
                 leftover.unlink()
