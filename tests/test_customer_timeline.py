@@ -209,6 +209,61 @@ def test_the_contacts_page_shows_every_row_cold_and_as_a_fragment(signed_in_clie
     assert moved.headers["Location"] == f"/customers/{ids[0]}/contacts"
 
 
+CONTACTS_PAGE = 200
+
+
+def load_more_contacts_link(html: str) -> str | None:
+    found = re.search(
+        r'<a class="button" href="([^"]+)" hx-get="\1"[^>]*>Load more contacts</a>', html
+    )
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+@pytest.mark.parametrize("count", [CONTACTS_PAGE, CONTACTS_PAGE + 1, 2 * CONTACTS_PAGE + 50])
+def test_the_contacts_page_loads_200_rows_at_a_time_none_twice_none_skipped(
+    signed_in_client, count
+):
+    ids = many_rows_customer(count)
+    page = signed_in_client.get(f"/customers/{ids[0]}/contacts").get_data(as_text=True)
+    parts = [contacts_of(page)]
+    link = load_more_contacts_link(parts[0])
+    while link:
+        response = signed_in_client.get(link, headers=HTMX)
+        assert response.status_code == 200
+        body = response.get_data(as_text=True)
+        # Only the next rows (and the next "load more" row): no section, no page around them.
+        assert body.lstrip().startswith("<tr") and "<section" not in body
+        parts.append(body)
+        link = load_more_contacts_link(body)
+    assert [n for part in parts for n in table_ids(part)] == ids
+    assert [len(table_ids(part)) for part in parts] == [
+        min(CONTACTS_PAGE, count - start) for start in range(0, count, CONTACTS_PAGE)
+    ]
+    if count > CONTACTS_PAGE:
+        assert f"{CONTACTS_PAGE} of {count} contact rows shown." in parts[0]
+
+
+def test_a_later_contacts_page_opened_without_htmx_says_which_rows_it_shows(signed_in_client):
+    ids = many_rows_customer(CONTACTS_PAGE + 30)
+    later = signed_in_client.get(f"/customers/{ids[0]}/contacts?page=2")
+    assert later.status_code == 200
+    html = later.get_data(as_text=True)
+    assert html.startswith("<!doctype html>")
+    assert table_ids(contacts_of(html)) == ids[CONTACTS_PAGE:]
+    assert f"Rows {CONTACTS_PAGE + 1} to {CONTACTS_PAGE + 30} of {CONTACTS_PAGE + 30}." in html
+    assert f'<a href="/customers/{ids[0]}/contacts">Back to the first rows</a>' in html
+    assert load_more_contacts_link(html) is None
+
+    past = signed_in_client.get(f"/customers/{ids[0]}/contacts?page=9").get_data(as_text=True)
+    assert table_ids(contacts_of(past)) == []
+    assert f"No contact rows this far: the customer has {CONTACTS_PAGE + 30} contact rows." in past
+
+    # Another contact id of the customer keeps the page it asked for.
+    moved = signed_in_client.get(f"/customers/{ids[5]}/contacts?page=2")
+    assert moved.status_code == 302
+    assert moved.headers["Location"] == f"/customers/{ids[0]}/contacts?page=2"
+
+
 def test_why_linked_chains_of_shown_rows_may_run_through_rows_not_shown(signed_in_client):
     ids = many_rows_customer(60)
     # Row 10 now shares nothing with the others but an e-mail that row 59, hidden, also holds.

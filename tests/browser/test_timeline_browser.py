@@ -42,3 +42,25 @@ def test_the_contacts_table_shows_50_rows_then_all_in_place(signed_in_page, app)
     expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
     expect(rows.last).to_have_id(f"contact-{ids[-1]}")
     assert page.console_errors == []
+
+
+def test_a_long_contacts_list_loads_200_rows_at_a_time_in_place(signed_in_page, app):
+    page = signed_in_page
+    ids = many_rows_customer(450)
+    page.goto(f"/customers/{ids[0]}")
+    rows = page.locator("#contacts tbody tr[id^='contact-']")
+    expect(rows).to_have_count(50)
+    page.locator("#contacts").get_by_role("link", name="Show all 450 contacts").click()
+    expect(rows).to_have_count(200)
+    more = page.locator("#contacts-load-more")
+    expect(more).to_contain_text("200 of 450 contact rows shown.")
+    more.get_by_role("link", name="Load more contacts").click()
+    expect(rows).to_have_count(400)
+    expect(more).to_contain_text("400 of 450 contact rows shown.")
+    more.get_by_role("link", name="Load more contacts").click()
+    expect(rows).to_have_count(450)
+    expect(more).to_have_count(0)
+    # In place: still the customer page, every row once and in order.
+    expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
+    assert [int(i.split("-")[1]) for i in rows.evaluate_all("rs => rs.map(r => r.id)")] == ids
+    assert page.console_errors == []

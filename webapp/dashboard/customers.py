@@ -24,8 +24,10 @@ from .cursors import decode_cursor, encode_cursor
 _MAX_HOPS = 16
 # Contact rows per timeline page; other events come with the rows of their time span.
 TIMELINE_PAGE_SIZE = 50
-# Rows the customer page's contacts table shows; the contacts page shows them all.
+# Rows the customer page's contacts table shows; the contacts page shows the rest.
 CONTACTS_SHOWN = 50
+# Rows per page of the contacts page ("Load more contacts" brings the next page).
+CONTACTS_PAGE_SIZE = 200
 # E-mails, and phones, the customer page's header shows as chips; the contacts list has them all.
 HEADER_VALUES_SHOWN = 10
 

@@ -10,6 +10,7 @@ from wtforms.validators import Length, Optional
 from . import bp
 from .cursors import InvalidCursor
 from .customers import (
+    CONTACTS_PAGE_SIZE,
     CONTACTS_SHOWN,
     HEADER_VALUES_SHOWN,
     audit_log,
@@ -105,13 +106,26 @@ def customer(contact_id: int):
 
 @bp.get("/customers/<int:contact_id>/contacts")
 def contacts(contact_id: int):
-    """Every contact row of a customer and why it is linked; htmx swaps in only the table."""
-    primary_id = canonical_customer(contact_id)
+    """A customer's contact rows and why each is linked, a page of them at a time.
+
+    From the customer page, htmx swaps the first page in for its short table;
+    "Load more contacts" swaps in only the next page's rows.
+    """
+    primary_id = canonical_customer(contact_id, keep=("page",))
     view = load_customer(primary_id)
     if view is None:
         return not_found("Customer", contact_id)
+    page = _page_number()
+    start = (page - 1) * CONTACTS_PAGE_SIZE
+    rows = view.contacts[start : start + CONTACTS_PAGE_SIZE]
+    more = start + CONTACTS_PAGE_SIZE < len(view.contacts)
     return page_or_fragment(
-        "dashboard/contacts.html", "dashboard/_contacts.html", customer=view, contacts=view.contacts
+        "dashboard/contacts.html",
+        "dashboard/_contact_rows.html" if page > 1 else "dashboard/_contacts.html",
+        customer=view,
+        contacts=rows,
+        first_row=start + 1,
+        next_page=page + 1 if more else None,
     )
 
 
