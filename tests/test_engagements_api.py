@@ -106,6 +106,8 @@ def test_repeated_external_id_stores_one_event_and_answers_the_first_id(app, cli
         ({**SMS, "occurredAt": "yesterday"}, "occurredAt"),
         ({**SMS, "occurredAt": "2999-01-01T00:00:00Z"}, "occurredAt"),
         ({**SMS, "occurredAt": "0001-01-01T00:00:00+01:00"}, "occurredAt"),
+        ({**SMS, "occurredAt": "0001-01-01T00:00:00Z"}, "occurredAt"),
+        ({**SMS, "occurredAt": "1969-12-31T23:59:59Z"}, "occurredAt"),
         ({"channel": "web", "email": ANNA, "url": "http://[::1/page"}, "url"),
         ({"channel": "web", "email": ANNA, "url": "javascript:alert(1)"}, "url"),
         ({"channel": "web", "email": ANNA, "url": "/relative"}, "url"),

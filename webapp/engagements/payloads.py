@@ -20,6 +20,8 @@ MAX_EXTERNAL_ID_LENGTH = 200
 # Clocks disagree a little; an event dated further ahead than this is a client bug
 # that would otherwise sit on top of the timeline for good.
 FUTURE_TOLERANCE = timedelta(hours=24)
+# No engagement is older than this; 0001-01-01 is what a client sends for a time it never set.
+EARLIEST_EVENT = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def _occurred_at(payload: dict[str, Any], fields: dict[str, str]) -> datetime:
         return now
     if moment > now + FUTURE_TOLERANCE:
         fields["occurredAt"] = "lies more than a day in the future"
+    elif moment < EARLIEST_EVENT:
+        fields["occurredAt"] = "lies before 1970 (an unset time sent as a zero date?)"
     return moment
 
 
