@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from ..api import json_error_handlers, require_api_key
 from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
-from .history import cards_holding
+from .history import cards_holding, match_word
 from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
 from .screenpop import record_incoming_call
 from .service import Recorded, record_events
@@ -115,7 +115,7 @@ def lookup_customer():
     if not cards:
         raise ApiError(404, "not_found", "no customer holds this value")
     return jsonify(
-        match="one" if len(cards) == 1 else "several",
+        match=match_word(len(cards)),
         customer=cards[0].to_json() if len(cards) == 1 else None,
         customers=[card.to_json() for card in cards],
     )
@@ -136,12 +136,11 @@ def incoming_call():
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)
     call = record_incoming_call(values[0], call_id)
-    match = {0: "none", 1: "one"}.get(len(call.customer_ids), "several")
     return (
         jsonify(
             popId=call.pop_id,
             eventId=call.event_id,
-            match=match,
+            match=match_word(len(call.customer_ids)),
             customerIds=call.customer_ids,
             blocked=call.blocked,
         ),

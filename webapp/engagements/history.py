@@ -258,6 +258,11 @@ def _held_keys(value: Value) -> list[str]:
     return phone_key_variants(value.key) if value.kind == "phone" else [value.key]
 
 
+def match_word(count: int) -> str:
+    """How many customers a value names, as the API and the pop say it: none, one, several."""
+    return {0: "none", 1: "one"}.get(count, "several")
+
+
 class Holders(NamedTuple):
     """The customers a value names (primary ids), and whether agents blocked it."""
 

@@ -23,6 +23,7 @@ from .history import (
     CustomerCard,
     customer_card,
     customers_holding,
+    match_word,
     phone_key_variants,
 )
 from .models import CALL, ScreenPop
@@ -69,7 +70,7 @@ class PopView:
         """'blocked', or 'one', 'several' or 'none': how many customers hold the number."""
         if self.blocked:
             return "blocked"
-        return {0: "none", 1: "one"}.get(len(self.cards), "several")
+        return match_word(len(self.cards))
 
 
 def _caller_row_id(customer_id: int, phone: Value) -> int | None:
