@@ -674,3 +674,26 @@ def test_every_html_form_of_every_area_needs_the_csrf_token(app, signed_in_clien
         response = signed_in_client.post(url, data={"reason": "x", "name": "x", "other": "2"})
         assert response.status_code == 400, url
         assert "Form expired" in response.get_data(as_text=True), url
+
+
+def test_search_lists_at_most_25_pages_then_asks_for_more_letters(signed_in_client, monkeypatch):
+    from webapp.dashboard import search
+
+    assert search.MAX_SEARCH_PAGES == 25
+    monkeypatch.setattr(search, "MAX_SEARCH_PAGES", 1)
+    for i in range(search.PAGE_SIZE + 1):
+        assert identify(signed_in_client, f"shopper{i}@capped.io")[0] == 200
+    html = signed_in_client.get("/?q=capped.io").get_data(as_text=True)
+    assert html.count('<tr class="result">') == search.PAGE_SIZE
+    assert "Load more customers" not in html
+    assert (
+        f"Only the {search.PAGE_SIZE} most recently active customers matching “capped.io”"
+        " are listed." in html
+    )
+    # A deeper page asked for by hand is the last one; it costs no more.
+    deeper = search_customers("capped.io", page=500)
+    assert (deeper.page, deeper.has_more, deeper.capped) == (1, False, True)
+    # Exactly as many as fit: nothing more to say.
+    monkeypatch.setattr(search, "MAX_SEARCH_PAGES", 2)
+    last = search_customers("capped.io", page=2)
+    assert (len(last.customers), last.has_more, last.capped) == (1, False, False)

@@ -61,6 +61,10 @@ from ..identity.service import ROW_COLUMNS, row_from_record
 from ..models import Contact
 
 PAGE_SIZE = 20
+# Pages "Load more" reaches (500 customers). Each page walks the matches from
+# the first, so a deeper one would cost more and more; past this, the agent is
+# asked to type more instead.
+MAX_SEARCH_PAGES = 25
 # Rows each matcher returns per round while a page is being filled.
 _SCAN_BATCH = 200
 # Index entries counted per gram to find the rarest one. Only when every gram has
@@ -285,6 +289,13 @@ class SearchPage:
     customers: list[CustomerSummary]
     page: int
     has_more: bool
+    # More customers match than the deepest page reaches: the agent should narrow the search.
+    capped: bool = False
+
+    @property
+    def most_listed(self) -> int:
+        """How many customers a search lists at most."""
+        return MAX_SEARCH_PAGES * PAGE_SIZE
 
 
 def _matching_customers(conn: Connection, query: SearchQuery, wanted: int) -> list[int]:
@@ -352,7 +363,7 @@ def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSumm
 def search_customers(raw: str, page: int = 1, page_size: int = PAGE_SIZE) -> SearchPage:
     """One page of the customers matching what the agent typed, newest activity first."""
     query = parse_query(raw)
-    page = max(page, 1)
+    page = min(max(page, 1), MAX_SEARCH_PAGES)
     if not query.searchable:
         return SearchPage(query=query, customers=[], page=page, has_more=False)
     conn = db.session.connection()
@@ -361,6 +372,12 @@ def search_customers(raw: str, page: int = 1, page_size: int = PAGE_SIZE) -> Sea
     shown = primaries[skip : skip + page_size]
     customers = summarise(conn, shown)
     db.session.rollback()
+    more = len(primaries) > skip + page_size
+    last = page == MAX_SEARCH_PAGES
     return SearchPage(
-        query=query, customers=customers, page=page, has_more=len(primaries) > skip + page_size
+        query=query,
+        customers=customers,
+        page=page,
+        has_more=more and not last,
+        capped=more and last,
     )
