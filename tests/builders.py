@@ -176,15 +176,47 @@ def statements_run() -> Iterator[list[str]]:
         event.remove(db.engine, "before_cursor_execute", collect)
 
 
+# The key integrations send in tests; the app fixture sets no keys, ``api_key`` does.
+TEST_API_KEY = "test-integration-key"
+API_KEY_HEADER = {"Authorization": f"Bearer {TEST_API_KEY}"}
+
+
+def post_once(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    """One POST over a fresh connection to a live server, with the tests' API key.
+
+    (status, JSON body), whatever the status: the concurrency tests count them.
+    """
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", **API_KEY_HEADER, **(headers or {})},
+        )
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
 def post_json(base_url: str, path: str, body: dict) -> dict:
-    """POST to a live server as the shop, the telephony or the CRM would; the JSON answer."""
+    """POST to a live server as the shop, the telephony or the CRM would; the JSON answer.
+
+    It sends the tests' API key, which a server with no API_KEYS ignores.
+    """
     import json
     import urllib.request
 
     request = urllib.request.Request(
         base_url + path,
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **API_KEY_HEADER},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -122,6 +122,16 @@ def client(app):
 
 
 @pytest.fixture
+def api_key(app, client) -> str:
+    """API_KEYS set, and ``client`` sending the key: the voucher API and the lookup need one."""
+    from tests.builders import TEST_API_KEY
+
+    app.config["API_KEYS"] = [TEST_API_KEY]
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TEST_API_KEY}"
+    return TEST_API_KEY
+
+
+@pytest.fixture
 def runner(app):
     return app.test_cli_runner()
 
@@ -213,7 +223,12 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(app, database_url):
-    """gunicorn with 4 workers on this test's database (the ``app`` fixture empties it)."""
-    server = LiveServer(database_url, workers=4)
+    """gunicorn with 4 workers on this test's database (the ``app`` fixture empties it).
+
+    It has the tests' API key configured, which ``post_json`` sends.
+    """
+    from tests.builders import TEST_API_KEY
+
+    server = LiveServer(database_url, workers=4, env={"API_KEYS": TEST_API_KEY})
     yield server
     server.stop()

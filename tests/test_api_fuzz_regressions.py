@@ -15,6 +15,9 @@ from webapp.extensions import db
 from webapp.models import utcnow
 from webapp.vouchers.models import Offer, Voucher
 
+# The lookup and the voucher API always need a key; the rest accept it.
+pytestmark = pytest.mark.usefixtures("api_key")
+
 
 def count(model) -> int:
     total = db.session.scalar(select(func.count()).select_from(model))

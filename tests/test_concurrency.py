@@ -8,26 +8,16 @@ invariant on the rows the database holds.
 
 from __future__ import annotations
 
-import http.client
-import json
 import random
 import threading
-from urllib.parse import urlsplit
 
-from tests.builders import assert_invariants, live_rows
+from tests.builders import assert_invariants, live_rows, post_once
 
 THREADS = 16
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    try:
-        conn.request("POST", "/identify", json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
+    return post_once(url, "/identify", body)
 
 
 def fire(url: str, bodies: list[dict]) -> list[tuple[int, dict]]:

@@ -10,6 +10,9 @@ from tests.openapi_check import assert_matches_openapi
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.extensions import db
 
+# The lookup and the voucher API always need a key; the rest accept it.
+pytestmark = pytest.mark.usefixtures("api_key")
+
 ANNA = "anna@example.com"
 SMS = {"channel": "sms", "direction": "inbound", "email": ANNA}
 CALL = {"channel": "call", "direction": "inbound", "email": ANNA}
@@ -516,3 +519,15 @@ def test_a_block_that_splits_a_customer_splits_its_history_with_it(client):
     assert anna["customerId"] != bob["customerId"]
     assert [e["id"] for e in anna["recentEngagements"]] == [mine["id"]]
     assert [e["id"] for e in bob["recentEngagements"]] == [theirs["id"]]
+
+
+def test_with_no_api_keys_configured_events_and_calls_are_open_and_the_lookup_closed(app):
+    app.config["API_KEYS"] = []
+    anonymous = app.test_client()
+    assert anonymous.post("/events", json=SMS).status_code == 201
+    assert anonymous.post("/calls/incoming", json={"phoneNumber": "555 0102"}).status_code == 201
+    # The lookup lists a customer's vouchers: it never answers without a key.
+    refused = anonymous.get("/api/v1/customers/lookup", query_string={"email": ANNA})
+    assert refused.status_code == 401
+    assert_matches_openapi(app, "/api/v1/customers/lookup", "get", refused)
+    assert "set API_KEYS on the server" in refused.get_json()["error"]["message"]

@@ -9,30 +9,17 @@ batch, only its own events do).
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
-from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select
 
 from tests.builders import assert_invariants
+from tests.builders import post_once as post
 from webapp.engagements.models import Engagement, ScreenPop
 from webapp.extensions import db
 
 THREADS = 16
-
-
-def post(url: str, path: str, body: dict) -> tuple[int, dict]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def fire(url: str, path: str, bodies: list[dict]) -> list[tuple[int, dict]]:

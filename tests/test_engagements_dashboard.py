@@ -291,7 +291,7 @@ def test_a_visit_across_the_page_size_stays_one_entry(signed_in_client):
     assert "before=" not in html
 
 
-def test_agent_sets_the_name_it_wins_over_event_names_and_is_audited(signed_in_client):
+def test_agent_sets_the_name_it_wins_over_event_names_and_is_audited(signed_in_client, api_key):
     customer = event(signed_in_client, channel="sms", direction="inbound", name="Anna B")[
         "customerId"
     ]
@@ -548,7 +548,9 @@ def test_screen_pop_polling_shows_a_known_caller_with_name_and_engagements(signe
     assert signed_in_client.get(f"/screen-pops?after={pop_id}").status_code == 204
 
 
-def test_the_screen_pop_writes_a_voucher_discount_as_the_vouchers_table_does(signed_in_client):
+def test_the_screen_pop_writes_a_voucher_discount_as_the_vouchers_table_does(
+    signed_in_client, api_key
+):
     customer = event(
         signed_in_client, channel="sms", direction="inbound", phoneNumber="+1 555 0100", name="Anna"
     )["customerId"]

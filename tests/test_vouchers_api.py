@@ -20,6 +20,9 @@ from webapp.vouchers.rules import iso_utc
 LORRAINE = "lorraine@hillvalley.edu"
 MCFLY = "mcfly@hillvalley.edu"
 BIFF = "biff@hillvalley.edu"
+# The voucher API always needs an API key (docs/vouchers.md).
+pytestmark = pytest.mark.usefixtures("api_key")
+
 CODE_SHAPE = re.compile(r"[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{2}")
 
 
@@ -434,22 +437,44 @@ def test_routing_errors_are_json(client, method, path, status):
     assert set(response.get_json()["error"]) == {"code", "message", "fields"}
 
 
-class TestWithApiKeys:
-    @pytest.fixture
-    def app_config(self, app_config):
-        return {**app_config, "API_KEYS": ["s3cret"]}
-
-    def test_api_keys_guard_every_voucher_endpoint(self, client):
+def test_api_keys_guard_every_voucher_endpoint(client):
+    # The client of this module sends the right key; here it sends none, then a wrong one.
+    right = client.environ_base.pop("HTTP_AUTHORIZATION")
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
         refused = [
-            generate(client),
-            validate(client, "K7QM-3XPD-9R"),
-            client.get("/vouchers", query_string={"email": LORRAINE}),
+            generate(client, headers=headers),
+            validate(client, "K7QM-3XPD-9R", headers=headers),
+            client.get("/vouchers", query_string={"email": LORRAINE}, headers=headers),
         ]
         assert [r.status_code for r in refused] == [401, 401, 401]
-        assert contacts() == []
-        headers = {"Authorization": "Bearer s3cret"}
-        body = {"email": LORRAINE, "offer_name": "Key", "discount": 5, "expiry": in_days(1)}
-        assert client.post("/vouchers/generate", json=body, headers=headers).status_code == 201
+        assert refused[0].headers["WWW-Authenticate"] == 'Bearer realm="identity"'
+    assert contacts() == []
+    assert generate(client, headers={"Authorization": right}).status_code == 201
+
+
+@pytest.mark.parametrize("method", ["generate", "validate", "list"])
+def test_with_no_api_keys_configured_the_voucher_api_is_closed_and_says_why(app, method):
+    app.config["API_KEYS"] = []
+    anonymous = app.test_client()
+    response = {
+        "generate": lambda: generate(anonymous, discount=100),
+        "validate": lambda: validate(anonymous, "K7QM-3XPD-9R"),
+        "list": lambda: anonymous.get("/vouchers", query_string={"email": LORRAINE}),
+    }[method]()
+    assert response.status_code == 401
+    assert_matches_openapi(app, *OPERATIONS[method], response)
+    message = response.get_json()["error"]["message"]
+    assert "set API_KEYS on the server" in message
+    assert (contacts(), vouchers()) == ([], [])
+    # /identify keeps the task's rule: open while no keys are set.
+    assert anonymous.post("/identify", json={"email": LORRAINE}).status_code == 200
+
+
+OPERATIONS = {
+    "generate": ("/vouchers/generate", "post"),
+    "validate": ("/vouchers/validate", "post"),
+    "list": ("/vouchers", "get"),
+}
 
 
 def test_agent_void_is_audited_and_blocks_redemption(client):
@@ -536,3 +561,16 @@ def test_a_redemption_sent_again_with_its_key_answers_200_again_and_only_it(app,
     assert validate(client, code, email=MCFLY, headers=key).status_code == 409
     (used,) = vouchers()
     assert (used.used_email, used.redeem_key) == (LORRAINE, "order-4712-redeem")
+
+
+def test_a_deeply_nested_body_is_a_400_before_and_after_the_rate_limit_reads_it(app, client):
+    body = "[" * 100_000 + "]" * 100_000
+    for path in ("/vouchers/validate", "/vouchers/generate"):
+        response = client.post(path, data=body, content_type="application/json")
+        assert response.status_code in (400, 413)
+        assert response.get_json()["error"]["code"] in ("invalid_json", "payload_too_large")
+    nested = "[" * 5_000 + "]" * 5_000
+    response = client.post("/vouchers/validate", data=nested, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    assert_matches_openapi(app, "/vouchers/validate", "post", response)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from sqlalchemy import select
 
 from tests.builders import contacts, identify
@@ -12,6 +13,9 @@ from webapp.extensions import db
 from webapp.models import Identifier, utcnow
 from webapp.vouchers.models import Offer
 from webapp.vouchers.rules import iso_utc, parse_expiry
+
+# These tests issue vouchers through the API, which always needs a key.
+pytestmark = pytest.mark.usefixtures("api_key")
 
 
 def run(runner, emails_file, *extra, offer="Spring mailing", discount="15", expiry=None):

@@ -6,25 +6,27 @@ as two boxes behind one load balancer would share them.
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
 import uuid
 from collections import Counter
-from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import select
 
-from tests.builders import identify
+from tests.builders import TEST_API_KEY, identify
+from tests.builders import post_once as post
 from tests.conftest import LiveServer
 from tests.test_vouchers_api import BIFF, LORRAINE, MCFLY, issued_code, vouchers
 from webapp.extensions import db
 from webapp.vouchers.models import Voucher
 
+# ``client`` issues the vouchers the live servers redeem: it needs the key too.
+pytestmark = pytest.mark.usefixtures("api_key")
+
 PARALLEL = 24
 # Limits far above what these tests send: they test redemption, not limiting.
 GENEROUS = {
+    "API_KEYS": TEST_API_KEY,
     "VOUCHER_VALIDATE_LIMIT_PER_CLIENT": "10000 per minute",
     "VOUCHER_VALIDATE_LIMIT_PER_CODE": "10000 per minute",
 }
@@ -45,23 +47,6 @@ def voucher_server(app, database_url, server_pool):
     if database_url not in server_pool:
         server_pool[database_url] = LiveServer(database_url, workers=4, env=GENEROUS)
     return server_pool[database_url]
-
-
-def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
-    """One POST over a fresh connection; (status, JSON body)."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    try:
-        conn.request(
-            "POST",
-            path,
-            body=json.dumps(body),
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def all_at_once(bodies: list[tuple]) -> list[tuple[int, dict]]:
@@ -155,6 +140,7 @@ def test_a_merge_racing_redemptions_lets_one_customer_redeem_once(client, vouche
 def test_two_servers_share_the_per_code_limit_through_redis(client, database_url, redis_url):
     code = issued_code(client)
     env = {
+        "API_KEYS": TEST_API_KEY,
         "RATELIMIT_STORAGE_URI": redis_url,
         # A fresh namespace, so that earlier runs' counters never count here.
         "RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}",

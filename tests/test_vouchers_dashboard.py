@@ -12,6 +12,9 @@ from tests.test_vouchers_api import BIFF, LORRAINE, MCFLY, expire, issued_code, 
 from webapp.extensions import db
 from webapp.models import AuditEntry, utcnow
 
+# These tests issue vouchers through the API, which always needs a key.
+pytestmark = pytest.mark.usefixtures("api_key")
+
 HTMX = {"HX-Request": "true"}
 
 

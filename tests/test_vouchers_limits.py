@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.builders import API_KEY_HEADER
 from tests.openapi_check import assert_matches_openapi
 from tests.test_vouchers_api import BIFF, LORRAINE, issued_code, validate, vouchers
+
+pytestmark = pytest.mark.usefixtures("api_key")
 
 
 @pytest.fixture
@@ -47,6 +50,7 @@ def test_a_limited_client_does_not_block_another(app, client):
     for _ in range(6):
         validate(client, "AAAA-BBBB-CC", email=BIFF)
     other = app.test_client()
+    other.environ_base["HTTP_AUTHORIZATION"] = API_KEY_HEADER["Authorization"]
     code = issued_code(other)
     response = other.post(
         "/vouchers/validate",
@@ -54,6 +58,23 @@ def test_a_limited_client_does_not_block_another(app, client):
         environ_base={"REMOTE_ADDR": "192.0.2.7"},
     )
     assert response.status_code == 200
+
+
+def test_calls_without_a_valid_key_use_up_no_allowance(app, client):
+    code = issued_code(client)
+    # Someone who saw the code, without the key, from many addresses: all refused...
+    for n in range(10):
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+            response = client.post(
+                "/vouchers/validate",
+                json={"code": code, "email": LORRAINE},
+                headers=headers,
+                environ_base={"REMOTE_ADDR": f"192.0.2.{n}"},
+            )
+            assert response.status_code == 401
+    # ...and neither the code's nor the checkout's allowance went down.
+    assert validate(client, code, email=LORRAINE, dry_run=True).status_code == 200
+    assert validate(client, code, email=LORRAINE).status_code == 200
 
 
 def test_generate_and_list_are_not_counted(client):

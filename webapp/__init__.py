@@ -140,5 +140,11 @@ def create_app(config: dict | None = None) -> Flask:
             return exc
 
     if not app.config["API_KEYS"]:
-        app.logger.warning("API_KEYS is not set: POST /identify is open to anyone who can reach it")
+        from .api import OPEN_WITHOUT_KEYS
+
+        app.logger.warning(
+            "API_KEYS is not set: %s are open to anyone who can reach them, "
+            "and the voucher API and the customer lookup answer 401 until it is",
+            OPEN_WITHOUT_KEYS,
+        )
     return app

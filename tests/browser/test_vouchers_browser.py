@@ -26,7 +26,7 @@ def snapshot(page, name: str, selector: str | None = None) -> None:
             page.screenshot(path=path, full_page=True, caret="initial")
 
 
-def test_issue_and_void_on_the_customer_page_then_see_the_offer(signed_in_page, client):
+def test_issue_and_void_on_the_customer_page_then_see_the_offer(signed_in_page, client, api_key):
     page = signed_in_page
     identify(client, LORRAINE, "123456")
     identify(client, MCFLY, "123456")

@@ -47,28 +47,59 @@ def load_openapi() -> dict:
         return yaml.safe_load(handle)
 
 
+def _refuse(message: str) -> ApiError:
+    return ApiError(
+        401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="identity"'}
+    )
+
+
+def _check_api_key(open_when_unset: bool) -> None:
+    keys = current_app.config["API_KEYS"]
+    if not keys:
+        if open_when_unset:
+            return
+        raise _refuse(
+            "this endpoint needs an API key and the server has none: "
+            "set API_KEYS on the server, then send Authorization: Bearer <key>"
+        )
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip().encode()
+    valid = scheme.lower() == "bearer" and any(
+        hmac.compare_digest(token, key.encode()) for key in keys
+    )
+    if not valid:
+        raise _refuse("send a valid API key as Authorization: Bearer <key>")
+
+
 def require_api_key(view):
-    """Ask for ``Authorization: Bearer <key>`` when API_KEYS is configured."""
+    """Ask for ``Authorization: Bearer <key>`` when API_KEYS is configured; open when not."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        keys = current_app.config["API_KEYS"]
-        if keys:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            token = token.strip().encode()
-            valid = scheme.lower() == "bearer" and any(
-                hmac.compare_digest(token, key.encode()) for key in keys
-            )
-            if not valid:
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "send a valid API key as Authorization: Bearer <key>",
-                    headers={"WWW-Authenticate": 'Bearer realm="identity"'},
-                )
+        _check_api_key(open_when_unset=True)
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def require_configured_api_key(view):
+    """Always ask for a key: with API_KEYS unset the endpoint answers 401.
+
+    For endpoints that hand out or reveal value (vouchers, the customer lookup
+    that lists them): a box whose dashboard agents can reach must not let
+    anyone who reaches it issue a 100% voucher.
+    """
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        _check_api_key(open_when_unset=False)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+# Open while API_KEYS is unset, named in the start-up warning.
+OPEN_WITHOUT_KEYS = "POST /identify, POST /events, POST /events/batch and POST /calls/incoming"
 
 
 def customer_json(customer: Customer) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ..api import json_error_handlers, require_api_key
+from ..api import json_error_handlers, require_api_key, require_configured_api_key
 from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
 from .history import cards_holding, match_word
@@ -92,7 +92,7 @@ def _lookup_limit() -> int:
 
 
 @bp.get("/api/v1/customers/lookup")
-@require_api_key
+@require_configured_api_key
 def lookup_customer():
     """The customer holding a phone or e-mail with its recent engagements; every one if several."""
     given = {name: request.args.get(name) for name in ("phone", "email") if name in request.args}

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask_limiter import RateLimitExceeded
 
-from ..api import json_error_handlers, require_api_key
+from ..api import json_error_handlers, require_configured_api_key
 from ..api.errors import ApiError, error_response
 from ..api.payloads import json_object
 from ..extensions import limiter
@@ -112,7 +112,7 @@ def voucher_json(view: VoucherView) -> dict:
 
 
 @bp.post("/vouchers/generate")
-@require_api_key
+@require_configured_api_key
 def generate():
     """Issue a voucher of an offer to the customer an e-mail identifies."""
     payload = json_object(request)
@@ -140,18 +140,24 @@ def _code_limit() -> str:
 
 def _code_key() -> str:
     """The per-code rate-limit key: the canonical code, so spellings share one counter."""
-    payload = request.get_json(silent=True)
-    raw = payload.get("code") if isinstance(payload, dict) else None
     try:
+        raw = json_object(request).get("code")
         return "code:" + _code(raw)
-    except InvalidVoucherValue:
+    except (ApiError, InvalidVoucherValue):
+        # The view answers the bad body itself; it still counts against the client.
         return "code:malformed"
 
 
+def _authorised(response) -> bool:
+    """Only answers past the API-key check count against a limit: a caller without
+    a key must not use up the checkout's attempts, or lock a code it has seen."""
+    return response.status_code != 401
+
+
 @bp.post("/vouchers/validate")
-@limiter.limit(_client_limit)
-@limiter.limit(_code_limit, key_func=_code_key)
-@require_api_key
+@limiter.limit(_client_limit, deduct_when=_authorised)
+@limiter.limit(_code_limit, key_func=_code_key, deduct_when=_authorised)
+@require_configured_api_key
 def validate():
     """Redeem a voucher for a customer (``dry_run``: only check that it would succeed)."""
     payload = json_object(request)
@@ -179,7 +185,7 @@ def _list_query() -> dict[str, Any]:
 
 
 @bp.get("/vouchers")
-@require_api_key
+@require_configured_api_key
 def list_vouchers():
     """The vouchers of the customer an e-mail belongs to; valid ones unless ``status`` says."""
     query = _list_query()
