@@ -12,6 +12,7 @@ from tests.builders import (
     commit_elsewhere,
     csrf_token_from,
     make_agent,
+    sign_in,
 )
 from webapp.auth import service
 from webapp.extensions import db
@@ -133,9 +134,7 @@ def test_disabling_an_agent_ends_their_session(signed_in_client, runner):
     assert signed_in_client.get("/").status_code == 200
     result = runner.invoke(args=["users", "disable", AGENT_EMAIL])
     assert result.exit_code == 0, result.output
-    # The test client runs every request in the fixture's app context, so ``g`` still
-    # holds the agent loaded by the last request; a real request starts without it.
-    g.pop("_login_user", None)
+    _as_a_new_request()
     assert signed_in_client.get("/").status_code == 302
 
 
@@ -151,6 +150,60 @@ def test_sign_out_ends_the_session(signed_in_client):
     assert response.status_code == 302
     assert response.headers["Location"] == "/sign-in"
     assert signed_in_client.get("/").status_code == 302
+
+
+def _session_cookie(client) -> str:
+    return client.get_cookie("session").value
+
+
+def _as_a_new_request() -> None:
+    """Forget what the last request left in ``g`` (the agent it loaded, its CSRF token):
+    the test client runs every request in the fixture's app context, so ``g`` keeps
+    them; a real request starts without."""
+    g.pop("_login_user", None)
+    g.pop("csrf_token", None)
+
+
+def test_sign_out_ends_a_copy_of_the_session_cookie_too(app, signed_in_client):
+    copied = _session_cookie(signed_in_client)
+    assert signed_in_client.post("/sign-out").status_code == 302
+    # Someone who copied the cookie before the agent signed out replays it.
+    _as_a_new_request()
+    thief = app.test_client()
+    thief.set_cookie("session", copied)
+    response = thief.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/sign-in")
+
+
+def test_sign_out_ends_the_agents_sessions_in_other_browsers(app, signed_in_client):
+    other = app.test_client()
+    _as_a_new_request()
+    sign_in(other)
+    assert other.get("/").status_code == 200
+    _as_a_new_request()
+    assert signed_in_client.post("/sign-out").status_code == 302
+    _as_a_new_request()
+    assert other.get("/").status_code == 302
+    # Signing in again starts a session that works.
+    sign_in(other)
+    assert other.get("/").status_code == 200
+
+
+def test_a_session_ends_its_lifetime_after_sign_in_however_busy(app, signed_in_client):
+    lifetime = app.permanent_session_lifetime.total_seconds()
+    with signed_in_client.session_transaction() as session:
+        session["signed_in_at"] -= int(lifetime) - 5
+    # Still inside its lifetime, and every request slides the cookie's expiry...
+    _as_a_new_request()
+    assert signed_in_client.get("/").status_code == 200
+    with signed_in_client.session_transaction() as session:
+        session["signed_in_at"] -= 10
+    # ...but not the end of the session, counted from sign-in.
+    _as_a_new_request()
+    response = signed_in_client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/sign-in")
 
 
 def test_sign_in_without_csrf_token_is_refused(client, agent):

@@ -154,6 +154,9 @@ class User(db.Model):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Sessions carry the value it had when they began; signing out raises it,
+    # which ends every session of the agent, copies of the cookie included.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (MYSQL_TABLE_ARGS,)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Flask,
+    current_app,
     g,
     make_response,
     redirect,
@@ -25,7 +27,7 @@ from wtforms.validators import DataRequired, Length
 
 from ..extensions import limiter, login_manager
 from .limits import account_key, account_limit, address_limit, refused, retry_after_seconds
-from .service import authenticate, load_agent
+from .service import authenticate, end_sessions, load_agent
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,19 @@ bp = Blueprint("auth", __name__)
 
 
 class Agent(UserMixin):
-    """The signed-in agent as Flask-Login sees it: an id and an e-mail, nothing to query."""
+    """The signed-in agent as Flask-Login sees it: an id and an e-mail, nothing to query.
 
-    def __init__(self, user_id: int, email: str):
+    The session keeps "<id>.<session epoch>": signing out raises the agent's
+    epoch, so a session begun before no longer loads anyone.
+    """
+
+    def __init__(self, user_id: int, email: str, session_epoch: int):
         self.id = user_id
         self.email = email
+        self.session_epoch = session_epoch
+
+    def get_id(self) -> str:
+        return f"{self.id}.{self.session_epoch}"
 
 
 class SignInForm(FlaskForm):
@@ -57,12 +67,30 @@ def safe_next(target: str | None) -> str | None:
     return target
 
 
+# The session key holding when the agent signed in (seconds since the epoch).
+SIGNED_IN_AT = "signed_in_at"
+
+
+def _session_expired() -> bool:
+    """A session lasts PERMANENT_SESSION_LIFETIME from sign-in, however busy it is.
+
+    (The cookie's own expiry slides with every request, and an open dashboard
+    polls for screen-pops every second.)
+    """
+    started = session.get(SIGNED_IN_AT)
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    return not isinstance(started, int) or time.time() - started > lifetime
+
+
 @login_manager.user_loader
-def _load_user(user_id: str) -> Agent | None:
-    if not user_id.isdigit():
+def _load_user(session_id: str) -> Agent | None:
+    user_id, _, epoch = session_id.partition(".")
+    if not (user_id.isdigit() and epoch.isdigit()) or _session_expired():
         return None
     user = load_agent(int(user_id))
-    return None if user is None else Agent(user.id, user.email)
+    if user is None or user.session_epoch != int(epoch):
+        return None
+    return Agent(user.id, user.email, user.session_epoch)
 
 
 @login_manager.unauthorized_handler
@@ -95,7 +123,8 @@ def sign_in():
             session.clear()
             g.pop("csrf_token", None)
             session.permanent = True
-            login_user(Agent(user.id, user.email))
+            session[SIGNED_IN_AT] = int(time.time())
+            login_user(Agent(user.id, user.email, user.session_epoch))
             return redirect(destination)
         form.form_errors.append("Wrong e-mail or password, or the account is disabled.")
     if form.is_submitted():
@@ -120,7 +149,13 @@ def _too_many_attempts(exc: RateLimitExceeded):
 
 @bp.post("/sign-out")
 def sign_out():
-    """End the session and go back to the sign-in page (CSRFProtect has checked the token)."""
+    """End the agent's sessions and go back to the sign-in page (CSRFProtect checked the token).
+
+    Every session of the agent ends, here and in other browsers, and so does
+    any copy of this session's cookie.
+    """
+    if current_user.is_authenticated:
+        end_sessions(current_user.id)
     logout_user()
     session.clear()
     g.pop("csrf_token", None)

@@ -141,6 +141,18 @@ def authenticate(email: str, password: str) -> User | None:
     return db.session.get(User, user_id)
 
 
+def end_sessions(user_id: int) -> None:
+    """End every session of the agent (signing out): their session epoch moves on."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            update(User).where(User.id == user_id).values(session_epoch=User.session_epoch + 1)
+        )
+        db.session.commit()
+
+    write_transaction(work)
+
+
 def load_agent(user_id: int) -> User | None:
     """The agent of a session, or None when gone or disabled (which signs them out)."""
     user = db.session.get(User, user_id)
