@@ -242,6 +242,18 @@ def test_session_cookie_is_http_only_lax_secure_and_expires(client, agent):
     assert 500 < left.total_seconds() <= 601
 
 
+@pytest.mark.parametrize(("scheme", "secure"), [("http", False), ("https", True)])
+def test_a_session_begun_over_https_gets_a_secure_cookie_whatever_the_setting(
+    app, client, scheme, secure
+):
+    app.config["SESSION_COOKIE_SECURE"] = False
+    # The sign-in page keeps its CSRF token in the session, so it sets the cookie.
+    response = client.get("/sign-in", base_url=f"{scheme}://identity.example")
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("session=")
+    assert ("; Secure" in cookie) is secure
+
+
 def test_users_create_list_disable(runner):
     result = runner.invoke(
         args=["users", "create", "New.Agent@example.com"], input="long enough pw\nlong enough pw\n"

@@ -7,7 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
-from flask import Flask, request
+from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -61,6 +61,11 @@ class CookieSessions(SecureCookieSessionInterface):
         if self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
+
+    def get_cookie_secure(self, app) -> bool:
+        # A session that came over https (directly, or through TRUSTED_PROXIES that
+        # say so) never travels over plain http afterwards, whatever the setting.
+        return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
 
 
 def _database_url(app: Flask) -> str:

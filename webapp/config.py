@@ -49,7 +49,7 @@ class Config:
     PERMANENT_SESSION_LIFETIME = int(os.environ.get("PERMANENT_SESSION_LIFETIME", "43200"))
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
-    # Set SESSION_COOKIE_SECURE=1 when the dashboard is served over HTTPS.
+    # 1: the cookie is HTTPS-only always; a cookie set over HTTPS is Secure anyway (CookieSessions).
     SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"
     # CSRF tokens live as long as the session, so a dashboard tab left open keeps working.
     WTF_CSRF_TIME_LIMIT = None
