@@ -204,6 +204,16 @@ class Customer:
     secondary_ids: list[int]
 
 
+def joining_time(now: datetime, rows: Iterable[Row], primary_id: int) -> datetime:
+    """When a row joining customer ``primary_id`` is stamped: ``now``, never before its rows.
+
+    Another box's clock may run behind the one that wrote the customer; a row
+    stamped older than its primary would make the next reconciliation swap the
+    primary (and the id the shop knows the customer by).
+    """
+    return max([now, *(row.created_at for row in rows if row.primary_id == primary_id)])
+
+
 def consolidate(primary_id: int, rows: Iterable[Row]) -> Customer:
     """Fold a customer's rows into the answer: the primary's values first, each once.
 

@@ -56,6 +56,7 @@ from .rules import (
     Row,
     Value,
     consolidate,
+    joining_time,
     keys_detail,
     plan_identify,
 )
@@ -418,12 +419,7 @@ def _apply(
     if plan.new_row is None:
         return survivor, after
     new = plan.new_row
-    created = now
-    if new.linked_id is not None:
-        # Another box's clock may run behind the one that wrote this customer: a
-        # new secondary is never older than its customer's rows, so the primary
-        # stays the oldest row and a later reconciliation keeps it.
-        created = max(now, *(row.created_at for row in after if row.primary_id == survivor))
+    created = now if new.linked_id is None else joining_time(now, after, survivor)
     result = conn.execute(
         _INSERT_CONTACT,
         {

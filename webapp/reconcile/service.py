@@ -14,7 +14,16 @@ from sqlalchemy import Connection, insert, or_, select, update
 from ..database import write_transaction
 from ..extensions import db
 from ..identity.evidence import add_bond, withdraw_unheld
-from ..identity.rules import EMAIL, PHONE, Customer, Key, Value, consolidate, parse_key
+from ..identity.rules import (
+    EMAIL,
+    PHONE,
+    Customer,
+    Key,
+    Value,
+    consolidate,
+    joining_time,
+    parse_key,
+)
 from ..identity.search_index import index_contact
 from ..identity.service import blocked_keys, lock_claims, row_from_record
 from ..models import SECONDARY, Contact, Identifier, utcnow
@@ -99,10 +108,7 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
         if not wanted <= known:
             email = next((v for v in values if v.kind == EMAIL), None)
             phone = next((v for v in values if v.kind != EMAIL), None)
-            # Never older than the customer's rows, whatever this box's clock
-            # says (as identify): the primary stays the oldest row.
-            ours = (row.created_at for row in view.rows if row.primary_id == primary)
-            now = max(utcnow(), *ours)
+            now = joining_time(utcnow(), view.rows, primary)
             added = conn.execute(
                 insert(Contact.__table__).values(
                     email=email.stored if email else None,
