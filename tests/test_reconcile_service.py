@@ -449,3 +449,15 @@ def test_a_box_whose_clock_runs_behind_never_writes_a_secondary_older_than_its_p
     assert whole_run() == 0
     assert customer_of("ann.new@x.io") == ann
     assert_invariants()
+
+
+def test_an_agents_link_on_a_box_whose_clock_runs_behind_stamps_no_older_row(app):
+    ann = customer_of("ann@x.io", "111")
+    ahead = utcnow() + timedelta(hours=1)
+    db.session.execute(update(Contact).where(Contact.id == ann).values(createdAt=ahead))
+    db.session.commit()
+    outcome = link_values(ann, [parse_email("ann.work@x.io")], AGENT)
+    added = db.session.get(Contact, outcome.added_row)
+    assert (added.linkedId, added.createdAt >= ahead) == (ann, True)
+    assert whole_run() == 0
+    assert_invariants()
