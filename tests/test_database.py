@@ -1,6 +1,14 @@
-"""Per-dialect engine settings the concurrency design depends on."""
+"""Engine settings per dialect the concurrency design depends on; queries sent to the driver."""
 
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
+
+from tests.builders import assert_invariants, identify
+from webapp.database import DriverQuery, driver_query, driver_rows
 from webapp.extensions import db
+from webapp.models import Contact, utcnow
 
 
 def test_engine_settings_per_dialect(app, dialect):
@@ -22,3 +30,63 @@ def test_unicode_email_round_trips(client, app):
     assert response.get_json()["contact"]["emails"] == ["zoë.ünïcødé@exämple.de"]
     again = client.post("/identify", json={"email": "ZOË.ÜNÏCØDÉ@EXÄMPLE.DE"})
     assert again.get_json()["contact"]["primaryContactId"] == 1
+
+
+def _pooled_driver_connection(dialect: str):
+    """The one connection left in a fresh pool, and its MariaDB thread id (None on SQLite)."""
+    db.engine.dispose()
+    with db.engine.connect() as conn:
+        thread = (
+            None if dialect == "sqlite" else conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+        )
+        return conn.connection.dbapi_connection, thread
+
+
+def _drop(dialect: str, driver, thread) -> None:
+    """End a pooled connection behind the pool's back, as a restarted server would."""
+    if dialect == "sqlite":
+        driver.close()
+        return
+    killer = sa.create_engine(db.engine.url)
+    with killer.connect() as conn:
+        conn.exec_driver_sql(f"KILL {int(thread)}")
+    killer.dispose()
+
+
+def test_identify_survives_a_pooled_connection_the_server_dropped(client, dialect):
+    status, first = identify(client, "doc@hillvalley.edu", "1985")
+    assert status == 200
+    driver, thread = _pooled_driver_connection(dialect)
+    _drop(dialect, driver, thread)
+    # The read pass meets the dead connection first: it is discarded, the read runs again.
+    status, again = identify(client, "doc@hillvalley.edu", "1985")
+    assert (status, again) == (200, first)
+    driver, thread = _pooled_driver_connection(dialect)
+    _drop(dialect, driver, thread)
+    status, body = identify(client, "marty@hillvalley.edu", "1985")
+    assert status == 200
+    assert body["contact"]["emails"] == ["doc@hillvalley.edu", "marty@hillvalley.edu"]
+    assert_invariants()
+
+
+def test_driver_errors_come_out_as_sqlalchemy_errors(app):
+    query = DriverQuery(sql="SELECT nothing FROM no_such_table", order=(), fixed={}, processors=())
+    with db.engine.connect() as conn:
+        with pytest.raises(DBAPIError) as raised:
+            driver_rows(conn, query, {})
+        assert not raised.value.connection_invalidated
+        # The connection is still good for the next statement.
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+
+
+def test_driver_query_refuses_parameters_the_driver_cannot_take_as_they_are():
+    sqlite_dialect = sqlite.dialect()
+    c = Contact.__table__.c
+    with pytest.raises(ValueError, match="cannot go to the driver"):
+        driver_query(sqlite_dialect, sa.select(c.id).where(c.id.in_([1, 2])))
+    with pytest.raises(ValueError, match="cannot go to the driver"):
+        driver_query(sqlite_dialect, sa.select(c.id).where(c.createdAt > utcnow()))
+    query = driver_query(sqlite_dialect, sa.select(c.id, c.createdAt).where(c.email_key == "x"))
+    assert query.order and query.fixed == {query.order[0]: "x"}
+    # SQLite hands createdAt back as text: the column type turns it into a datetime.
+    assert query.processors[0] is None and query.processors[1] is not None

@@ -6,11 +6,13 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from flask import current_app
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, Select, event
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from .extensions import db
@@ -40,6 +42,99 @@ def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
     """``items`` in slices of at most ``size``, to bind into one statement each."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class DriverQuery:
+    """A SELECT compiled once for one dialect, run straight on the driver's cursor.
+
+    For the identify hot path, where SQLAlchemy's per-execution work (execution
+    context, parameter and result processing, events) cost more than the
+    database's own (docs/benchmarks.md). Build one with ``driver_query`` and run
+    it with ``driver_rows``.
+    """
+
+    sql: str
+    # The parameters in the order the driver binds them; None when it binds by name.
+    order: tuple[str, ...] | None
+    # Values bound in the statement itself (literals such as a kind's name).
+    fixed: Mapping[str, Any]
+    # Per selected column, what turns the driver's value into the column type's
+    # Python value (None: nothing to do), as SQLAlchemy's result would.
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def arguments(self, params: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        values = {**self.fixed, **params}
+        return values if self.order is None else tuple(values[name] for name in self.order)
+
+
+def driver_query(dialect: Dialect, statement: Select) -> DriverQuery:
+    """Compile ``statement`` for ``dialect`` once, to run with ``driver_rows``.
+
+    Only for parameters the driver takes as they are (strings and numbers):
+    a statement whose parameters need converting, or whose SQL depends on
+    them (``IN`` lists), is refused here rather than bound wrongly later.
+    """
+    compiled = statement.compile(dialect=dialect)
+    for name, bind in compiled.binds.items():
+        if bind.expanding or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
+            raise ValueError(f"parameter {name!r} cannot go to the driver unconverted")
+    processors = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in statement.selected_columns
+    )
+    return DriverQuery(
+        sql=str(compiled),
+        order=tuple(compiled.positiontup) if compiled.positional else None,
+        fixed={k: v for k, v in compiled.params.items() if not compiled.binds[k].required},
+        processors=processors,
+    )
+
+
+def driver_rows(conn: Connection, query: DriverQuery, params: Mapping[str, Any]) -> list[tuple]:
+    """Run ``query`` on ``conn``'s driver connection, in whatever transaction it is in.
+
+    Errors come out as SQLAlchemy's (``OperationalError``, ``IntegrityError``,
+    ...), and a connection the dialect says is gone is invalidated with
+    ``connection_invalidated`` set, as ``Connection.execute`` would: the retry
+    logic relies on both.
+    """
+    dialect = conn.dialect
+    driver = conn.connection.dbapi_connection
+    arguments = query.arguments(params)
+    cursor = None
+    try:
+        cursor = driver.cursor()
+        cursor.execute(query.sql, arguments)
+        rows = cursor.fetchall()
+    except dialect.loaded_dbapi.Error as exc:
+        gone = dialect.is_disconnect(exc, driver, cursor)
+        wrapped = DBAPIError.instance(
+            query.sql,
+            arguments,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=dialect,
+        )
+        if gone:
+            conn.invalidate(exc)
+        raise wrapped from exc
+    finally:
+        if cursor is not None:
+            _close_quietly(cursor)
+    if not any(query.processors):
+        return list(rows)
+    pairs = list(enumerate(query.processors))
+    return [tuple(convert(row[i]) if convert else row[i] for i, convert in pairs) for row in rows]
+
+
+def _close_quietly(cursor) -> None:
+    # The cursor of a connection that failed may fail to close too: the query's error is the one.
+    try:
+        cursor.close()
+    except Exception:
+        log.debug("closing the cursor of a failed query failed too", exc_info=True)
 
 
 class Retry(Exception):

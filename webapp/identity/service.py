@@ -32,6 +32,7 @@ from typing import TypeVar
 from flask import current_app
 from sqlalchemy import (
     Connection,
+    Dialect,
     and_,
     bindparam,
     exists,
@@ -44,7 +45,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from ..database import SINGLE_STATEMENT, SQLITE_IMMEDIATE, Retry, chunks, run_write_transaction
+from ..database import (
+    SINGLE_STATEMENT,
+    SQLITE_IMMEDIATE,
+    DriverQuery,
+    Retry,
+    chunks,
+    driver_query,
+    driver_rows,
+    run_write_transaction,
+)
 from ..extensions import db
 from ..models import PRIMARY, SECONDARY, Contact, Identifier, Merge, utcnow
 from .evidence import add_bond
@@ -129,9 +139,28 @@ def _bound(values: Sequence[Value]) -> tuple[tuple[str, ...], dict[str, str]]:
     return tuple(v.kind for v in values), {f"v{i}": v.key for i, v in enumerate(values)}
 
 
+def _row(record: Sequence) -> Row:
+    """A domain Row from a driver row holding ROW_COLUMNS in order."""
+    id_, email, phone, email_key, phone_key, linked_id, created_at = record
+    return Row(
+        id=id_,
+        email=email,
+        phone=phone,
+        email_key=email_key,
+        phone_key=phone_key,
+        linked_id=linked_id,
+        created_at=created_at,
+    )
+
+
+@lru_cache(maxsize=64)
+def _group_query(dialect: Dialect, kinds: tuple[str, ...]) -> DriverQuery:
+    return driver_query(dialect, _group_statement(kinds))
+
+
 def _load_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
     kinds, params = _bound(values)
-    return [row_from_record(record) for record in conn.execute(_group_statement(kinds), params)]
+    return [_row(record) for record in driver_rows(conn, _group_query(conn.dialect, kinds), params)]
 
 
 def load_customer_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
@@ -227,13 +256,19 @@ def _read_pass(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
         return _read(values)
 
 
+@lru_cache(maxsize=64)
+def _read_query(dialect: Dialect, kinds: tuple[str, ...]) -> DriverQuery:
+    return driver_query(dialect, _read_statement(kinds))
+
+
 def _read(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
     kinds, params = _bound(values)
+    count = len(values)
     with db.engine.connect().execution_options(**{SINGLE_STATEMENT: True}) as conn:
-        records = conn.execute(_read_statement(kinds), params).all()
-        flags = records[0][: len(values)]
+        records = driver_rows(conn, _read_query(conn.dialect, kinds), params)
+        flags = records[0][:count]
         if not any(flags):
-            return list(values), [row_from_record(r) for r in records if r.id is not None]
+            return list(values), [_row(r[count:]) for r in records if r[count] is not None]
         # Rare: a blocked value takes no part in matching; read again without it.
         kept = [value for value, blocked in zip(values, flags, strict=True) if not blocked]
         if not kept:
