@@ -6,6 +6,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 from tests.builders import assert_invariants, identify
+from webapp import create_app
 from webapp.database import DriverQuery, driver_query, driver_rows
 from webapp.extensions import db
 from webapp.models import Contact, utcnow
@@ -17,11 +18,23 @@ def test_engine_settings_per_dialect(app, dialect):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             busy = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
             assert busy == app.config["SQLITE_BUSY_TIMEOUT_MS"]
+            pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+            assert pages == app.config["SQLITE_WAL_AUTOCHECKPOINT"] == 16000
+            page_size = conn.exec_driver_sql("PRAGMA page_size").scalar()
+            limit = conn.exec_driver_sql("PRAGMA journal_size_limit").scalar()
+            assert limit == pages * page_size
         else:
             level = conn.exec_driver_sql("SELECT @@session.tx_isolation").scalar()
             assert level == "READ-COMMITTED"
             charset = conn.exec_driver_sql("SELECT @@character_set_client").scalar()
             assert charset == "utf8mb4"
+
+
+@pytest.mark.parametrize("pages", [0, -1])
+def test_a_wal_that_would_never_be_checkpointed_is_refused_at_start(tmp_path, pages):
+    url = f"sqlite:///{tmp_path / 'identity.db'}"
+    with pytest.raises(ValueError, match="SQLITE_WAL_AUTOCHECKPOINT"):
+        create_app({"SQLALCHEMY_DATABASE_URI": url, "SQLITE_WAL_AUTOCHECKPOINT": pages})
 
 
 def test_unicode_email_round_trips(client, app):

@@ -20,6 +20,8 @@ class Config:
     # How often a transaction that lost a lock race is tried again before 503.
     IDENTIFY_MAX_ATTEMPTS = int(os.environ.get("IDENTIFY_MAX_ATTEMPTS", "12"))
     SQLITE_BUSY_TIMEOUT_MS = int(os.environ.get("SQLITE_BUSY_TIMEOUT_MS", "10000"))
+    # WAL pages before a checkpoint (16000 pages of 4 KiB: a WAL file of about 64 MiB).
+    SQLITE_WAL_AUTOCHECKPOINT = int(os.environ.get("SQLITE_WAL_AUTOCHECKPOINT", "16000"))
     # Reverse proxies (load balancers) in front of the app that set X-Forwarded-For
     # and X-Forwarded-Proto. 0: clients connect directly, and the headers are ignored
     # (trusting them without a proxy would let any client pick its own address).

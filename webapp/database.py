@@ -156,10 +156,18 @@ def engine_options(url: str) -> dict:
     return {}
 
 
-def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
-    """Install per-connection settings: WAL, busy timeout and explicit BEGIN on SQLite."""
+def configure_engine(engine: Engine, busy_timeout_ms: int, wal_autocheckpoint: int = 1000) -> None:
+    """Install per-connection settings: WAL, busy timeout and explicit BEGIN on SQLite.
+
+    ``wal_autocheckpoint`` is how many pages the WAL may hold before the
+    committing connection copies them into the database file (SQLite's
+    default is 1000).
+    """
     if engine.dialect.name != "sqlite":
         return
+    if wal_autocheckpoint < 1:
+        # 0 or less would turn checkpoints off, and the WAL would grow without end.
+        raise ValueError("SQLITE_WAL_AUTOCHECKPOINT must be at least 1 (pages)")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -174,6 +182,15 @@ def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
             # instead of each connection's small private cache (2 MB).
             cursor.execute("PRAGMA mmap_size = 1073741824")
             cursor.execute("PRAGMA cache_size = -16384")
+            # A new contact's search-index entries land on some thirty pages,
+            # and the busiest of them (common grams such as "com") change with
+            # nearly every new customer. The larger the WAL between checkpoints,
+            # the more of those rewrites a checkpoint folds into one copy
+            # (docs/benchmarks.md). The file is cut back to that size after a
+            # burst that outgrew it.
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {int(wal_autocheckpoint)}")
+            page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
+            cursor.execute(f"PRAGMA journal_size_limit = {int(wal_autocheckpoint) * page_size}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
