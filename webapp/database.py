@@ -29,10 +29,6 @@ _MYSQL_RETRYABLE = {1213, 1205, 1062, 1020}
 # Execution option that asks SQLite for BEGIN IMMEDIATE (the write lock up front).
 SQLITE_IMMEDIATE = "sqlite_begin_immediate"
 
-# Execution option for a read that runs one statement at a time: SQLite runs
-# each statement in a snapshot of its own, so no BEGIN is sent for it.
-SINGLE_STATEMENT = "single_statement_read"
-
 
 # Values bound into one IN (...) list at most (SQLite binds at most 32766 per statement).
 _CHUNK = 500
@@ -93,6 +89,10 @@ def driver_query(dialect: Dialect, statement: Select) -> DriverQuery:
 
 def driver_rows(conn: Connection, query: DriverQuery, params: Mapping[str, Any]) -> list[tuple]:
     """Run ``query`` on ``conn``'s driver connection, in whatever transaction it is in.
+
+    It begins none: on a connection whose transaction has not begun, SQLite
+    runs the statement in a snapshot of its own (MySQL's driver opens one that
+    the pool's rollback ends).
 
     Errors come out as SQLAlchemy's (``OperationalError``, ``IntegrityError``,
     ...), and a connection the dialect says is gone is invalidated with
@@ -199,7 +199,7 @@ def configure_engine(engine: Engine, busy_timeout_ms: int, wal_autocheckpoint: i
         options = conn.get_execution_options()
         if options.get(SQLITE_IMMEDIATE):
             _begin_immediate(conn, busy_timeout_ms)
-        elif not options.get(SINGLE_STATEMENT):
+        else:
             conn.exec_driver_sql("BEGIN")
 
 

@@ -46,7 +46,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from ..database import (
-    SINGLE_STATEMENT,
     SQLITE_IMMEDIATE,
     DriverQuery,
     Retry,
@@ -245,8 +244,9 @@ def _read_pass(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
     """The unblocked values and the rows of the customers they touch, without locks.
 
     Runs on a connection of its own (no session state; closing it ends the
-    read). A pooled connection the server has dropped is discarded by
-    SQLAlchemy, and the read runs once more on a fresh one.
+    read), straight on the driver, so no BEGIN is sent: on SQLite the one
+    statement reads in a snapshot of its own. A pooled connection the server
+    has dropped is discarded, and the read runs once more on a fresh one.
     """
     try:
         return _read(values)
@@ -264,7 +264,7 @@ def _read_query(dialect: Dialect, kinds: tuple[str, ...]) -> DriverQuery:
 def _read(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
     kinds, params = _bound(values)
     count = len(values)
-    with db.engine.connect().execution_options(**{SINGLE_STATEMENT: True}) as conn:
+    with db.engine.connect() as conn:
         records = driver_rows(conn, _read_query(conn.dialect, kinds), params)
         flags = records[0][:count]
         if not any(flags):
@@ -299,15 +299,16 @@ def identify(
 
 
 @lru_cache(maxsize=64)
-def _claims_statement(count: int):
+def _claims_query(dialect: Dialect, count: int) -> DriverQuery:
     """Lock ``count`` bound claim rows, in key order, and say which are blocked."""
     c = Identifier.__table__.c
-    return (
+    statement = (
         select(c.kind, c.key, c.blocked_at)
         .where(_pairs(count))
         .order_by(c.kind, c.key)
         .with_for_update()
     )
+    return driver_query(dialect, statement)
 
 
 def lock_claims(conn: Connection, values: Sequence[Value]) -> set[Key]:
@@ -316,10 +317,14 @@ def lock_claims(conn: Connection, values: Sequence[Value]) -> set[Key]:
     Returns the values' keys that are blocked, as read under the locks (a
     value is blocked and unblocked under its claim lock too).
     """
+    if not conn.in_transaction():
+        # The claims are read straight on the driver, which begins nothing itself.
+        raise RuntimeError("lock_claims needs a transaction that has begun")
     wanted = sorted({(v.kind, v.key) for v in values})
+    query = _claims_query(conn.dialect, len(wanted))
     held = {
         (k, key): blocked_at
-        for k, key, blocked_at in conn.execute(_claims_statement(len(wanted)), _pair_params(wanted))
+        for k, key, blocked_at in driver_rows(conn, query, _pair_params(wanted))
     }
     fresh = [
         {"kind": k, "key": key, "created_at": utcnow()} for k, key in wanted if (k, key) not in held
