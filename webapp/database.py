@@ -96,8 +96,10 @@ def driver_rows(conn: Connection, query: DriverQuery, params: Mapping[str, Any])
 
     Errors come out as SQLAlchemy's (``OperationalError``, ``IntegrityError``,
     ...), and a connection the dialect says is gone is invalidated with
-    ``connection_invalidated`` set, as ``Connection.execute`` would: the retry
-    logic relies on both.
+    ``connection_invalidated`` set, the rest of the pool with it, as
+    ``Connection.execute`` would: the retry logic relies on both. No
+    cursor-execute events fire for these statements, so engine echo and SQL
+    instrumentation do not see them.
     """
     dialect = conn.dialect
     driver = conn.connection.dbapi_connection
@@ -119,6 +121,10 @@ def driver_rows(conn: Connection, query: DriverQuery, params: Mapping[str, Any])
         )
         if gone:
             conn.invalidate(exc)
+            # As Connection.execute does, treat the pool's other connections as
+            # dropped too (a restarted server dropped them all): they are
+            # replaced, not handed out to fail one retry after another.
+            conn.engine.dispose()
         raise wrapped from exc
     finally:
         if cursor is not None:
