@@ -31,16 +31,19 @@ from typing import TypeVar
 
 from flask import current_app
 from sqlalchemy import (
+    Boolean,
     Connection,
     Dialect,
     and_,
     bindparam,
     exists,
+    func,
     insert,
+    null,
     or_,
     select,
-    true,
-    union,
+    type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -106,32 +109,53 @@ ROW_COLUMNS = (
 )
 
 
+# The rows that hold a request's value; the customer's rows are joined to them.
+_holders = Contact.__table__.alias("holder")
+
+
+def _group_branches(kinds: tuple[str, ...], leading: Sequence = ()) -> list:
+    """SELECTs whose rows together are every live row of every customer holding a value.
+
+    For each value (bound as ``v0``, ``v1``, ...), the rows holding it are
+    found through its key's index, and each one's customer (its ``linkedId``,
+    or itself when it is a primary) brings its primary by id and its
+    secondaries through the ``linkedId`` index: plain index lookups joined
+    row by row, with no derived table, which MariaDB would materialise. A row
+    comes once per value and way it is reached: callers keep the first of
+    each id (``_distinct``). ``leading`` columns go before ROW_COLUMNS.
+    """
+    h = _holders.c
+    customer = func.coalesce(h.linkedId, h.id)
+    branches = []
+    for position, kind in enumerate(kinds):
+        key = h.email_key if kind == EMAIL else h.phone_key
+        for reach in (_c.id == customer, _c.linkedId == customer):
+            branches.append(
+                select(*leading, *ROW_COLUMNS)
+                .select_from(_holders.join(Contact.__table__, reach))
+                .where(key == bindparam(f"v{position}"), h.deletedAt.is_(None))
+                .where(_c.deletedAt.is_(None))
+            )
+    return branches
+
+
 @lru_cache(maxsize=64)
 def _group_statement(kinds: tuple[str, ...]):
     """One statement: every live row of every customer holding one of the values.
 
-    Built once per shape of request (the kinds of its values, bound as
-    ``v0``, ``v1``, ...), so the hot path neither builds nor compiles SQL.
+    Built once per shape of request (the kinds of its values), so the hot path
+    neither builds nor compiles SQL. Rows may repeat (``_distinct``).
     """
-    matches = []
-    for position, kind in enumerate(kinds):
-        column = _c.email_key if kind == EMAIL else _c.phone_key
-        matches.append(
-            select(_c.id, _c.linkedId).where(
-                column == bindparam(f"v{position}"), _c.deletedAt.is_(None)
-            )
-        )
-    hits = union(*matches).subquery("hits") if len(matches) > 1 else matches[0].subquery("hits")
-    primary_ids = (
-        select(hits.c.id)
-        .where(hits.c.linkedId.is_(None))
-        .union(select(hits.c.linkedId).where(hits.c.linkedId.is_not(None)))
-    )
-    owners = primary_ids.cte("owners")
-    live = _c.deletedAt.is_(None)
-    as_primary = select(*ROW_COLUMNS).join(owners, _c.id == owners.c.id).where(live)
-    as_secondary = select(*ROW_COLUMNS).join(owners, _c.linkedId == owners.c.id).where(live)
-    return as_primary.union_all(as_secondary)
+    return union_all(*_group_branches(kinds))
+
+
+def _distinct(records: Iterable[Sequence]) -> list[Row]:
+    """Rows from driver records holding ROW_COLUMNS, each contact once."""
+    rows: dict[int, Row] = {}
+    for record in records:
+        if record[0] not in rows:
+            rows[record[0]] = _row(record)
+    return list(rows.values())
 
 
 def _bound(values: Sequence[Value]) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -159,7 +183,7 @@ def _group_query(dialect: Dialect, kinds: tuple[str, ...]) -> DriverQuery:
 
 def _load_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
     kinds, params = _bound(values)
-    return [_row(record) for record in driver_rows(conn, _group_query(conn.dialect, kinds), params)]
+    return _distinct(driver_rows(conn, _group_query(conn.dialect, kinds), params))
 
 
 def load_customer_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
@@ -223,21 +247,24 @@ def _unblocked(values: Sequence[Value], blocked: set[Key]) -> list[Value]:
 def _read_statement(kinds: tuple[str, ...]):
     """One statement for the read pass: which values are blocked, and the rows they reach.
 
-    A one-row table of flags (``b0``, ``b1``, ...: is value *i* blocked) is
-    outer-joined to the group rows, so the answer always holds one row, and
-    the database takes one snapshot for both questions.
+    The group's SELECTs (``_group_branches``) with a null flag per value in
+    front, and last one row with no contact whose flags (``b0``, ``b1``, ...)
+    say whether value *i* is blocked: one statement, so one snapshot for both
+    questions, and the answer always holds the flags row.
     """
     c = Identifier.__table__.c
+    no_flags = [type_coerce(null(), Boolean).label(f"b{i}") for i in range(len(kinds))]
     flags = select(
         *(
             exists()
             .where(c.kind == kind, c.key == bindparam(f"v{i}"), c.blocked_at.is_not(None))
             .label(f"b{i}")
             for i, kind in enumerate(kinds)
-        )
-    ).subquery("flags")
-    group = _group_statement(kinds).subquery("grp")
-    return select(flags, group).select_from(flags.outerjoin(group, true()))
+        ),
+        *(type_coerce(null(), column.type).label(column.name) for column in ROW_COLUMNS),
+    )
+    # The group's SELECTs first: a compound statement's column types are its first SELECT's.
+    return union_all(*_group_branches(kinds, leading=no_flags), flags)
 
 
 def _read_pass(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
@@ -266,9 +293,9 @@ def _read(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
     count = len(values)
     with db.engine.connect() as conn:
         records = driver_rows(conn, _read_query(conn.dialect, kinds), params)
-        flags = records[0][:count]
+        flags = next(r[:count] for r in records if r[count] is None)
         if not any(flags):
-            return list(values), [_row(r[count:]) for r in records if r[count] is not None]
+            return list(values), _distinct(r[count:] for r in records if r[count] is not None)
         # Rare: a blocked value takes no part in matching; read again without it.
         kept = [value for value, blocked in zip(values, flags, strict=True) if not blocked]
         if not kept:
