@@ -6,8 +6,10 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import OperationalError
 
+from tests.builders import identify
 from webapp.database import SQLITE_IMMEDIATE, Retry
 from webapp.extensions import db
+from webapp.identity import service
 from webapp.identity.service import lock_customers
 from webapp.models import PRIMARY, Contact, utcnow
 
@@ -88,3 +90,27 @@ def test_the_rows_relied_on_are_locked_against_other_writers(app, dialect):
             other.execute(text("SELECT id FROM `Contact` WHERE id = :id FOR UPDATE"), {"id": a})
         other.rollback()
     db.session.rollback()
+
+
+def test_a_new_email_for_a_known_customer_reads_the_customer_once_under_lock(
+    client, dialect, monkeypatch
+):
+    """The customer the read pass found is locked before the locked read, which then suffices.
+
+    Without that, MySQL/MariaDB read the group, locked what it named, and read it again.
+    """
+    identify(client, "lorraine@hillvalley.edu", "123456")
+    reads = []
+    real = service.driver_rows
+
+    def counting(conn, query, params):
+        reads.append(query)
+        return real(conn, query, params)
+
+    monkeypatch.setattr(service, "driver_rows", counting)
+    status, body = identify(client, "mcfly@hillvalley.edu", "123456")
+    assert status == 200 and body["contact"]["secondaryContactIds"] == [2]
+    kinds = ("email", "phone")
+    group_reads = [q for q in reads if q == service._group_query(db.engine.dialect, kinds)]
+    read_passes = [q for q in reads if q == service._read_query(db.engine.dialect, kinds)]
+    assert (len(read_passes), len(group_reads)) == (1, 1)

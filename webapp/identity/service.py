@@ -319,8 +319,11 @@ def identify(
     # open in the session could hold the very locks it needs (on SQLite, the
     # database's write lock), so it ends here.
     db.session.rollback()
+    # The customers the read pass found: locked before the first read under
+    # lock, so that one read usually suffices (MySQL/MariaDB).
+    expected = [] if plan.survivor_id is None else [plan.survivor_id, *plan.absorbed]
     return run_write_transaction(
-        lambda: _identify_locked(values, source=source, actor=actor),
+        lambda: _identify_locked(values, expected, source=source, actor=actor),
         current_app.config["IDENTIFY_MAX_ATTEMPTS"],
     )
 
@@ -399,8 +402,14 @@ def lock_customers(
     raise Retry("the customers kept changing while being locked")
 
 
-def _locked_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
-    """Every live row of every customer the values touch, those customers locked."""
+def _locked_rows(
+    conn: Connection, values: Sequence[Value], expected: Iterable[int] = ()
+) -> list[Row]:
+    """Every live row of every customer the values touch, those customers locked.
+
+    ``expected``: primary ids the caller read earlier, locked before the first
+    read (a guess: whatever the read then relies on is locked too).
+    """
     if conn.dialect.name == "sqlite":
         # BEGIN IMMEDIATE already shuts out every other writer: what is read stays.
         return _load_rows(conn, values)
@@ -416,16 +425,18 @@ def _locked_rows(conn: Connection, values: Sequence[Value]) -> list[Row]:
             raise Retry("a locked customer's rows are incomplete")
         return rows, primaries
 
-    return lock_customers(conn, read)
+    return lock_customers(conn, read, seeds=expected)
 
 
-def _identify_locked(values: Sequence[Value], *, source: str, actor: str | None) -> Customer:
+def _identify_locked(
+    values: Sequence[Value], expected: Sequence[int], *, source: str, actor: str | None
+) -> Customer:
     # A connection of its own, as the read pass: the ORM session has nothing to add here.
     options = {SQLITE_IMMEDIATE: True}
     with db.engine.connect().execution_options(**options) as conn, conn.begin():
         # Blocked values are read again under the claim locks, which blocking takes too.
         values = _unblocked(values, lock_claims(conn, values))
-        rows = _locked_rows(conn, values)
+        rows = _locked_rows(conn, values, expected)
         plan = plan_identify(values, rows)
         primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
     return consolidate(primary_id, rows)
