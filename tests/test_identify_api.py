@@ -7,7 +7,7 @@ from tests.builders import assert_invariants, contacts, identify
 from tests.openapi_check import assert_matches_openapi
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, contact_grams
-from webapp.models import Contact, Identifier, Merge, utcnow
+from webapp.models import AuditEntry, Contact, Identifier, Merge, utcnow
 
 LORRAINE = "lorraine@hillvalley.edu"
 MCFLY = "mcfly@hillvalley.edu"
@@ -252,3 +252,35 @@ def test_a_merge_moves_the_absorbed_customers_deleted_rows_too(client):
         3: (1, True),
     }
     assert_invariants()
+
+
+def test_a_primary_deleted_by_hand_leaves_its_live_rows_one_customer(client, app):
+    """SQL written against the task may soft-delete a primary; identify still answers.
+
+    Deleted rows take no part, so the oldest live row becomes the primary, as
+    the dashboard's delete would have left it, and the repair is audited.
+    """
+    identify(client, LORRAINE, "123456")
+    identify(client, MCFLY, "123456")
+    identify(client, "doc@hillvalley.edu", "123456")
+    with app.app_context():
+        db.session.execute(
+            Contact.__table__.update().where(Contact.id == 1).values(deletedAt=utcnow())
+        )
+        db.session.commit()
+    status, body = identify(client, phone="123456")
+    assert status == 200
+    assert body["contact"] == {
+        "primaryContactId": 2,
+        "primaryContatctId": 2,
+        "emails": [MCFLY, "doc@hillvalley.edu"],
+        "phoneNumbers": ["123456"],
+        "secondaryContactIds": [3],
+    }
+    status, body = identify(client, "einstein@hillvalley.edu", "123456")
+    assert (status, body["contact"]["primaryContactId"]) == (200, 2)
+    assert body["contact"]["secondaryContactIds"] == [3, 4]
+    assert_invariants()
+    with app.app_context():
+        entries = db.session.scalars(select(AuditEntry.actor)).all()
+    assert entries == ["checkout"]

@@ -204,6 +204,22 @@ class Customer:
     secondary_ids: list[int]
 
 
+def orphaned_customers(rows: Sequence[Row]) -> list[int]:
+    """Customers among ``rows`` whose primary row is not a live primary among them.
+
+    The app never leaves a customer so (deleting a primary promotes another
+    row in the same transaction); SQL run on the table by hand can.
+    """
+    by_id = {row.id: row for row in rows}
+    return sorted(
+        {
+            row.primary_id
+            for row in rows
+            if row.primary_id not in by_id or not by_id[row.primary_id].is_primary
+        }
+    )
+
+
 def joining_time(now: datetime, rows: Iterable[Row], primary_id: int) -> datetime:
     """When a row joining customer ``primary_id`` is stamped: ``now``, never before its rows.
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import replace
 from functools import lru_cache
 from typing import TypeVar
@@ -50,6 +51,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ..database import (
     SQLITE_IMMEDIATE,
+    Contention,
     DriverQuery,
     Retry,
     chunks,
@@ -70,6 +72,7 @@ from .rules import (
     consolidate,
     joining_time,
     keys_detail,
+    orphaned_customers,
     plan_identify,
 )
 from .search_index import index_contact
@@ -311,7 +314,15 @@ def identify(
     Runs and commits its own transactions: call it before, not inside, a
     transaction of your own (uncommitted work in ``db.session`` is rolled back).
     """
-    values, rows = _read_pass(values)
+    for _ in range(_MAX_REGROUPS):
+        kept, rows = _read_pass(values)
+        orphaned = orphaned_customers(rows)
+        if not orphaned:
+            break
+        _regroup(rows, orphaned, actor or source)
+    else:
+        raise Contention("the customers kept losing their primary rows")
+    values = kept
     plan = plan_identify(values, rows)
     if not plan.writes:
         return consolidate(plan.survivor_id, rows)
@@ -402,6 +413,28 @@ def lock_customers(
     raise Retry("the customers kept changing while being locked")
 
 
+# Rounds of "regroup a customer whose primary was deleted outside the app" per request.
+_MAX_REGROUPS = 3
+
+
+def _regroup(rows: Sequence[Row], orphaned: Sequence[int], actor: str) -> None:
+    """Regroup customers whose primary row was deleted by SQL run on the table by hand.
+
+    Deleted rows take no part (the task's rule), so each such customer's live
+    rows are reconciled as the dashboard's delete would have left them: the
+    oldest becomes the primary. Reconciliation does it, and audits it.
+    """
+    # Reconciliation builds on this module: imported here, where it is needed.
+    from ..reconcile.core import NotFound
+    from ..reconcile.service import reconcile_customer
+
+    for primary_id in orphaned:
+        member = next(row for row in rows if row.primary_id == primary_id)
+        # NotFound: that row was deleted meanwhile too; the next read says what is left.
+        with suppress(NotFound):
+            reconcile_customer(member.id, actor=actor)
+
+
 def _locked_rows(
     conn: Connection, values: Sequence[Value], expected: Iterable[int] = ()
 ) -> list[Row]:
@@ -412,7 +445,11 @@ def _locked_rows(
     """
     if conn.dialect.name == "sqlite":
         # BEGIN IMMEDIATE already shuts out every other writer: what is read stays.
-        return _load_rows(conn, values)
+        rows = _load_rows(conn, values)
+        if orphaned_customers(rows):
+            # A primary deleted by hand since the read pass: start again.
+            raise Retry("a customer lost its primary row")
+        return rows
 
     def read(held: frozenset[int]) -> tuple[list[Row], set[int]]:
         rows = _load_rows(conn, values)
