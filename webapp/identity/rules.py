@@ -165,9 +165,9 @@ def plan_identify(values: Sequence[Value], rows: Sequence[Row]) -> Plan:
     rows = [row for row in rows if row.primary_id in touched]
     primaries = sorted(touched)
     by_id = {row.id: row for row in rows}
-    missing = [pid for pid in primaries if pid not in by_id or not by_id[pid].is_primary]
+    missing = orphaned_customers(rows)
     if missing:
-        raise ValueError(f"rows of customers {missing} are incomplete")
+        raise OrphanedCustomers(missing)
 
     if not rows:
         new_row = NewRow(
@@ -202,6 +202,14 @@ class Customer:
     emails: list[str]
     phone_numbers: list[str]
     secondary_ids: list[int]
+
+
+class OrphanedCustomers(ValueError):
+    """Rows name customers whose primary row is not a live primary among them."""
+
+    def __init__(self, customer_ids: list[int]):
+        super().__init__(f"rows of customers {customer_ids} are incomplete")
+        self.customer_ids = customer_ids
 
 
 def orphaned_customers(rows: Sequence[Row]) -> list[int]:

@@ -66,6 +66,7 @@ from .rules import (
     EMAIL,
     Customer,
     Key,
+    OrphanedCustomers,
     Plan,
     Row,
     Value,
@@ -153,30 +154,16 @@ def _group_statement(kinds: tuple[str, ...]):
 
 
 def _distinct(records: Iterable[Sequence]) -> list[Row]:
-    """Rows from driver records holding ROW_COLUMNS, each contact once."""
+    """Rows from driver records holding ROW_COLUMNS (Row's fields, in order), each contact once."""
     rows: dict[int, Row] = {}
     for record in records:
         if record[0] not in rows:
-            rows[record[0]] = _row(record)
+            rows[record[0]] = Row(*record)
     return list(rows.values())
 
 
 def _bound(values: Sequence[Value]) -> tuple[tuple[str, ...], dict[str, str]]:
     return tuple(v.kind for v in values), {f"v{i}": v.key for i, v in enumerate(values)}
-
-
-def _row(record: Sequence) -> Row:
-    """A domain Row from a driver row holding ROW_COLUMNS in order."""
-    id_, email, phone, email_key, phone_key, linked_id, created_at = record
-    return Row(
-        id=id_,
-        email=email,
-        phone=phone,
-        email_key=email_key,
-        phone_key=phone_key,
-        linked_id=linked_id,
-        created_at=created_at,
-    )
 
 
 @lru_cache(maxsize=64)
@@ -316,14 +303,14 @@ def identify(
     """
     for _ in range(_MAX_REGROUPS):
         kept, rows = _read_pass(values)
-        orphaned = orphaned_customers(rows)
-        if not orphaned:
+        try:
+            plan = plan_identify(kept, rows)
             break
-        _regroup(rows, orphaned, actor or source)
+        except OrphanedCustomers as exc:
+            _regroup(rows, exc.customer_ids, actor or source)
     else:
         raise Contention("the customers kept losing their primary rows")
     values = kept
-    plan = plan_identify(values, rows)
     if not plan.writes:
         return consolidate(plan.survivor_id, rows)
     # The write runs on a connection of its own; a transaction the caller left
@@ -445,19 +432,12 @@ def _locked_rows(
     """
     if conn.dialect.name == "sqlite":
         # BEGIN IMMEDIATE already shuts out every other writer: what is read stays.
-        rows = _load_rows(conn, values)
-        if orphaned_customers(rows):
-            # A primary deleted by hand since the read pass: start again.
-            raise Retry("a customer lost its primary row")
-        return rows
+        return _load_rows(conn, values)
 
     def read(held: frozenset[int]) -> tuple[list[Row], set[int]]:
         rows = _load_rows(conn, values)
         primaries = {row.primary_id for row in rows}
-        by_id = {row.id: row for row in rows}
-        if primaries <= held and not all(
-            pid in by_id and by_id[pid].is_primary for pid in primaries
-        ):
+        if primaries <= held and orphaned_customers(rows):
             # Locked, yet a primary is missing: the customer changed shape; start again.
             raise Retry("a locked customer's rows are incomplete")
         return rows, primaries
@@ -474,7 +454,11 @@ def _identify_locked(
         # Blocked values are read again under the claim locks, which blocking takes too.
         values = _unblocked(values, lock_claims(conn, values))
         rows = _locked_rows(conn, values, expected)
-        plan = plan_identify(values, rows)
+        try:
+            plan = plan_identify(values, rows)
+        except OrphanedCustomers:
+            # A primary deleted by hand since the read pass: start again.
+            raise Retry("a customer lost its primary row") from None
         primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
     return consolidate(primary_id, rows)
 
