@@ -2,6 +2,7 @@
 
 import logging
 
+import flask
 import pytest
 
 from tests.builders import contacts
@@ -67,3 +68,25 @@ def test_health_is_503_when_the_database_does_not_answer(url):
     response = client.post("/identify", json={"email": "a@x.io"})
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "database_unavailable"
+
+
+def test_the_rate_limiter_does_not_look_at_identify_or_healthz(client, monkeypatch):
+    # The checkout's endpoints carry no limit; the limiter's per-request check
+    # (limits, exemption scopes) is skipped for them, not run and then waived.
+    import flask_limiter
+
+    checked = []
+    original = flask_limiter.Limiter._check_request_limit
+
+    def counting(self, *args, **kwargs):
+        checked.append(flask.request.endpoint)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(flask_limiter.Limiter, "_check_request_limit", counting)
+    headers = {"Authorization": "Bearer k-one"}
+    assert client.post("/identify", json={"email": "a@x.io"}, headers=headers).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert checked == []
+    # Every other endpoint still goes through it.
+    assert client.get("/openapi.json").status_code == 200
+    assert checked == ["api.openapi"]
