@@ -315,6 +315,42 @@ def test_a_whole_database_run_repairs_everything_in_small_batches(app):
     assert run_job(again.id).customers_changed == 0
 
 
+def _delete_by_hand(*ids):
+    """Soft-delete rows with SQL on the table, as an operator might, bypassing the app."""
+    table = Contact.__table__
+    db.session.execute(update(table).where(table.c.id.in_(ids)).values(deletedAt=utcnow()))
+    db.session.commit()
+
+
+def test_a_whole_database_run_regroups_customers_whose_primary_was_deleted_by_hand(app):
+    app.config["RECONCILE_BATCH_SIZE"] = 2
+    for email, phone in [("a@x.io", "1"), ("b@x.io", "1"), ("c@x.io", "1")]:
+        ident(email, phone)  # customer 1: rows 1, 2, 3
+    ident("d@x.io", "4")  # customer 4
+    for email, phone in [("e@x.io", "5"), ("f@x.io", "5")]:
+        ident(email, phone)  # customer 5: rows 5, 6
+    ident("g@x.io", "7")  # customer 7, then 8, 9, 10 join it by e-mail
+    for phone in ["8", "9", "10"]:
+        ident("g@x.io", phone)
+    # Primaries 1, 5 and 7 deleted outside the app: batches of two are
+    # customers 1 and 4, then 5 and 7, then 8, which became a primary (and
+    # so a customer) after the cursor passed it.
+    _delete_by_hand(1, 5, 7)
+    job = create_job(AGENT)
+    # Live primary 4, plus customers 1, 5 and 7 (their ids are deleted rows).
+    assert claim_job(job.id).total == 4
+    done = run_job(job.id)
+    # Deleted rows follow their old customer's new primary, as after an agent's delete.
+    assert links() == {1: 2, 2: None, 3: 2, 4: None, 5: 6, 6: None, 7: 8, 8: None, 9: 8, 10: 8}
+    assert (done.status, done.processed, done.customers_changed) == (DONE, 5, 3)
+    assert {e.customer_id for e in audits("reconcile")} == {2, 6, 8}
+    assert_invariants()
+    assert ident("c@x.io").primary_id == 2
+    again = create_job(AGENT)
+    assert claim_job(again.id).total == 4
+    assert run_job(again.id).customers_changed == 0
+
+
 def test_flask_reconcile_runs_with_a_progress_bar(app, runner):
     _corrupt()
     result = runner.invoke(args=["reconcile"])

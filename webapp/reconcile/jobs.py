@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, and_, exists, func, insert, select, update
 
 from ..audit import record
 from ..database import write_transaction
@@ -54,14 +54,7 @@ class Batch:
 
 def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, actor: str) -> Batch:
     """Reconcile the next ``size`` customers after ``after_id`` and note progress; commits."""
-    ids = list(
-        conn.execute(
-            select(_c.id)
-            .where(_c.linkedId.is_(None), _c.deletedAt.is_(None), _c.id > after_id)
-            .order_by(_c.id)
-            .limit(size)
-        ).scalars()
-    )
+    ids = next_customers(conn, after_id, size)
     if not ids:
         db.session.rollback()
         return Batch(0, after_id, 0, 0)
@@ -93,6 +86,44 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
     )
     db.session.commit()
     return Batch(len(ids), ids[-1], len(after), rows_changed)
+
+
+def _orphaned(after_id: int, below: int | None = None):
+    """Live rows whose primary is not a live row, with customer ids in (after_id, below).
+
+    Deleted rows take no part, but a primary soft-deleted by SQL run on the
+    table (outside the app) leaves its live rows pointing at it: a customer
+    whose id is a deleted row. The walk must reach those too.
+    """
+    parent = Contact.__table__.alias("parent")
+    conditions = [
+        _c.linkedId > after_id,
+        _c.deletedAt.is_(None),
+        ~exists().where(parent.c.id == _c.linkedId, parent.c.deletedAt.is_(None)),
+    ]
+    if below is not None:
+        conditions.append(_c.linkedId < below)
+    return and_(*conditions)
+
+
+def next_customers(conn: Connection, after_id: int, size: int) -> list[int]:
+    """The next ``size`` customers after ``after_id``, in id order.
+
+    A customer is a live primary or, for a primary deleted outside the app,
+    the id its live rows still point at. The second kind is looked for only
+    up to the last primary of the batch, so each batch reads an index range,
+    and the whole walk reads every secondary once.
+    """
+    primaries = conn.execute(
+        select(_c.id)
+        .where(_c.linkedId.is_(None), _c.deletedAt.is_(None), _c.id > after_id)
+        .order_by(_c.id)
+        .limit(size)
+    ).scalars()
+    ids = set(primaries)
+    below = max(ids) if len(ids) == size else None
+    ids.update(conn.execute(select(_c.linkedId).where(_orphaned(after_id, below))).scalars())
+    return sorted(ids)[:size]
 
 
 def _expire_stalled(conn: Connection) -> None:
@@ -153,6 +184,9 @@ def claim_job(job_id: int) -> ReconcileJob:
     def work(conn: Connection) -> int:
         total = conn.execute(
             select(func.count()).where(_c.linkedId.is_(None), _c.deletedAt.is_(None))
+        ).scalar_one()
+        total += conn.execute(
+            select(func.count(_c.linkedId.distinct())).where(_orphaned(0))
         ).scalar_one()
         now = utcnow()
         claimed = conn.execute(
