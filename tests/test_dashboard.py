@@ -182,6 +182,56 @@ def test_deleted_contacts_are_not_found(signed_in_client):
     assert search_customers("doc@").customers == []
 
 
+def _orphan(client):
+    """Customer 1 (rows 1, 2, 3) whose primary was soft-deleted by SQL, outside the app."""
+    seed(
+        client,
+        ("doc@hillvalley.edu", "555-0100"),
+        ("emmett@hillvalley.edu", "555-0100"),
+        ("brown@hillvalley.edu", "555-0100"),
+    )
+    db.session.execute(update(Contact).where(Contact.id == 1).values(deletedAt=utcnow()))
+    db.session.commit()
+
+
+def test_a_customer_whose_primary_was_deleted_by_hand_is_found_and_flagged(signed_in_client):
+    _orphan(signed_in_client)
+    page = search_customers("hillvalley")
+    assert [(c.primary_id, c.needs_regrouping) for c in page.customers] == [(1, True)]
+    assert page.customers[0].emails == ["emmett@hillvalley.edu", "brown@hillvalley.edu"]
+    html = signed_in_client.get("/?q=555-0100").get_data(as_text=True)
+    assert result_ids(html) == [1]
+    assert "needs regrouping" in html
+
+
+@pytest.mark.parametrize("asked", [1, 2, 3])
+def test_its_page_lists_the_live_rows_and_offers_to_regroup(signed_in_client, asked):
+    _orphan(signed_in_client)
+    for path in (f"/customers/{asked}", f"/customers/{asked}/contacts"):
+        response = signed_in_client.get(path)
+        html = response.get_data(as_text=True)
+        assert response.status_code == 409, path
+        assert "Customer #1 needs regrouping" in html
+        assert re.findall(r'<td data-label="Contact">#(\d+)</td>', html) == ["2", "3"]
+        assert 'action="/customers/2/reconcile"' in html
+
+
+def test_regrouping_it_makes_the_oldest_live_row_the_primary(signed_in_client):
+    _orphan(signed_in_client)
+    html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    response = signed_in_client.post(
+        "/customers/2/reconcile", data={"csrf_token": csrf_token_from(html)}
+    )
+    assert (response.status_code, response.headers["Location"]) == (303, "/customers/2")
+    page = signed_in_client.get("/customers/2").get_data(as_text=True)
+    assert "Contact 2 became the primary; 2 contact rows relinked." in page
+    db.session.expire_all()
+    assert {c.id: c.linkedId for c in db.session.scalars(select(Contact))} == {1: 2, 2: None, 3: 2}
+    assert signed_in_client.get("/customers/2").status_code == 200
+    assert signed_in_client.get("/customers/1").status_code == 302
+    assert [c.needs_regrouping for c in search_customers("hillvalley").customers] == [False]
+
+
 def test_results_come_in_pages_with_load_more(signed_in_client):
     seed(signed_in_client, *[(f"shopper{n:02d}@example.com", None) for n in range(25)])
     first = signed_in_client.get("/?q=shopper").get_data(as_text=True)

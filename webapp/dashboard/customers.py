@@ -86,6 +86,42 @@ def locate_customer(contact_id: int) -> int | None:
     return contact.id
 
 
+@dataclass
+class OrphanedCustomer:
+    """A customer whose primary row is not live: deleted by SQL run on the table, outside the app.
+
+    Its live rows still point at ``customer_id``. Identify regroups such a
+    customer the next time the checkout reaches it, and so does an agent's
+    re-run of reconciliation on any of its rows; until then it has no primary
+    to show a page for.
+    """
+
+    customer_id: int
+    # Live rows pointing at customer_id, oldest first.
+    rows: list[Contact]
+
+
+def find_orphaned(contact_id: int) -> OrphanedCustomer | None:
+    """The orphaned customer ``contact_id`` names (its id) or belongs to (a live row of it)."""
+    contact = db.session.get(Contact, contact_id)
+    if contact is None:
+        return None
+    customer_id = contact.linkedId if contact.deletedAt is None else contact.id
+    if customer_id is None:
+        return None
+    parent = db.session.get(Contact, customer_id)
+    if parent is not None and parent.deletedAt is None:
+        return None
+    rows = list(
+        db.session.scalars(
+            select(Contact)
+            .where(Contact.linkedId == customer_id, Contact.deletedAt.is_(None))
+            .order_by(Contact.createdAt, Contact.id)
+        )
+    )
+    return OrphanedCustomer(customer_id, rows) if rows else None
+
+
 def _contact_events(contacts: list[Contact]) -> list[TimelineEvent]:
     """One event per row saying which values it brought first, and one per deletion."""
     known: set[tuple[str, str]] = set()

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from flask import Response, abort, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from .customers import locate_customer
+from .customers import find_orphaned, locate_customer
 
 # Words for the HTTP errors people meet; any other keeps werkzeug's name and description.
 _HTTP_ERROR_WORDS = {
@@ -75,6 +75,16 @@ def customer_or_404(contact_id: int) -> int:
     """The primary id of the customer holding ``contact_id``; else the request ends with a 404."""
     primary_id = locate_customer(contact_id)
     if primary_id is None:
+        orphaned = find_orphaned(contact_id)
+        if orphaned is not None:
+            abort(
+                page_or_fragment(
+                    "dashboard/orphaned.html",
+                    "dashboard/_orphaned.html",
+                    409,
+                    orphaned=orphaned,
+                )
+            )
         abort(not_found("Customer", contact_id))
     return primary_id
 

@@ -48,7 +48,7 @@ from sqlalchemy import (
 
 from ..database import write_transaction
 from ..extensions import db
-from ..identity.rules import Row, consolidate
+from ..identity.rules import Row, consolidate, distinct_values
 from ..identity.search_index import (
     GRAM,
     NOT_DIGIT,
@@ -279,6 +279,9 @@ class CustomerSummary:
     contact_count: int
     first_seen: datetime
     last_seen: datetime
+    # The primary row was deleted outside the app: its live rows still point at
+    # primary_id (see webapp.dashboard.customers.OrphanedCustomer).
+    needs_regrouping: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,17 +347,23 @@ def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSumm
     summaries = []
     for pid in primary_ids:
         mine = rows[pid]
-        if not any(row.id == pid and row.is_primary for row in mine):
+        if not mine:
             continue
-        customer = consolidate(pid, mine)
+        orphaned = not any(row.id == pid and row.is_primary for row in mine)
+        if orphaned:
+            emails, phones = distinct_values(sorted(mine, key=lambda r: (r.created_at, r.id)))
+        else:
+            customer = consolidate(pid, mine)
+            emails, phones = customer.emails, customer.phone_numbers
         summaries.append(
             CustomerSummary(
                 primary_id=pid,
-                emails=customer.emails,
-                phone_numbers=customer.phone_numbers,
+                emails=emails,
+                phone_numbers=phones,
                 contact_count=len(mine),
                 first_seen=min(row.created_at for row in mine),
                 last_seen=max(row.created_at for row in mine),
+                needs_regrouping=orphaned,
             )
         )
     return summaries

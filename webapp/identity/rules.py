@@ -247,19 +247,25 @@ def consolidate(primary_id: int, rows: Iterable[Row]) -> Customer:
     mine.sort(key=lambda row: (not row.is_primary, row.created_at, row.id))
     if not mine or not mine[0].is_primary or mine[0].id != primary_id:
         raise ValueError(f"no primary row {primary_id} among the rows")
+    emails, phones = distinct_values(mine)
+    return Customer(
+        primary_id=primary_id,
+        emails=emails,
+        phone_numbers=phones,
+        secondary_ids=[row.id for row in mine[1:]],
+    )
+
+
+def distinct_values(rows: Iterable[Row]) -> tuple[list[str], list[str]]:
+    """The e-mails and phones of ``rows`` in their order, each once by key, as first stored."""
     emails: dict[str, str] = {}
     phones: dict[str, str] = {}
-    for row in mine:
+    for row in rows:
         if row.email_key is not None and row.email is not None:
             emails.setdefault(row.email_key, row.email)
         if row.phone_key is not None and row.phone is not None:
             phones.setdefault(row.phone_key, row.phone)
-    return Customer(
-        primary_id=primary_id,
-        emails=list(emails.values()),
-        phone_numbers=list(phones.values()),
-        secondary_ids=[row.id for row in mine[1:]],
-    )
+    return list(emails.values()), list(phones.values())
 
 
 def invariant_violations(rows: Sequence[Row], blocked: Collection[Key] = frozenset()) -> list[str]:

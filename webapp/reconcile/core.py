@@ -71,8 +71,24 @@ class Outcome:
         if self.merges:
             parts.append(f"{counted(len(self.merges), 'customer')} merged")
         promoted = [r.row_id for r in self.relinks if r.after is None]
-        if promoted:
-            parts.append(f"{counted(len(promoted), 'new customer')} split off")
+        # A promoted row of a customer whose primary row was not live (deleted
+        # outside the app) took that customer over; any other split off a new one.
+        heirs = [
+            row
+            for customer, rows in self.before.items()
+            if customer not in rows
+            for row in promoted
+            if row in rows
+        ]
+        if heirs:
+            ids = ", ".join(map(str, heirs))
+            parts.append(
+                f"contact {ids} became the primary"
+                if len(heirs) == 1
+                else f"contacts {ids} became primaries"
+            )
+        if len(promoted) > len(heirs):
+            parts.append(f"{counted(len(promoted) - len(heirs), 'new customer')} split off")
         if self.relinks:
             parts.append(f"{counted(len(self.relinks), 'contact row')} relinked")
         return "; ".join(parts).capitalize() + "." if parts else "Nothing needed to change."
