@@ -172,6 +172,17 @@ def test_codes_are_unique_and_retried_on_collision(client, monkeypatch):
     assert [v.code for v in vouchers()] == [first, "K7QM3XPD9R"]
 
 
+def test_validate_reads_its_body_once_for_the_code_limit_and_the_view(client, monkeypatch):
+    from webapp.api import payloads
+
+    code = issued_code(client)
+    parsed = []
+    real_loads = payloads.json.loads
+    monkeypatch.setattr(payloads.json, "loads", lambda raw: parsed.append(raw) or real_loads(raw))
+    assert validate(client, code).status_code == 200
+    assert len(parsed) == 1
+
+
 @pytest.mark.parametrize(
     "spelling",
     [lambda c: c, str.lower, lambda c: c.replace("-", ""), lambda c: c.lower().replace("-", " ")],
