@@ -82,6 +82,32 @@ def test_security_headers_on_every_response(signed_in_client, path):
     assert response.headers["Referrer-Policy"] == "same-origin"
 
 
+@pytest.mark.parametrize("path", ["/", "/sign-in", "/healthz"])
+def test_hsts_only_on_answers_over_https(app, signed_in_client, path):
+    assert "Strict-Transport-Security" not in signed_in_client.get(path).headers
+    secure = signed_in_client.get(path, base_url="https://localhost")
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
+    app.config["HSTS_SECONDS"] = 0
+    secure = signed_in_client.get(path, base_url="https://localhost")
+    assert "Strict-Transport-Security" not in secure.headers
+
+
+def test_hsts_through_a_trusted_proxy_that_says_https(app_config):
+    from webapp import create_app
+
+    client = create_app({**app_config, "TRUSTED_PROXIES": 1}).test_client()
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    assert "Strict-Transport-Security" in client.get("/healthz", headers=headers).headers
+    assert "Strict-Transport-Security" not in client.get("/healthz").headers
+
+
+def test_a_negative_hsts_max_age_is_refused_at_start(app_config):
+    from webapp import create_app
+
+    with pytest.raises(ValueError, match="HSTS_SECONDS"):
+        create_app({**app_config, "HSTS_SECONDS": -1})
+
+
 @pytest.mark.parametrize(
     "path",
     [

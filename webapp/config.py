@@ -53,6 +53,8 @@ class Config:
     SESSION_COOKIE_SAMESITE = "Lax"
     # 1: the cookie is HTTPS-only always; a cookie set over HTTPS is Secure anyway (CookieSessions).
     SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"
+    # Strict-Transport-Security max-age on answers to HTTPS requests; 0 sends none.
+    HSTS_SECONDS = int(os.environ.get("HSTS_SECONDS", "31536000"))
     # CSRF tokens live as long as the session, so a dashboard tab left open keeps working.
     WTF_CSRF_TIME_LIMIT = None
     TESTING = False

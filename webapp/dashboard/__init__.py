@@ -6,7 +6,7 @@ CSRF protection, htmx request details and the security headers.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response
+from flask import Blueprint, Flask, Response, current_app, request
 from flask_login import login_required
 from flask_wtf.csrf import CSRFError
 
@@ -71,6 +71,12 @@ def _security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS:
         if name.lower() not in present:
             headers.add(name, value)
+    # Browsers honour HSTS only over HTTPS: a request that came over it (directly,
+    # or through TRUSTED_PROXIES that say so) tells them never to use plain HTTP.
+    # Not includeSubDomains: other hosts of the operator's domain are not ours to pin.
+    hsts = current_app.config["HSTS_SECONDS"]
+    if hsts and request.is_secure and "strict-transport-security" not in present:
+        headers.add("Strict-Transport-Security", f"max-age={hsts}")
     return response
 
 
@@ -88,6 +94,8 @@ def init_dashboard(app: Flask) -> None:
     """Install sign-in, CSRF, htmx and security headers, and register the dashboard."""
     from ..api import bp as api_bp
 
+    if app.config["HSTS_SECONDS"] < 0:
+        raise ValueError("HSTS_SECONDS must be 0 (no Strict-Transport-Security) or more")
     htmx.init_app(app)
     csrf.init_app(app)
     # The JSON API authenticates with API keys, not cookies, so it needs no CSRF token.
