@@ -242,6 +242,54 @@ def test_its_page_lists_the_live_rows_and_offers_to_regroup(signed_in_client, as
         assert 'action="/customers/2/reconcile"' in html
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "/customers/3/link"), ("get", "/customers/3/merge"), ("post", "/customers/3/merge")],
+)
+def test_linking_or_merging_it_asks_for_regrouping_first(signed_in_client, method, path):
+    _orphan(signed_in_client)
+    response = getattr(signed_in_client, method)(path)
+    assert response.status_code == 409
+    assert "Customer #1 needs regrouping" in response.get_data(as_text=True)
+
+
+def test_merging_another_customer_into_it_is_refused_until_regrouped(signed_in_client):
+    _orphan(signed_in_client)
+    seed(signed_in_client, ("marty@hillvalley.edu", "555-0199"))
+    html = signed_in_client.get("/customers/4/merge?q=hillvalley").get_data(as_text=True)
+    assert "needs regrouping" in html
+    assert 'href="/customers/1">Regroup #1 first</a>' in html
+    preview = signed_in_client.get("/customers/4/merge?other=2").get_data(as_text=True)
+    assert "customer 1 needs regrouping first" in preview
+    token = csrf_token_from(html)
+    response = signed_in_client.post("/customers/4/merge", data={"other": 2, "csrf_token": token})
+    assert response.status_code == 422
+    assert "customer 1 needs regrouping first" in response.get_data(as_text=True)
+    assert db.session.scalar(select(Contact.linkedId).where(Contact.id == 2)) == 1
+
+
+def test_a_row_deleted_from_it_leads_to_its_page_too(signed_in_client):
+    _orphan(signed_in_client)
+    db.session.execute(update(Contact).where(Contact.id == 3).values(deletedAt=utcnow()))
+    db.session.commit()
+    response = signed_in_client.get("/customers/3")
+    assert response.status_code == 409
+    assert re.findall(r'<td data-label="Contact">#(\d+)</td>', response.get_data(as_text=True)) == [
+        "2"
+    ]
+
+
+def test_its_page_shows_the_oldest_fifty_rows_and_counts_the_rest(signed_in_client):
+    ids = many_rows_customer(53)
+    db.session.execute(update(Contact).where(Contact.id == ids[0]).values(deletedAt=utcnow()))
+    db.session.commit()
+    html = signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True)
+    assert "52 contact rows still point at it" in html
+    shown = [int(n) for n in re.findall(r'<td data-label="Contact">#(\d+)</td>', html)]
+    assert shown == ids[1:51]
+    assert "and 2 more, newer" in html
+
+
 def test_regrouping_it_makes_the_oldest_live_row_the_primary(signed_in_client):
     _orphan(signed_in_client)
     html = signed_in_client.get("/customers/1").get_data(as_text=True)

@@ -42,7 +42,8 @@ class Limiter(flask_limiter.Limiter):
     checkout's identify calls, most of the traffic, carry no limit (API keys
     guard them), so the endpoints named in ``unchecked`` skip the check
     outright. Limits declared on their views would still apply: those are
-    checked by the view's decorator, not here.
+    checked by the view's decorator, not here. Application-wide, default and
+    meta limits, checked only here, do not apply to them (none is configured).
     """
 
     def __init__(self, *args, **kwargs) -> None:

@@ -13,12 +13,15 @@
     showError.timer = window.setTimeout(function () { toast.hidden = true; }, 6000);
   }
 
-  // The dashboard's not-found answer names what is missing ("Customer 7 not found").
-  function notFoundTitle(xhr) {
-    if (xhr.status !== 404 || !xhr.responseText) return null;
+  // The dashboard's not-found answer names what is missing ("Customer 7 not found"); its
+  // 409 for a customer whose primary was deleted outside it says that it needs regrouping.
+  function pageTitle(xhr) {
+    if ((xhr.status !== 404 && xhr.status !== 409) || !xhr.responseText) return null;
     var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
     var title = doc.getElementById("not-found-title");
-    return title ? title.textContent.trim() + "." : null;
+    if (title) return title.textContent.trim() + ".";
+    title = doc.getElementById("orphaned-title");
+    return title ? title.textContent.trim() + ": reload the page to regroup it." : null;
   }
 
   document.addEventListener("htmx:responseError", function (event) {
@@ -26,7 +29,7 @@
     var status = xhr.status;
     var text = status === 400
       ? "The form expired. Reload the page and try again."
-      : notFoundTitle(xhr) || "Something went wrong (" + status + "). Try again.";
+      : pageTitle(xhr) || "Something went wrong (" + status + "). Try again.";
     showError(text);
   });
 

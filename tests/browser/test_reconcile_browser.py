@@ -107,3 +107,34 @@ def test_run_a_whole_database_reconciliation_to_the_end(signed_in_page, client):
     page.get_by_role("link", name="Reconciliation").first.click()
     expect(page.locator("#runs")).to_contain_text("done")
     assert page.console_errors == []
+
+
+def test_a_customer_whose_primary_was_deleted_outside_the_dashboard_is_regrouped(
+    signed_in_page, client, app
+):
+    from sqlalchemy import update
+
+    from webapp.extensions import db
+    from webapp.models import Contact, utcnow
+
+    page = signed_in_page
+    seed(client, [("doc@hillvalley.edu", "555-0100"), ("emmett@hillvalley.edu", "555-0100")])
+    page.goto("/customers/1")
+    # SQL run on the table by hand while the agent has the customer open.
+    with app.app_context():
+        db.session.execute(update(Contact).where(Contact.id == 1).values(deletedAt=utcnow()))
+        db.session.commit()
+    page.locator("#timeline").get_by_role("link", name="Oldest first").click()
+    toast = page.locator("#htmx-error")
+    expect(toast).to_have_text("Customer #1 needs regrouping: reload the page to regroup it.")
+    page.goto("/?q=hillvalley")
+    row = page.locator("#results tr.result")
+    expect(row).to_contain_text("needs regrouping")
+    row.get_by_role("link", name="#1").click()
+    expect(page.locator("#orphaned-title")).to_have_text("Customer #1 needs regrouping")
+    snapshot(page, "needs-regrouping")
+    page.get_by_role("button", name="Regroup customer").click()
+    expect(page).to_have_url(re.compile(r"/customers/2$"))
+    expect(page.locator("body")).to_contain_text("Contact 2 became the primary")
+    # htmx logs the refused swap itself; nothing else went wrong.
+    assert page.console_errors == ["Response Status Error Code 409 from /customers/1?order=oldest"]

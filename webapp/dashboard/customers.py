@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, consolidate
@@ -97,8 +97,12 @@ class OrphanedCustomer:
     """
 
     customer_id: int
-    # Live rows pointing at customer_id, oldest first.
+    # The oldest live rows pointing at customer_id (ORPHAN_ROWS_SHOWN at most), and how many.
     rows: list[Contact]
+    total: int
+
+
+ORPHAN_ROWS_SHOWN = 50
 
 
 def find_orphaned(contact_id: int) -> OrphanedCustomer | None:
@@ -106,20 +110,28 @@ def find_orphaned(contact_id: int) -> OrphanedCustomer | None:
     contact = db.session.get(Contact, contact_id)
     if contact is None:
         return None
-    customer_id = contact.linkedId if contact.deletedAt is None else contact.id
-    if customer_id is None:
+    # A live row (or one deleted since) names its customer by linkedId; a primary, itself.
+    customer_id = contact.linkedId or contact.id
+    if customer_id == contact.id and contact.deletedAt is None:
         return None
     parent = db.session.get(Contact, customer_id)
     if parent is not None and parent.deletedAt is None:
         return None
+    live = (Contact.linkedId == customer_id, Contact.deletedAt.is_(None))
     rows = list(
         db.session.scalars(
             select(Contact)
-            .where(Contact.linkedId == customer_id, Contact.deletedAt.is_(None))
+            .where(*live)
             .order_by(Contact.createdAt, Contact.id)
+            .limit(ORPHAN_ROWS_SHOWN)
         )
     )
-    return OrphanedCustomer(customer_id, rows) if rows else None
+    if not rows:
+        return None
+    total = len(rows)
+    if total == ORPHAN_ROWS_SHOWN:
+        total = db.session.scalar(select(func.count()).select_from(Contact).where(*live))
+    return OrphanedCustomer(customer_id, rows, total)
 
 
 def _contact_events(contacts: list[Contact]) -> list[TimelineEvent]:

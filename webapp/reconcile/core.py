@@ -256,6 +256,26 @@ def primary_of(conn: Connection, contact_id: int) -> int:
     return found.linkedId or found.id
 
 
+def live_customer_of(conn: Connection, contact_id: int) -> int:
+    """``primary_of``, refusing a customer whose primary row is not a live primary.
+
+    That is a customer whose primary was deleted by SQL outside the app:
+    it must be regrouped (``reconcile_customer``) before it is linked to or
+    merged, which need its primary.
+    """
+    primary = primary_of(conn, contact_id)
+    if primary != contact_id:
+        found = conn.execute(
+            select(_c.id).where(_c.id == primary, _c.linkedId.is_(None), _c.deletedAt.is_(None))
+        ).first()
+        if found is None:
+            raise ReconcileError(
+                f"customer {primary} needs regrouping first: its primary row was deleted "
+                "outside the dashboard"
+            )
+    return primary
+
+
 def primary_in(view: View, contact_id: int) -> int:
     """The customer a live contact of the view belongs to; NotFound otherwise."""
     for row in view.rows:

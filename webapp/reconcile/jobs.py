@@ -111,8 +111,8 @@ def next_customers(conn: Connection, after_id: int, size: int) -> list[int]:
 
     A customer is a live primary or, for a primary deleted outside the app,
     the id its live rows still point at. The second kind is looked for only
-    up to the last primary of the batch, so each batch reads an index range,
-    and the whole walk reads every secondary once.
+    up to the last primary of the batch, one index range, so a walk reads each
+    secondary about once (again only when a batch is cut short at ``size``).
     """
     primaries = conn.execute(
         select(_c.id)
@@ -180,14 +180,19 @@ def launch(job_id: int) -> None:
 
 def claim_job(job_id: int) -> ReconcileJob:
     """Mark a queued run as running and count the customers it will check."""
+    # Counted before the write transaction: on SQLite that holds the database's
+    # write lock, and the count reads every secondary. The total is a guide for
+    # the progress bar (the run checks whatever it finds), so it need not be exact.
+    conn = db.session.connection()
+    total = conn.execute(
+        select(func.count()).where(_c.linkedId.is_(None), _c.deletedAt.is_(None))
+    ).scalar_one()
+    total += conn.execute(
+        select(func.count(_c.linkedId.distinct())).where(_orphaned(0))
+    ).scalar_one()
+    db.session.rollback()
 
     def work(conn: Connection) -> int:
-        total = conn.execute(
-            select(func.count()).where(_c.linkedId.is_(None), _c.deletedAt.is_(None))
-        ).scalar_one()
-        total += conn.execute(
-            select(func.count(_c.linkedId.distinct())).where(_orphaned(0))
-        ).scalar_one()
         now = utcnow()
         claimed = conn.execute(
             update(ReconcileJob.__table__)

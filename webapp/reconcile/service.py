@@ -36,6 +36,7 @@ from .core import (
     audit,
     holders,
     home_of,
+    live_customer_of,
     lock_view,
     outcome_of,
     primary_in,
@@ -68,7 +69,7 @@ def customer_snapshot(contact_id: int) -> Customer:
     """The customer a contact belongs to, consolidated (read-only)."""
     conn = db.session.connection()
     try:
-        primary = primary_of(conn, contact_id)
+        primary = live_customer_of(conn, contact_id)
         records = conn.execute(
             select(*Contact.__table__.c).where(
                 or_(_c.id == primary, _c.linkedId == primary), _c.deletedAt.is_(None)
@@ -97,7 +98,7 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
         if refused:
             shown = ", ".join(key for _, key in sorted(refused))
             raise ReconcileError(f"{shown} is blocked: a blocked value links nothing")
-        seeds = {primary_of(conn, contact_id)} | holders(conn, wanted)
+        seeds = {live_customer_of(conn, contact_id)} | holders(conn, wanted)
         view, held = lock_view(conn, seeds)
         primary = primary_in(view, contact_id)
         mine = {k for row in view.rows if row.primary_id == primary for k in row.identifiers()}
@@ -150,7 +151,7 @@ def merge_preview(contact_id: int, other_id: int) -> MergePreview:
     """Preview merging the customers of two contacts (read-only): the older primary survives."""
     conn = db.session.connection()
     try:
-        first, second = primary_of(conn, contact_id), primary_of(conn, other_id)
+        first, second = live_customer_of(conn, contact_id), live_customer_of(conn, other_id)
         if first == second:
             raise ReconcileError("these contacts already belong to one customer")
         records = conn.execute(
@@ -179,7 +180,7 @@ def merge_customers(contact_id: int, other_id: int, actor: str) -> Outcome:
     """
 
     def work(conn: Connection) -> Outcome:
-        seeds = {primary_of(conn, contact_id), primary_of(conn, other_id)}
+        seeds = {live_customer_of(conn, contact_id), live_customer_of(conn, other_id)}
         view, held = lock_view(conn, seeds)
         first, second = primary_in(view, contact_id), primary_in(view, other_id)
         if first == second:

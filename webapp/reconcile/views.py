@@ -13,7 +13,7 @@ from flask import abort, flash, make_response, redirect, render_template, reques
 from flask_login import current_user
 
 from ..dashboard import protect
-from ..dashboard.rendering import not_found, page_or_fragment, wants_fragment
+from ..dashboard.rendering import customer_or_404, not_found, page_or_fragment, wants_fragment
 from ..dashboard.search import search_customers
 from ..identity.rules import InvalidValue, parse_identifier
 from ..models import row_id
@@ -63,6 +63,8 @@ def _customer_url(customer_id: int | None) -> str:
 @bp.route("/customers/<int:contact_id>/link", methods=["GET", "POST"])
 def link(contact_id: int):
     """Add an e-mail and/or phone to a customer, by the identify rules."""
+    # A customer with no live primary (deleted outside the app) is regrouped first.
+    customer_or_404(contact_id)
     form = LinkForm()
     if form.validate_on_submit():
         values = form.values()
@@ -88,6 +90,7 @@ def link(contact_id: int):
 @bp.get("/customers/<int:contact_id>/merge")
 def merge(contact_id: int):
     """The merge dialog: search for the other customer, then preview the merge."""
+    customer_or_404(contact_id)
     search = MergeSearchForm(request.args)
     query = (search.q.data or "").strip()
     other = request.args.get("other", type=row_id)
@@ -119,6 +122,7 @@ def merge(contact_id: int):
 @bp.post("/customers/<int:contact_id>/merge")
 def merge_confirm(contact_id: int):
     """Merge two customers: the older primary survives."""
+    customer_or_404(contact_id)
     form = MergeForm()
     error = None
     if form.validate_on_submit():
