@@ -268,6 +268,23 @@ def test_merging_another_customer_into_it_is_refused_until_regrouped(signed_in_c
     assert db.session.scalar(select(Contact.linkedId).where(Contact.id == 2)) == 1
 
 
+def test_merging_from_a_row_two_hops_from_its_primary_asks_for_reconciliation(
+    signed_in_client,
+):
+    # A chain no app write makes: row 3 linked (by SQL) to secondary 2 of customer 1.
+    seed(
+        signed_in_client, ("doc@hillvalley.edu", "555-0100"), ("emmett@hillvalley.edu", "555-0100")
+    )
+    seed(signed_in_client, ("brown@hillvalley.edu", "555-0177"))
+    db.session.execute(
+        update(Contact).where(Contact.id == 3).values(linkedId=2, linkPrecedence="secondary")
+    )
+    db.session.commit()
+    response = signed_in_client.get("/customers/3/merge")
+    assert response.status_code == 409
+    assert "Customer 2 needs regrouping first" in response.get_data(as_text=True)
+
+
 def test_a_row_deleted_from_it_leads_to_its_page_too(signed_in_client):
     _orphan(signed_in_client)
     db.session.execute(update(Contact).where(Contact.id == 3).values(deletedAt=utcnow()))

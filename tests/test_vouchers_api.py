@@ -173,12 +173,17 @@ def test_codes_are_unique_and_retried_on_collision(client, monkeypatch):
 
 
 def test_validate_reads_its_body_once_for_the_code_limit_and_the_view(client, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
     from webapp.api import payloads
 
     code = issued_code(client)
     parsed = []
-    real_loads = payloads.json.loads
-    monkeypatch.setattr(payloads.json, "loads", lambda raw: parsed.append(raw) or real_loads(raw))
+    counting = SimpleNamespace(
+        dumps=json.dumps, loads=lambda raw: parsed.append(raw) or json.loads(raw)
+    )
+    monkeypatch.setattr(payloads, "json", counting)
     assert validate(client, code).status_code == 200
     assert len(parsed) == 1
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from ..audit import record
 from ..database import chunks
@@ -261,18 +261,31 @@ def live_customer_of(conn: Connection, contact_id: int) -> int:
 
     That is a customer whose primary was deleted by SQL outside the app:
     it must be regrouped (``reconcile_customer``) before it is linked to or
-    merged, which need its primary.
+    merged, which need its primary. One statement reads both rows, so that a
+    merge or delete committed in between (MariaDB reads at READ COMMITTED)
+    cannot make a healthy customer look like such a one.
     """
-    primary = primary_of(conn, contact_id)
-    if primary != contact_id:
-        found = conn.execute(
-            select(_c.id).where(_c.id == primary, _c.linkedId.is_(None), _c.deletedAt.is_(None))
-        ).first()
-        if found is None:
-            raise ReconcileError(
-                f"customer {primary} needs regrouping first: its primary row was deleted "
-                "outside the dashboard"
-            )
+    parent = Contact.__table__.alias("parent")
+    found = conn.execute(
+        select(_c.id, _c.linkedId, parent.c.id.label("live_primary"))
+        .outerjoin(
+            parent,
+            and_(
+                parent.c.id == func.coalesce(_c.linkedId, _c.id),
+                parent.c.linkedId.is_(None),
+                parent.c.deletedAt.is_(None),
+            ),
+        )
+        .where(_c.id == contact_id, _c.deletedAt.is_(None))
+    ).first()
+    if found is None:
+        raise NotFound(f"there is no contact {contact_id}")
+    primary = found.linkedId or found.id
+    if found.live_primary is None:
+        raise ReconcileError(
+            f"customer {primary} needs regrouping first: its primary row was deleted "
+            "outside the dashboard"
+        )
     return primary
 
 

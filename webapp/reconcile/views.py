@@ -13,7 +13,13 @@ from flask import abort, flash, make_response, redirect, render_template, reques
 from flask_login import current_user
 
 from ..dashboard import protect
-from ..dashboard.rendering import customer_or_404, not_found, page_or_fragment, wants_fragment
+from ..dashboard.rendering import (
+    customer_or_404,
+    error_page,
+    not_found,
+    page_or_fragment,
+    wants_fragment,
+)
 from ..dashboard.search import search_customers
 from ..identity.rules import InvalidValue, parse_identifier
 from ..models import row_id
@@ -98,6 +104,9 @@ def merge(contact_id: int):
         customer = customer_snapshot(contact_id)
     except NotFound:
         return not_found("Customer", contact_id)
+    except ReconcileError as exc:
+        # Its primary went since customer_or_404 looked (or a chain made outside the app).
+        return error_page("Customer needs regrouping", f"{str(exc).capitalize()}.", 409)
     preview = error = None
     if other is not None:
         try:
@@ -138,6 +147,9 @@ def merge_confirm(contact_id: int):
         customer = customer_snapshot(contact_id)
     except NotFound:
         return not_found("Customer", contact_id)
+    except ReconcileError as exc:
+        # Its primary went since customer_or_404 looked (or a chain made outside the app).
+        return error_page("Customer needs regrouping", f"{str(exc).capitalize()}.", 409)
     return page_or_fragment(
         "reconcile/merge.html",
         "reconcile/_merge_preview.html",
