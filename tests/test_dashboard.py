@@ -444,6 +444,32 @@ def test_a_customer_of_65_rows_links_from_the_header_to_the_contacts_page(signed
     assert all(f"junk{n}@x.io" in every for n in range(65))
 
 
+def test_the_contacts_page_reads_no_history(app, signed_in_client):
+    # It shows rows and why each is linked; merges and audit entries are the timeline's.
+    from sqlalchemy import event
+
+    ids = many_rows_customer(3)
+    statements = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement.lower())
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        contacts_page = signed_in_client.get(f"/customers/{ids[0]}/contacts")
+        read_by_contacts = list(statements)
+        statements.clear()
+        signed_in_client.get(f"/customers/{ids[0]}")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert contacts_page.status_code == 200
+    assert not any("merge" in s or "audit" in s for s in read_by_contacts)
+    # The listener does see them where they are read.
+    assert any("audit" in s for s in statements)
+
+
 def test_contact_cells_are_styled_by_class_not_by_their_label(signed_in_client):
     seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
     html = signed_in_client.get("/customers/1/contacts").get_data(as_text=True)

@@ -206,8 +206,27 @@ def _audit_event(entry: AuditEntry) -> TimelineEvent:
     )
 
 
-def load_customer(primary_id: int) -> CustomerView | None:
-    """The customer page of a live primary, or None when ``primary_id`` is not one."""
+def _history(contacts: list[Contact]) -> list[TimelineEvent]:
+    """The timeline of a customer's rows: their events, merges and audit entries, oldest first."""
+    ids = [c.id for c in contacts]
+    merges = db.session.scalars(
+        select(Merge).where(or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
+    )
+    audits = db.session.scalars(select(AuditEntry).where(AuditEntry.customer_id.in_(ids)))
+    timeline = _contact_events(contacts)
+    timeline += [_merge_event(m) for m in merges]
+    timeline += [_audit_event(a) for a in audits]
+    # Stable: contact rows stay in (createdAt, id) order, the order the timeline pages by.
+    timeline.sort(key=lambda event: event.at)
+    return timeline
+
+
+def load_customer(primary_id: int, *, history: bool = True) -> CustomerView | None:
+    """The customer page of a live primary, or None when ``primary_id`` is not one.
+
+    ``history=False`` leaves the timeline empty and reads no merges or audit
+    entries: the contacts page shows only the rows and why each is linked.
+    """
     contacts = list(
         db.session.scalars(
             select(Contact).where(or_(Contact.id == primary_id, Contact.linkedId == primary_id))
@@ -219,16 +238,7 @@ def load_customer(primary_id: int) -> CustomerView | None:
     rows = [row_from_record(c) for c in live]
     customer = consolidate(primary_id, rows)
     chains = link_chains(primary_id, rows)
-    ids = [c.id for c in contacts]
-    merges = db.session.scalars(
-        select(Merge).where(or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
-    )
-    audits = db.session.scalars(select(AuditEntry).where(AuditEntry.customer_id.in_(ids)))
-    timeline = _contact_events(contacts)
-    timeline += [_merge_event(m) for m in merges]
-    timeline += [_audit_event(a) for a in audits]
-    # Stable: contact rows stay in (createdAt, id) order, the order the timeline pages by.
-    timeline.sort(key=lambda event: event.at)
+    timeline = _history(contacts) if history else []
     views = [
         ContactView(
             id=c.id,

@@ -112,7 +112,7 @@ def contacts(contact_id: int):
     "Load more contacts" swaps in only the next page's rows.
     """
     primary_id = canonical_customer(contact_id, keep=("page",))
-    view = load_customer(primary_id)
+    view = load_customer(primary_id, history=False)
     if view is None:
         return not_found("Customer", contact_id)
     page = _page_number()
