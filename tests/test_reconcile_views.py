@@ -384,6 +384,22 @@ def test_a_stalled_run_stops_polling_and_says_so(signed_in_client):
     assert "hx-get" not in html
 
 
+def test_a_run_that_checked_more_than_it_counted_says_why_not_5_of_4(signed_in_client):
+    # Customers the run splits off after its cursor (or checkout adds) are checked too.
+    job = create_job("someone@example.com")
+    db.session.execute(
+        update(ReconcileJob.__table__)
+        .where(ReconcileJob.id == job.id)
+        .values(status="done", active=None, total=4, processed=5, finished_at=utcnow())
+    )
+    db.session.commit()
+    html = signed_in_client.get(f"/reconcile/{job.id}").get_data(as_text=True)
+    assert "5 customers checked: 4 counted at the start" in html
+    assert "5 of 4" not in html
+    runs = signed_in_client.get("/reconcile").get_data(as_text=True)
+    assert re.search(r'data-label="Customers checked" class="num">5</td>', runs)
+
+
 def test_a_write_that_keeps_losing_lock_races_is_a_503_page_not_a_500(app, signed_in_client):
     ident("ann@x.io", "555")
     # No attempt left: the write transaction gives up at once, as after many lost races.
