@@ -163,8 +163,6 @@ def plan_identify(values: Sequence[Value], rows: Sequence[Row]) -> Plan:
     wanted = {(v.kind, v.key) for v in values}
     touched = {row.primary_id for row in rows if wanted & set(row.identifiers())}
     rows = [row for row in rows if row.primary_id in touched]
-    primaries = sorted(touched)
-    by_id = {row.id: row for row in rows}
     missing = orphaned_customers(rows)
     if missing:
         raise OrphanedCustomers(missing)
@@ -179,7 +177,8 @@ def plan_identify(values: Sequence[Value], rows: Sequence[Row]) -> Plan:
         )
         return Plan(survivor_id=None, new_row=new_row)
 
-    ordered = sorted((by_id[pid] for pid in primaries), key=_age)
+    # Every touched customer's primary is among the rows (checked above).
+    ordered = sorted((row for row in rows if row.id in touched), key=_age)
     survivor = ordered[0]
     known = {key for row in rows for key in row.identifiers()}
     plan = Plan(survivor_id=survivor.id, absorbed=[row.id for row in ordered[1:]])

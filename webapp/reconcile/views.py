@@ -66,6 +66,17 @@ def _customer_url(customer_id: int | None) -> str:
     return url_for("dashboard.customer", contact_id=customer_id)
 
 
+def _snapshot(contact_id: int):
+    """The customer the merge dialog shows; else the request ends with the page saying why."""
+    try:
+        return customer_snapshot(contact_id)
+    except NotFound:
+        abort(not_found("Customer", contact_id))
+    except ReconcileError as exc:
+        # Its primary went since customer_or_404 looked (or a chain made outside the app).
+        abort(error_page("Customer needs regrouping", f"{str(exc).capitalize()}.", 409))
+
+
 @bp.route("/customers/<int:contact_id>/link", methods=["GET", "POST"])
 def link(contact_id: int):
     """Add an e-mail and/or phone to a customer, by the identify rules."""
@@ -100,13 +111,7 @@ def merge(contact_id: int):
     search = MergeSearchForm(request.args)
     query = (search.q.data or "").strip()
     other = request.args.get("other", type=row_id)
-    try:
-        customer = customer_snapshot(contact_id)
-    except NotFound:
-        return not_found("Customer", contact_id)
-    except ReconcileError as exc:
-        # Its primary went since customer_or_404 looked (or a chain made outside the app).
-        return error_page("Customer needs regrouping", f"{str(exc).capitalize()}.", 409)
+    customer = _snapshot(contact_id)
     preview = error = None
     if other is not None:
         try:
@@ -143,13 +148,7 @@ def merge_confirm(contact_id: int):
             return _finished(_customer_url(outcome.customer_id), outcome.summary())
     else:
         error = "Choose the customer to merge with."
-    try:
-        customer = customer_snapshot(contact_id)
-    except NotFound:
-        return not_found("Customer", contact_id)
-    except ReconcileError as exc:
-        # Its primary went since customer_or_404 looked (or a chain made outside the app).
-        return error_page("Customer needs regrouping", f"{str(exc).capitalize()}.", 409)
+    customer = _snapshot(contact_id)
     return page_or_fragment(
         "reconcile/merge.html",
         "reconcile/_merge_preview.html",
