@@ -85,8 +85,11 @@ _MAX_LOCK_ROUNDS = 16
 
 T = TypeVar("T")
 
-# Built once: the hot path binds parameters to it and never rebuilds it.
+# Built once: the hot path binds parameters to them and never rebuilds them
+# (SQLAlchemy keeps a statement's cache key on the statement, so a fresh
+# insert() would cost its key again on every request).
 _INSERT_CONTACT = insert(Contact.__table__)
+_INSERT_CLAIMS = insert(Identifier.__table__)
 
 
 def row_from_record(record) -> Row:
@@ -360,7 +363,7 @@ def lock_claims(conn: Connection, values: Sequence[Value]) -> set[Key]:
     if fresh:
         # A concurrent insert of the same value raises a duplicate-key error,
         # and the whole transaction runs again (database.is_retryable).
-        conn.execute(insert(Identifier.__table__), fresh)
+        conn.execute(_INSERT_CLAIMS, fresh)
     return {key for key, blocked_at in held.items() if blocked_at is not None}
 
 
