@@ -10,7 +10,7 @@ views or base template. Register at import time of your blueprint package::
         return {"vouchers": vouchers_of(primary_id)}
 
     register_section("vouchers", "vouchers/_section.html", load_vouchers, order=20)
-    register_action("merge", "reconcile/_merge_button.html", order=10)
+    register_action("reconcile", "reconcile/_actions.html", order=10)
     register_nav("Offers", "vouchers.offers", order=30)
 
 * A loader registered with ``with_customer=True`` gets the page's CustomerView
