@@ -1,6 +1,10 @@
 """Agents: sign-in and sign-out through the real forms, sessions, CSRF and `flask users`."""
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from flask import g
@@ -18,6 +22,7 @@ from webapp.auth import service
 from webapp.extensions import db
 from webapp.models import User
 
+ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_PAGES = ["/", "/?q=lorraine", "/customers/1", "/audit", "/audit?action=merge"]
 
 
@@ -55,10 +60,30 @@ def test_sign_in_then_back_to_the_page_asked_for(client, agent):
 
 
 @pytest.mark.parametrize(
-    "next_", ["https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:alert(1)"]
+    "next_",
+    [
+        "https://evil.example/",
+        "//evil.example/",
+        "/\\evil.example",
+        "javascript:alert(1)",
+        # urlsplit drops tabs and line breaks first: these would read as //evil or //[.
+        "/%09/evil.example",
+        "/%09/%5B",
+        "/%0A/evil.example",
+        # A line break cannot go into a Location header.
+        "/%0Ax",
+        "/audit%0D%0ASet-Cookie:x=1",
+        "/%7F",
+    ],
 )
 def test_only_local_next_is_followed(client, agent, next_):
+    # The sign-in form itself renders whatever next says.
+    assert client.get(f"/sign-in?next={next_}").status_code == 200
     response = _post_sign_in(client, AGENT_EMAIL, AGENT_PASSWORD, next_=next_)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+    # Signed in, the sign-in page sends the agent on, home rather than to next.
+    response = client.get(f"/sign-in?next={next_}")
     assert response.status_code == 302
     assert response.headers["Location"] == "/"
 
@@ -310,3 +335,34 @@ def test_sign_in_page_renders_a_form(client):
     html = response.get_data(as_text=True)
     assert 'name="email"' in html and 'name="password"' in html
     assert csrf_token_from(html)
+
+
+def test_an_unknown_password_hash_profile_is_refused_at_start(app_config):
+    from webapp import create_app
+
+    with pytest.raises(ValueError, match=r"PASSWORD_HASH_PROFILE 'FAST'.*RFC_9106_LOW_MEMORY"):
+        create_app({**app_config, "PASSWORD_HASH_PROFILE": "FAST"})
+    with pytest.raises(ValueError, match="PASSWORD_HASH_PROFILE"):
+        create_app({**app_config, "PASSWORD_HASH_PROFILE": "__doc__"})
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [(None, "RFC_9106_LOW_MEMORY"), ("", "RFC_9106_LOW_MEMORY"), ("CHEAPEST", "CHEAPEST")],
+)
+def test_password_hash_profile_comes_from_the_environment(tmp_path, setting, expected):
+    # Settings are read when webapp.config is imported: a fresh interpreter sees the variable.
+    env = {k: v for k, v in os.environ.items() if k != "PASSWORD_HASH_PROFILE"}
+    if setting is not None:
+        env["PASSWORD_HASH_PROFILE"] = setting
+    env.update(APP_ENV="production", SECRET_KEY="test", DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
+    script = "from webapp import create_app; print(create_app().config['PASSWORD_HASH_PROFILE'])"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == expected

@@ -55,6 +55,9 @@ class Config:
     SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"
     # Strict-Transport-Security max-age on answers to HTTPS requests; 0 sends none.
     HSTS_SECONDS = int(os.environ.get("HSTS_SECONDS", "31536000"))
+    # argon2 parameters for agents' passwords: a name from argon2.profiles. Unset:
+    # RFC_9106_LOW_MEMORY (CHEAPEST under TESTING, so the suite stays fast).
+    PASSWORD_HASH_PROFILE = os.environ.get("PASSWORD_HASH_PROFILE") or None
     # CSRF tokens live as long as the session, so a dashboard tab left open keeps working.
     WTF_CSRF_TIME_LIMIT = None
     TESTING = False

@@ -7,6 +7,7 @@ import math
 import time
 from urllib.parse import urlsplit
 
+from argon2 import Parameters, profiles
 from flask import (
     Blueprint,
     Flask,
@@ -58,11 +59,21 @@ class SignInForm(FlaskForm):
 
 
 def safe_next(target: str | None) -> str | None:
-    """``target`` when it is a path on this site, else None (no open redirects)."""
+    """``target`` when it is a path on this site, else None (no open redirects).
+
+    Control characters are refused outright: ``urlsplit`` drops tabs and line
+    breaks before parsing (so ``/\t/host`` would read as ``//host``), and a
+    line break cannot go into a ``Location`` header at all.
+    """
     if not target or not target.startswith("/") or target.startswith("//"):
         return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or "\\" in target:
+    if "\\" in target or any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in target):
+        return None
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return None
+    if parts.scheme or parts.netloc:
         return None
     return target
 
@@ -165,8 +176,12 @@ def sign_out():
 def init_auth(app: Flask) -> None:
     """Install the login manager and the sign-in pages."""
     # Test runs hash with argon2's cheapest parameters; every other run with RFC 9106's.
-    profile = "CHEAPEST" if app.testing else "RFC_9106_LOW_MEMORY"
-    app.config.setdefault("PASSWORD_HASH_PROFILE", profile)
+    if not app.config.get("PASSWORD_HASH_PROFILE"):
+        app.config["PASSWORD_HASH_PROFILE"] = "CHEAPEST" if app.testing else "RFC_9106_LOW_MEMORY"
+    name = app.config["PASSWORD_HASH_PROFILE"]
+    if not isinstance(getattr(profiles, name, None), Parameters):
+        known = ", ".join(n for n in dir(profiles) if isinstance(getattr(profiles, n), Parameters))
+        raise ValueError(f"PASSWORD_HASH_PROFILE {name!r} is not one of argon2's profiles: {known}")
     login_manager.init_app(app)
     login_manager.login_view = "auth.sign_in"
     login_manager.login_message = "Sign in to continue."
