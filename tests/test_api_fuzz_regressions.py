@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, timedelta
 
 import pytest
@@ -138,3 +139,60 @@ def test_a_call_duration_written_with_a_fraction_is_whole_seconds(app, client):
     assert refused.status_code == 400
     assert set(refused.get_json()["error"]["fields"]) == {"durationSeconds"}
     assert count(Engagement) == 1
+
+
+# A lone surrogate sent as raw bytes (UTF-8's encoding of U+D800), or escaped in a
+# UTF-16 body where a byte search for "\ud8" finds nothing: json.loads took both.
+SURROGATE_BODIES = [
+    '{"email": "lorraine@hillvalley.edu", "offer_name": "Summer \ud800", "discount": 10, '
+    '"expiry": "2999-01-01T00:00:00Z", "channel": "web", "summary": "Summer \ud800", '
+    '"phoneNumber": "123456", "callId": "pbx-\ud800"}'.encode("utf-8", "surrogatepass"),
+    '{"email": "lorraine@hillvalley.edu", "offer_name": "Summer \\ud800", "discount": 10, '
+    '"expiry": "2999-01-01T00:00:00Z", "channel": "web", "summary": "Summer \\ud800", '
+    '"phoneNumber": "123456", "callId": "pbx-\\ud800"}'.encode("utf-16-le"),
+]
+
+
+@pytest.mark.parametrize("body", SURROGATE_BODIES, ids=["raw-utf8", "escaped-utf16"])
+@pytest.mark.parametrize("path", ["/vouchers/generate", "/events", "/calls/incoming"])
+def test_a_lone_surrogate_however_sent_is_a_400_and_writes_nothing(app, client, path, body):
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    assert_matches_openapi(app, path, "post", response)
+    assert (contacts(), count(Engagement), count(Voucher)) == ([], 0, 0)
+
+
+def test_a_lone_surrogate_in_one_event_of_a_batch_stores_none_of_it(app, client):
+    fine, bad = (
+        json.dumps({"channel": "web", "email": "a@b.co", "summary": s}, ensure_ascii=False)
+        for s in ("fine", "bad \ud800")
+    )
+    body = f'{{"events": [{fine}, {bad}]}}'
+    response = client.post(
+        "/events/batch",
+        data=body.encode("utf-8", "surrogatepass"),
+        content_type="application/json",
+    )
+    assert response.status_code == 400, response.get_json()
+    assert (contacts(), count(Engagement)) == ([], 0)
+
+
+def test_a_utf16_body_without_surrogates_is_still_read(client):
+    body = '{"email": "lorraine@hillvalley.edu", "phoneNumber": "123456"}'.encode("utf-16")
+    response = client.post("/identify", data=body, content_type="application/json")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["contact"]["emails"] == ["lorraine@hillvalley.edu"]
+
+
+def test_nesting_at_the_parser_limit_with_a_surrogate_pair_is_never_a_500(client):
+    # The check for lone surrogates walked the body recursively, with one level
+    # less to spare than json.loads: a body nested just deep enough to parse
+    # ran it out of stack. Every depth around the limit is tried.
+    answers = set()
+    for depth in range(850, 1000):
+        deep = "[" * depth + "]" * depth
+        body = f'{{"email": "anna@example.com", "note": "\\ud83d\\ude00", "deep": {deep}}}'
+        response = client.post("/identify", data=body, content_type="application/json")
+        answers.add(response.status_code)
+    assert answers == {200, 400}

@@ -31,29 +31,50 @@ def json_object(request: Request) -> dict[str, Any]:
         )
     raw = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
     try:
-        payload = json.loads(raw)
+        # Decoded strictly first: json.loads would take a lone surrogate's
+        # bytes (ED A0 80) as a character that no database column can store.
+        text = raw.decode(json.detect_encoding(raw))
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "the body is not valid UTF-8 text") from None
+    try:
+        payload = json.loads(text)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    # JSON may spell a lone UTF-16 surrogate ("\\ud800"), which no database column can
-    # store; the full check runs only for bodies that hold such an escape at all.
-    if _SURROGATE_ESCAPE.search(raw) and not _encodable(payload):
+    # JSON may spell a lone UTF-16 surrogate ("\\ud800") too; the full check runs
+    # only for bodies that hold such an escape at all.
+    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(payload):
         raise ApiError(400, "invalid_json", "the body holds a string that is not valid Unicode")
     request.environ[_PARSED] = payload
     return payload
 
 
 _PARSED = "webapp.json_object"
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _encodable(payload: Any) -> bool:
-    try:
-        json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _holds_lone_surrogate(payload: Any) -> bool:
+    """Whether any key or string in ``payload`` holds a lone surrogate.
+
+    Walks with a list, not recursion: the body may be nested as deeply as
+    json.loads allows, and a recursive walk would run out of stack there.
+    """
+    pending = [payload]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def string_field(
