@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, timedelta, timezone
+import time
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, update
@@ -181,7 +182,8 @@ def test_validate_reads_its_body_once_for_the_code_limit_and_the_view(client, mo
     code = issued_code(client)
     parsed = []
     counting = SimpleNamespace(
-        dumps=json.dumps, loads=lambda raw: parsed.append(raw) or json.loads(raw)
+        detect_encoding=json.detect_encoding,
+        loads=lambda raw: parsed.append(raw) or json.loads(raw),
     )
     monkeypatch.setattr(payloads, "json", counting)
     assert validate(client, code).status_code == 200
@@ -391,6 +393,33 @@ def test_list_shows_valid_vouchers_across_the_customers_emails(app, client):
     assert codes("used") == [used]
     assert codes("expired") == [expired]
     assert codes("all") == [soon, later, used, expired]
+
+
+@pytest.fixture
+def server_east_of_utc(monkeypatch):
+    """The process's local time zone is UTC+14 for the test (a box set to local time)."""
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("server_east_of_utc")
+def test_a_voucher_that_expires_at_the_end_of_time_lists_on_a_box_east_of_utc(app, client):
+    # Sorting read the naive UTC expiry as local time: in the year 10000, a 500.
+    last = issued_code(client, offer="Forever")
+    db.session.execute(update(Voucher).values(expires_at=datetime(9999, 12, 31, 23, 59, 59)))
+    db.session.commit()
+    sooner = issued_code(client, offer="Soon", days=1)
+    response = client.get("/vouchers", query_string={"email": LORRAINE})
+    assert response.status_code == 200, response.get_json()
+    listed = response.get_json()["vouchers"]
+    assert [(v["code"], v["expiry"]) for v in listed] == [
+        (sooner, listed[0]["expiry"]),
+        (last, "9999-12-31T23:59:59+00:00"),
+    ]
+    assert_matches_openapi(app, "/vouchers", "get", response)
 
 
 def test_list_reads_a_json_body_on_get_like_the_old_service(client):

@@ -235,6 +235,18 @@ def _customer_voucher_rows(owners: Sequence[int]):
     ).all()
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _seconds(moment: datetime) -> float:
+    """Seconds since 1970 of a naive UTC time.
+
+    Not ``datetime.timestamp()``, which reads a naive time as local time: east
+    of UTC, an expiry late on 9999-12-31 would fall in the year 10000 and raise.
+    """
+    return (moment - _EPOCH).total_seconds()
+
+
 def _sorted_views(rows, now: datetime) -> list[VoucherView]:
     views = [_view(voucher, name, now) for voucher, name in rows]
 
@@ -242,9 +254,9 @@ def _sorted_views(rows, now: datetime) -> list[VoucherView]:
         rank = _STATUS_ORDER[view.status]
         # Valid: soonest expiry first; the rest: most recent event first.
         if view.status == VALID:
-            return (rank, view.expires_at.timestamp(), view.id)
+            return (rank, _seconds(view.expires_at), view.id)
         moment = view.used_at or view.voided_at or view.expires_at
-        return (rank, -moment.timestamp(), -view.id)
+        return (rank, -_seconds(moment), -view.id)
 
     return sorted(views, key=order)
 
