@@ -384,6 +384,8 @@ def test_lookup_lists_every_customer_a_number_matches_and_picks_none(app, client
         ("?email=a@b.co&limit=0", 400),
         ("?email=a@b.co&limit=x", 400),
         ("?email=a@b.co&limit=%C2%B2", 400),
+        # Past Python's int() limit of 4,300 digits.
+        ("?email=a@b.co&limit=" + "9" * 5000, 400),
     ],
 )
 def test_lookup_errors_are_json(app, client, query, status):

@@ -192,7 +192,8 @@ def test_block_from_the_customer_page_splits_and_redirects(signed_in_client):
     assert_invariants()
 
 
-@pytest.mark.parametrize("back", ["\u00b2", "x", ""])
+# A number past every id (5,000 digits are past Python's int() limit too) and 0.
+@pytest.mark.parametrize("back", ["\u00b2", "x", "", "9" * 5000, "99999999999999999999", "0"])
 def test_block_with_a_customer_field_that_is_no_id_goes_to_the_blocked_page(signed_in_client, back):
     response = signed_in_client.post(
         "/identifiers/block", data={"value": "test@test.com", "reason": "junk", "customer": back}

@@ -85,8 +85,8 @@ def _error_result(index: int, exc: ApiError) -> dict:
 
 def _lookup_limit() -> int:
     raw = request.args.get("limit", "10")
-    # isascii: "²".isdigit() holds, but int("²") fails.
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 50:
+    # isascii: "²".isdigit() holds, but int("²") fails; and int() refuses 4,300 digits.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= 50:
         raise ApiError(400, "invalid_field", "limit must be 1 to 50", {"limit": "1 to 50"})
     return int(raw)
 

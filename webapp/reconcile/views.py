@@ -163,6 +163,17 @@ def merge_confirm(contact_id: int):
     )
 
 
+def _customer_id(raw: str | None) -> int | None:
+    """The customer id a form carried back, or None when it holds no id at all."""
+    # isascii: "²".isdigit() holds, but int("²") fails; row_id refuses what no id can be.
+    if not raw or not raw.isascii() or not raw.isdigit():
+        return None
+    try:
+        return row_id(raw) or None
+    except ValueError:
+        return None
+
+
 @bp.route("/identifiers/block", methods=["GET", "POST"])
 def block():
     """Block a value: it links nothing any more, and customers joined only by it split."""
@@ -176,13 +187,8 @@ def block():
         except ReconcileError as exc:
             form.form_errors.append(str(exc))
         else:
-            back = form.customer.data
-            target = (
-                _customer_url(outcome.customer_id or int(back))
-                # isascii: "²".isdigit() holds, but int("²") fails.
-                if back and back.isascii() and back.isdigit()
-                else url_for(".blocked")
-            )
+            back = outcome.customer_id or _customer_id(form.customer.data)
+            target = _customer_url(back) if back else url_for(".blocked")
             return _finished(target, f"{value.key} is blocked. {outcome.summary()}")
     status = 422 if request.method == "POST" else 200
     form_id = request.form.get("form_id", "")
