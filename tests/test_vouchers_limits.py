@@ -95,3 +95,19 @@ class TestWithRedisDown:
         answers = [validate(client, "K7QM-3XPD-9R", email=BIFF).status_code for _ in range(4)]
         assert answers == [404, 404, 404, 429]
         assert validate(client, code).status_code == 200
+
+
+def test_malformed_codes_from_many_clients_never_use_up_each_others_allowance(app, client):
+    # Each client mistypes once; the per-code limit is 3 an hour.
+    for n in range(5):
+        response = client.post(
+            "/vouchers/validate",
+            json={"code": "not a code!", "email": LORRAINE},
+            environ_base={"REMOTE_ADDR": f"192.0.2.{n + 10}"},
+        )
+        assert response.status_code == 400, response.get_json()
+        assert set(response.get_json()["error"]["fields"]) == {"code"}
+    # A malformed body still counts against its own client's limit (6 an hour).
+    answers = [validate(client, "").status_code for _ in range(6)]
+    assert answers == [400] * 6
+    assert_limited(app, validate(client, ""))

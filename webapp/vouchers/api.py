@@ -138,14 +138,27 @@ def _code_limit() -> str:
     return current_app.config["VOUCHER_VALIDATE_LIMIT_PER_CODE"]
 
 
+def _canonical_code() -> str | None:
+    """The request's code in its one canonical spelling; None when the body holds none."""
+    try:
+        return _code(json_object(request).get("code"))
+    except (ApiError, InvalidVoucherValue):
+        return None
+
+
 def _code_key() -> str:
     """The per-code rate-limit key: the canonical code, so spellings share one counter."""
-    try:
-        raw = json_object(request).get("code")
-        return "code:" + _code(raw)
-    except (ApiError, InvalidVoucherValue):
-        # The view answers the bad body itself; it still counts against the client.
-        return "code:malformed"
+    return f"code:{_canonical_code()}"
+
+
+def _no_code() -> bool:
+    """No code to count against: the view answers the bad body with a 400 itself.
+
+    Such requests still count against the client's own limit. One shared
+    counter for every malformed body would let a few typos, from anyone,
+    turn the next customer's typo into a 429.
+    """
+    return _canonical_code() is None
 
 
 def _authorised(response) -> bool:
@@ -156,7 +169,7 @@ def _authorised(response) -> bool:
 
 @bp.post("/vouchers/validate")
 @limiter.limit(_client_limit, deduct_when=_authorised)
-@limiter.limit(_code_limit, key_func=_code_key, deduct_when=_authorised)
+@limiter.limit(_code_limit, key_func=_code_key, exempt_when=_no_code, deduct_when=_authorised)
 @require_configured_api_key
 def validate():
     """Redeem a voucher for a customer (``dry_run``: only check that it would succeed)."""
