@@ -207,7 +207,10 @@ def test_a_void_reason_with_control_characters_is_422_and_voids_nothing(
     )
     assert response.status_code == 422
     assert is_fragment(response, "vouchers")
-    assert f"must not contain control characters (found {found})" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert f"must not contain control characters (found {found})" in page
+    # What the agent typed is still there to correct.
+    assert f'value="{reason}"' in page
     assert vouchers()[0].voided_at is None
     assert audit_entries() == []
 
