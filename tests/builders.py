@@ -222,3 +222,15 @@ def post_json(base_url: str, path: str, body: dict) -> dict:
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status in (200, 201)
         return json.loads(response.read())
+
+
+def is_fragment(response, root_id: str) -> bool:
+    """An htmx fragment whose root has ``root_id``, not a whole page, varying on HX-Request."""
+    html = response.get_data(as_text=True)
+    return "<html" not in html and f'id="{root_id}"' in html and "HX-Request" in response.vary
+
+
+def is_page(response) -> bool:
+    """A whole page (layout, navigation and styles), varying on HX-Request."""
+    html = response.get_data(as_text=True)
+    return "<html" in html and "HX-Request" in response.vary

@@ -9,7 +9,15 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import delete, select
 
-from tests.builders import AGENT_EMAIL, contacts, identify, many_rows_customer, statements_run
+from tests.builders import (
+    AGENT_EMAIL,
+    contacts,
+    identify,
+    is_fragment,
+    is_page,
+    many_rows_customer,
+    statements_run,
+)
 from webapp.dashboard.search import parse_query, reindex, search_customers
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.engagements.names import match_names
@@ -394,6 +402,8 @@ def test_a_name_with_control_characters_is_422_and_stores_nothing(signed_in_clie
         assert f"must not contain control characters (found {found})" in response.get_data(
             as_text=True
         )
+        # Without htmx (no script yet, or none), a whole page, not a bare form.
+        assert is_fragment(response, "name-form") if headers else is_page(response)
     assert list(db.session.scalars(select(ContactName))) == []
     assert list(db.session.scalars(select(AuditEntry))) == []
 

@@ -7,7 +7,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests.builders import assert_invariants, commit_elsewhere, contacts, csrf_token_from
+from tests.builders import (
+    assert_invariants,
+    commit_elsewhere,
+    contacts,
+    csrf_token_from,
+    is_fragment,
+)
 from webapp.dashboard.search import reindex
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
@@ -32,11 +38,6 @@ def links():
     found = {c.id: c.linkedId for c in contacts()}
     db.session.rollback()
     return found
-
-
-def is_fragment(response, root_id):
-    html = response.get_data(as_text=True)
-    return "<html" not in html and f'id="{root_id}"' in html and "HX-Request" in response.vary
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.builders import AGENT_EMAIL, identify
+from tests.builders import AGENT_EMAIL, identify, is_fragment
 from tests.test_vouchers_api import BIFF, LORRAINE, MCFLY, expire, issued_code, validate, vouchers
 from webapp.extensions import db
 from webapp.models import AuditEntry, utcnow
@@ -20,11 +20,6 @@ HTMX = {"HX-Request": "true"}
 
 def tomorrow() -> str:
     return (utcnow() + timedelta(days=1)).date().isoformat()
-
-
-def is_fragment(response, root_id: str) -> bool:
-    html = response.get_data(as_text=True)
-    return "<html" not in html and f'id="{root_id}"' in html and "HX-Request" in response.vary
 
 
 def audit_entries() -> list[AuditEntry]:

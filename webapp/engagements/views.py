@@ -137,7 +137,10 @@ def rename(contact_id: int):
         )
         response.headers["HX-Trigger"] = "customer-renamed"
         return response
-    return render_template("engagements/_name.html", primary_id=primary_id, form=form), 422
+    # Sent without htmx (no script yet, or none at all), the refusal is a whole page.
+    return page_or_fragment(
+        "engagements/name.html", "engagements/_name.html", 422, primary_id=primary_id, form=form
+    )
 
 
 @bp.get("/screen-pops")
