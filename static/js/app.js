@@ -13,24 +13,33 @@
     showError.timer = window.setTimeout(function () { toast.hidden = true; }, 6000);
   }
 
-  // The dashboard's not-found answer names what is missing ("Customer 7 not found"); its
-  // 409 for a customer whose primary was deleted outside it says that it needs regrouping.
-  function pageTitle(xhr) {
-    if ((xhr.status !== 404 && xhr.status !== 409) || !xhr.responseText) return null;
+  function textOf(root, selector) {
+    var found = root.querySelector(selector);
+    return found ? found.textContent.trim() : "";
+  }
+
+  // What the dashboard's answer itself says: its not-found answer names what is missing
+  // ("Customer 7 not found"), its 409 for a customer whose primary was deleted outside it
+  // says that it needs regrouping, and its error pages carry a title and a message
+  // ("Busy. Too many changes to this customer at once. ...", "Form expired. Reload ...").
+  function answerText(xhr) {
+    if (!xhr.responseText) return null;
     var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
-    var title = doc.getElementById("not-found-title");
-    if (title) return title.textContent.trim() + ".";
-    title = doc.getElementById("orphaned-title");
-    return title ? title.textContent.trim() + ": reload the page to regroup it." : null;
+    var title = textOf(doc, "#not-found-title");
+    if (title) return title + ".";
+    title = textOf(doc, "#orphaned-title");
+    if (title) return title + ": reload the page to regroup it.";
+    var card = doc.querySelector(".error-card");
+    if (!card) return null;
+    title = textOf(card, "h1");
+    var message = textOf(card, "p");
+    if (!title) return message || null;
+    return message ? title + ". " + message : title + ".";
   }
 
   document.addEventListener("htmx:responseError", function (event) {
     var xhr = event.detail.xhr;
-    var status = xhr.status;
-    var text = status === 400
-      ? "The form expired. Reload the page and try again."
-      : pageTitle(xhr) || "Something went wrong (" + status + "). Try again.";
-    showError(text);
+    showError(answerText(xhr) || "Something went wrong (" + xhr.status + "). Try again.");
   });
 
   document.addEventListener("htmx:sendError", function () {

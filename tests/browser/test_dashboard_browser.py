@@ -109,3 +109,28 @@ def test_load_more_appends_the_next_page(signed_in_page, client):
     expect(page.get_by_role("link", name="Load more customers")).to_have_count(0)
     expect(rows.last).to_contain_text("shopper00@example.com")
     assert page.console_errors == []
+
+
+def test_a_failed_htmx_action_says_what_the_server_said(signed_in_page, client):
+    page = signed_in_page
+    seed_customers(client)
+    page.goto("/customers/1")
+    # A token from an earlier session: the server refuses the form with its error page.
+    page.locator("#name-form input[name=csrf_token]").evaluate("input => input.value = 'stale'")
+    page.get_by_role("textbox", name="Name").fill("Lorraine Baines")
+    page.get_by_role("button", name="Save name").click()
+    expect(page.locator("#htmx-error")).to_have_text("Form expired. Reload the page and try again.")
+    expect(page.get_by_role("textbox", name="Name")).to_have_value("Lorraine Baines")
+    page.reload()
+    page.get_by_role("textbox", name="Name").fill("Lorraine Baines")
+    page.get_by_role("button", name="Save name").click()
+    expect(page.locator("#name-form")).to_contain_text("Saved.")
+    # A damaged "Show more" cursor (a link copied in part, say) is a 400 of another kind.
+    page.evaluate(
+        "htmx.ajax('GET', '/customers/1?after=damaged', {target: '#timeline', swap: 'beforeend'})"
+    )
+    expect(page.locator("#htmx-error")).to_have_text(
+        "Bad link. This “show more” link is damaged; open the customer again."
+    )
+    # htmx itself logs each refused request; nothing else went wrong in the page.
+    assert [e for e in page.console_errors if not e.startswith("Response Status Error")] == []

@@ -6,6 +6,8 @@ CSRF protection, htmx request details and the security headers.
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_login import login_required
 from flask_wtf.csrf import CSRFError
@@ -19,6 +21,7 @@ from .rendering import error_page
 from .sections import nav_links, register_nav
 
 bp = Blueprint("dashboard", __name__)
+log = logging.getLogger(__name__)
 
 # No inline script or style anywhere: everything comes from /static.
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -81,7 +84,10 @@ def _security_headers(response: Response) -> Response:
 
 
 def _csrf_failed(exc: CSRFError):
-    return error_page("Form expired", exc.description, 400)
+    # Flask-WTF's reason ("The CSRF tokens do not match.") means nothing to an agent;
+    # the log keeps it (boxes behind one load balancer with different SECRET_KEYs, say).
+    log.info("CSRF check failed: %s", exc.description)
+    return error_page("Form expired", "Reload the page and try again.", 400)
 
 
 def _busy(_exc: Contention):
