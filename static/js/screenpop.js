@@ -6,11 +6,14 @@
 
   var script = document.currentScript;
   var pollUrl = script && script.dataset.pollUrl;
+  var signInUrl = script && script.dataset.signInUrl;
   if (!pollUrl) return;
 
   var INTERVAL_MS = 1000;
   // A failing server is asked less often, up to this.
   var MAX_BACKOFF_MS = 15000;
+  // Signed out, the sign-in page answers; asked this often to notice a new sign-in.
+  var SIGNED_OUT_MS = 5000;
   var STORAGE_KEY = "screen-pop-dismissed";
   var cursor = null;
   var delay = INTERVAL_MS;
@@ -60,6 +63,35 @@
     }
   }
 
+  // Signed out (the session ended, or the agent signed out in another tab): calls would stop
+  // popping with nothing to show for it, so say so. Polling goes on slowly, and the notice
+  // goes away once the agent is signed in again (in this tab or another).
+  var NOTICE_ID = "screen-pop-signed-out";
+
+  function showSignedOut() {
+    if (document.getElementById(NOTICE_ID)) return;
+    var notice = document.createElement("div");
+    notice.id = NOTICE_ID;
+    notice.className = "screen-pop screen-pop-notice";
+    notice.setAttribute("role", "alert");
+    var text = document.createElement("p");
+    text.textContent = "You are signed out: incoming calls no longer pop up here.";
+    notice.appendChild(text);
+    if (signInUrl) {
+      var link = document.createElement("a");
+      link.className = "button button-primary";
+      link.href = signInUrl + "?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+      link.textContent = "Sign in again";
+      notice.appendChild(link);
+    }
+    container().insertBefore(notice, container().firstChild);
+  }
+
+  function hideSignedOut() {
+    var notice = document.getElementById(NOTICE_ID);
+    if (notice) notice.remove();
+  }
+
   function schedule() {
     window.setTimeout(poll, delay);
   }
@@ -69,17 +101,20 @@
     fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
       .then(function (response) {
         var next = response.headers.get("X-Screen-Pop-Cursor");
-        // No cursor means this is not our endpoint answering (signed out): stop.
-        if (!response.ok || next === null) {
-          if (response.status >= 500) throw new Error("server error " + response.status);
+        // A page with no cursor is not our endpoint answering: it is the sign-in page,
+        // reached through a redirect.
+        if (response.status === 401 || (response.ok && next === null)) {
+          showSignedOut();
+          delay = SIGNED_OUT_MS;
           return null;
         }
+        if (!response.ok) throw new Error("server answered " + response.status);
+        hideSignedOut();
         cursor = next;
         delay = INTERVAL_MS;
         return response.status === 204 ? "" : response.text();
       })
       .then(function (html) {
-        if (html === null) return;
         if (html) show(html);
         schedule();
       })
@@ -90,7 +125,7 @@
   }
 
   document.addEventListener("click", function (event) {
-    var pop = event.target.closest(".screen-pop");
+    var pop = event.target.closest(".screen-pop[data-pop-id]");
     if (!pop) return;
     // Acting on a call (opening the customer, creating one) also means it was seen.
     var action = event.target.closest("[data-dismiss-pop], a, button[type=submit]");
@@ -104,9 +139,9 @@
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape" || event.defaultPrevented) return;
     var active = document.activeElement;
-    var pop = active && active.closest ? active.closest(".screen-pop") : null;
+    var pop = active && active.closest ? active.closest(".screen-pop[data-pop-id]") : null;
     if (!pop && active && active !== document.body) return;
-    pop = pop || container().querySelector(".screen-pop");
+    pop = pop || container().querySelector(".screen-pop[data-pop-id]");
     if (!pop) return;
     event.preventDefault();
     dismiss(pop.dataset.popId);

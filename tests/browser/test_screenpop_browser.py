@@ -4,6 +4,7 @@ import re
 
 from playwright.sync_api import expect
 
+from tests.browser.conftest import sign_in_through_the_form
 from tests.builders import post_json
 
 
@@ -81,3 +82,28 @@ def test_an_unknown_caller_becomes_a_customer_in_one_click(signed_in_page, live_
     page.wait_for_timeout(2500)
     expect(second).to_have_count(0)
     assert page.console_errors == []
+
+
+def test_a_signed_out_tab_says_calls_stopped_popping_and_resumes_after_sign_in(
+    signed_in_page, live_server
+):
+    page = signed_in_page
+    page.goto("/audit")
+    # The agent signs out in another tab: every session of theirs ends, this one too.
+    other = page.context.new_page()
+    other.goto("/")
+    other.get_by_role("button", name="Sign out").click()
+    expect(other.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    notice = page.locator("#screen-pop-signed-out")
+    expect(notice).to_contain_text("You are signed out: incoming calls no longer pop up here.")
+    expect(notice.get_by_role("link", name="Sign in again")).to_have_attribute(
+        "href", "/sign-in?next=%2Faudit"
+    )
+
+    # Signed in again elsewhere: the notice goes, and calls pop here again.
+    sign_in_through_the_form(other)
+    expect(notice).to_have_count(0, timeout=15_000)
+    call = post_json(live_server.url, "/calls/incoming", {"phoneNumber": "5550199"})
+    expect(page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')).to_be_visible()
+    assert [e for e in page.console_errors if "Failed to load" not in e] == []
