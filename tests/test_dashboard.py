@@ -722,12 +722,43 @@ def test_audit_page_newest_first_filter_and_pages(signed_in_client):
     html = signed_in_client.get("/audit").get_data(as_text=True)
     subjects = re.findall(r"subject-(\d\d)", html)
     assert subjects[0] == "54" and len(subjects) == 50
-    assert 'id="load-more"' in html
-    more = signed_in_client.get("/audit?page=2", headers=HTMX).get_data(as_text=True)
+    more = signed_in_client.get(load_more_url(html), headers=HTMX).get_data(as_text=True)
     assert re.findall(r"subject-(\d\d)", more) == ["04", "03", "02", "01", "00"]
+    assert 'id="load-more"' not in more
     merges = signed_in_client.get("/audit?action=merge").get_data(as_text=True)
     assert all(int(s) % 2 for s in re.findall(r"subject-(\d\d)", merges))
     assert 'value="merge" selected' in merges or 'selected value="merge"' in merges
+
+
+def load_more_url(html: str) -> str:
+    (url,) = re.findall(r'<tr id="load-more".*?hx-get="([^"]+)"', html, re.S)
+    return url.replace("&amp;", "&")
+
+
+@pytest.mark.parametrize("action", [None, "merge"])
+def test_entries_recorded_between_audit_pages_neither_repeat_nor_vanish(signed_in_client, action):
+    def add(n):
+        record("agent@example.com", "merge", customer_id=1, subject=f"subject-{n:02d}")
+
+    for n in range(60):
+        add(n)
+    db.session.commit()
+    query = f"?action={action}" if action else ""
+    first = signed_in_client.get(f"/audit{query}").get_data(as_text=True)
+    # Another agent acts while this one reads the first page.
+    for n in range(60, 63):
+        add(n)
+    db.session.commit()
+    second = signed_in_client.get(load_more_url(first), headers=HTMX).get_data(as_text=True)
+    shown = re.findall(r"subject-(\d\d)", first) + re.findall(r"subject-(\d\d)", second)
+    assert shown == [f"{n:02d}" for n in range(59, -1, -1)]
+
+
+@pytest.mark.parametrize("cursor", ["x", "2026-01-01T00:00:00+02:00~5", "2026-01-01~-1"])
+def test_a_damaged_audit_cursor_is_a_bad_link(signed_in_client, cursor):
+    response = signed_in_client.get("/audit", query_string={"before": cursor}, headers=HTMX)
+    assert response.status_code == 400
+    assert "Bad link" in response.get_data(as_text=True)
 
 
 def test_empty_audit_page_says_so(signed_in_client):

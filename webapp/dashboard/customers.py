@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, consolidate
@@ -326,29 +326,46 @@ class AuditPage:
     """A page of the audit log, newest first."""
 
     entries: list[AuditEntry]
-    page: int
-    has_more: bool
+    # Continues after the last entry shown; None on the last page.
+    next_cursor: str | None
     action: str | None
     actions: list[str]
 
 
-def audit_log(action: str | None = None, page: int = 1, page_size: int = 50) -> AuditPage:
-    """Audit entries newest first, optionally of one action, and the actions there are."""
-    page = max(page, 1)
-    statement = select(AuditEntry).order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
+def audit_log(
+    action: str | None = None, before: str | None = None, page_size: int = 50
+) -> AuditPage:
+    """Audit entries newest first, optionally of one action, and the actions there are.
+
+    ``before`` (a cursor from a previous page) continues strictly after that
+    page's last entry, so entries recorded meanwhile neither repeat an entry
+    already shown nor push one past the next page, as an offset would.
+    Raises InvalidCursor for a cursor this function did not write.
+    """
+    c = AuditEntry
+    statement = select(c).order_by(c.created_at.desc(), c.id.desc())
     if action:
-        statement = statement.where(AuditEntry.action == action)
-    found = list(db.session.scalars(statement.offset((page - 1) * page_size).limit(page_size + 1)))
+        statement = statement.where(c.action == action)
+    if before is not None:
+        at, entry_id = decode_cursor(before)
+        statement = statement.where(
+            or_(c.created_at < at, and_(c.created_at == at, c.id < entry_id))
+        )
+    found = list(db.session.scalars(statement.limit(page_size + 1)))
     actions = list(
         db.session.scalars(select(AuditEntry.action).distinct().order_by(AuditEntry.action))
     )
     for entry in found:
         db.session.expunge(entry)
     db.session.rollback()
+    entries = found[:page_size]
     return AuditPage(
-        entries=found[:page_size],
-        page=page,
-        has_more=len(found) > page_size,
+        entries=entries,
+        next_cursor=(
+            encode_cursor(entries[-1].created_at, entries[-1].id)
+            if len(found) > page_size
+            else None
+        ),
         action=action or None,
         actions=actions,
     )

@@ -133,7 +133,12 @@ def contacts(contact_id: int):
 def audit():
     """Every audit entry, newest first, filterable by action, paged."""
     form = AuditFilterForm(request.args)
-    log = audit_log(action=form.action.data or None, page=_page_number())
+    before = request.args.get("before") or None
+    try:
+        log = audit_log(action=form.action.data or None, before=before)
+    except InvalidCursor:
+        message = "This “load more” link is damaged; open the audit log again."
+        return error_page("Bad link", message, 400)
     form.action.choices = [("", "All actions")] + [(a, a) for a in log.actions]
-    fragment = "dashboard/_audit_rows.html" if log.page > 1 else "dashboard/_audit_entries.html"
+    fragment = "dashboard/_audit_rows.html" if before else "dashboard/_audit_entries.html"
     return page_or_fragment("dashboard/audit.html", fragment, form=form, log=log)
