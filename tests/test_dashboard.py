@@ -327,12 +327,32 @@ def test_results_come_in_pages_with_load_more(signed_in_client):
     seed(signed_in_client, *[(f"shopper{n:02d}@example.com", None) for n in range(25)])
     first = signed_in_client.get("/?q=shopper").get_data(as_text=True)
     assert result_ids(first) == list(range(25, 5, -1))
-    assert 'id="load-more"' in first
-    more = signed_in_client.get("/?q=shopper&page=2", headers=HTMX)
+    more = signed_in_client.get(load_more_url(first), headers=HTMX)
     html = more.get_data(as_text=True)
     assert "<table" not in html
     assert result_ids(html) == [5, 4, 3, 2, 1]
     assert 'id="load-more"' not in html
+
+
+def test_customers_active_between_result_pages_neither_repeat_nor_vanish(signed_in_client):
+    seed(signed_in_client, *[(f"shopper{n:02d}@example.com", None) for n in range(45)])
+    first = signed_in_client.get("/?q=shopper").get_data(as_text=True)
+    assert result_ids(first) == list(range(45, 25, -1))
+    # While the agent reads, the checkout brings a new shopper, and customer 3 (on the
+    # third page) and customer 30 (shown already) come back with a new phone.
+    seed(
+        signed_in_client,
+        ("shopper99@example.com", None),
+        ("shopper02@example.com", "555 0102"),
+        ("shopper29@example.com", "555 0129"),
+    )
+    second = signed_in_client.get(load_more_url(first), headers=HTMX).get_data(as_text=True)
+    third = signed_in_client.get(load_more_url(second), headers=HTMX).get_data(as_text=True)
+    listed = result_ids(first) + result_ids(second) + result_ids(third)
+    assert listed == list(range(45, 0, -1))
+    # A new search sees them all, in their new order.
+    fresh = signed_in_client.get("/?q=shopper").get_data(as_text=True)
+    assert result_ids(fresh)[:3] == [30, 3, 46]
 
 
 def test_customer_with_many_matching_rows_is_shown_once_across_pages(app):

@@ -294,6 +294,9 @@ class SearchPage:
     has_more: bool
     # More customers match than the deepest page reaches: the agent should narrow the search.
     capped: bool = False
+    # The newest contact id the listing considers: the next pages carry it, so that rows
+    # added meanwhile (checkout traffic) neither repeat a customer nor push one out of view.
+    upto: int | None = None
 
     @property
     def most_listed(self) -> int:
@@ -301,11 +304,18 @@ class SearchPage:
         return MAX_SEARCH_PAGES * PAGE_SIZE
 
 
-def _matching_customers(conn: Connection, query: SearchQuery, wanted: int) -> list[int]:
-    """The first ``wanted`` customers (primary ids), ordered by their newest matching row."""
+def _matching_customers(
+    conn: Connection, query: SearchQuery, wanted: int, upto: int | None = None
+) -> tuple[list[int], int | None]:
+    """The first ``wanted`` customers (primary ids), ordered by their newest matching row.
+
+    Only contact ids up to ``upto`` count, when given. Also returns the highest
+    matching contact id seen, the ``upto`` that keeps later pages in this order.
+    """
     customers: list[int] = []
     seen: set[int] = set()
-    before: int | None = None
+    before: int | None = None if upto is None else upto + 1
+    newest: int | None = None
     while len(customers) < wanted:
         found: set[int] = set()
         exhausted = True
@@ -317,6 +327,8 @@ def _matching_customers(conn: Connection, query: SearchQuery, wanted: int) -> li
         ordered = sorted(found, reverse=True)[:_SCAN_BATCH]
         if not ordered:
             break
+        if newest is None:
+            newest = ordered[0]
         links = dict(conn.execute(select(_c.id, _c.linkedId).where(_c.id.in_(ordered))).all())
         for contact_id in ordered:
             primary = links.get(contact_id) or contact_id
@@ -326,7 +338,7 @@ def _matching_customers(conn: Connection, query: SearchQuery, wanted: int) -> li
         if exhausted and len(ordered) < _SCAN_BATCH:
             break
         before = ordered[-1]
-    return customers[:wanted]
+    return customers[:wanted], newest
 
 
 def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSummary]:
@@ -369,15 +381,20 @@ def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSumm
     return summaries
 
 
-def search_customers(raw: str, page: int = 1, page_size: int = PAGE_SIZE) -> SearchPage:
-    """One page of the customers matching what the agent typed, newest activity first."""
+def search_customers(
+    raw: str, page: int = 1, page_size: int = PAGE_SIZE, upto: int | None = None
+) -> SearchPage:
+    """One page of the customers matching what the agent typed, newest activity first.
+
+    ``upto``: the first page's ``SearchPage.upto``, for the pages after it.
+    """
     query = parse_query(raw)
     page = min(max(page, 1), MAX_SEARCH_PAGES)
     if not query.searchable:
         return SearchPage(query=query, customers=[], page=page, has_more=False)
     conn = db.session.connection()
     skip = (page - 1) * page_size
-    primaries = _matching_customers(conn, query, skip + page_size + 1)
+    primaries, newest = _matching_customers(conn, query, skip + page_size + 1, upto)
     shown = primaries[skip : skip + page_size]
     customers = summarise(conn, shown)
     db.session.rollback()
@@ -389,4 +406,5 @@ def search_customers(raw: str, page: int = 1, page_size: int = PAGE_SIZE) -> Sea
         page=page,
         has_more=more and not last,
         capped=more and last,
+        upto=upto if upto is not None else newest,
     )

@@ -7,6 +7,7 @@ from flask_wtf import FlaskForm
 from wtforms import SearchField, SelectField
 from wtforms.validators import Length, Optional
 
+from ..models import row_id
 from . import bp
 from .cursors import InvalidCursor
 from .customers import (
@@ -59,7 +60,8 @@ def home():
     """Search customers by any part of an e-mail or phone; the query lives in the URL."""
     form = SearchForm(request.args)
     query = (form.q.data or "").strip()
-    results = search_customers(query, page=_page_number()) if query else None
+    upto = request.args.get("upto", type=row_id)
+    results = search_customers(query, page=_page_number(), upto=upto) if query else None
     # "Load more" swaps in only the next rows; the search box swaps the whole result list.
     fragment = "dashboard/_result_rows.html" if _page_number() > 1 else "dashboard/_results.html"
     return page_or_fragment(
