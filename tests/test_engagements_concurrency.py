@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from tests.builders import assert_invariants
 from tests.builders import post_once as post
+from tests.openapi_check import assert_matches_openapi
 from webapp.engagements.models import Engagement, ScreenPop
 from webapp.extensions import db
 
@@ -125,3 +126,37 @@ def test_a_batch_answers_503_only_for_the_customer_that_kept_losing(app, client,
     assert (second["status"], second["error"]["code"]) == (503, "busy")
     assert response.get_json()["stored"] == 1
     assert count(Engagement) == 1
+
+
+def test_a_database_error_after_a_stored_group_answers_503_for_the_rest_only(
+    app, client, monkeypatch
+):
+    from sqlalchemy import text
+
+    from webapp.engagements import service
+
+    store = service.store_events
+
+    def store_until_bob(contact_id, events):
+        if events[0].values[0].key == "bob@x.io":
+            # A real error from the real database, as an outage would raise mid-batch.
+            db.session.execute(text("SELECT * FROM no_such_table"))
+        return store(contact_id, events)
+
+    monkeypatch.setattr(service, "store_events", store_until_bob)
+    emails = ("anna@x.io", "bob@x.io", "cleo@x.io")
+    body = {"events": [{"channel": "web", "email": e} for e in emails]}
+    response = client.post("/events/batch", json=body)
+    assert response.status_code == 200
+    assert_matches_openapi(app, "/events/batch", "post", response)
+    anna, bob, cleo = response.get_json()["results"]
+    assert (anna["status"], cleo["status"]) == (201, 201)
+    assert (bob["status"], bob["error"]["code"]) == (503, "database_unavailable")
+    assert response.get_json()["stored"] == 2
+    assert count(Engagement) == 2
+    # When the very first group fails, nothing is stored and the whole batch is a 503.
+    body = {"events": [{"channel": "web", "email": e} for e in ("bob@x.io", "dan@x.io")]}
+    response = client.post("/events/batch", json=body)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "database_unavailable"
+    assert count(Engagement) == 2

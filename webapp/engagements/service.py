@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 from sqlalchemy import Connection, insert, select, tuple_
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..api.errors import ApiError
 from ..database import SQLITE_IMMEDIATE, Contention, run_write_transaction
@@ -259,11 +260,27 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
             results[index] = repeat
         else:
             groups.setdefault(_key(event), []).append(index)
+    stored_any = False
     for indexes in groups.values():
         try:
             stored = _record_group([events[i] for i in indexes])
+            stored_any = True
         except ApiError as exc:
             stored = [exc] * len(indexes)
+        except SQLAlchemyError:
+            if not stored_any:
+                # Nothing is stored yet: the whole batch answers 503, to be sent again.
+                raise
+            # Groups are stored already: their results must reach the client, or it would
+            # send them again (and events without an externalId would be stored twice).
+            log.exception("database error while storing a batch's events")
+            unavailable = ApiError(
+                503,
+                "database_unavailable",
+                "the database did not answer; try this event again",
+                headers={"Retry-After": "1"},
+            )
+            stored = [unavailable] * len(indexes)
         except Contention:
             # This group lost its races; the groups stored already stay stored
             # and say so, so a client retries only these events.
