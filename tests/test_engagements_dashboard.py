@@ -660,3 +660,29 @@ def test_a_number_several_customers_hold_lists_them_all(signed_in_client):
     assert "2 customers have this number" in html
     assert "one@example.com" in html and "two@example.com" in html
     assert list(db.session.scalars(select(Engagement))) == []
+
+
+@pytest.mark.parametrize("call_id", [None, "c-10"])
+def test_two_agents_creating_the_same_caller_at_once_file_the_call_once(
+    signed_in_client, monkeypatch, call_id
+):
+    from webapp.engagements import screenpop
+
+    body = {"phoneNumber": "+44 20 7946 0001", **({"callId": call_id} if call_id else {})}
+    pop_id = signed_in_client.post("/calls/incoming", json=body).get_json()["popId"]
+    identify = screenpop.identify
+    second = []
+
+    def second_agent_first(values, **kwargs):
+        # Agent A has read the pop (no call filed yet); agent B clicks and finishes first.
+        monkeypatch.setattr(screenpop, "identify", identify)
+        second.append(screenpop.create_caller(pop_id, "b@example.com"))
+        return identify(values, **kwargs)
+
+    monkeypatch.setattr(screenpop, "identify", second_agent_first)
+    assert screenpop.create_caller(pop_id, "a@example.com") == second[0]
+    (contact,) = contacts()
+    (call,) = db.session.scalars(select(Engagement))
+    assert call.contact_id == contact.id
+    assert call.external_id == (call_id or f"screen-pop-{pop_id}")
+    assert db.session.get(ScreenPop, pop_id).engagement_id == call.id

@@ -73,6 +73,10 @@ class PopView:
         return match_word(len(self.cards))
 
 
+# The external id of a call filed from a pop whose webhook sent no call id.
+POP_EXTERNAL_ID_PREFIX = "screen-pop-"
+
+
 def _caller_row_id(customer_id: int, phone: Value) -> int | None:
     """The oldest live row of the customer that holds the phone, in any prefix form."""
     variants = set(phone_key_variants(phone.key))
@@ -178,7 +182,9 @@ def create_caller(pop_id: int, actor: str) -> int | None:
     """Make the caller of a pop a customer and file the call under it; its primary id.
 
     None when there is no such pop. Safe to click twice or by two agents: the
-    identify rules find the first one's customer and the call id is unique.
+    identify rules find the first one's customer, and the call is stored under
+    a unique external id, the webhook's call id or else ``screen-pop-<pop id>``,
+    so two agents who both saw the call not yet filed store it once.
     """
     pop = db.session.get(ScreenPop, pop_id)
     if pop is None:
@@ -193,7 +199,8 @@ def create_caller(pop_id: int, actor: str) -> int | None:
         row_id = _caller_row_id(customer.primary_id, phone)
         db.session.rollback()
         if row_id is not None:
-            recorded = store_events(row_id, [_call_event(phone, call_id, occurred_at)])
+            external_id = call_id or f"{POP_EXTERNAL_ID_PREFIX}{pop_id}"
+            recorded = store_events(row_id, [_call_event(phone, external_id, occurred_at)])
             event_id = recorded[0].event_id if recorded else None
 
     def finish() -> None:
