@@ -88,6 +88,7 @@ VOUCHER = {"email": "anna@example.com", "offer_name": "Summer sale", "discount":
         ("/identify", {"phoneNumber": "1" * 21}, False),
         ("/identify", {"phoneNumber": 10**20}, False),
         ("/identify", {"phoneNumber": "(+44) 20-7946.0001"}, True),
+        ("/identify", {"phoneNumber": "123\u00a0456"}, True),
         ("/identify", {"email": "anna@example.com", "phoneNumber": "  "}, True),
         ("/events", {**SMS, "direction": None}, False),
         ("/events", {"channel": "web", "direction": "inbound", "email": "anna@example.com"}, False),

@@ -422,6 +422,13 @@ def test_a_voucher_that_expires_at_the_end_of_time_lists_on_a_box_east_of_utc(ap
     assert_matches_openapi(app, "/vouchers", "get", response)
 
 
+def test_a_list_body_over_64_kib_is_a_413_the_document_names(app, client):
+    body = {"email": LORRAINE, "padding": "x" * 70_000}
+    response = client.get("/vouchers", json=body)
+    assert response.status_code == 413
+    assert_matches_openapi(app, "/vouchers", "get", response)
+
+
 def test_list_reads_a_json_body_on_get_like_the_old_service(client):
     code = issued_code(client)
     response = client.get("/vouchers", json={"email": LORRAINE})
