@@ -90,6 +90,21 @@ def test_matching_ignores_case_spaces_and_phone_punctuation_and_keeps_first_form
     assert other["contact"]["phoneNumbers"] == ["+1 (555) 010-9999", "15550109999"]
 
 
+def test_an_address_written_with_other_code_points_is_the_same_customer(client):
+    # "José" with a combining accent, then precomposed; the domain as punycode, then Unicode.
+    identify(client, "Jose\u0301@xn--bcher-kva.de", None)
+    status, body = identify(client, "jos\u00e9@B\u00dccher.de", "555 0100")
+    assert status == 200
+    assert body["contact"]["primaryContactId"] == 1
+    assert body["contact"]["emails"] == ["Jose\u0301@xn--bcher-kva.de"]
+    assert [c.email_key for c in contacts()] == ["jos\u00e9@b\u00fccher.de"] * 2
+    # Search finds it typed either way too.
+    from webapp.dashboard.search import search_customers
+
+    for typed in ("jose\u0301", "jos\u00e9@b\u00fc"):
+        assert [c.primary_id for c in search_customers(typed).customers] == [1]
+
+
 def test_absorbed_customers_secondaries_move_straight_to_the_survivor(client):
     identify(client, "a@x.io", "1")  # 1
     identify(client, "b@x.io", "2")  # 2

@@ -9,8 +9,8 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import insert, select, update
 
 from webapp.extensions import db
-from webapp.identity.search_index import ContactGram, name_grams
-from webapp.models import Bond, BondKey, Contact, utcnow
+from webapp.identity.search_index import ContactGram, contact_grams, name_grams
+from webapp.models import Bond, BondKey, Contact, Identifier, utcnow
 
 
 def test_migrated_schema_matches_models(app):
@@ -95,4 +95,86 @@ def test_0009_keys_every_bond_turns_merge_evidence_into_bonds_and_withdraws_unhe
         ("link", "phone", "111"),
         ("checkout", "email", "ann@x.io"),
     }
+    db.session.rollback()
+
+
+def test_0012_composes_email_keys_everywhere_and_merges_claims_that_collide(app, runner):
+    old_nfd, old_puny = "jose\u0301@example.com", "anna@xn--bcher-kva.de"
+    new_nfd, new_puny = "jos\u00e9@example.com", "anna@b\u00fccher.de"
+    now = utcnow()
+    db.session.rollback()
+    try:
+        downgrade(revision="0011_session_epoch")
+        # As the app before 0012 left them: keys lower-cased only.
+        for contact_id, email, key in (
+            (1, "Jose\u0301@example.com", old_nfd),
+            (2, "anna@xn--bcher-kva.de", old_puny),
+            (3, "plain@example.com", "plain@example.com"),
+            # The same address typed precomposed: another customer until now.
+            (4, "jos\u00e9@example.com", new_nfd),
+        ):
+            db.session.execute(
+                insert(Contact).values(
+                    id=contact_id, email=email, email_key=key, createdAt=now, updatedAt=now
+                )
+            )
+            for gram in contact_grams(key, None):
+                db.session.execute(insert(ContactGram).values(gram=gram, contact_id=contact_id))
+        db.session.execute(
+            insert(Identifier),
+            [
+                {"kind": "email", "key": old_nfd, "created_at": now},
+                {
+                    "kind": "email",
+                    "key": old_puny,
+                    "created_at": now,
+                    "blocked_at": now,
+                    "blocked_reason": "shared inbox",
+                    "blocked_by": "agent@example.com",
+                },
+                # The composed form's claim exists already (written by a newer app).
+                {"kind": "email", "key": new_puny, "created_at": now},
+            ],
+        )
+        db.session.execute(
+            insert(Bond).values(
+                id=1, contact_id=1, detail="{}", cause="link", actor="a", created_at=now
+            )
+        )
+        db.session.execute(
+            insert(BondKey),
+            [
+                {"bond_id": 1, "kind": "email", "key": old_nfd},
+                {"bond_id": 1, "kind": "email", "key": new_nfd},
+                {"bond_id": 1, "kind": "email", "key": old_puny},
+            ],
+        )
+        db.session.commit()
+    finally:
+        upgrade()
+    keys = dict(db.session.execute(select(Contact.id, Contact.email_key)).all())
+    assert keys == {1: new_nfd, 2: new_puny, 3: "plain@example.com", 4: new_nfd}
+    grams: dict[int, set[str]] = {}
+    for gram, owner in db.session.execute(select(ContactGram.gram, ContactGram.contact_id)):
+        grams.setdefault(owner, set()).add(gram)
+    assert grams == {
+        1: contact_grams(new_nfd, None),
+        2: contact_grams(new_puny, None),
+        3: contact_grams("plain@example.com", None),
+        4: contact_grams(new_nfd, None),
+    }
+    claims = {
+        (c.key, c.blocked_reason)
+        for c in db.session.scalars(select(Identifier).where(Identifier.kind == "email"))
+    }
+    # One claim per key; the block on the punycode spelling stays on the one left.
+    assert claims == {(new_nfd, None), (new_puny, "shared inbox")}
+    bond_keys = set(db.session.scalars(select(BondKey.key)))
+    assert bond_keys == {new_nfd, new_puny}
+    db.session.rollback()
+    # The whole-database run the README asks for merges the two spellings' customers.
+    result = runner.invoke(args=["reconcile"])
+    assert result.exit_code == 0, result.output
+    links = dict(db.session.execute(select(Contact.id, Contact.linkedId)).all())
+    assert links == {1: None, 2: None, 3: None, 4: 1}
     db.session.rollback()

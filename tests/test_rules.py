@@ -31,6 +31,12 @@ def phone(text: str) -> Value:
         ("  Lorraine@HillValley.EDU ", "Lorraine@HillValley.EDU", "lorraine@hillvalley.edu"),
         ("\tdoc@hillvalley.edu\n", "doc@hillvalley.edu", "doc@hillvalley.edu"),
         ("émile@exemple.fr", "émile@exemple.fr", "émile@exemple.fr"),
+        # A combining accent is the same letter as the precomposed one (NFC).
+        ("E\u0301mile@Exemple.fr", "E\u0301mile@Exemple.fr", "\u00e9mile@exemple.fr"),
+        ("JOSE\u0301@example.com", "JOSE\u0301@example.com", "jos\u00e9@example.com"),
+        # A domain written in its ASCII (punycode) form is the same domain.
+        ("anna@xn--bcher-kva.de", "anna@xn--bcher-kva.de", "anna@b\u00fccher.de"),
+        ("Anna@B\u00dcCHER.de", "Anna@B\u00dcCHER.de", "anna@b\u00fccher.de"),
     ],
 )
 def test_email_is_trimmed_and_matched_without_case(raw, stored, key):

@@ -48,7 +48,7 @@ from sqlalchemy import (
 
 from ..database import write_transaction
 from ..extensions import db
-from ..identity.rules import Row, consolidate, distinct_values
+from ..identity.rules import Row, composed, consolidate, distinct_values
 from ..identity.search_index import (
     GRAM,
     NOT_DIGIT,
@@ -109,7 +109,8 @@ class SearchQuery:
 def parse_query(raw: str) -> SearchQuery:
     """Normalise a search box value: e-mails lower-case, phones without separators."""
     text = " ".join(raw.split())[:320]
-    lowered = text.lower()
+    # Composed as e-mail keys are (rules.parse_email), so an accent typed either way matches.
+    lowered = composed(text.lower())
     email_term = lowered if len(lowered) >= GRAM else None
     phone_term = None
     if _PHONE_LIKE.fullmatch(text):

@@ -7,6 +7,7 @@ invariant is unit-tested on its own (tests/test_rules.py).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,16 +55,28 @@ def _reject_control_characters(value: str, what: str) -> None:
 
 
 def parse_email(raw: str) -> Value:
-    """Validate an e-mail address (syntax only, no DNS) and derive its matching key."""
+    """Validate an e-mail address (syntax only, no DNS) and derive its matching key.
+
+    The key is email-validator's normalised address, lower-cased: the local
+    part in Unicode's composed form (NFC), so that "josé" typed with a
+    combining accent is the same address as with a precomposed "é", and the
+    domain in its Unicode form, so that "xn--bcher-kva.de" is "bücher.de".
+    For a plain ASCII address that is the address lower-cased.
+    """
     stored = raw.strip()
     if len(stored) > MAX_EMAIL_LENGTH:
         raise InvalidValue(f"email is longer than {MAX_EMAIL_LENGTH} characters")
     _reject_control_characters(stored, "email")
     try:
-        validate_email(stored, check_deliverability=False)
+        validated = validate_email(stored, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidValue(f"not an email address: {exc}") from None
-    return Value(EMAIL, stored, stored.lower())
+    return Value(EMAIL, stored, composed(validated.normalized.lower()))
+
+
+def composed(text: str) -> str:
+    """``text`` in Unicode's composed normal form (NFC); ASCII text is returned as it is."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def phone_key(raw: str) -> str:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import aliased
 from .. import audit
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
-from ..identity.rules import EMAIL, Value
+from ..identity.rules import EMAIL, InvalidValue, Value, parse_email
 from ..identity.service import BlockedValues, blocked_keys, identify, lock_customers
 from ..models import Contact, utcnow
 from .models import Offer, Voucher
@@ -233,6 +233,14 @@ def _customer_voucher_rows(owners: Sequence[int]):
         .join(Contact, Contact.id == Voucher.contact_id)
         .where(_customer_rows(owners))
     ).all()
+
+
+def _email_key(address: str) -> str | None:
+    """The matching key of an address stored as sent; None if it no longer validates."""
+    try:
+        return parse_email(address).key
+    except InvalidValue:
+        return None
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -495,7 +503,7 @@ def _redeem_locked(code: str, email: Value, idempotency_key: str | None) -> Vouc
         idempotency_key is not None
         and voucher.redeem_key == idempotency_key
         and voucher.used_email is not None
-        and voucher.used_email.lower() == email.key
+        and _email_key(voucher.used_email) == email.key
     ):
         # This very redemption, sent again: its answer, not a 409.
         offer_name = db.session.get(Offer, voucher.offer_id).name
