@@ -96,6 +96,18 @@ def test_sign_in_records_the_time_and_email_is_case_insensitive(client, agent):
     assert user.password_hash.startswith("$argon2id$")
 
 
+def test_an_agent_is_found_by_any_spelling_of_their_address(app):
+    make_agent("Jose\u0301@xn--bcher-kva.de")
+    for typed in ("jos\u00e9@b\u00fccher.de", "JOSE\u0301@XN--BCHER-KVA.DE"):
+        assert service.find_agent(typed) is not None, typed
+        _as_a_new_request()
+        response = _post_sign_in(app.test_client(), typed, AGENT_PASSWORD)
+        assert response.status_code == 302, typed
+    with pytest.raises(service.AgentError):
+        make_agent("jos\u00e9@B\u00fccher.de")
+    assert not service.disable_agent("jose\u0301@b\u00fccher.de").is_active
+
+
 def test_sign_in_survives_a_write_committed_during_the_password_check(client, agent, monkeypatch):
     # The password check takes tens of milliseconds; on a live service other
     # requests commit meanwhile. On SQLite the sign-in used to answer 500

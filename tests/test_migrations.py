@@ -10,7 +10,7 @@ from sqlalchemy import insert, select, update
 
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, contact_grams, name_grams
-from webapp.models import Bond, BondKey, Contact, Identifier, utcnow
+from webapp.models import Bond, BondKey, Contact, Identifier, User, utcnow
 
 
 def test_migrated_schema_matches_models(app):
@@ -141,6 +141,8 @@ def test_0012_composes_email_keys_everywhere_and_merges_claims_that_collide(app,
                 id=1, contact_id=1, detail="{}", cause="link", actor="a", created_at=now
             )
         )
+        for email in ("agent@xn--bcher-kva.de", "plain-agent@example.com"):
+            db.session.execute(insert(User).values(email=email, password_hash="x", created_at=now))
         db.session.execute(
             insert(BondKey),
             [
@@ -171,6 +173,8 @@ def test_0012_composes_email_keys_everywhere_and_merges_claims_that_collide(app,
     assert claims == {(new_nfd, None), (new_puny, "shared inbox")}
     bond_keys = set(db.session.scalars(select(BondKey.key)))
     assert bond_keys == {new_nfd, new_puny}
+    agents = set(db.session.scalars(select(User.email)))
+    assert agents == {"agent@b\u00fccher.de", "plain-agent@example.com"}
     db.session.rollback()
     # The whole-database run the README asks for merges the two spellings' customers.
     result = runner.invoke(args=["reconcile"])

@@ -9,8 +9,8 @@ typed with a combining accent and with a precomposed "é", or a domain written
 "xn--bcher-kva.de" and "bücher.de", were different keys and could make two
 customers of one person. Keys are now email-validator's normalised address,
 lower-cased and composed. Only keys holding non-ASCII characters or an "xn--"
-label can change; the rows, claims, bond keys and search-index entries that
-hold them get the new key. Claims and bond keys that now collide become one
+label can change; the rows, claims, bond keys, search-index entries and
+agents' accounts that hold them get the new key. Claims and bond keys that now collide become one
 (a block on either is kept). Customers that now share a key are not merged
 here: a whole-database reconciliation run (`flask reconcile`) merges them, as
 for any other shared key. The key function below is frozen here, as the app
@@ -40,6 +40,7 @@ _identifier = sa.table(
     sa.column("blocked_by"),
 )
 _bond_key = sa.table("bond_key", sa.column("bond_id"), sa.column("kind"), sa.column("key"))
+_user = sa.table("user", sa.column("id"), sa.column("email"))
 _gram = sa.table("contact_gram", sa.column("gram"), sa.column("contact_id"))
 
 _BATCH = 5000
@@ -157,11 +158,25 @@ def _rekey_bond_keys(conn) -> None:
             conn.execute(sa.delete(_bond_key).where(mine, k.key == key))
 
 
+def _rekey_agents(conn) -> None:
+    """Agents are stored and looked up by the same key as customers' e-mails."""
+    u = _user.c
+    for user_id, email in conn.execute(
+        sa.select(u.id, u.email).where(_may_change(conn, u.email))
+    ).all():
+        new = _new_key(email)
+        taken = conn.execute(sa.select(u.id).where(u.email == new)).first()
+        # Another account already holds the composed spelling: both stay as they are.
+        if new != email and taken is None:
+            conn.execute(sa.update(_user).where(u.id == user_id).values(email=new))
+
+
 def upgrade():
     conn = op.get_bind()
     _rekey_contacts(conn)
     _rekey_claims(conn)
     _rekey_bond_keys(conn)
+    _rekey_agents(conn)
 
 
 def downgrade():

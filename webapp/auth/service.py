@@ -12,7 +12,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from ..database import write_transaction
 from ..extensions import db
-from ..identity.rules import InvalidValue, parse_email
+from ..identity.rules import InvalidValue, composed, parse_email
 from ..models import User, utcnow
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,16 @@ def normalise_email(raw: str) -> str:
 
 
 def lookup_key(email: str) -> str:
-    """The e-mail as agents are looked up by: trimmed, lower-case (any text, never raises)."""
-    return email.strip().lower()
+    """The e-mail as agents are looked up by (any text, never raises).
+
+    An address's matching key, as agents are stored (``normalise_email``), so
+    every spelling of one address finds the agent; other text trimmed,
+    lower-cased and composed, which finds no one.
+    """
+    try:
+        return parse_email(email).key
+    except InvalidValue:
+        return composed(email.strip().lower())
 
 
 def find_agent(email: str) -> User | None:
