@@ -245,6 +245,15 @@ def _known_events(events: Sequence[EventInput]) -> dict[tuple, Recorded]:
     return existing
 
 
+_BUSY = "too many concurrent changes to this customer; try this event again"
+_UNAVAILABLE = "the database did not answer; try this event again"
+
+
+def _retry_error(code: str, message: str) -> ApiError:
+    """A 503 for one event of a batch: not stored, to be sent again."""
+    return ApiError(503, code, message, headers={"Retry-After": "1"})
+
+
 def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
     """Store events (a batch or one), answering a Recorded or an ApiError per event, in order.
 
@@ -261,36 +270,31 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
         else:
             groups.setdefault(_key(event), []).append(index)
     stored_any = False
+    unavailable: ApiError | None = None
     for indexes in groups.values():
-        try:
-            stored = _record_group([events[i] for i in indexes])
-            stored_any = True
-        except ApiError as exc:
-            stored = [exc] * len(indexes)
-        except SQLAlchemyError:
-            if not stored_any:
-                # Nothing is stored yet: the whole batch answers 503, to be sent again.
-                raise
-            # Groups are stored already: their results must reach the client, or it would
-            # send them again (and events without an externalId would be stored twice).
-            log.exception("database error while storing a batch's events")
-            unavailable = ApiError(
-                503,
-                "database_unavailable",
-                "the database did not answer; try this event again",
-                headers={"Retry-After": "1"},
-            )
+        if unavailable is not None:
+            # The database failed for an earlier group: the rest are not tried, so that
+            # the answer comes back before a client or gunicorn gives up on it.
             stored = [unavailable] * len(indexes)
-        except Contention:
-            # This group lost its races; the groups stored already stay stored
-            # and say so, so a client retries only these events.
-            busy = ApiError(
-                503,
-                "busy",
-                "too many concurrent changes to this customer; try this event again",
-                headers={"Retry-After": "1"},
-            )
-            stored = [busy] * len(indexes)
+        else:
+            try:
+                stored = _record_group([events[i] for i in indexes])
+                stored_any = True
+            except ApiError as exc:
+                stored = [exc] * len(indexes)
+            except Contention:
+                # This group lost its races; the groups stored already stay stored
+                # and say so, so a client retries only these events.
+                stored = [_retry_error("busy", _BUSY)] * len(indexes)
+            except SQLAlchemyError:
+                if not stored_any:
+                    # Nothing is stored yet: the whole batch answers 503, to be sent again.
+                    raise
+                # Groups are stored already: their results must reach the client, or it
+                # would send them again (events without an externalId would be stored twice).
+                log.exception("database error while storing a batch's events")
+                unavailable = _retry_error("database_unavailable", _UNAVAILABLE)
+                stored = [unavailable] * len(indexes)
         for index, result in zip(indexes, stored, strict=True):
             results[index] = result
     return results  # type: ignore[return-value]
