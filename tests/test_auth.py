@@ -213,6 +213,24 @@ def test_sign_out_ends_a_copy_of_the_session_cookie_too(app, signed_in_client):
     assert response.headers["Location"].startswith("/sign-in")
 
 
+def test_an_ended_session_deletes_its_cookie_once_instead_of_refreshing_it(app, signed_in_client):
+    other = app.test_client()
+    _as_a_new_request()
+    sign_in(other)
+    _as_a_new_request()
+    assert signed_in_client.post("/sign-out").status_code == 302
+    _as_a_new_request()
+    # The other browser's open page polls for screen-pops with the ended session.
+    response = other.get("/screen-pops")
+    assert response.status_code == 302
+    assert "session=;" in response.headers["Set-Cookie"]
+    assert other.get_cookie("session") is None
+    _as_a_new_request()
+    again = other.get("/screen-pops")
+    assert again.status_code == 302
+    assert "Set-Cookie" not in again.headers
+
+
 def test_sign_out_ends_the_agents_sessions_in_other_browsers(app, signed_in_client):
     other = app.test_client()
     _as_a_new_request()

@@ -98,12 +98,13 @@
 
   function poll() {
     var url = pollUrl + (cursor === null ? "" : "?after=" + encodeURIComponent(cursor));
-    fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
+    // The redirect to the sign-in page is not followed: that page would start a
+    // session of its own on every poll.
+    fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" }, redirect: "manual" })
       .then(function (response) {
         var next = response.headers.get("X-Screen-Pop-Cursor");
-        // A page with no cursor is not our endpoint answering: it is the sign-in page,
-        // reached through a redirect.
-        if (response.status === 401 || (response.ok && next === null)) {
+        // Sent to sign in (a redirect, or a 401), or a page with no cursor: signed out.
+        if (response.type === "opaqueredirect" || response.status === 401 || (response.ok && next === null)) {
           showSignedOut();
           delay = SIGNED_OUT_MS;
           return null;

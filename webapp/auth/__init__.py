@@ -97,11 +97,21 @@ def _session_expired() -> bool:
 def _load_user(session_id: str) -> Agent | None:
     user_id, _, epoch = session_id.partition(".")
     if not (user_id.isdigit() and epoch.isdigit()) or _session_expired():
-        return None
+        return _ended()
     user = load_agent(int(user_id))
     if user is None or user.session_epoch != int(epoch):
-        return None
+        return _ended()
     return Agent(user.id, user.email, user.session_epoch)
+
+
+def _ended() -> None:
+    """Forget a session that has ended, so that its cookie is deleted once.
+
+    Kept, it would be sent back refreshed on every request (the cookie's
+    expiry slides), and an answer still in flight when the agent signs in
+    again in another tab would overwrite the new session's cookie with it.
+    """
+    session.clear()
 
 
 @login_manager.unauthorized_handler
