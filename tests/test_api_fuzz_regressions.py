@@ -89,6 +89,11 @@ VOUCHER = {"email": "anna@example.com", "offer_name": "Summer sale", "discount":
         ("/identify", {"phoneNumber": 10**20}, False),
         ("/identify", {"phoneNumber": "(+44) 20-7946.0001"}, True),
         ("/identify", {"phoneNumber": "123\u00a0456"}, True),
+        ("/identify", {"phoneNumber": "123\u3000456"}, True),
+        # White space, but no space: a tab, a line separator, a zero-width no-break space.
+        ("/identify", {"phoneNumber": "123\t456"}, False),
+        ("/identify", {"phoneNumber": "123\u2028456"}, False),
+        ("/identify", {"phoneNumber": "123\ufeff456"}, False),
         ("/identify", {"email": "anna@example.com", "phoneNumber": "  "}, True),
         ("/events", {**SMS, "direction": None}, False),
         ("/events", {"channel": "web", "direction": "inbound", "email": "anna@example.com"}, False),

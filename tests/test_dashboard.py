@@ -334,6 +334,13 @@ def test_results_come_in_pages_with_load_more(signed_in_client):
     assert 'id="load-more"' not in html
 
 
+@pytest.mark.parametrize("upto", ["9223372036854775807", "0", "x", "-1", "9" * 30])
+def test_any_upto_in_a_load_more_link_answers_a_page(signed_in_client, upto):
+    seed(signed_in_client, *[(f"shopper{n:02d}@example.com", None) for n in range(3)])
+    response = signed_in_client.get(f"/?q=shopper&page=2&upto={upto}", headers=HTMX)
+    assert response.status_code == 200
+
+
 def test_customers_active_between_result_pages_neither_repeat_nor_vanish(signed_in_client):
     seed(signed_in_client, *[(f"shopper{n:02d}@example.com", None) for n in range(45)])
     first = signed_in_client.get("/?q=shopper").get_data(as_text=True)

@@ -101,7 +101,12 @@ def test_an_address_written_with_other_code_points_is_the_same_customer(client):
     # Search finds it typed either way too.
     from webapp.dashboard.search import search_customers
 
-    for typed in ("jose\u0301", "jos\u00e9@b\u00fc"):
+    for typed in (
+        "jose\u0301",
+        "jos\u00e9@b\u00fc",
+        "jose\u0301@xn--bcher-kva.de",
+        "xn--bcher-kva",
+    ):
         assert [c.primary_id for c in search_customers(typed).customers] == [1]
 
 

@@ -58,7 +58,7 @@ from ..identity.search_index import (
     grams,
 )
 from ..identity.service import ROW_COLUMNS, row_from_record
-from ..models import Contact
+from ..models import MAX_ROW_ID, Contact
 
 PAGE_SIZE = 20
 # Pages "Load more" reaches (500 customers). Each page walks the matches from
@@ -106,11 +106,23 @@ class SearchQuery:
         return self.email_term is not None or self.phone_term is not None
 
 
+_PUNYCODE_LABEL = re.compile(r"xn--[a-z0-9-]+")
+
+
+def _unicode_label(match: re.Match) -> str:
+    """A whole "xn--" domain label in Unicode; a part of one stays as typed."""
+    try:
+        return match.group(0).encode("ascii").decode("idna")
+    except UnicodeError:
+        return match.group(0)
+
+
 def parse_query(raw: str) -> SearchQuery:
     """Normalise a search box value: e-mails lower-case, phones without separators."""
     text = " ".join(raw.split())[:320]
-    # Composed as e-mail keys are (rules.parse_email), so an accent typed either way matches.
-    lowered = composed(text.lower())
+    # As e-mail keys are (rules.parse_email): composed, so an accent typed either way
+    # matches, and with a domain's "xn--" labels in their Unicode form.
+    lowered = _PUNYCODE_LABEL.sub(_unicode_label, composed(text.lower()))
     email_term = lowered if len(lowered) >= GRAM else None
     phone_term = None
     if _PHONE_LIKE.fullmatch(text):
@@ -315,7 +327,8 @@ def _matching_customers(
     """
     customers: list[int] = []
     seen: set[int] = set()
-    before: int | None = None if upto is None else upto + 1
+    # Matchers read ids below ``before``; the largest id a row can have still fits once added to.
+    before: int | None = None if upto is None else min(upto, MAX_ROW_ID - 1) + 1
     newest: int | None = None
     while len(customers) < wanted:
         found: set[int] = set()

@@ -27,7 +27,7 @@ from .history import (
     phone_key_variants,
 )
 from .models import CALL, ScreenPop
-from .payloads import EventInput
+from .payloads import POP_EXTERNAL_ID_PREFIX, EventInput
 from .service import store_events
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,6 @@ class PopView:
         if self.blocked:
             return "blocked"
         return match_word(len(self.cards))
-
-
-# The external id of a call filed from a pop whose webhook sent no call id.
-POP_EXTERNAL_ID_PREFIX = "screen-pop-"
 
 
 def _caller_row_id(customer_id: int, phone: Value) -> int | None:
