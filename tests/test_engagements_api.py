@@ -181,30 +181,6 @@ def test_malformed_bodies_are_clear_json_errors(client, data, content_type, stat
     assert (contacts(), engagements()) == ([], [])
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "field"),
-    [
-        (
-            "/events",
-            {"channel": "call", "direction": "inbound", "externalId": "screen-pop-7"},
-            "externalId",
-        ),
-        (
-            "/events",
-            {"channel": "sms", "direction": "inbound", "externalId": "Screen-Pop-7"},
-            "externalId",
-        ),
-        ("/calls/incoming", {"callId": "screen-pop-7"}, "callId"),
-    ],
-)
-def test_the_screen_pops_external_ids_cannot_be_sent(app, client, path, body, field):
-    # Calls agents file from a pop without a call id are stored as screen-pop-<pop id>.
-    response = client.post(path, json={"email": "a@b.co", "phoneNumber": "555 0100", **body})
-    assert response.status_code == 400
-    assert "screen-pop-" in response.get_json()["error"]["fields"][field]
-    assert (contacts(), engagements()) == ([], [])
-
-
 def test_routing_errors_under_the_engagement_paths_answer_json(client):
     missing = client.get("/events/nope")
     assert missing.status_code == 404

@@ -684,5 +684,5 @@ def test_two_agents_creating_the_same_caller_at_once_file_the_call_once(
     (contact,) = contacts()
     (call,) = db.session.scalars(select(Engagement))
     assert call.contact_id == contact.id
-    assert call.external_id == (call_id or f"screen-pop-{pop_id}")
+    assert call.external_id == call_id
     assert db.session.get(ScreenPop, pop_id).engagement_id == call.id

@@ -6,9 +6,9 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ..api import json_error_handlers, require_api_key, require_configured_api_key
 from ..api.errors import ApiError
-from ..api.payloads import contact_values, json_object
+from ..api.payloads import contact_values, json_object, string_field
 from .history import cards_holding, match_word
-from .payloads import event_input, external_id_field
+from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
 from .screenpop import record_incoming_call
 from .service import Recorded, record_events
 
@@ -128,7 +128,7 @@ def incoming_call():
     payload = json_object(request)
     fields: dict[str, str] = {}
     values = contact_values({"phoneNumber": payload.get("phoneNumber")}, fields)
-    call_id = external_id_field(payload, "callId", fields)
+    call_id = string_field(payload, "callId", fields, limit=MAX_EXTERNAL_ID_LENGTH)
     if call_id is None and "callId" not in fields and payload.get("callId") is not None:
         fields["callId"] = "must not be blank"
     if not values and not fields:

@@ -17,18 +17,6 @@ MAX_NAME_LENGTH = 200
 MAX_SUMMARY_LENGTH = 4000
 MAX_URL_LENGTH = 2048
 MAX_EXTERNAL_ID_LENGTH = 200
-# The external id of a call filed from a screen-pop whose webhook sent no call id
-# (screenpop.create_caller) starts with this; clients may not send one that does.
-POP_EXTERNAL_ID_PREFIX = "screen-pop-"
-
-
-def external_id_field(payload: dict[str, Any], name: str, fields: dict[str, str]) -> str | None:
-    """An ``externalId`` or ``callId``: trimmed free text, never in the screen-pop's namespace."""
-    value = string_field(payload, name, fields, limit=MAX_EXTERNAL_ID_LENGTH)
-    if value is not None and value.lower().startswith(POP_EXTERNAL_ID_PREFIX):
-        fields[name] = f"must not start with {POP_EXTERNAL_ID_PREFIX} (kept for calls agents file)"
-        return None
-    return value
 
 
 # Clocks disagree a little; an event dated further ahead than this is a client bug
@@ -150,7 +138,7 @@ def event_input(payload: Any) -> EventInput:
         summary=string_field(payload, "summary", fields, limit=MAX_SUMMARY_LENGTH, multiline=True),
         url=_url(payload, fields),
         duration_seconds=_duration(payload, channel, fields),
-        external_id=external_id_field(payload, "externalId", fields),
+        external_id=string_field(payload, "externalId", fields, limit=MAX_EXTERNAL_ID_LENGTH),
     )
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from .. import audit
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
@@ -27,7 +27,7 @@ from .history import (
     phone_key_variants,
 )
 from .models import CALL, ScreenPop
-from .payloads import POP_EXTERNAL_ID_PREFIX, EventInput
+from .payloads import EventInput
 from .service import store_events
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,9 @@ def create_caller(pop_id: int, actor: str) -> int | None:
     """Make the caller of a pop a customer and file the call under it; its primary id.
 
     None when there is no such pop. Safe to click twice or by two agents: the
-    identify rules find the first one's customer, and the call is stored under
-    a unique external id, the webhook's call id or else ``screen-pop-<pop id>``,
-    so two agents who both saw the call not yet filed store it once.
+    identify rules find the first one's customer, and the call is filed in the
+    transaction that links it to the pop, under the pop's row lock, so two
+    agents who both saw the call not yet filed store it once.
     """
     pop = db.session.get(ScreenPop, pop_id)
     if pop is None:
@@ -190,23 +190,15 @@ def create_caller(pop_id: int, actor: str) -> int | None:
     call_id, occurred_at, had_event = pop.call_id, pop.created_at, pop.engagement_id is not None
     db.session.rollback()
     customer = identify([phone], source="agent", actor=actor)
-    event_id = None
     if not had_event:
         row_id = _caller_row_id(customer.primary_id, phone)
         db.session.rollback()
         if row_id is not None:
-            external_id = call_id or f"{POP_EXTERNAL_ID_PREFIX}{pop_id}"
-            recorded = store_events(row_id, [_call_event(phone, external_id, occurred_at)])
-            event_id = recorded[0].event_id if recorded else None
+            # Filed and linked to the pop in one transaction (None: the row went meanwhile).
+            store_events(row_id, [_call_event(phone, call_id, occurred_at)], for_pop=pop_id)
 
     def finish() -> None:
         db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
-        if event_id is not None:
-            db.session.execute(
-                update(ScreenPop)
-                .where(ScreenPop.id == pop_id, ScreenPop.engagement_id.is_(None))
-                .values(engagement_id=event_id)
-            )
         audit.record(
             actor,
             "create",

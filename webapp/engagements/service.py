@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import Connection, insert, select, tuple_
+from sqlalchemy import Connection, insert, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..api.errors import ApiError
@@ -31,7 +31,7 @@ from ..identity.service import (
     lock_customers,
 )
 from ..models import Contact, utcnow
-from .models import NAME_FROM_EVENT, ContactName, Engagement, name_key
+from .models import NAME_FROM_EVENT, ContactName, Engagement, ScreenPop, name_key
 from .payloads import EventInput
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,9 @@ def lock_customer_of(conn: Connection, contact_id: int) -> tuple[int, bool] | No
     return lock_customers(conn, read)
 
 
-def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | None:
+def _store(
+    contact_id: int, events: Sequence[EventInput], for_pop: int | None = None
+) -> list[Recorded] | None:
     """Insert ``events`` against ``contact_id`` (one transaction); None if the row is gone."""
     conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
     locked = lock_customer_of(conn, contact_id)
@@ -124,6 +126,11 @@ def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | No
         db.session.rollback()
         return None
     customer_id = locked[0]
+    if for_pop is not None:
+        filed = _filed_call(conn, for_pop)
+        if filed is not None:
+            db.session.rollback()
+            return [filed]
     existing = _existing_events(conn, events)
     # Per event: the stored event it repeats, or the row it adds (and whether a repeat).
     slots: list[tuple[Recorded | Engagement, bool]] = []
@@ -160,8 +167,29 @@ def _store(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | No
         else Recorded(target.id, contact_id, customer_id, duplicate)
         for target, duplicate in slots
     ]
+    if for_pop is not None:
+        conn.execute(
+            update(ScreenPop)
+            .where(ScreenPop.id == for_pop)
+            .values(engagement_id=answers[0].event_id)
+        )
     db.session.commit()
     return answers
+
+
+def _filed_call(conn: Connection, pop_id: int) -> Recorded | None:
+    """The call event a screen-pop is linked to already, its row locked first; else None."""
+    event_id = conn.scalar(
+        select(ScreenPop.engagement_id).where(ScreenPop.id == pop_id).with_for_update()
+    )
+    if event_id is None:
+        return None
+    contact_id, linked = conn.execute(
+        select(_e.contact_id, _c.linkedId)
+        .join(Contact.__table__, _c.id == _e.contact_id)
+        .where(_e.id == event_id)
+    ).one()
+    return Recorded(event_id, contact_id, linked or contact_id, True)
 
 
 def _add_event_names(conn: Connection, contact_id: int, events: Sequence[EventInput]) -> None:
@@ -208,10 +236,17 @@ def _blocked_error(values: Sequence[Value]) -> ApiError:
     )
 
 
-def store_events(contact_id: int, events: Sequence[EventInput]) -> list[Recorded] | None:
-    """Store events against a known contact row; None when that row was deleted meanwhile."""
+def store_events(
+    contact_id: int, events: Sequence[EventInput], *, for_pop: int | None = None
+) -> list[Recorded] | None:
+    """Store events against a known contact row; None when that row was deleted meanwhile.
+
+    ``for_pop``: the screen-pop whose call the one event is. It is linked to
+    the pop in the same transaction, under the pop's row lock, and when the pop
+    has its call already (another agent filed it) that event is answered instead.
+    """
     return run_write_transaction(
-        lambda: _store(contact_id, events), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
+        lambda: _store(contact_id, events, for_pop), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
     )
 
 
