@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from tests.builders import contacts
 from tests.openapi_check import assert_matches_openapi
 from webapp.engagements.models import Engagement
 from webapp.extensions import db
+from webapp.identity.rules import InvalidValue, parse_phone
 from webapp.models import utcnow
 from webapp.vouchers.models import Offer, Voucher
 
@@ -94,6 +96,10 @@ VOUCHER = {"email": "anna@example.com", "offer_name": "Summer sale", "discount":
         ("/identify", {"phoneNumber": "123\t456"}, False),
         ("/identify", {"phoneNumber": "123\u2028456"}, False),
         ("/identify", {"phoneNumber": "123\ufeff456"}, False),
+        # Trimmed at the ends as Python's strip() trims: a tab yes, U+FEFF no.
+        ("/identify", {"phoneNumber": "\t123456\n"}, True),
+        ("/identify", {"phoneNumber": "\ufeff123456"}, False),
+        ("/identify", {"email": "anna@example.com", "phoneNumber": "\ufeff"}, False),
         ("/identify", {"email": "anna@example.com", "phoneNumber": "  "}, True),
         ("/events", {**SMS, "direction": None}, False),
         ("/events", {"channel": "web", "direction": "inbound", "email": "anna@example.com"}, False),
@@ -202,3 +208,49 @@ def test_nesting_at_the_parser_limit_with_a_surrogate_pair_is_never_a_500(client
         response = client.post("/identify", data=body, content_type="application/json")
         answers.add(response.status_code)
     assert answers == {200, 400}
+
+
+PHONES = [
+    "123456",
+    "(+44) 20-7946.0001",
+    "123\u00a0456",
+    "123\u3000456",
+    "\t123456\n",
+    "123\t456",
+    "123\u2028456",
+    "123\ufeff456",
+    "\ufeff123456",
+    "123456\ufeff",
+    "\u2029",
+    "\ufeff",
+    "  ",
+    "1" * 21,
+]
+
+
+def test_the_documents_phone_pattern_read_as_ecmascript_agrees_with_the_server(app):
+    # OpenAPI patterns are ECMAScript regular expressions, whose \s (U+FEFF among
+    # others) is not Python's; node reads the pattern as a client's validator would.
+    spec = app.extensions["openapi"]
+    pattern = spec["components"]["schemas"]["PhoneNumber"]["oneOf"][0]["pattern"]
+    script = (
+        "const [pattern, values] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "console.log(JSON.stringify(values.map((v) => new RegExp(pattern, 'u').test(v))));"
+    )
+    done = subprocess.run(
+        ["node", "-e", script],
+        input=json.dumps([pattern, PHONES]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    by_document = json.loads(done.stdout)
+
+    def server_accepts(raw: str) -> bool:
+        try:
+            # Blank is "no phone", which the document's pattern accepts too.
+            return not raw.strip() or bool(parse_phone(raw))
+        except InvalidValue:
+            return False
+
+    assert dict(zip(PHONES, by_document, strict=True)) == {p: server_accepts(p) for p in PHONES}

@@ -229,6 +229,15 @@ def test_an_ended_session_deletes_its_cookie_once_instead_of_refreshing_it(app, 
     again = other.get("/screen-pops")
     assert again.status_code == 302
     assert "Set-Cookie" not in again.headers
+    # The sign-in page, open in that browser, keeps its CSRF token in a new session:
+    # a poll while the agent types the password leaves that session's cookie alone.
+    _as_a_new_request()
+    assert other.get("/sign-in").status_code == 200
+    assert other.get_cookie("session") is not None
+    _as_a_new_request()
+    polled = other.get("/screen-pops")
+    assert polled.status_code == 302
+    assert "Set-Cookie" not in polled.headers
 
 
 def test_sign_out_ends_the_agents_sessions_in_other_browsers(app, signed_in_client):

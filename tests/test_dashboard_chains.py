@@ -98,6 +98,15 @@ def test_unknown_primary_is_an_error():
         ("1-2", "1-2", None),
         ("12 3", "12 3", "123"),
         ("o'brien", "o'brien", None),
+        # As e-mail keys are: accents composed, whole xn-- labels in Unicode (IDNA 2008).
+        ("Jose\u0301", "jos\u00e9", None),
+        ("anna@XN--BCHER-KVA.de", "anna@b\u00fccher.de", None),
+        ("a@xn--fa-hia.de", "a@fa\u00df.de", None),
+        ("xn--nxasmm1c", "\u03b2\u03cc\u03bb\u03bf\u03c2", None),
+        # Part of a label, typed so far, and xn-- in a local part stay as typed.
+        ("anna@xn--bcher", "anna@xn--bcher", None),
+        ("xn--80ak6aa92e@example.com", "xn--80ak6aa92e@example.com", None),
+        ("shopxn--80ak6aa92e", "shopxn--80ak6aa92e", None),
     ],
 )
 def test_parse_query(raw, email_term, phone_term):

@@ -141,7 +141,13 @@ def test_0012_composes_email_keys_everywhere_and_merges_claims_that_collide(app,
                 id=1, contact_id=1, detail="{}", cause="link", actor="a", created_at=now
             )
         )
-        for email in ("agent@xn--bcher-kva.de", "plain-agent@example.com"):
+        # The decomposed spelling was an account of its own beside the composed one.
+        for email in (
+            "agent@xn--bcher-kva.de",
+            "plain-agent@example.com",
+            "jose\u0301@example.com",
+            "jos\u00e9@example.com",
+        ):
             db.session.execute(insert(User).values(email=email, password_hash="x", created_at=now))
         db.session.execute(
             insert(BondKey),
@@ -173,8 +179,14 @@ def test_0012_composes_email_keys_everywhere_and_merges_claims_that_collide(app,
     assert claims == {(new_nfd, None), (new_puny, "shared inbox")}
     bond_keys = set(db.session.scalars(select(BondKey.key)))
     assert bond_keys == {new_nfd, new_puny}
-    agents = set(db.session.scalars(select(User.email)))
-    assert agents == {"agent@b\u00fccher.de", "plain-agent@example.com"}
+    agents = set(db.session.execute(select(User.email, User.is_active, User.session_epoch)))
+    assert agents == {
+        ("agent@b\u00fccher.de", True, 0),
+        ("plain-agent@example.com", True, 0),
+        # Sign-in finds the composed spelling now: the other is disabled, its sessions ended.
+        ("jose\u0301@example.com", False, 1),
+        ("jos\u00e9@example.com", True, 0),
+    }
     db.session.rollback()
     # The whole-database run the README asks for merges the two spellings' customers.
     result = runner.invoke(args=["reconcile"])

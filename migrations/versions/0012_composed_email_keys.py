@@ -10,7 +10,9 @@ typed with a combining accent and with a precomposed "é", or a domain written
 customers of one person. Keys are now email-validator's normalised address,
 lower-cased and composed. Only keys holding non-ASCII characters or an "xn--"
 label can change; the rows, claims, bond keys, search-index entries and
-agents' accounts that hold them get the new key. Claims and bond keys that now collide become one
+agents' accounts that hold them get the new key (an agent account whose
+composed spelling another account holds already is disabled, as sign-in no
+longer finds it). Claims and bond keys that now collide become one
 (a block on either is kept). Customers that now share a key are not merged
 here: a whole-database reconciliation run (`flask reconcile`) merges them, as
 for any other shared key. The key function below is frozen here, as the app
@@ -40,7 +42,9 @@ _identifier = sa.table(
     sa.column("blocked_by"),
 )
 _bond_key = sa.table("bond_key", sa.column("bond_id"), sa.column("kind"), sa.column("key"))
-_user = sa.table("user", sa.column("id"), sa.column("email"))
+_user = sa.table(
+    "user", sa.column("id"), sa.column("email"), sa.column("is_active"), sa.column("session_epoch")
+)
 _gram = sa.table("contact_gram", sa.column("gram"), sa.column("contact_id"))
 
 _BATCH = 5000
@@ -165,10 +169,18 @@ def _rekey_agents(conn) -> None:
         sa.select(u.id, u.email).where(_may_change(conn, u.email))
     ).all():
         new = _new_key(email)
-        taken = conn.execute(sa.select(u.id).where(u.email == new)).first()
-        # Another account already holds the composed spelling: both stay as they are.
-        if new != email and taken is None:
+        if new == email:
+            continue
+        if conn.execute(sa.select(u.id).where(u.email == new)).first() is None:
             conn.execute(sa.update(_user).where(u.id == user_id).values(email=new))
+        else:
+            # Another account holds the composed spelling, which is the one sign-in finds
+            # now: this one could no longer sign in, so it is disabled and its sessions end.
+            conn.execute(
+                sa.update(_user)
+                .where(u.id == user_id)
+                .values(is_active=False, session_epoch=u.session_epoch + 1)
+            )
 
 
 def upgrade():

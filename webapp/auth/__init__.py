@@ -193,6 +193,10 @@ def init_auth(app: Flask) -> None:
         known = ", ".join(n for n in dir(profiles) if isinstance(getattr(profiles, n), Parameters))
         raise ValueError(f"PASSWORD_HASH_PROFILE {name!r} is not one of argon2's profiles: {known}")
     login_manager.init_app(app)
+    # No view asks for a "fresh" sign-in, and Flask-Login's basic protection does no more
+    # than mark sessions not fresh: it only rewrote the cookie of a session with no agent
+    # in it (the sign-in page's), which a screen-pop poll in flight could then overwrite.
+    login_manager.session_protection = None
     login_manager.login_view = "auth.sign_in"
     login_manager.login_message = "Sign in to continue."
     login_manager.login_message_category = "info"

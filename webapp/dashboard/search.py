@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
+import idna
 from sqlalchemy import (
     Connection,
     delete,
@@ -106,14 +107,18 @@ class SearchQuery:
         return self.email_term is not None or self.phone_term is not None
 
 
-_PUNYCODE_LABEL = re.compile(r"xn--[a-z0-9-]+")
+# A whole "xn--" label of a domain: at the start or after "@" or ".", up to "." or the end.
+_PUNYCODE_LABEL = re.compile(r"(?:^|(?<=[@.]))xn--[a-z0-9-]+(?=\.|$)")
 
 
 def _unicode_label(match: re.Match) -> str:
-    """A whole "xn--" domain label in Unicode; a part of one stays as typed."""
+    """A "xn--" label in Unicode by IDNA 2008, as email-validator reads domains.
+
+    One that does not decode (a part of a label, typed so far) stays as typed.
+    """
     try:
-        return match.group(0).encode("ascii").decode("idna")
-    except UnicodeError:
+        return idna.decode(match.group(0))
+    except idna.IDNAError:
         return match.group(0)
 
 
