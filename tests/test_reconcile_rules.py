@@ -208,6 +208,19 @@ def test_deleting_the_only_bridge_splits_the_customer():
     assert plan.deleted_relinks == []
 
 
+def test_a_deleted_row_that_joined_two_people_stays_with_the_one_holding_its_address():
+    # x@ and y@ were one customer only through the primary row, now deleted.
+    deleted = row(1, "x@x.io", "111")
+    live = [row(2, "y@x.io", "111", linked_id=1), row(3, "x@x.io", "333", linked_id=1)]
+    plan = reconcile(live, deleted=[deleted])
+    assert plan.groups == [[2], [3]]
+    # Not to row 2, the oldest live row: row 3 holds its e-mail.
+    assert plan.deleted_relinks == [Relink(1, None, 3)]
+    # With that e-mail blocked, its phone decides.
+    plan = reconcile(live, blocked={("email", "x@x.io")}, deleted=[deleted])
+    assert plan.deleted_relinks == [Relink(1, None, 2)]
+
+
 def test_customers_before_and_after_describe_the_change():
     rows = [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1), row(3, "z@x.io")]
     plan = reconcile(rows, {SHOP})

@@ -249,6 +249,24 @@ def test_a_voucher_outlives_the_deletion_of_its_contact_row_and_a_later_merge(cl
     assert validate(client, code, email=BIFF).status_code == 200
 
 
+def test_deleting_the_row_that_joined_two_people_leaves_the_voucher_with_its_owner(client):
+    # Lorraine's first row is the only link to McFly (a shared phone); she came back
+    # with another phone. Deleting that first row splits them: the voucher issued on
+    # it stays Lorraine's, not the oldest remaining row's (McFly's).
+    identify(client, LORRAINE, "111")
+    identify(client, MCFLY, "111")
+    identify(client, LORRAINE, "333")
+    code = issued_code(client, email=LORRAINE)
+    assert vouchers()[0].contact_id == 1
+    delete_contact(1, "agent@shop.test")
+    mine = client.get("/vouchers", query_string={"email": LORRAINE}).get_json()["vouchers"]
+    assert [v["code"] for v in mine] == [code]
+    theirs = client.get("/vouchers", query_string={"email": MCFLY}).get_json()["vouchers"]
+    assert theirs == []
+    assert validate(client, code, email=MCFLY).status_code == 404
+    assert validate(client, code, email=LORRAINE).status_code == 200
+
+
 def test_unknown_code_and_another_customers_code_answer_the_same_404(app, client):
     code = issued_code(client, email=LORRAINE)
     issued_code(client, email=BIFF)

@@ -495,13 +495,33 @@ def reconcile(
             if old != primary.primary_id and was_customer:
                 result.merges.append(MergeStep(primary.id, old, count))
 
-    # Where each old customer's rows went: the new primary of its oldest live row.
+    # Where each old customer's rows went: the new primary of its oldest live row, and
+    # of its oldest live row holding each (kind, key).
     new_home: dict[int, int] = {}
+    holder_home: dict[tuple[int, str, str], int] = {}
     for row in sorted(rows, key=_age):
         home = row.id if target[row.id] is None else target[row.id]
         new_home.setdefault(row.primary_id, home)
+        for key in row.identifiers():
+            holder_home.setdefault((row.primary_id, *key), home)
     for row in sorted(deleted, key=lambda r: r.id):
-        home = new_home.get(row.primary_id, row.linked_id)
+        home = _deleted_home(row, holder_home, blocked) or new_home.get(row.primary_id)
+        home = row.linked_id if home is None else home
         if home is not None and home != row.linked_id:
             result.deleted_relinks.append(Relink(row.id, row.linked_id, home))
     return result
+
+
+def _deleted_home(
+    row: Row, holder_home: dict[tuple[int, str, str], int], blocked: Collection[Key]
+) -> int | None:
+    """Where a deleted row goes: with the live rows of its customer that hold its e-mail,
+    else its phone (not blocked ones); None when none does.
+
+    Deleting the row that joined two people splits them; what hangs off that
+    row (vouchers, history) stays with the one whose address it holds.
+    """
+    for key in row.identifiers():
+        if key not in blocked and (row.primary_id, *key) in holder_home:
+            return holder_home[(row.primary_id, *key)]
+    return None
