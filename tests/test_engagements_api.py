@@ -244,6 +244,44 @@ def test_batch_answers_each_event_and_one_bad_event_sinks_nothing(app, client):
     assert [n.name for n in db.session.scalars(select(ContactName))] == ["Anna"]
 
 
+def test_a_repeat_inside_a_batch_stores_nothing_of_its_own(app, client):
+    events = [
+        {
+            "channel": "sms",
+            "direction": "inbound",
+            "email": ANNA,
+            "externalId": "x1",
+            "name": "Anna",
+        },
+        # The same message again, identified another way and with another name.
+        {
+            "channel": "sms",
+            "direction": "inbound",
+            "phoneNumber": "555 0199",
+            "externalId": "x1",
+            "name": "Mallory",
+        },
+    ]
+    response = client.post("/events/batch", json={"events": events})
+    assert response.status_code == 200
+    first, second = response.get_json()["results"]
+    assert (first["status"], second["status"]) == (201, 200)
+    assert second["event"]["id"] == first["event"]["id"]
+    assert second["event"]["duplicate"] is True
+    assert [(c.email, c.phoneNumber) for c in contacts()] == [(ANNA, None)]
+    assert [n.name for n in db.session.scalars(select(ContactName))] == ["Anna"]
+    assert len(engagements()) == 1
+
+
+def test_a_repeat_of_a_stored_event_adds_no_name(client):
+    body = {"channel": "sms", "direction": "inbound", "email": ANNA, "externalId": "x2"}
+    assert client.post("/events", json={**body, "name": "Anna"}).status_code == 201
+    batch = {"events": [{**body, "name": "Mallory"}, {**body, "name": "Mallory"}]}
+    response = client.post("/events/batch", json=batch)
+    assert [r["status"] for r in response.get_json()["results"]] == [200, 200]
+    assert [n.name for n in db.session.scalars(select(ContactName))] == ["Anna"]
+
+
 def test_a_batch_of_500_page_views_over_64_kib_is_stored_in_full(client):
     events = [
         {

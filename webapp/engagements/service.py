@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flask import current_app
 from sqlalchemy import Connection, insert, select, tuple_, update
@@ -158,7 +158,10 @@ def _store(
             if event.external_id:
                 claimed[pair] = row
             slots.append((row, False))
-    _add_event_names(conn, contact_id, events)
+    # Repeats store nothing, their names included.
+    _add_event_names(
+        conn, contact_id, [e for e, (_, repeat) in zip(events, slots, strict=True) if not repeat]
+    )
     db.session.flush()
     # Read the ids before the commit expires the rows.
     answers = [
@@ -298,11 +301,20 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
     results: list[Recorded | ApiError | None] = [None] * len(events)
     known = _known_events(events)
     groups: dict[tuple, list[int]] = {}
+    # A repeat inside the batch (same channel and externalId as an earlier event)
+    # stores nothing, not even its identifiers or name: it answers as that event did.
+    first_of: dict[tuple, int] = {}
+    repeats: dict[int, int] = {}
     for index, event in enumerate(events):
-        repeat = known.get((event.channel, event.external_id)) if event.external_id else None
+        pair = (event.channel, event.external_id)
+        repeat = known.get(pair) if event.external_id else None
         if repeat is not None:
             results[index] = repeat
+        elif event.external_id and pair in first_of:
+            repeats[index] = first_of[pair]
         else:
+            if event.external_id:
+                first_of[pair] = index
             groups.setdefault(_key(event), []).append(index)
     stored_any = False
     unavailable: ApiError | None = None
@@ -332,4 +344,7 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
                 stored = [unavailable] * len(indexes)
         for index, result in zip(indexes, stored, strict=True):
             results[index] = result
+    for index, first in repeats.items():
+        answer = results[first]
+        results[index] = replace(answer, duplicate=True) if isinstance(answer, Recorded) else answer
     return results  # type: ignore[return-value]
