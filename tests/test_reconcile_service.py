@@ -236,6 +236,8 @@ def test_deleting_the_primary_promotes_the_next_oldest(app):
     outcome = delete_contact(1, AGENT, "duplicate")
     assert outcome.customer_id == 2
     assert links() == {1: 2, 2: None, 3: 2}
+    # What the confirmation promised, not "1 new customer split off".
+    assert outcome.summary() == "Contact 2 became the primary; 2 contact rows relinked."
     assert db.session.get(Contact, 1).deletedAt is not None
     (entry,) = audits("delete")
     assert (entry.subject, entry.reason) == ("contact 1", "duplicate")
@@ -250,6 +252,7 @@ def test_deleting_the_only_bridge_splits_the_customer(app):
     assert links() == {1: None, 2: 1, 3: None}
     assert outcome.customer_id == 1
     assert outcome.after == {3: [3]}
+    assert outcome.summary() == "1 new customer split off; 1 contact row relinked."
     with pytest.raises(NotFound):
         delete_contact(2, AGENT)
     assert_invariants()

@@ -58,6 +58,8 @@ class Outcome:
     before: dict[int, list[int]] = field(default_factory=dict)
     after: dict[int, list[int]] = field(default_factory=dict)
     added_row: int | None = None
+    # A primary row this action deleted: its customer's next primary took it over.
+    deleted_primary: int | None = None
 
     @property
     def changed(self) -> bool:
@@ -72,11 +74,12 @@ class Outcome:
             parts.append(f"{counted(len(self.merges), 'customer')} merged")
         promoted = [r.row_id for r in self.relinks if r.after is None]
         # A promoted row of a customer whose primary row was not live (deleted
-        # outside the app) took that customer over; any other split off a new one.
+        # outside the app, or by this action) took that customer over; any other
+        # split off a new one.
         heirs = [
             row
             for customer, rows in self.before.items()
-            if customer not in rows
+            if customer not in rows or customer == self.deleted_primary
             for row in promoted
             if row in rows
         ]

@@ -289,6 +289,8 @@ def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Ou
         # None when the customer's last live row was the one deleted.
         outcome = outcome_of("delete", home_of(plan, view.rows, primary), plan, view.rows)
         outcome.before[primary] = sorted(r.id for r in before_rows if r.primary_id == primary)
+        if contact_id == primary:
+            outcome.deleted_primary = contact_id
         audit(actor, outcome, subject=f"contact {contact_id}", reason=reason)
         db.session.commit()
         return outcome
