@@ -83,6 +83,30 @@ def test_a_file_with_bad_lines_issues_nothing(runner, tmp_path):
     assert not (tmp_path / "mailing-codes.csv").exists()
 
 
+@pytest.mark.parametrize("encoding", ["cp1252", "utf-16"])
+def test_a_file_that_is_not_utf8_is_refused_clearly(runner, tmp_path, encoding):
+    # A spreadsheet's plain "CSV" (Windows-1252) or "Unicode Text" (UTF-16) export.
+    emails = tmp_path / "mailing.csv"
+    emails.write_bytes("email,name\nmarty@hillvalley.edu,Mart\u00ed\n".encode(encoding))
+    result = run(runner, emails)
+    assert result.exit_code == 1
+    assert "is not UTF-8 text" in result.output
+    assert "Traceback" not in result.output
+    assert vouchers() == []
+
+
+def test_a_heading_after_comments_and_line_numbers_as_an_editor_counts(runner, tmp_path):
+    emails = tmp_path / "mailing.csv"
+    emails.write_text(
+        '# spring list\n\nemail,note\nmarty@hillvalley.edu,"two\nlines"\nnot an email,x\n'
+    )
+    result = run(runner, emails)
+    assert result.exit_code == 1
+    # The heading is not an address; the bad one is on line 6 of the file.
+    assert "line 6:" in result.output and "line 3" not in result.output
+    assert vouchers() == []
+
+
 def test_bad_options_are_refused_before_anything_is_issued(runner, tmp_path):
     emails = tmp_path / "mailing.txt"
     emails.write_text("marty@hillvalley.edu\n")

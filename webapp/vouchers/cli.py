@@ -32,18 +32,33 @@ def _read_emails(path: Path) -> list[Value]:
     """Every distinct e-mail in the file, in order; a ClickException listing bad lines."""
     values: dict[str, Value] = {}
     problems: list[str] = []
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        for number, record in enumerate(csv.reader(handle), start=1):
-            # One address per line; a CSV's first column works too.
-            text = record[0].strip() if record else ""
-            if not text or text.startswith("#") or (number == 1 and text.lower() == "email"):
-                continue
-            try:
-                value = parse_email(text)
-            except InvalidValue as exc:
-                problems.append(f"line {number}: {exc}")
-                continue
-            values.setdefault(value.key, value)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise click.ClickException(
+            f"{path} is not UTF-8 text; save it as CSV UTF-8 (a spreadsheet's"
+            " 'CSV UTF-8' format) and run again"
+        ) from None
+    reader = csv.reader(text.splitlines(keepends=True))
+    header_possible = True
+    for record in reader:
+        # One address per line; a CSV's first column works too. Numbers are the
+        # line a record ends on, as an editor counts them.
+        number = reader.line_num
+        field = record[0].strip() if record else ""
+        if not field or field.startswith("#"):
+            continue
+        # A heading "email" may follow comments and blank lines, before any address.
+        if header_possible and field.lower() == "email":
+            header_possible = False
+            continue
+        header_possible = False
+        try:
+            value = parse_email(field)
+        except InvalidValue as exc:
+            problems.append(f"line {number}: {exc}")
+            continue
+        values.setdefault(value.key, value)
     if problems:
         raise click.ClickException("nothing issued; fix these lines:\n" + "\n".join(problems))
     if not values:
