@@ -229,6 +229,18 @@ def test_merging_a_customer_with_itself_is_refused(app):
     assert merges() == []
 
 
+def test_linking_to_a_customer_whose_primary_row_holds_only_blocked_values_is_refused(app):
+    ident("junk@x.io")
+    ident("bob@x.io", "222")
+    set_blocked(parse_identifier("junk@x.io"), True, AGENT, "test address")
+    before = (links(), len(audits("link")))
+    for values in ([parse_phone("111")], [parse_email("bob@x.io")]):
+        with pytest.raises(ReconcileError, match="holds only blocked values"):
+            link_values(1, values, AGENT)
+        assert (links(), len(audits("link"))) == before
+    assert_invariants()
+
+
 def test_deleting_the_primary_promotes_the_next_oldest(app):
     ident("ann@x.io", "111")
     ident("ann@x.io", "222")

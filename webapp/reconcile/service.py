@@ -128,7 +128,16 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
         keys = wanted | set(anchor.identifiers())
         add_bond(conn, keys, contact_id=primary, cause="link", actor=actor)
         view, plan = settle(conn, held, actor=actor, cause=AGENT)
-        outcome = outcome_of("link", home_of(plan, view.rows, primary), plan, view.rows)
+        home = home_of(plan, view.rows, primary)
+        by_id = {row.id: row for row in view.rows}
+        group = next((g for g in plan.groups if g[0] == home), [])
+        if not wanted <= {k for row_id in group for k in by_id[row_id].identifiers()}:
+            # The bond ties the values to the primary row's; blocked ones tie nothing.
+            raise ReconcileError(
+                f"the primary row (#{primary}) holds only blocked values, so what is linked"
+                " would not stay with this customer; unblock one of them first"
+            )
+        outcome = outcome_of("link", home, plan, view.rows)
         outcome.added_row = added
         shown = ", ".join(v.stored for v in values)
         audit(actor, outcome, subject=f"customer {primary}: {shown}")
