@@ -16,6 +16,7 @@ from webapp.reconcile.core import NotFound, ReconcileError
 from webapp.reconcile.jobs import AlreadyRunning, claim_job, create_job, run_job
 from webapp.reconcile.models import DONE, ReconcileJob
 from webapp.reconcile.service import (
+    customer_snapshot,
     delete_contact,
     link_values,
     merge_customers,
@@ -239,6 +240,24 @@ def test_linking_to_a_customer_whose_primary_row_holds_only_blocked_values_is_re
             link_values(1, values, AGENT)
         assert (links(), len(audits("link"))) == before
     assert_invariants()
+
+
+def test_a_customer_merged_away_between_the_dialogs_two_reads_is_a_refusal_not_a_crash(
+    app, monkeypatch
+):
+    from webapp.reconcile import service
+
+    ident("ann@x.io", "111")
+    ident("bob@x.io", "222")
+    ident("ann@x.io", "222")  # merges customer 2 into customer 1
+    assert links() == {1: None, 2: 1}
+    # As MariaDB at READ COMMITTED can show it: the first read still saw customer 2
+    # as a primary, the second reads after the merge committed.
+    monkeypatch.setattr(service, "live_customer_of", lambda conn, contact_id: contact_id)
+    with pytest.raises(ReconcileError, match="changed while it was read"):
+        customer_snapshot(2)
+    with pytest.raises(ReconcileError, match="changed while it was read"):
+        merge_preview(1, 2)
 
 
 def test_deleting_the_primary_promotes_the_next_oldest(app):

@@ -19,6 +19,7 @@ from ..identity.rules import (
     PHONE,
     Customer,
     Key,
+    Row,
     Value,
     consolidate,
     joining_time,
@@ -75,9 +76,21 @@ def customer_snapshot(contact_id: int) -> Customer:
                 or_(_c.id == primary, _c.linkedId == primary), _c.deletedAt.is_(None)
             )
         )
-        return consolidate(primary, [row_from_record(r) for r in records])
+        rows = [row_from_record(r) for r in records]
     finally:
         db.session.rollback()
+    _still_primary(primary, rows)
+    return consolidate(primary, rows)
+
+
+def _still_primary(primary: int, rows: Sequence[Row]) -> None:
+    """ReconcileError unless ``primary`` is a live primary among ``rows``.
+
+    The customer and its rows are two reads; at READ COMMITTED (MariaDB) a
+    merge or delete committed between them shows in the second only.
+    """
+    if not any(row.id == primary and row.is_primary for row in rows):
+        raise ReconcileError(f"customer #{primary} changed while it was read; try again")
 
 
 def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome:
@@ -172,6 +185,8 @@ def merge_preview(contact_id: int, other_id: int) -> MergePreview:
         rows = [row_from_record(r) for r in records]
     finally:
         db.session.rollback()
+    _still_primary(first, rows)
+    _still_primary(second, rows)
     by_id = {row.id: row for row in rows}
     survivor, absorbed = sorted((by_id[first], by_id[second]), key=lambda r: (r.created_at, r.id))
     return MergePreview(
