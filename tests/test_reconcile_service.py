@@ -260,6 +260,33 @@ def test_a_customer_merged_away_between_the_dialogs_two_reads_is_a_refusal_not_a
         merge_preview(1, 2)
 
 
+def test_a_block_finds_a_holder_another_agent_split_off_after_it_looked(app, monkeypatch):
+    from webapp.reconcile import service
+
+    for email, phone in (("a@x.io", "1"), ("b@x.io", "1"), ("b@x.io", "2"), ("c@x.io", "2")):
+        ident(email, phone)
+    assert set(links().values()) == {None, 1}
+    # Agent B looks up who holds phone 2 (customer 1), then waits for customer 1's lock
+    # while agent A blocks b@x.io, which splits rows 3 and 4 off as customer 3.
+    looked_up = service.holders(db.session.connection(), [("phone", "2")])
+    db.session.rollback()
+    set_blocked(parse_identifier("b@x.io"), True, AGENT, "shared inbox")
+    assert links() == {1: None, 2: 1, 3: None, 4: 3}
+    calls = []
+
+    def as_looked_up_before(conn, keys):
+        calls.append(keys)
+        return looked_up if len(calls) == 1 else holders(conn, keys)
+
+    holders = service.holders
+    monkeypatch.setattr(service, "holders", as_looked_up_before)
+    outcome = set_blocked(parse_identifier("2"), True, AGENT, "shop phone")
+    # Rows 3 and 4 were joined only by phone 2: they split, as a whole-database run would.
+    assert links() == {1: None, 2: 1, 3: None, 4: None}
+    assert outcome.changed
+    assert_invariants()
+
+
 def test_deleting_the_primary_promotes_the_next_oldest(app):
     ident("ann@x.io", "111")
     ident("ann@x.io", "222")

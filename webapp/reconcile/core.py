@@ -10,7 +10,7 @@ from another is always locked and recomputed whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
@@ -139,12 +139,19 @@ def read_view(conn: Connection, customer_ids: set[int]) -> tuple[View, set[int]]
     return View(live, deleted, blocked, bonds), customers
 
 
-def lock_view(conn: Connection, seeds: Iterable[int]) -> tuple[View, set[int]]:
-    """Lock every customer that ``seeds`` may merge with or split into, and read them whole."""
+def lock_view(
+    conn: Connection, seeds: Iterable[int], holding: Collection[Key] = ()
+) -> tuple[View, set[int]]:
+    """Lock every customer that ``seeds`` may merge with or split into, and read them whole.
+
+    ``holding``: keys whose holders are locked too, blocked or not, read again
+    in every round: a customer split off by another agent after the caller
+    first looked them up is found under the lock.
+    """
 
     def read(held: frozenset[int]) -> tuple[tuple[View, set[int]], set[int]]:
         view, customers = read_view(conn, held)
-        return (view, set(held)), held | customers
+        return (view, set(held)), held | customers | (holders(conn, holding) if holding else set())
 
     return lock_customers(conn, read, seeds)
 

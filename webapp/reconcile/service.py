@@ -258,10 +258,13 @@ def set_blocked(value: Value, blocked: bool, actor: str, reason: str | None = No
             "blocked_by": actor if blocked else None,
         }
         conn.execute(update(Identifier.__table__).where(_i.id == claim.id).values(**state))
-        holding = holders(conn, [(value.kind, value.key)])
+        key = (value.kind, value.key)
+        holding = holders(conn, [key])
         outcome = Outcome(action=action, customer_id=None)
         if holding:
-            view, _ = lock_view(conn, holding)
+            # Read again under the locks: another agent may have split a holder off since.
+            view, _ = lock_view(conn, holding, holding=[key])
+            holding = holders(conn, [key]) or holding
             plan = view.plan()
             write_plan(conn, plan, cause=AGENT, actor=actor)
             oldest = min(holding)
