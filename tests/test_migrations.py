@@ -11,6 +11,7 @@ from sqlalchemy import insert, select, update
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, contact_grams, name_grams
 from webapp.models import Bond, BondKey, Contact, Identifier, User, utcnow
+from webapp.vouchers.models import Voucher
 
 
 def test_migrated_schema_matches_models(app):
@@ -193,4 +194,23 @@ def test_0012_composes_email_keys_everywhere_and_merges_claims_that_collide(app,
     assert result.exit_code == 0, result.output
     links = dict(db.session.execute(select(Contact.id, Contact.linkedId)).all())
     assert links == {1: None, 2: None, 3: None, 4: 1}
+    db.session.rollback()
+
+
+def test_0013_keys_the_e_mail_each_voucher_was_redeemed_with(app, client, api_key):
+    body = {"offer_name": "Welcome", "discount": 10, "expiry": "2999-01-01T00:00:00Z"}
+    codes = []
+    for email in ("lorraine@hillvalley.edu", "jose\u0301@example.com"):
+        response = client.post("/vouchers/generate", json={**body, "email": email})
+        assert response.status_code == 201, response.get_json()
+        codes.append(response.get_json()["code"].replace("-", ""))
+    redeemed = {"code": codes[0], "email": "  Lorraine@HillValley.EDU "}
+    assert client.post("/vouchers/validate", json=redeemed).status_code == 200
+    db.session.rollback()
+    try:
+        downgrade(revision="0012_composed_email_keys")
+    finally:
+        upgrade()
+    keys = dict(db.session.execute(select(Voucher.code, Voucher.used_email_key)).all())
+    assert keys == {codes[0]: "lorraine@hillvalley.edu", codes[1]: None}
     db.session.rollback()

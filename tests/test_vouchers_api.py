@@ -367,6 +367,25 @@ def test_once_per_customer_holds_across_emails_and_vouchers(client):
     assert [v.used_at is not None for v in vouchers()] == [True, False, True]
 
 
+def test_once_per_customer_follows_the_one_who_redeemed_across_a_split(client):
+    from webapp.identity.rules import parse_identifier
+    from webapp.reconcile.service import set_blocked
+
+    identify(client, LORRAINE, "555")
+    identify(client, MCFLY, "555")
+    hers = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+    his = issued_code(client, email=MCFLY, offer="Welcome")
+    # One customer: McFly redeems the voucher issued to Lorraine's e-mail.
+    assert validate(client, hers, email=MCFLY).status_code == 200
+    assert validate(client, his, email=MCFLY, dry_run=True).status_code == 409
+    # Blocking the shared phone splits them; McFly has still used the offer.
+    set_blocked(parse_identifier("555"), True, "agent@shop.test", "shop phone")
+    refused = validate(client, his, email=MCFLY)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "offer_already_redeemed"
+    assert vouchers()[1].used_at is None
+
+
 def test_once_per_customer_counts_a_redemption_made_before_a_merge(client):
     identify(client, LORRAINE, "111")
     mine = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)

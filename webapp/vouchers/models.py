@@ -48,6 +48,9 @@ class Voucher(db.Model):
     issued_by: Mapped[str] = mapped_column(String(320))
     used_at: Mapped[datetime | None] = mapped_column(Timestamp)
     used_email: Mapped[str | None] = mapped_column(String(320))
+    # Its matching key: a once-per-customer offer counts the redemption for the
+    # customer holding that e-mail, wherever merges and splits take it.
+    used_email_key: Mapped[str | None] = mapped_column(String(320))
     voided_at: Mapped[datetime | None] = mapped_column(Timestamp)
     voided_by: Mapped[str | None] = mapped_column(String(320))
     void_reason: Mapped[str | None] = mapped_column(Text)
@@ -59,5 +62,6 @@ class Voucher(db.Model):
 
     __table_args__ = (
         Index("ix_voucher_issue_key", "issue_key", unique=True),
+        Index("ix_voucher_offer_used_email_key", "offer_id", "used_email_key"),
         MYSQL_TABLE_ARGS,
     )

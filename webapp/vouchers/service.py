@@ -28,7 +28,7 @@ from sqlalchemy.orm import aliased
 from .. import audit
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
-from ..identity.rules import EMAIL, InvalidValue, Value, parse_email
+from ..identity.rules import EMAIL, Value
 from ..identity.service import BlockedValues, blocked_keys, identify, lock_customers
 from ..models import Contact, utcnow
 from .models import Offer, Voucher
@@ -235,14 +235,6 @@ def _customer_voucher_rows(owners: Sequence[int]):
     ).all()
 
 
-def _email_key(address: str) -> str | None:
-    """The matching key of an address stored as sent; None if it no longer validates."""
-    try:
-        return parse_email(address).key
-    except InvalidValue:
-        return None
-
-
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -430,8 +422,13 @@ def _refuse_unusable(voucher: Voucher, now: datetime) -> None:
 
 
 def _customer_redeemed(offer_id: int, owner: int) -> bool:
-    """Whether any voucher of the offer was redeemed by any contact row of the customer."""
-    hit = db.session.scalar(
+    """Whether the customer has redeemed a voucher of the offer.
+
+    A voucher counts when it was issued to one of the customer's rows, or
+    redeemed with one of its e-mails: after a split, the one who redeemed
+    another's voucher (while they were one customer) has used the offer too.
+    """
+    issued = db.session.scalar(
         select(Voucher.id)
         .join(Contact, Contact.id == Voucher.contact_id)
         .where(
@@ -441,7 +438,19 @@ def _customer_redeemed(offer_id: int, owner: int) -> bool:
         )
         .limit(1)
     )
-    return hit is not None
+    if issued is not None:
+        return True
+    emails = (
+        select(Contact.email_key)
+        .where(or_(Contact.id == owner, Contact.linkedId == owner))
+        .where(Contact.deletedAt.is_(None), Contact.email_key.is_not(None))
+    )
+    redeemed = db.session.scalar(
+        select(Voucher.id)
+        .where(Voucher.offer_id == offer_id, Voucher.used_email_key.in_(emails))
+        .limit(1)
+    )
+    return redeemed is not None
 
 
 def _check_redeemable(voucher: Voucher, owner: int, now: datetime) -> Offer:
@@ -502,8 +511,7 @@ def _redeem_locked(code: str, email: Value, idempotency_key: str | None) -> Vouc
     if (
         idempotency_key is not None
         and voucher.redeem_key == idempotency_key
-        and voucher.used_email is not None
-        and _email_key(voucher.used_email) == email.key
+        and voucher.used_email_key == email.key
     ):
         # This very redemption, sent again: its answer, not a 409.
         offer_name = db.session.get(Offer, voucher.offer_id).name
@@ -514,7 +522,12 @@ def _redeem_locked(code: str, email: Value, idempotency_key: str | None) -> Vouc
     claimed = db.session.execute(
         update(Voucher)
         .where(Voucher.id == voucher.id, Voucher.used_at.is_(None), Voucher.voided_at.is_(None))
-        .values(used_at=now, used_email=email.stored, redeem_key=idempotency_key)
+        .values(
+            used_at=now,
+            used_email=email.stored,
+            used_email_key=email.key,
+            redeem_key=idempotency_key,
+        )
         .execution_options(synchronize_session=False)
     )
     if claimed.rowcount != 1:
