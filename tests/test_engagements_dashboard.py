@@ -322,6 +322,19 @@ def test_agent_sets_the_name_it_wins_over_event_names_and_is_audited(signed_in_c
     assert '"Anna B"' in entry.before and '"Anna Berg"' in entry.after
 
 
+def test_the_agents_name_outlives_the_deletion_of_the_row_it_was_kept_on(signed_in_client, api_key):
+    from webapp.reconcile.service import delete_contact
+
+    event(signed_in_client, channel="sms", direction="inbound", name="A. Typo")
+    event(signed_in_client, channel="sms", direction="inbound", phoneNumber="555 0100")
+    response = signed_in_client.post("/customers/1/name", data={"name": "Anna Berg"}, headers=HTMX)
+    assert response.status_code == 200
+    # The primary row (a mistyped e-mail, say) is deleted; row 2 becomes the primary.
+    delete_contact(1, AGENT_EMAIL)
+    card = signed_in_client.get("/api/v1/customers/lookup?phone=5550100").get_json()["customer"]
+    assert (card["customerId"], card["name"]) == (2, "Anna Berg")
+
+
 def heading_of(html: str) -> str:
     start = html.index('<h1 id="customer-heading"')
     return html[start : html.index("</h1>", start) + 5]

@@ -190,11 +190,23 @@ def engagement_page(
 
 
 def display_name(conn: Connection, contact_ids: Sequence[int]) -> str | None:
-    """The agent-set name (newest) if any, else the oldest name an event brought."""
+    """The agent-set name (newest) if any, else the oldest name an event brought.
+
+    ``contact_ids`` are the customer's live rows. An agent names the customer,
+    not a row, so a name an agent set on a row deleted since (the primary row,
+    say) still counts; names events brought on deleted rows do not.
+    """
     if not contact_ids:
         return None
+    ids = list(contact_ids)
+    deleted_linked = select(_c.id).where(_c.linkedId.in_(ids), _c.deletedAt.is_not(None))
     rows = conn.execute(
-        select(_n.name, _n.source, _n.created_at, _n.id).where(_n.contact_id.in_(list(contact_ids)))
+        select(_n.name, _n.source, _n.created_at, _n.id, _n.contact_id).where(
+            or_(
+                _n.contact_id.in_(ids),
+                and_(_n.source == NAME_FROM_AGENT, _n.contact_id.in_(deleted_linked)),
+            )
+        )
     ).all()
     agent = [r for r in rows if r.source == NAME_FROM_AGENT]
     if agent:
