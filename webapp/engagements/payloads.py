@@ -17,8 +17,6 @@ MAX_NAME_LENGTH = 200
 MAX_SUMMARY_LENGTH = 4000
 MAX_URL_LENGTH = 2048
 MAX_EXTERNAL_ID_LENGTH = 200
-
-
 # Clocks disagree a little; an event dated further ahead than this is a client bug
 # that would otherwise sit on top of the timeline for good.
 FUTURE_TOLERANCE = timedelta(hours=24)

@@ -505,8 +505,9 @@ def reconcile(
         for key in row.identifiers():
             holder_home.setdefault((row.primary_id, *key), home)
     for row in sorted(deleted, key=lambda r: r.id):
-        home = _deleted_home(row, holder_home, blocked) or new_home.get(row.primary_id)
-        home = row.linked_id if home is None else home
+        home = _deleted_home(row, holder_home, blocked)
+        if home is None:
+            home = new_home.get(row.primary_id, row.linked_id)
         if home is not None and home != row.linked_id:
             result.deleted_relinks.append(Relink(row.id, row.linked_id, home))
     return result

@@ -264,7 +264,8 @@ def set_blocked(value: Value, blocked: bool, actor: str, reason: str | None = No
         if holding:
             # Read again under the locks: another agent may have split a holder off since.
             view, _ = lock_view(conn, holding, holding=[key])
-            holding = holders(conn, [key]) or holding
+            # The holders as read under the locks: the view holds every one of them.
+            holding = {r.primary_id for r in view.rows if key in r.identifiers()} or holding
             plan = view.plan()
             write_plan(conn, plan, cause=AGENT, actor=actor)
             oldest = min(holding)
