@@ -1,6 +1,7 @@
 """Reconciliation services on SQLite and MariaDB: what each action writes, audits and refuses."""
 
 import json
+import threading
 from datetime import timedelta
 
 import pytest
@@ -10,8 +11,8 @@ from tests.builders import assert_invariants, contacts
 from tests.openapi_check import assert_matches_openapi
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
-from webapp.identity.service import BlockedValues, blocked_keys, identify
-from webapp.models import AuditEntry, Contact, Identifier, Merge, utcnow
+from webapp.identity.service import BlockedValues, blocked_keys, identify, lock_keys
+from webapp.models import AuditEntry, BondKey, Contact, Identifier, Merge, utcnow
 from webapp.reconcile.core import NotFound, ReconcileError
 from webapp.reconcile.jobs import AlreadyRunning, claim_job, create_job, run_job
 from webapp.reconcile.models import DONE, ReconcileJob
@@ -313,6 +314,45 @@ def test_deleting_the_only_bridge_splits_the_customer(app):
     assert outcome.summary() == "1 new customer split off; 1 contact row relinked."
     with pytest.raises(NotFound):
         delete_contact(2, AGENT)
+    assert_invariants()
+
+
+# Row locks are MariaDB's: on SQLite BEGIN IMMEDIATE already runs one delete after the other.
+@pytest.mark.parametrize("dialect", ["mariadb"], indirect=True)
+def test_two_agents_deleting_the_last_holders_of_a_blocked_value_withdraw_it_from_bonds(
+    app, dialect
+):
+    ident("ann@x.io", "555")
+    ident("bob@x.io", "777")
+    ident("bob@x.io", "555")  # merges the two: a bond holds bob@x.io and 555
+    ident("cat@x.io", "555")
+    set_blocked(parse_identifier("555"), True, AGENT, "shop phone")
+    # Rows 1 and 3 hold the blocked 555 as two customers of their own.
+    assert links() == {1: None, 2: None, 3: None}
+    bonded = select(func.count()).select_from(BondKey).where(BondKey.key == "555")
+    assert db.session.scalar(bonded) == 1
+    db.session.rollback()
+    with db.engine.connect() as first:
+        # Agent A deletes row 1 and has not committed yet: it holds 555's claim, as a delete takes it.
+        first.begin()
+        lock_keys(first, [("phone", "555")])
+        first.execute(update(Contact).where(Contact.id == 1).values(deletedAt=utcnow()))
+        outcomes = []
+
+        def agent_b():
+            with app.app_context():
+                outcomes.append(delete_contact(3, AGENT, "test row"))
+
+        deleting = threading.Thread(target=agent_b)
+        deleting.start()
+        deleting.join(timeout=2)
+        # Agent B waits for the claim instead of reading row 1 as still live...
+        assert deleting.is_alive()
+        first.commit()
+    deleting.join(timeout=30)
+    assert len(outcomes) == 1
+    # ...so it sees that no live row holds 555 any more and takes it out of the bond.
+    assert db.session.scalar(bonded) == 0
     assert_invariants()
 
 

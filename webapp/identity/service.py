@@ -348,10 +348,17 @@ def lock_claims(conn: Connection, values: Sequence[Value]) -> set[Key]:
     Returns the values' keys that are blocked, as read under the locks (a
     value is blocked and unblocked under its claim lock too).
     """
+    return lock_keys(conn, [(v.kind, v.key) for v in values])
+
+
+def lock_keys(conn: Connection, keys: Iterable[Key]) -> set[Key]:
+    """``lock_claims`` by (kind, key) pairs."""
     if not conn.in_transaction():
         # The claims are read straight on the driver, which begins nothing itself.
         raise RuntimeError("lock_claims needs a transaction that has begun")
-    wanted = sorted({(v.kind, v.key) for v in values})
+    wanted = sorted(set(keys))
+    if not wanted:
+        return set()
     query = _claims_query(conn.dialect, len(wanted))
     held = {
         (k, key): blocked_at

@@ -26,7 +26,7 @@ from ..identity.rules import (
     parse_key,
 )
 from ..identity.search_index import index_contact
-from ..identity.service import blocked_keys, lock_claims, row_from_record
+from ..identity.service import ROW_COLUMNS, blocked_keys, lock_claims, lock_keys, row_from_record
 from ..models import SECONDARY, Contact, Identifier, utcnow
 from .core import (
     AGENT,
@@ -303,7 +303,13 @@ def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Ou
     """
 
     def work(conn: Connection) -> Outcome:
-        view, held = lock_view(conn, {primary_of(conn, contact_id)})
+        row = _live_row(conn, contact_id)
+        # The claims of the row's values first, in the order identify and a
+        # block take locks: an agent deleting the other last holder of a
+        # blocked value (another customer's row) waits, then reads this delete,
+        # so one of the two withdraws the value from its bonds.
+        lock_keys(conn, row.identifiers())
+        view, held = lock_view(conn, {row.primary_id})
         primary = primary_in(view, contact_id)
         before_rows = view.rows
         conn.execute(
@@ -324,6 +330,16 @@ def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Ou
         return outcome
 
     return write_transaction(work)
+
+
+def _live_row(conn: Connection, contact_id: int) -> Row:
+    """A live contact row (its values never change); NotFound otherwise."""
+    found = conn.execute(
+        select(*ROW_COLUMNS).where(_c.id == contact_id, _c.deletedAt.is_(None))
+    ).first()
+    if found is None:
+        raise NotFound(f"there is no contact {contact_id}")
+    return row_from_record(found)
 
 
 def live_contact(contact_id: int) -> Contact | None:
