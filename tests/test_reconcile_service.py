@@ -333,7 +333,7 @@ def test_two_agents_deleting_the_last_holders_of_a_blocked_value_withdraw_it_fro
     assert db.session.scalar(bonded) == 1
     db.session.rollback()
     with db.engine.connect() as first:
-        # Agent A deletes row 1 and has not committed yet: it holds 555's claim, as a delete takes it.
+        # Agent A deletes row 1, not committed yet: it holds 555's claim, as a delete takes it.
         first.begin()
         lock_keys(first, [("phone", "555")])
         first.execute(update(Contact).where(Contact.id == 1).values(deletedAt=utcnow()))
