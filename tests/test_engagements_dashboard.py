@@ -322,6 +322,36 @@ def test_agent_sets_the_name_it_wins_over_event_names_and_is_audited(signed_in_c
     assert '"Anna B"' in entry.before and '"Anna Berg"' in entry.after
 
 
+def test_audit_states_show_names_as_typed_not_as_escapes(signed_in_client, api_key):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="Fatima")[
+        "customerId"
+    ]
+    signed_in_client.post(f"/customers/{customer}/name", data={"name": "فاطمة"}, headers=HTMX)
+    (entry,) = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "rename"))
+    assert entry.after == '{"name": "فاطمة"}'
+    # An entry written before states were stored that way (escaped), and one that is not JSON.
+    db.session.add_all(
+        [
+            AuditEntry(
+                actor=AGENT_EMAIL,
+                action="rename",
+                customer_id=customer,
+                before='{"name": "\\u738b\\u5c0f\\u660e"}',
+            ),
+            AuditEntry(
+                actor=AGENT_EMAIL, action="rename", customer_id=customer, before="not json \\u738b"
+            ),
+        ]
+    )
+    db.session.commit()
+    audit = signed_in_client.get("/audit?action=rename").get_data(as_text=True)
+    timeline = signed_in_client.get(f"/customers/{customer}").get_data(as_text=True)
+    for html in (audit, timeline):
+        assert "&#34;name&#34;: &#34;فاطمة&#34;" in html
+        assert "&#34;name&#34;: &#34;王小明&#34;" in html and "\\u0641" not in html
+        assert "not json \\u738b" in html
+
+
 def test_the_agents_name_outlives_the_deletion_of_the_row_it_was_kept_on(signed_in_client, api_key):
     from webapp.reconcile.service import delete_contact
 

@@ -26,8 +26,27 @@ def record(
         customer_id=customer_id,
         subject=subject,
         reason=reason,
-        before=None if before is None else json.dumps(before, default=str, sort_keys=True),
-        after=None if after is None else json.dumps(after, default=str, sort_keys=True),
+        before=None if before is None else _dumps(before),
+        after=None if after is None else _dumps(after),
     )
     db.session.add(entry)
     return entry
+
+
+def _dumps(state: Any) -> str:
+    # Names and addresses as typed ("فاطمة", not "\u0641..."): agents read these.
+    return json.dumps(state, default=str, sort_keys=True, ensure_ascii=False)
+
+
+def readable(stored: str) -> str:
+    """A stored before/after state for display, non-ASCII text as itself.
+
+    Entries written before states were stored that way hold ``\\uXXXX`` escapes.
+    An escape that is not text (a lone surrogate) stays escaped.
+    """
+    try:
+        text = _dumps(json.loads(stored))
+        text.encode("utf-8")
+    except ValueError:  # UnicodeEncodeError included
+        return stored
+    return text

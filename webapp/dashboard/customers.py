@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
+from ..audit import readable
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, consolidate
 from ..identity.service import row_from_record
@@ -188,8 +189,8 @@ def audit_details(entry: AuditEntry) -> list[tuple[str, str]]:
     for label, value in (
         ("subject", entry.subject),
         ("reason", entry.reason),
-        ("before", entry.before),
-        ("after", entry.after),
+        ("before", entry.before and readable(entry.before)),
+        ("after", entry.after and readable(entry.after)),
     ):
         if value:
             details.append((label, value))
