@@ -92,9 +92,9 @@ def test_an_event_whose_rows_keep_being_deleted_is_a_503_not_a_500(app, client, 
 
     store = service.store_events
 
-    def store_after_a_delete(contact_id, events):
+    def store_after_a_delete(contact_id, events, pick):
         delete_contact(contact_id, "agent@example.com")
-        return store(contact_id, events)
+        return store(contact_id, events, pick)
 
     monkeypatch.setattr(service, "store_events", store_after_a_delete)
     app.config["PROPAGATE_EXCEPTIONS"] = False
@@ -112,10 +112,10 @@ def test_a_batch_answers_503_only_for_the_customer_that_kept_losing(app, client,
 
     store = service.store_events
 
-    def store_unless_bob(contact_id, events):
+    def store_unless_bob(contact_id, events, pick):
         if events[0].values[0].key == "bob@x.io":
             delete_contact(contact_id, "agent@example.com")
-        return store(contact_id, events)
+        return store(contact_id, events, pick)
 
     monkeypatch.setattr(service, "store_events", store_unless_bob)
     body = {"events": [{"channel": "web", "email": e} for e in ("anna@x.io", "bob@x.io")]}
@@ -137,11 +137,11 @@ def test_a_database_error_after_a_stored_group_answers_503_for_the_rest_only(
 
     store = service.store_events
 
-    def store_until_bob(contact_id, events):
+    def store_until_bob(contact_id, events, pick):
         if events[0].values[0].key == "bob@x.io":
             # A real error from the real database, as an outage would raise mid-batch.
             db.session.execute(text("SELECT * FROM no_such_table"))
-        return store(contact_id, events)
+        return store(contact_id, events, pick)
 
     monkeypatch.setattr(service, "store_events", store_until_bob)
     emails = ("anna@x.io", "bob@x.io", "cleo@x.io")
@@ -162,3 +162,52 @@ def test_a_database_error_after_a_stored_group_answers_503_for_the_rest_only(
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "database_unavailable"
     assert count(Engagement) == 1
+
+
+def _block(value: str) -> None:
+    from webapp.identity.rules import parse_identifier
+    from webapp.reconcile.service import set_blocked
+
+    set_blocked(parse_identifier(value), True, "agent@example.com", "shared till")
+
+
+def test_an_event_whose_only_value_is_blocked_after_the_row_was_picked_is_refused(
+    app, client, monkeypatch
+):
+    from webapp.engagements import service
+
+    store = service.store_events
+
+    def store_after_a_block(contact_id, events, pick):
+        # An agent blocks the e-mail between the pick and the store.
+        _block("till@x.io")
+        return store(contact_id, events, pick)
+
+    monkeypatch.setattr(service, "store_events", store_after_a_block)
+    body = {"channel": "email", "direction": "inbound", "email": "till@x.io", "name": "Till"}
+    response = client.post("/events", json=body)
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == "blocked_identifier"
+    assert count(Engagement) == 0
+
+
+def test_a_call_from_a_number_blocked_after_its_caller_was_found_is_not_filed(
+    app, client, monkeypatch
+):
+    from webapp.engagements import screenpop
+
+    client.post("/identify", json={"email": "anna@x.io", "phoneNumber": "555 0199"})
+    store = screenpop.store_events
+
+    def store_after_a_block(contact_id, events, pick, **kwargs):
+        _block("555 0199")
+        return store(contact_id, events, pick, **kwargs)
+
+    monkeypatch.setattr(screenpop, "store_events", store_after_a_block)
+    response = client.post("/calls/incoming", json={"phoneNumber": "5550199", "callId": "c-9"})
+    assert response.status_code == 201
+    assert response.get_json()["eventId"] is None
+    assert count(Engagement) == 0
+    # The next call from that number is known to be blocked from the start.
+    again = client.post("/calls/incoming", json={"phoneNumber": "5550199", "callId": "c-10"})
+    assert (again.get_json()["blocked"], again.get_json()["eventId"]) == (True, None)

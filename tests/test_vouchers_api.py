@@ -512,6 +512,25 @@ def test_a_blocked_email_neither_receives_nor_redeems(app, client):
     assert answer.get_json() == {"vouchers": []}
 
 
+def test_an_email_blocked_while_its_voucher_is_issued_receives_none(app, client, monkeypatch):
+    from webapp.identity.rules import parse_identifier
+    from webapp.reconcile.service import set_blocked
+
+    real = service.identify
+
+    def identify_then_block(values, **kwargs):
+        customer = real(values, **kwargs)
+        # An agent blocks the e-mail after identify looked, before the voucher is written.
+        set_blocked(parse_identifier(MCFLY), True, "agent@shop.test", "shared till address")
+        return customer
+
+    monkeypatch.setattr(service, "identify", identify_then_block)
+    refused = generate(client, email=MCFLY)
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["code"] == "email_blocked"
+    assert vouchers() == []
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from .. import audit
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
-from ..identity.rules import Value, parse_phone
+from ..identity.rules import PHONE, Row, Value, parse_phone
 from ..identity.service import customer_rows, identify
 from ..models import utcnow
 from .history import (
@@ -28,7 +28,7 @@ from .history import (
 )
 from .models import CALL, ScreenPop
 from .payloads import EventInput
-from .service import store_events
+from .service import Pick, Recorded, store_events
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,17 @@ class PopView:
         return match_word(len(self.cards))
 
 
-def _caller_row_id(customer_id: int, phone: Value) -> int | None:
+def _caller_row(customer_id: int, phone: Value) -> Row | None:
     """The oldest live row of the customer that holds the phone, in any prefix form."""
     variants = set(phone_key_variants(phone.key))
     rows = customer_rows(db.session.connection(), customer_id)
     holding = [r for r in rows if r.phone_key in variants]
-    return min(holding, key=lambda r: (r.created_at, r.id)).id if holding else None
+    return min(holding, key=lambda r: (r.created_at, r.id)) if holding else None
+
+
+def _store_call(row: Row, event: EventInput, for_pop: int | None = None) -> list[Recorded] | None:
+    """File a call against the caller's row; None if the row went or its number was blocked."""
+    return store_events(row.id, [event], Pick(((PHONE, row.phone_key),)), for_pop=for_pop)
 
 
 def _call_event(phone: Value, call_id: str | None, occurred_at: datetime) -> EventInput:
@@ -120,11 +125,11 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
     """
     conn = db.session.connection()
     customer_ids, blocked = customers_holding(conn, phone)
-    row_id = _caller_row_id(customer_ids[0], phone) if len(customer_ids) == 1 else None
+    row = _caller_row(customer_ids[0], phone) if len(customer_ids) == 1 else None
     db.session.rollback()
     event_id = None
-    if row_id is not None:
-        recorded = store_events(row_id, [_call_event(phone, call_id, utcnow())])
+    if row is not None:
+        recorded = _store_call(row, _call_event(phone, call_id, utcnow()))
         event_id = recorded[0].event_id if recorded else None
     pop_id = run_write_transaction(
         lambda: _insert_pop(phone, call_id, event_id), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
@@ -191,11 +196,12 @@ def create_caller(pop_id: int, actor: str) -> int | None:
     db.session.rollback()
     customer = identify([phone], source="agent", actor=actor)
     if not had_event:
-        row_id = _caller_row_id(customer.primary_id, phone)
+        row = _caller_row(customer.primary_id, phone)
         db.session.rollback()
-        if row_id is not None:
-            # Filed and linked to the pop in one transaction (None: the row went meanwhile).
-            store_events(row_id, [_call_event(phone, call_id, occurred_at)], for_pop=pop_id)
+        if row is not None:
+            # Filed and linked to the pop in one transaction (not filed if the row
+            # went or the number was blocked meanwhile).
+            _store_call(row, _call_event(phone, call_id, occurred_at), pop_id)
 
     def finish() -> None:
         db.session.connection(execution_options={SQLITE_IMMEDIATE: True})

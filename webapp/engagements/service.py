@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..api.errors import ApiError
 from ..database import SQLITE_IMMEDIATE, Contention, run_write_transaction
 from ..extensions import db
-from ..identity.rules import EMAIL, Row, Value
+from ..identity.rules import EMAIL, Key, Row, Value
 from ..identity.search_index import index_names
 from ..identity.service import (
     BlockedValues,
@@ -29,6 +29,7 @@ from ..identity.service import (
     identify,
     load_customer_rows,
     lock_customers,
+    lock_keys,
 )
 from ..models import Contact, utcnow
 from .models import NAME_FROM_EVENT, ContactName, Engagement, ScreenPop, name_key
@@ -116,11 +117,26 @@ def lock_customer_of(conn: Connection, contact_id: int) -> tuple[int, bool] | No
     return lock_customers(conn, read)
 
 
+@dataclass(frozen=True)
+class Pick:
+    """What a contact row was picked by: the events' keys, and which of them were blocked."""
+
+    keys: tuple[Key, ...]
+    blocked: frozenset[Key] = frozenset()
+
+
 def _store(
-    contact_id: int, events: Sequence[EventInput], for_pop: int | None = None
+    contact_id: int, events: Sequence[EventInput], for_pop: int | None, pick: Pick
 ) -> list[Recorded] | None:
-    """Insert ``events`` against ``contact_id`` (one transaction); None if the row is gone."""
+    """Insert ``events`` against ``contact_id`` (one transaction).
+
+    None if the row is gone, or if a value was blocked or unblocked since the
+    row was picked (read again under its claim lock, which a block takes too).
+    """
     conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+    if lock_keys(conn, pick.keys) != pick.blocked:
+        db.session.rollback()
+        return None
     locked = lock_customer_of(conn, contact_id)
     if locked is None or not locked[1]:
         db.session.rollback()
@@ -240,16 +256,20 @@ def _blocked_error(values: Sequence[Value]) -> ApiError:
 
 
 def store_events(
-    contact_id: int, events: Sequence[EventInput], *, for_pop: int | None = None
+    contact_id: int, events: Sequence[EventInput], pick: Pick, *, for_pop: int | None = None
 ) -> list[Recorded] | None:
-    """Store events against a known contact row; None when that row was deleted meanwhile.
+    """Store events against a contact row picked by ``pick``; None when that no longer holds.
+
+    None: the row was deleted meanwhile, or a value of the pick was blocked or
+    unblocked (the caller resolves again).
 
     ``for_pop``: the screen-pop whose call the one event is. It is linked to
     the pop in the same transaction, under the pop's row lock, and when the pop
     has its call already (another agent filed it) that event is answered instead.
     """
     return run_write_transaction(
-        lambda: _store(contact_id, events, for_pop), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
+        lambda: _store(contact_id, events, for_pop, pick),
+        current_app.config["IDENTIFY_MAX_ATTEMPTS"],
     )
 
 
@@ -263,15 +283,16 @@ def _record_group(events: Sequence[EventInput]) -> list[Recorded]:
             raise _blocked_error(values) from None
         conn = db.session.connection()
         rows = load_customer_rows(conn, values)
-        blocked = blocked_keys(conn, [(v.kind, v.key) for v in values])
+        keys = tuple((v.kind, v.key) for v in values)
+        blocked = blocked_keys(conn, keys)
         contact = pick_contact_row(values, rows, blocked)
         db.session.rollback()
         if contact is None:
             raise _blocked_error(values)
-        stored = store_events(contact.id, events)
+        stored = store_events(contact.id, events, Pick(keys, frozenset(blocked)))
         if stored is not None:
             return stored
-        log.info("contact row %s was deleted while storing events; resolving again", contact.id)
+        log.info("contact row %s changed while storing events; resolving again", contact.id)
     # Agents kept deleting the rows picked: a 503 "busy", like any other lost race.
     raise Contention("the contact rows kept disappearing")
 

@@ -29,7 +29,13 @@ from .. import audit
 from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Value
-from ..identity.service import BlockedValues, blocked_keys, identify, lock_customers
+from ..identity.service import (
+    BlockedValues,
+    blocked_keys,
+    identify,
+    lock_claims,
+    lock_customers,
+)
 from ..models import Contact, utcnow
 from .models import Offer, Voucher
 from .rules import (
@@ -59,6 +65,12 @@ class VoucherError(Exception):
         self.code = code
         self.message = message
         self.field = field
+
+
+def _email_blocked() -> VoucherError:
+    return VoucherError(
+        422, "email_blocked", "this e-mail is blocked and cannot receive vouchers", "email"
+    )
 
 
 def _not_found() -> VoucherError:
@@ -358,10 +370,12 @@ def issue_voucher(
             identify([email], source="voucher")
         except BlockedValues:
             # A shared value such as test@test.com belongs to no one customer.
-            raise VoucherError(
-                422, "email_blocked", "this e-mail is blocked and cannot receive vouchers", "email"
-            ) from None
+            raise _email_blocked() from None
         _begin_write()
+        # Read again under the e-mail's claim lock, which a block takes too: an
+        # agent may have blocked it since identify looked.
+        if lock_claims(db.session.connection(), [email]):
+            raise _email_blocked()
         now = utcnow()
         offer = _offer_for_issue(offer_name, discount, once_per_customer)
         contact_id, _owner_id = _lock_email_row(email.key)
