@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from .config import PROFILES
+from .config import check_settings, profile
 from .database import configure_engine, engine_options
 from .extensions import db, limiter, migrate
 from .models import MAX_ROW_ID
@@ -87,11 +87,12 @@ def create_app(config: dict | None = None) -> Flask:
     )
     app.url_map.converters["int"] = RowIdConverter
     app.session_interface = CookieSessions()
-    app.config.from_object(PROFILES[os.environ.get("APP_ENV", "production")])
+    app.config.from_object(profile(os.environ.get("APP_ENV", "production")))
     # Answers keep the documented key order (primaryContactId first).
     app.json.sort_keys = False
     if config:
         app.config.update(config)
+    check_settings(app.config)
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(app)

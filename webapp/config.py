@@ -1,6 +1,15 @@
-"""Settings read from the environment, one class per profile."""
+"""Settings read from the environment, one class per profile, checked at start.
+
+Numbers, switches and rate limits arrive as text; ``check_settings`` turns
+them into values or stops the app with a message naming the variable, so that
+a typo never runs as a silent default (a limit that does not parse would
+otherwise switch that limit off).
+"""
 
 import os
+from datetime import timedelta
+
+from limits import parse_many
 
 
 def _csv(value: str | None) -> list[str]:
@@ -18,14 +27,14 @@ class Config:
     # Bodies above this get 413 before any JSON is parsed.
     MAX_CONTENT_LENGTH = 64 * 1024
     # How often a transaction that lost a lock race is tried again before 503.
-    IDENTIFY_MAX_ATTEMPTS = int(os.environ.get("IDENTIFY_MAX_ATTEMPTS", "12"))
-    SQLITE_BUSY_TIMEOUT_MS = int(os.environ.get("SQLITE_BUSY_TIMEOUT_MS", "10000"))
+    IDENTIFY_MAX_ATTEMPTS = os.environ.get("IDENTIFY_MAX_ATTEMPTS", "12")
+    SQLITE_BUSY_TIMEOUT_MS = os.environ.get("SQLITE_BUSY_TIMEOUT_MS", "10000")
     # WAL pages before a checkpoint (16000 pages of 4 KiB: a WAL file of about 64 MiB).
-    SQLITE_WAL_AUTOCHECKPOINT = int(os.environ.get("SQLITE_WAL_AUTOCHECKPOINT", "16000"))
+    SQLITE_WAL_AUTOCHECKPOINT = os.environ.get("SQLITE_WAL_AUTOCHECKPOINT", "16000")
     # Reverse proxies (load balancers) in front of the app that set X-Forwarded-For
     # and X-Forwarded-Proto. 0: clients connect directly, and the headers are ignored
     # (trusting them without a proxy would let any client pick its own address).
-    TRUSTED_PROXIES = int(os.environ.get("TRUSTED_PROXIES", "0"))
+    TRUSTED_PROXIES = os.environ.get("TRUSTED_PROXIES", "0")
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
     RATELIMIT_HEADERS_ENABLED = True
     # Explicit, because Flask-Limiter would otherwise inherit the previous app's setting.
@@ -46,15 +55,15 @@ class Config:
     SIGN_IN_LIMIT_PER_ACCOUNT = os.environ.get("SIGN_IN_LIMIT_PER_ACCOUNT", "10 per 15 minutes")
     SIGN_IN_LIMIT_PER_ADDRESS = os.environ.get("SIGN_IN_LIMIT_PER_ADDRESS", "30 per 15 minutes")
     # Customers per transaction in a whole-database reconciliation run.
-    RECONCILE_BATCH_SIZE = int(os.environ.get("RECONCILE_BATCH_SIZE", "100"))
+    RECONCILE_BATCH_SIZE = os.environ.get("RECONCILE_BATCH_SIZE", "100")
     # Dashboard sessions: seconds until an agent must sign in again (12 h by default).
-    PERMANENT_SESSION_LIFETIME = int(os.environ.get("PERMANENT_SESSION_LIFETIME", "43200"))
+    PERMANENT_SESSION_LIFETIME = os.environ.get("PERMANENT_SESSION_LIFETIME", "43200")
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     # 1: the cookie is HTTPS-only always; a cookie set over HTTPS is Secure anyway (CookieSessions).
-    SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0") == "1"
+    SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "0")
     # Strict-Transport-Security max-age on answers to HTTPS requests; 0 sends none.
-    HSTS_SECONDS = int(os.environ.get("HSTS_SECONDS", "31536000"))
+    HSTS_SECONDS = os.environ.get("HSTS_SECONDS", "31536000")
     # argon2 parameters for agents' passwords: a name from argon2.profiles. Unset:
     # RFC_9106_LOW_MEMORY (CHEAPEST under TESTING, so the suite stays fast).
     PASSWORD_HASH_PROFILE = os.environ.get("PASSWORD_HASH_PROFILE") or None
@@ -63,22 +72,85 @@ class Config:
     TESTING = False
 
 
-class DevelopmentConfig(Config):
-    """Local development: a throwaway secret key is acceptable."""
-
-    SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-not-secret")
-
-
 class TestingConfig(Config):
-    """The test suite: explicit database URL, no rate-limit storage shared."""
+    """Test runs: Flask's testing mode, and the cheapest password hashing. Never on a server."""
 
     TESTING = True
-    SECRET_KEY = "testing-only"
     WTF_CSRF_ENABLED = True
 
 
+# "development" is kept for boxes that set it: it is the production profile
+# (it once meant a fixed, public SECRET_KEY, which forged sessions could use).
 PROFILES = {
     "production": Config,
-    "development": DevelopmentConfig,
+    "development": Config,
     "testing": TestingConfig,
 }
+
+
+def profile(name: str) -> type[Config]:
+    """The settings class APP_ENV names; a clear error for any other name."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"APP_ENV must be one of {', '.join(PROFILES)}, not {name!r}") from None
+
+
+# Whole-number settings and the least each may be.
+_WHOLE_NUMBERS = {
+    "IDENTIFY_MAX_ATTEMPTS": 1,
+    "SQLITE_BUSY_TIMEOUT_MS": 0,
+    "SQLITE_WAL_AUTOCHECKPOINT": 1,
+    "TRUSTED_PROXIES": 0,
+    "RECONCILE_BATCH_SIZE": 1,
+    "PERMANENT_SESSION_LIFETIME": 1,
+    "HSTS_SECONDS": 0,
+}
+_SWITCHES = {"1": True, "true": True, "yes": True, "on": True}
+_SWITCHES.update({"0": False, "false": False, "no": False, "off": False, "": False})
+_RATE_LIMITS = (
+    "VOUCHER_VALIDATE_LIMIT_PER_CLIENT",
+    "VOUCHER_VALIDATE_LIMIT_PER_CODE",
+    "SIGN_IN_LIMIT_PER_ACCOUNT",
+    "SIGN_IN_LIMIT_PER_ADDRESS",
+)
+
+
+def _whole_number(name: str, value, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    text = str(value).strip()
+    if not (text.isascii() and text.lstrip("-").isdigit() and len(text) < 20):
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    number = int(text)
+    if number < least:
+        raise ValueError(f"{name} must be at least {least}, not {number}")
+    return number
+
+
+def check_settings(config: dict) -> None:
+    """Turn the settings that arrive as text into values; ValueError naming a bad one."""
+    for name, least in _WHOLE_NUMBERS.items():
+        value = config.get(name)
+        if name == "PERMANENT_SESSION_LIFETIME" and isinstance(value, timedelta):
+            continue
+        config[name] = _whole_number(name, value, least)
+    secure = config.get("SESSION_COOKIE_SECURE")
+    if not isinstance(secure, bool):
+        try:
+            config["SESSION_COOKIE_SECURE"] = _SWITCHES[str(secure).strip().lower()]
+        except KeyError:
+            raise ValueError(
+                f"SESSION_COOKIE_SECURE must be 1 or 0 (or true/false, yes/no, on/off), "
+                f"not {secure!r}"
+            ) from None
+    for name in _RATE_LIMITS:
+        value = config.get(name)
+        try:
+            if not isinstance(value, str) or not parse_many(value):
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"{name} must be a rate limit such as '10 per minute' "
+                f"(several joined by ';'), not {value!r}"
+            ) from None

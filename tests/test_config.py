@@ -1,0 +1,92 @@
+"""Settings are checked at start: a typo stops the app with its name, never runs as a default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webapp import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def settings(tmp_path) -> dict:
+    return {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db", "TESTING": True}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("IDENTIFY_MAX_ATTEMPTS", "abc", "IDENTIFY_MAX_ATTEMPTS must be a whole number, not 'abc'"),
+        ("IDENTIFY_MAX_ATTEMPTS", "0", "IDENTIFY_MAX_ATTEMPTS must be at least 1, not 0"),
+        ("TRUSTED_PROXIES", "-1", "TRUSTED_PROXIES must be at least 0, not -1"),
+        ("SQLITE_BUSY_TIMEOUT_MS", "-5", "SQLITE_BUSY_TIMEOUT_MS must be at least 0"),
+        ("PERMANENT_SESSION_LIFETIME", "12h", "PERMANENT_SESSION_LIFETIME must be a whole number"),
+        ("RECONCILE_BATCH_SIZE", "1e3", "RECONCILE_BATCH_SIZE must be a whole number"),
+        ("HSTS_SECONDS", "-1", "HSTS_SECONDS must be at least 0"),
+        ("SESSION_COOKIE_SECURE", "ture", "SESSION_COOKIE_SECURE must be 1 or 0"),
+        ("SIGN_IN_LIMIT_PER_ACCOUNT", "bogus", "SIGN_IN_LIMIT_PER_ACCOUNT must be a rate limit"),
+        ("SIGN_IN_LIMIT_PER_ADDRESS", "", "SIGN_IN_LIMIT_PER_ADDRESS must be a rate limit"),
+        ("VOUCHER_VALIDATE_LIMIT_PER_CLIENT", "30 per fortnight", "VOUCHER_VALIDATE_LIMIT"),
+        ("VOUCHER_VALIDATE_LIMIT_PER_CODE", "ten per minute", "VOUCHER_VALIDATE_LIMIT_PER_CODE"),
+    ],
+)
+def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
+    with pytest.raises(ValueError) as refused:
+        create_app({**settings, name: value})
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "secure"),
+    [("1", True), ("true", True), ("Yes", True), (" on ", True), ("0", False), ("false", False)],
+)
+def test_the_secure_cookie_switch_reads_the_usual_spellings(settings, value, secure):
+    assert (
+        create_app({**settings, "SESSION_COOKIE_SECURE": value}).config["SESSION_COOKIE_SECURE"]
+        is secure
+    )
+
+
+def test_settings_from_the_environment_become_values(tmp_path):
+    # Settings are read when webapp.config is imported: a fresh interpreter sees the variables.
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env.update(
+        APP_ENV="development",
+        DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+        IDENTIFY_MAX_ATTEMPTS="3",
+        SESSION_COOKIE_SECURE="true",
+        SIGN_IN_LIMIT_PER_ACCOUNT="5 per 10 minutes",
+    )
+    script = (
+        "import json; from webapp import create_app; app = create_app(); c = app.config; "
+        "print(json.dumps([c['IDENTIFY_MAX_ATTEMPTS'], c['SESSION_COOKIE_SECURE'], "
+        "c['SIGN_IN_LIMIT_PER_ACCOUNT'], c['SECRET_KEY'], app.instance_path]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    attempts, secure, limit, key, instance = json.loads(done.stdout)
+    assert (attempts, secure, limit) == (3, True, "5 per 10 minutes")
+    # The development profile signs sessions with the box's own key, not a published one.
+    assert key == (Path(instance) / "secret_key").read_text().strip()
+
+
+def test_an_unknown_profile_is_named(tmp_path):
+    env = {**os.environ, "APP_ENV": "staging", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from webapp import create_app; create_app()"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "APP_ENV must be one of production, development, testing, not 'staging'" in done.stderr
