@@ -338,6 +338,29 @@ def test_users_create_list_disable(runner):
     assert "new.agent@example.com\tdisabled" in runner.invoke(args=["users", "list"]).output
 
 
+def test_users_enable_and_set_password(app, runner, signed_in_client):
+    assert signed_in_client.get("/").status_code == 200
+    assert runner.invoke(args=["users", "disable", AGENT_EMAIL]).exit_code == 0
+    enabled = runner.invoke(args=["users", "enable", AGENT_EMAIL.upper()])
+    assert enabled.exit_code == 0, enabled.output
+    assert f"enabled agent {AGENT_EMAIL}" in enabled.output
+    _as_a_new_request()
+    assert _post_sign_in(app.test_client(), AGENT_EMAIL, AGENT_PASSWORD).status_code == 302
+    reset = runner.invoke(
+        args=["users", "set-password", AGENT_EMAIL], input="a new password\na new password\n"
+    )
+    assert reset.exit_code == 0, reset.output
+    assert f"new password set for agent {AGENT_EMAIL}" in reset.output
+    assert "a new password" not in reset.output.replace("New password", "")
+    # The new password works, the old one no longer does, and open sessions ended.
+    _as_a_new_request()
+    assert signed_in_client.get("/").status_code == 302
+    _as_a_new_request()
+    assert _post_sign_in(app.test_client(), AGENT_EMAIL, AGENT_PASSWORD).status_code == 422
+    _as_a_new_request()
+    assert _post_sign_in(app.test_client(), AGENT_EMAIL, "a new password").status_code == 302
+
+
 @pytest.mark.parametrize(
     "args, stdin, message",
     [
@@ -345,6 +368,13 @@ def test_users_create_list_disable(runner):
         (["users", "create", "a@example.com"], "short\nshort\n", "at least 10 characters"),
         (["users", "create", AGENT_EMAIL], "long enough pw\nlong enough pw\n", "already exists"),
         (["users", "disable", "ghost@example.com"], "", "no agent with e-mail ghost@example.com"),
+        (["users", "enable", "ghost@example.com"], "", "no agent with e-mail ghost@example.com"),
+        (["users", "set-password", AGENT_EMAIL], "short\nshort\n", "at least 10 characters"),
+        (
+            ["users", "set-password", "ghost@example.com"],
+            "long enough pw\nlong enough pw\n",
+            "no agent with e-mail ghost@example.com",
+        ),
     ],
 )
 def test_users_commands_refuse_bad_input(runner, agent, args, stdin, message):

@@ -5,12 +5,19 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
-from .service import AgentError, create_agent, disable_agent, list_agents
+from .service import (
+    AgentError,
+    create_agent,
+    disable_agent,
+    enable_agent,
+    list_agents,
+    set_password,
+)
 
 
 @click.group("users")
 def users() -> None:
-    """Create, list and disable dashboard agents."""
+    """Create, list, disable and enable dashboard agents, and set their passwords."""
 
 
 @users.command("create")
@@ -19,11 +26,7 @@ def users() -> None:
 @with_appcontext
 def create(email: str, password: str) -> None:
     """Add an agent who can sign in with EMAIL."""
-    try:
-        user = create_agent(email, password)
-    except AgentError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"created agent {user.email}")
+    click.echo(f"created agent {_change(create_agent, email, password)}")
 
 
 @users.command("list")
@@ -44,13 +47,33 @@ def list_() -> None:
         click.echo(f"{user.email}\t{state}\tlast sign-in: {last}")
 
 
+def _change(change, email: str, *args) -> str:
+    try:
+        return change(email, *args).email
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @users.command("disable")
 @click.argument("email")
 @with_appcontext
 def disable(email: str) -> None:
     """Stop EMAIL from signing in; open sessions end on their next request."""
-    try:
-        user = disable_agent(email)
-    except AgentError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"disabled agent {user.email}")
+    click.echo(f"disabled agent {_change(disable_agent, email)}")
+
+
+@users.command("enable")
+@click.argument("email")
+@with_appcontext
+def enable(email: str) -> None:
+    """Let a disabled agent sign in again, with the password they had."""
+    click.echo(f"enabled agent {_change(enable_agent, email)}")
+
+
+@users.command("set-password")
+@click.argument("email")
+@click.password_option("--password", prompt="New password", help="Asked for twice, hidden.")
+@with_appcontext
+def set_password_(email: str, password: str) -> None:
+    """Give EMAIL a new password (a forgotten one, say); open sessions end."""
+    click.echo(f"new password set for agent {_change(set_password, email, password)}")

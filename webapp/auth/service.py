@@ -74,12 +74,16 @@ def _agent_as_stored(user_id: int) -> User:
     return user
 
 
+def _new_password_hash(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AgentError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    return _hasher().hash(password)
+
+
 def create_agent(email: str, password: str) -> User:
     """Add an agent who can sign in at once."""
     address = normalise_email(email)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AgentError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
-    password_hash = _hasher().hash(password)
+    password_hash = _new_password_hash(password)
 
     def work(conn: Connection) -> int:
         if conn.execute(select(User.id).where(User.email == address)).first() is not None:
@@ -100,21 +104,43 @@ def list_agents() -> list[User]:
     return list(db.session.scalars(select(User).order_by(User.email)))
 
 
-def disable_agent(email: str) -> User:
-    """Stop an agent from signing in; their open sessions end on the next request."""
+def _change_agent(email: str, **values) -> User:
+    """Write ``values`` on the agent with this e-mail; AgentError when there is none."""
     address = lookup_key(email)
 
     def work(conn: Connection) -> int:
-        found = conn.execute(
-            update(User).where(User.email == address).values(is_active=False)
-        ).rowcount
+        found = conn.execute(update(User).where(User.email == address).values(**values)).rowcount
         db.session.commit()
         return found
 
     if not write_transaction(work):
         raise AgentError(f"no agent with e-mail {address}")
-    log.info("agent %s disabled", address)
     return _agent_as_stored(find_agent(address).id)
+
+
+def disable_agent(email: str) -> User:
+    """Stop an agent from signing in; their open sessions end on the next request."""
+    user = _change_agent(email, is_active=False)
+    log.info("agent %s disabled", user.email)
+    return user
+
+
+def enable_agent(email: str) -> User:
+    """Let a disabled agent sign in again (with the password they had)."""
+    user = _change_agent(email, is_active=True)
+    log.info("agent %s enabled", user.email)
+    return user
+
+
+def set_password(email: str, password: str) -> User:
+    """Give an agent a new password; their open sessions end on the next request."""
+    user = _change_agent(
+        email,
+        password_hash=_new_password_hash(password),
+        session_epoch=User.session_epoch + 1,
+    )
+    log.info("agent %s has a new password", user.email)
+    return user
 
 
 def authenticate(email: str, password: str) -> User | None:
