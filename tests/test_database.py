@@ -112,3 +112,34 @@ def test_driver_query_refuses_parameters_the_driver_cannot_take_as_they_are():
     assert query.order and query.fixed == {query.order[0]: "x"}
     # SQLite hands createdAt back as text: the column type turns it into a datetime.
     assert query.processors[0] is None and query.processors[1] is not None
+
+
+def test_a_customer_whose_rows_share_a_value_is_read_once_per_row(client, app, monkeypatch):
+    """The group read names each customer once, however many of its rows hold the value.
+
+    Joined from every holder, a customer of N rows sharing a phone (a shop's
+    switchboard number, say) came back N x N times: 200 rows cost a fifth of a
+    second per request, and an event batch naming it timed the worker out.
+    """
+    from tests.builders import many_rows_customer
+    from webapp.identity import service
+
+    ids = many_rows_customer(60)
+    fetched = []
+    real = service.driver_rows
+
+    def counting(conn, query, params):
+        records = real(conn, query, params)
+        fetched.append(len(records))
+        return records
+
+    monkeypatch.setattr(service, "driver_rows", counting)
+    status, body = identify(client, "junk7@x.io", "555 0000")
+    assert status == 200 and body["contact"]["primaryContactId"] == ids[0]
+    assert len(body["contact"]["secondaryContactIds"]) == 59
+    # The read pass: 60 rows and the blocked-flags row, each once.
+    assert fetched == [61]
+    fetched.clear()
+    status, body = identify(client, "new@x.io", "5550000")  # a new e-mail: the locked read too
+    assert status == 200 and len(body["contact"]["secondaryContactIds"]) == 60
+    assert max(fetched) == 61

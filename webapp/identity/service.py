@@ -44,6 +44,7 @@ from sqlalchemy import (
     or_,
     select,
     type_coerce,
+    union,
     union_all,
     update,
 )
@@ -123,27 +124,33 @@ _holders = Contact.__table__.alias("holder")
 def _group_branches(kinds: tuple[str, ...], leading: Sequence = ()) -> list:
     """SELECTs whose rows together are every live row of every customer holding a value.
 
-    For each value (bound as ``v0``, ``v1``, ...), the rows holding it are
-    found through its key's index, and each one's customer (its ``linkedId``,
-    or itself when it is a primary) brings its primary by id and its
-    secondaries through the ``linkedId`` index: plain index lookups joined
-    row by row, with no derived table, which MariaDB would materialise. A row
-    comes once per value and way it is reached: callers keep the first of
-    each id (``_distinct``). ``leading`` columns go before ROW_COLUMNS.
+    A common table expression names the customers: for each value (bound as
+    ``v0``, ``v1``, ...), the rows holding it are found through its key's
+    index, and each one's customer is its ``linkedId``, or itself when it is
+    a primary; UNION keeps each customer once. Two SELECTs then bring those
+    customers' primaries by id and their secondaries through the ``linkedId``
+    index. Joining each holder to its customer's rows directly would bring
+    the customer once per holder: a customer whose N rows share a phone would
+    read N x N rows. Each row comes once while links are one hop; callers
+    still keep the first of each id (``_distinct``), as a table damaged by
+    hand can name a row twice. ``leading`` columns go before ROW_COLUMNS.
     """
     h = _holders.c
-    customer = func.coalesce(h.linkedId, h.id)
-    branches = []
+    holding = []
     for position, kind in enumerate(kinds):
         key = h.email_key if kind == EMAIL else h.phone_key
-        for reach in (_c.id == customer, _c.linkedId == customer):
-            branches.append(
-                select(*leading, *ROW_COLUMNS)
-                .select_from(_holders.join(Contact.__table__, reach))
-                .where(key == bindparam(f"v{position}"), h.deletedAt.is_(None))
-                .where(_c.deletedAt.is_(None))
+        holding.append(
+            select(func.coalesce(h.linkedId, h.id).label("customer_id")).where(
+                key == bindparam(f"v{position}"), h.deletedAt.is_(None)
             )
-    return branches
+        )
+    customers = (union(*holding) if len(holding) > 1 else holding[0].distinct()).cte("customer")
+    return [
+        select(*leading, *ROW_COLUMNS)
+        .select_from(customers.join(Contact.__table__, reach == customers.c.customer_id))
+        .where(_c.deletedAt.is_(None))
+        for reach in (_c.id, _c.linkedId)
+    ]
 
 
 @lru_cache(maxsize=64)
