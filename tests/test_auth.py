@@ -435,3 +435,22 @@ def test_password_hash_profile_comes_from_the_environment(tmp_path, setting, exp
         check=True,
     )
     assert done.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"email": AGENT_EMAIL, "password": AGENT_PASSWORD},
+        {"email": 5, "password": "x"},
+        {"email": {"a": 1}, "password": 7},
+        [1],
+        "x",
+    ],
+)
+def test_a_json_body_is_not_a_sign_in_form(client, agent, body):
+    """Forms read posted form fields only: JSON signed in past the per-account limit, or 500'd."""
+    token = csrf_token_from(client.get("/sign-in").get_data(as_text=True))
+    response = client.post("/sign-in", json=body, headers={"X-CSRFToken": token})
+    assert response.status_code == 422
+    _as_a_new_request()
+    assert client.get("/").status_code == 302

@@ -7,7 +7,13 @@ from flask import g
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from tests.builders import AGENT_EMAIL, csrf_token_from, identify, many_rows_customer
+from tests.builders import (
+    AGENT_EMAIL,
+    AGENT_PASSWORD,
+    csrf_token_from,
+    identify,
+    many_rows_customer,
+)
 from webapp.audit import record
 from webapp.dashboard import sections
 from webapp.dashboard.search import reindex, search_customers
@@ -128,6 +134,17 @@ def test_signed_in_pages_are_not_cached(signed_in_client, path):
     response = signed_in_client.get(path)
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_the_sign_in_page_and_its_answers_are_not_cached(client, agent):
+    page = client.get("/sign-in")
+    assert page.headers["Cache-Control"] == "no-store"  # its CSRF token is the session's
+    token = csrf_token_from(page.get_data(as_text=True))
+    for password in ("wrong password", AGENT_PASSWORD):
+        answer = client.post(
+            "/sign-in", data={"email": AGENT_EMAIL, "password": password, "csrf_token": token}
+        )
+        assert answer.headers["Cache-Control"] == "no-store"
 
 
 def test_no_inline_script_in_pages(signed_in_client):

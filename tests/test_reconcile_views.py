@@ -413,3 +413,44 @@ def test_a_write_that_keeps_losing_lock_races_is_a_503_page_not_a_500(app, signe
     # The JSON API keeps its own answer for the same failure.
     api = signed_in_client.post("/identify", json={"email": "new@x.io"})
     assert (api.status_code, api.get_json()["error"]["code"]) == (503, "busy")
+
+
+JSON_JUNK = {
+    "email": 5,
+    "phone": [1],
+    "other": {"a": 1},
+    "value": 5,
+    "reason": 5,
+    "name": 5,
+    "offer_name": 5,
+    "discount": "x",
+    "expires_at": 5,
+}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/customers/1/link",
+        "/customers/1/merge",
+        "/identifiers/block",
+        "/contacts/2/delete",
+        "/customers/1/name",
+        "/customers/1/vouchers",
+        "/customers/1/vouchers/1/void",
+        "/reconcile",
+    ],
+)
+@pytest.mark.parametrize("body", [JSON_JUNK, [1]], ids=["object", "list"])
+def test_a_json_body_fills_in_no_form(signed_in_client, url, body):
+    """Forms read posted form fields only: such bodies answered 500 from the validators."""
+    from webapp.vouchers.service import issue_to_customer
+
+    ident("ann@x.io", "555")
+    ident("ann@x.io", "666")
+    issue_to_customer(1, "Spring", 10, utcnow() + timedelta(days=9), actor="agent@example.com")
+    for headers in (HTMX, {}):
+        response = signed_in_client.post(url, json=body, headers=headers)
+        assert response.status_code < 500, response.get_data(as_text=True)[:300]
+    assert links() == {1: None, 2: 1}
+    assert db.session.scalar(select(Identifier).where(Identifier.blocked_at.is_not(None))) is None

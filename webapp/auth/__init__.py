@@ -11,6 +11,7 @@ from argon2 import Parameters, profiles
 from flask import (
     Blueprint,
     Flask,
+    Response,
     current_app,
     g,
     make_response,
@@ -22,17 +23,27 @@ from flask import (
 )
 from flask_limiter import RateLimitExceeded
 from flask_login import UserMixin, current_user, login_user, logout_user
-from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
 from ..extensions import limiter, login_manager
+from ..forms import Form
 from .limits import account_key, account_limit, address_limit, refused, retry_after_seconds
 from .service import authenticate, end_sessions, load_agent
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
+
+
+def private(response: Response) -> Response:
+    """``after_request`` hook: never cached (customer data, session-bound tokens)."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# The sign-in page carries a CSRF token bound to the session, and its answer sets the cookie.
+bp.after_request(private)
 
 
 class Agent(UserMixin):
@@ -51,7 +62,7 @@ class Agent(UserMixin):
         return f"{self.id}.{self.session_epoch}"
 
 
-class SignInForm(FlaskForm):
+class SignInForm(Form):
     """E-mail and password."""
 
     email = EmailField("E-mail", validators=[DataRequired(), Length(max=320)])

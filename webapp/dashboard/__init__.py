@@ -13,7 +13,7 @@ from flask_login import login_required
 from flask_wtf.csrf import CSRFError
 
 from ..audit import readable
-from ..auth import init_auth
+from ..auth import init_auth, private
 from ..database import Contention
 from ..extensions import csrf, htmx
 from ..identity import search_index  # noqa: F401  (registers the search index table)
@@ -45,16 +45,10 @@ def require_agent() -> None:
     """``before_request`` hook for HTML blueprints: signed-out visitors go to the sign-in page."""
 
 
-def _private(response: Response) -> Response:
-    # Customer data never sits in a shared or browser cache.
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
-
-
 def protect(blueprint: Blueprint) -> None:
     """What every HTML blueprint needs: signed-in agents only, and nothing it answers cached."""
     blueprint.before_request(require_agent)
-    blueprint.after_request(_private)
+    blueprint.after_request(private)
 
 
 protect(bp)

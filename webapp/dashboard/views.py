@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flask import request
-from flask_wtf import FlaskForm
 from wtforms import SearchField, SelectField
 from wtforms.validators import Length, Optional
 
+from ..forms import Form
 from ..models import row_id
 from . import bp
 from .cursors import InvalidCursor
@@ -29,7 +29,7 @@ from .search import search_customers
 from .sections import actions, customer_name_of, load_sections
 
 
-class SearchForm(FlaskForm):
+class SearchForm(Form):
     """The search box: a GET form, so it needs no CSRF token."""
 
     class Meta:
@@ -38,7 +38,7 @@ class SearchForm(FlaskForm):
     q = SearchField("Search customers", validators=[Optional(), Length(max=320)])
 
 
-class AuditFilterForm(FlaskForm):
+class AuditFilterForm(Form):
     """The audit page's action filter (GET)."""
 
     class Meta:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
-from flask_wtf import FlaskForm
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
@@ -20,6 +19,7 @@ from ..dashboard.rendering import (
     wants_fragment,
 )
 from ..dashboard.sections import CUSTOMER_NAME
+from ..forms import Form
 from ..identity.service import BlockedValues
 from ..models import row_id
 from ..text import FreeText
@@ -44,7 +44,7 @@ CHANNEL_LABELS = {
 CURSOR_HEADER = "X-Screen-Pop-Cursor"
 
 
-class ActivityFilterForm(FlaskForm):
+class ActivityFilterForm(Form):
     """The activity's channel filter (GET)."""
 
     class Meta:
@@ -57,7 +57,7 @@ class ActivityFilterForm(FlaskForm):
     )
 
 
-class NameForm(FlaskForm):
+class NameForm(Form):
     """The customer's display name, as an agent sets it."""
 
     name = StringField(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
 from wtforms import HiddenField, IntegerField, SearchField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from ..forms import Form
 from ..identity.rules import InvalidValue, Value, parse_email, parse_phone
 from ..models import MAX_ROW_ID
 from ..text import FreeText
 
 
-class LinkForm(FlaskForm):
+class LinkForm(Form):
     """An e-mail and/or a phone to add to a customer."""
 
     email = StringField("E-mail", validators=[Optional(), Length(max=320)])
@@ -32,7 +32,7 @@ class LinkForm(FlaskForm):
         return found
 
 
-class MergeForm(FlaskForm):
+class MergeForm(Form):
     """The customer to merge with (any of its contact ids)."""
 
     other = IntegerField(
@@ -40,7 +40,7 @@ class MergeForm(FlaskForm):
     )
 
 
-class MergeSearchForm(FlaskForm):
+class MergeSearchForm(Form):
     """The merge dialog's search box (GET)."""
 
     class Meta:
@@ -50,7 +50,7 @@ class MergeSearchForm(FlaskForm):
     other = HiddenField()
 
 
-class BlockForm(FlaskForm):
+class BlockForm(Form):
     """A value to block and why."""
 
     value = StringField("E-mail or phone", validators=[DataRequired(), Length(max=320)])
@@ -60,11 +60,11 @@ class BlockForm(FlaskForm):
     customer = HiddenField()
 
 
-class ConfirmForm(FlaskForm):
+class ConfirmForm(Form):
     """Carries only the CSRF token: the button is the confirmation."""
 
 
-class DeleteForm(FlaskForm):
+class DeleteForm(Form):
     """Confirms a soft delete; the reason is optional."""
 
     reason = StringField("Reason (optional)", validators=[Optional(), Length(max=500), FreeText()])

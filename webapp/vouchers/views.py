@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime, time
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_login import current_user
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, DateField, StringField
 from wtforms.validators import DataRequired, Length
 
@@ -22,6 +21,7 @@ from ..dashboard.rendering import (
     page_or_fragment,
     wants_fragment,
 )
+from ..forms import Form
 from ..models import utcnow
 from ..text import FreeText
 from .rules import (
@@ -46,7 +46,7 @@ protect(bp)
 bp.add_app_template_filter(discount_percent, "discount_percent")
 
 
-class IssueForm(FlaskForm):
+class IssueForm(Form):
     """A voucher for this customer: the offer, its discount and the last day it is valid."""
 
     offer_name = StringField(
@@ -71,7 +71,7 @@ class IssueForm(FlaskForm):
         return tuple(values) if len(values) == 3 else None
 
 
-class VoidForm(FlaskForm):
+class VoidForm(Form):
     """Why a voucher is withdrawn; kept in the audit log."""
 
     reason = StringField("Reason", validators=[DataRequired(), Length(max=500), FreeText()])
