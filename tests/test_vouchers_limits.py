@@ -46,6 +46,15 @@ def test_a_client_guessing_many_codes_is_limited_and_changes_nothing(app, client
     assert vouchers()[0].used_at is None
 
 
+def test_only_a_refusal_says_retry_after(app, client):
+    code = issued_code(client)
+    for response in (validate(client, "AAAA-BBBB-CC", email=BIFF), validate(client, code)):
+        assert response.status_code in (200, 404)
+        # The limit's headers are there; Retry-After, which tells a client to wait, is not.
+        assert response.headers["X-RateLimit-Limit"]
+        assert "Retry-After" not in response.headers
+
+
 def test_a_limited_client_does_not_block_another(app, client):
     for _ in range(6):
         validate(client, "AAAA-BBBB-CC", email=BIFF)

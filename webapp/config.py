@@ -37,6 +37,10 @@ class Config:
     TRUSTED_PROXIES = os.environ.get("TRUSTED_PROXIES", "0")
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
     RATELIMIT_HEADERS_ENABLED = True
+    # Flask-Limiter would put its window's reset in Retry-After on every answer of a
+    # limited route (a 200 said "retry after 60", a 503 lost its "1"). Retry-After
+    # stays the answers' own: the 429 handlers set it, and 503s say 1.
+    RATELIMIT_HEADER_RETRY_AFTER = "X-RateLimit-Retry-After"
     # Explicit, because Flask-Limiter would otherwise inherit the previous app's setting.
     RATELIMIT_ENABLED = True
     # Namespaces the counters in a Redis that other services share.
