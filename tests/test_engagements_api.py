@@ -457,6 +457,34 @@ def test_incoming_call_from_a_known_caller_records_the_call_and_a_pop(app, clien
     assert (count(Engagement), count(ScreenPop)) == (1, 1)
 
 
+def test_a_call_id_sent_again_with_another_number_is_refused_and_stores_nothing(app, client):
+    identify(client, ANNA, "+44 20 7946 0001")
+    identify(client, "bob@example.com", "+1 555 0100")
+    first = client.post("/calls/incoming", json={"phoneNumber": "+44 20 7946 0001", "callId": "p1"})
+    assert first.status_code == 201
+    # A retry may spell the number another way; it is still the same call.
+    again = client.post("/calls/incoming", json={"phoneNumber": "00442079460001", "callId": "p1"})
+    assert again.get_json()["popId"] == first.get_json()["popId"]
+    for number in ("+1 555 0100", "+1 555 0199"):  # a known and an unknown caller
+        reused = client.post("/calls/incoming", json={"phoneNumber": number, "callId": "p1"})
+        assert reused.status_code == 422
+        assert reused.get_json()["error"]["code"] == "call_id_reused"
+        assert_matches_openapi(app, "/calls/incoming", "post", reused)
+    # Bob's call was not answered with Anna's event, nor filed under her number's pop.
+    assert (count(Engagement), count(ScreenPop)) == (1, 1)
+
+
+def test_a_retried_call_is_filed_once_its_caller_is_known(client):
+    first = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100", "callId": "c-7"})
+    assert first.get_json()["eventId"] is None
+    identify(client, ANNA, "+1 555 0100")
+    again = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100", "callId": "c-7"})
+    body = again.get_json()
+    (call,) = engagements()
+    assert (body["popId"], body["eventId"]) == (first.get_json()["popId"], call.id)
+    assert db.session.get(ScreenPop, body["popId"]).engagement_id == call.id
+
+
 def test_incoming_call_from_an_unknown_number_creates_no_customer(client):
     response = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0199"})
     assert response.status_code == 201

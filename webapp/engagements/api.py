@@ -9,7 +9,7 @@ from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
 from .history import cards_holding, match_word
 from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
-from .screenpop import record_incoming_call
+from .screenpop import CallIdReused, record_incoming_call
 from .service import Recorded, record_events
 
 bp = Blueprint("engagements_api", __name__)
@@ -135,7 +135,15 @@ def incoming_call():
         fields["phoneNumber"] = "is required"
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)
-    call = record_incoming_call(values[0], call_id)
+    try:
+        call = record_incoming_call(values[0], call_id)
+    except CallIdReused as exc:
+        raise ApiError(
+            422,
+            "call_id_reused",
+            f"{exc}: a retry of a call sends its number again; another call needs its own callId",
+            {"callId": "came before with another number"},
+        ) from None
     return (
         jsonify(
             popId=call.pop_id,

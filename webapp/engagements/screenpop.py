@@ -96,18 +96,30 @@ def _call_event(phone: Value, call_id: str | None, occurred_at: datetime) -> Eve
     )
 
 
-def _insert_pop(phone: Value, call_id: str | None, event_id: int | None) -> int:
+class CallIdReused(ValueError):
+    """A callId that came before with another number: a retry sends the same number."""
+
+    def __init__(self, call_id: str):
+        super().__init__(f"callId {call_id!r} came before with another number")
+        self.call_id = call_id
+
+
+def _insert_pop(phone: Value, call_id: str | None) -> int:
+    """The pop of this call: a new one, or the one a retry of the webhook made before."""
     db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
     if call_id is not None:
-        existing = db.session.scalar(select(ScreenPop.id).where(ScreenPop.call_id == call_id))
+        existing = db.session.execute(
+            select(ScreenPop.id, ScreenPop.phone_key).where(ScreenPop.call_id == call_id)
+        ).first()
         if existing is not None:
             db.session.rollback()
-            return existing
+            if existing.phone_key not in phone_key_variants(phone.key):
+                raise CallIdReused(call_id)
+            return existing.id
     pop = ScreenPop(
         phone_number=phone.stored,
         phone_key=phone.key,
         call_id=call_id,
-        engagement_id=event_id,
         created_at=utcnow(),
     )
     db.session.add(pop)
@@ -121,19 +133,23 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
     """Record an inbound call (known callers only) and the pop every dashboard shows.
 
     An unknown number creates no customer: the pop offers agents to do that.
-    A webhook retried with the same call id stores one event and one pop.
+    A webhook retried with the same call id stores one event and one pop; the
+    same call id with another number is refused (CallIdReused), before
+    anything is stored. The pop comes first, and a known caller's call is
+    filed under the pop's row lock, so a retry finds it filed, or files it if
+    the caller became known meanwhile.
     """
     conn = db.session.connection()
     customer_ids, blocked = customers_holding(conn, phone)
     row = _caller_row(customer_ids[0], phone) if len(customer_ids) == 1 else None
     db.session.rollback()
+    pop_id = run_write_transaction(
+        lambda: _insert_pop(phone, call_id), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
+    )
     event_id = None
     if row is not None:
-        recorded = _store_call(row, _call_event(phone, call_id, utcnow()))
+        recorded = _store_call(row, _call_event(phone, call_id, utcnow()), pop_id)
         event_id = recorded[0].event_id if recorded else None
-    pop_id = run_write_transaction(
-        lambda: _insert_pop(phone, call_id, event_id), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
-    )
     log.info("incoming call %s from %s: customers %s", pop_id, phone.key, customer_ids)
     return IncomingCall(
         pop_id=pop_id, event_id=event_id, customer_ids=customer_ids, blocked=blocked
