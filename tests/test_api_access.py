@@ -52,6 +52,18 @@ def test_open_api_logs_a_warning_at_start(database_url, caplog):
     assert "API_KEYS is not set" in caplog.text
 
 
+def test_flask_commands_do_not_repeat_the_warning(database_url, caplog):
+    import click
+
+    # As `flask --app wsgi users list` builds the app: inside the command's click context.
+    with click.Context(click.Command("list"), info_name="list"), caplog.at_level(logging.WARNING):
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, "API_KEYS": []})
+    assert "API_KEYS is not set" not in caplog.text
+    with click.Context(click.Command("run"), info_name="run"), caplog.at_level(logging.WARNING):
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, "API_KEYS": []})
+    assert "API_KEYS is not set" in caplog.text
+
+
 @pytest.mark.parametrize(
     "url",
     [

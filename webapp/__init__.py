@@ -7,6 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
+import click
 from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
@@ -75,6 +76,13 @@ def _database_url(app: Flask) -> str:
     if url.startswith("mysql") and "charset=" not in url:
         url += ("&" if "?" in url else "?") + "charset=utf8mb4"
     return url
+
+
+def _serving() -> bool:
+    """Whether the app is built to answer requests, not for a ``flask`` command such as
+    ``users list`` (which would print the start-up warnings every time)."""
+    command = click.get_current_context(silent=True)
+    return command is None or command.info_name == "run"
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -147,7 +155,7 @@ def create_app(config: dict | None = None) -> Flask:
             log.exception("the error page for %s failed; answering plainly", exc.code)
             return exc
 
-    if not app.config["API_KEYS"]:
+    if not app.config["API_KEYS"] and _serving():
         from .api import OPEN_WITHOUT_KEYS
 
         app.logger.warning(

@@ -17,7 +17,7 @@ def reconcile_command(job_id: int | None) -> None:
     if job_id is None:
         job_id = create_job("system").id
     total = claim_job(job_id).total
-    with click.progressbar(length=total, label=f"Reconciling {total} customers") as bar:
+    with click.progressbar(length=total, label=f"Reconciling {counted(total, 'customer')}") as bar:
         job = run_job(job_id, progress=bar.update)
     click.echo(
         f"Checked {counted(job.processed, 'customer')}: {job.customers_changed} changed, "
