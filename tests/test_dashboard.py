@@ -13,6 +13,7 @@ from tests.builders import (
     csrf_token_from,
     identify,
     many_rows_customer,
+    statements_run,
 )
 from webapp.audit import record
 from webapp.dashboard import sections
@@ -338,6 +339,51 @@ def test_regrouping_it_makes_the_oldest_live_row_the_primary(signed_in_client):
     assert signed_in_client.get("/customers/2").status_code == 200
     assert signed_in_client.get("/customers/1").status_code == 302
     assert [c.needs_regrouping for c in search_customers("hillvalley").customers] == [False]
+
+
+def rename(client, customer: int, name: str) -> None:
+    """Set a customer's display name through the dashboard's name form."""
+    response = client.post(f"/customers/{customer}/name", data={"name": name}, headers=HTMX)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def named(name: str) -> str:
+    return f'<span class="customer-name" dir="auto">{name}</span>'
+
+
+def test_results_name_each_customer_as_its_page_does_in_one_query(signed_in_client):
+    from webapp.reconcile.service import delete_contact
+
+    seed(
+        signed_in_client,
+        ("xiaoming@example.cn", "555 0101"),
+        ("lorraine@example.com", "555 0102"),
+        ("doc@example.com", "555 0103"),
+        ("emmett@example.com", "555 0103"),
+        ("biff@example.com", "555 0104"),
+    )
+    rename(signed_in_client, 1, "王小明 (Wang)")
+    # An event's name, then an agent's: the agent's wins, as on the customer page.
+    event = {"channel": "sms", "direction": "inbound", "email": "lorraine@example.com"}
+    assert signed_in_client.post("/events", json={**event, "name": "L. B."}).status_code == 201
+    rename(signed_in_client, 2, "Lorraine Baines")
+    # The name was kept on row 3, the primary then; row 4 is the primary now.
+    rename(signed_in_client, 3, "Doc Brown")
+    delete_contact(3, AGENT_EMAIL)
+    with statements_run() as statements:
+        html = signed_in_client.get("/?q=example").get_data(as_text=True)
+    assert result_ids(html) == [5, 4, 2, 1]
+    shown = re.findall(r'href="/customers/(\d+)"><span class="customer-name"', html)
+    assert shown == ["4", "2", "1"]
+    for customer, name in [(1, "王小明 (Wang)"), (2, "Lorraine Baines"), (4, "Doc Brown")]:
+        assert named(name) in html
+        page = signed_in_client.get(f"/customers/{customer}").get_data(as_text=True)
+        assert f'<h1 id="customer-heading">{named(name)}' in page
+    assert '<a class="customer-link" href="/customers/5">#5</a>' in html
+    # One query reads the names of the whole page, not one per customer.
+    assert sum("contact_name.source" in statement for statement in statements) == 1
+    wang = signed_in_client.get("/?q=wang").get_data(as_text=True)
+    assert result_ids(wang) == [1] and named("王小明 (Wang)") in wang
 
 
 def test_results_come_in_pages_with_load_more(signed_in_client):

@@ -167,6 +167,46 @@ def test_merge_dialog_search_preview_and_confirm(signed_in_client):
     assert merge.actor == "agent@example.com"
 
 
+def named(name: str) -> str:
+    return f'<span class="customer-name" dir="auto">{name}</span>'
+
+
+def test_merge_dialog_names_the_candidates_the_preview_and_the_customer(signed_in_client):
+    ident("ann@x.io", "111")
+    ident("xiaoming@x.cn", "222")
+    ident("wang.li@x.cn", "333")
+    reindex()
+    for customer, name in [(1, "Ann Berg"), (2, "王小明 (Wang)")]:
+        response = signed_in_client.post(
+            f"/customers/{customer}/name", data={"name": name}, headers=HTMX
+        )
+        assert response.status_code == 200
+    page = signed_in_client.get("/customers/1/merge").get_data(as_text=True)
+    assert f'<h1 class="page-title">Merge {named("Ann Berg")}' in page
+    assert 'placeholder="Any part of an e-mail, a phone number or a name"' in page
+    assert "e-mail, phone or name." in page
+    # Found by the name's Latin part, and by an e-mail: both show who they are.
+    candidates = signed_in_client.get("/customers/1/merge?q=wang", headers=HTMX)
+    assert is_fragment(candidates, "merge-candidates")
+    html = candidates.get_data(as_text=True)
+    rows = re.findall(r'<td data-label="Customer">(.*?)</td>', html)
+    assert rows == [
+        "#3",
+        named("王小明 (Wang)") + ' <span class="customer-number">'
+        '<span class="visually-hidden">customer </span>#2</span>',
+    ]
+    preview = signed_in_client.get("/customers/1/merge?other=2", headers=HTMX)
+    text = preview.get_data(as_text=True)
+    assert f"Survives (the older primary): {named('Ann Berg')}" in text
+    assert f"Is absorbed: {named('王小明 (Wang)')}" in text
+    # Without JavaScript the preview is a page, its heading named too.
+    assert f"Merge {named('Ann Berg')}" in signed_in_client.get(
+        "/customers/1/merge?other=2"
+    ).get_data(as_text=True)
+    nothing = signed_in_client.get("/customers/1/merge?q=zzzz").get_data(as_text=True)
+    assert "No customer has an e-mail, phone or name containing “zzzz”." in nothing
+
+
 @pytest.mark.parametrize(("other", "error"), [("1", "already belong"), ("", "Choose")])
 def test_merge_errors_come_back_in_place_as_422(signed_in_client, other, error):
     ident("ann@x.io", "111")

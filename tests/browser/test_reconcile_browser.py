@@ -60,6 +60,27 @@ def test_merge_two_customers_through_the_dialog(signed_in_page, client):
     assert page.console_errors == []
 
 
+def test_the_merge_dialog_shows_who_each_customer_is_by_name(signed_in_page, client):
+    page = signed_in_page
+    seed(client, [("ann@x.io", "111"), ("xiaoming@x.cn", "222")])
+    page.goto("/customers/2")
+    page.get_by_role("textbox", name="Name").fill("王小明 (Wang)")
+    page.get_by_role("button", name="Save name").click()
+    expect(page.locator("#customer-heading")).to_contain_text("王小明 (Wang)")
+    page.goto("/customers/1/merge")
+    page.get_by_role("searchbox", name="Find the other customer").press_sequentially(
+        "wang", delay=40
+    )
+    candidates = page.locator("#merge-candidates")
+    name = candidates.locator(".customer-name")
+    expect(name).to_have_text("王小明 (Wang)")
+    expect(name).to_have_attribute("dir", "auto")
+    candidates.get_by_role("link", name="Preview merge with #2").click()
+    expect(page.locator("#merge-preview")).to_contain_text("Is absorbed: 王小明 (Wang) customer #2")
+    snapshot(page, "merge-named")
+    assert page.console_errors == []
+
+
 def test_block_a_shared_phone_and_see_the_split_then_unblock(signed_in_page, client):
     page = signed_in_page
     seed(client, [("ann@example.com", "555"), ("bob@example.com", "555")])

@@ -60,6 +60,7 @@ from ..identity.search_index import (
 )
 from ..identity.service import ROW_COLUMNS, row_from_record
 from ..models import MAX_ROW_ID, Contact
+from .sections import customer_names
 
 PAGE_SIZE = 20
 # Pages "Load more" reaches (500 customers). Each page walks the matches from
@@ -300,6 +301,8 @@ class CustomerSummary:
     # The primary row was deleted outside the app: its live rows still point at
     # primary_id (see webapp.dashboard.customers.OrphanedCustomer).
     needs_regrouping: bool = False
+    # The display name its page shows (sections.customer_names), if it has one.
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -361,7 +364,10 @@ def _matching_customers(
 
 
 def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSummary]:
-    """Emails, phones, size and first and last seen of each customer, in the given order."""
+    """Name, emails, phones, size and first and last seen of each customer, in the given order.
+
+    The names of the whole page are read in one more query.
+    """
     if not primary_ids:
         return []
     records = conn.execute(
@@ -375,6 +381,7 @@ def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSumm
         row = row_from_record(r)
         if row.primary_id in rows:
             rows[row.primary_id].append(row)
+    names = customer_names({pid: [row.id for row in mine] for pid, mine in rows.items()}, conn)
     summaries = []
     for pid in primary_ids:
         mine = rows[pid]
@@ -395,6 +402,7 @@ def summarise(conn: Connection, primary_ids: Sequence[int]) -> list[CustomerSumm
                 first_seen=min(row.created_at for row in mine),
                 last_seen=max(row.created_at for row in mine),
                 needs_regrouping=orphaned,
+                name=names.get(pid),
             )
         )
     return summaries

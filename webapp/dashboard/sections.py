@@ -27,15 +27,22 @@ views or base template. Register at import time of your blueprint package::
   ``customer`` in its context (typically a button or a link opening a dialog).
 * A nav link appears in the top bar of every page; ``endpoint`` is passed to
   ``url_for`` with no arguments.
+* The area that keeps customers' display names registers how to read them for
+  many customers at once (``register_names``); search results and the merge
+  dialog show them through ``customer_names``.
 
 Lower ``order`` comes first; a name registered again replaces the earlier one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+
+from ..extensions import db
 
 if TYPE_CHECKING:
     from .customers import CustomerView
@@ -45,6 +52,10 @@ SectionLoader = Callable[[Any], dict[str, Any]]
 
 # The key of a section's data under which its loader reports the customer's display name.
 CUSTOMER_NAME = "customer_name"
+
+# (connection, {primary id: the customer's live contact ids}) -> {primary id: display name},
+# in one query; customers without a name left out.
+NamesLoader = Callable[[Connection, Mapping[int, Sequence[int]]], Mapping[int, str]]
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class NavLink:
 _sections: dict[str, Section] = {}
 _actions: dict[str, Action] = {}
 _nav: dict[str, NavLink] = {}
+_names_loader: NamesLoader | None = None
 
 
 def register_section(
@@ -101,6 +113,31 @@ def register_action(name: str, template: str, order: int = 100) -> None:
 def register_nav(label: str, endpoint: str, order: int = 100) -> None:
     """Add a link to the top bar of every page."""
     _nav[endpoint] = NavLink(label, endpoint, order)
+
+
+def register_names(loader: NamesLoader) -> None:
+    """Say how to read customers' display names; registering again replaces the loader."""
+    global _names_loader
+    _names_loader = loader
+
+
+def customer_names(
+    customers: Mapping[int, Sequence[int]], conn: Connection | None = None
+) -> dict[int, str]:
+    """Display names of customers ({primary id: its live contact ids}) in one query.
+
+    Read on ``conn``, inside the caller's transaction, else in a read of its
+    own. Customers without a name are left out, and every one is when no
+    loader is registered.
+    """
+    if _names_loader is None or not customers:
+        return {}
+    if conn is not None:
+        return dict(_names_loader(conn, customers))
+    try:
+        return dict(_names_loader(db.session.connection(), customers))
+    finally:
+        db.session.rollback()
 
 
 def sections() -> list[Section]:

@@ -14,9 +14,10 @@ from . import models  # noqa: F401  (registers the tables with the metadata)
 def init_engagements(app: Flask) -> None:
     """Register the engagements blueprints; call after the dashboard is set up."""
     from ..dashboard.search import register_matcher
-    from ..dashboard.sections import register_section
+    from ..dashboard.sections import register_names, register_section
     from ..extensions import csrf
     from .api import bp as api_bp
+    from .history import display_names
     from .names import match_names, name_index_entries
     from .views import activity_section, name_section
     from .views import bp as views_bp
@@ -33,3 +34,5 @@ def init_engagements(app: Flask) -> None:
         "activity", "engagements/_activity.html", activity_section, order=10, with_customer=True
     )
     register_matcher("names", match_names, name_index_entries)
+    # Search results and the merge dialog name customers as their page does.
+    register_names(display_names)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -198,22 +198,39 @@ def display_name(conn: Connection, contact_ids: Sequence[int]) -> str | None:
     """
     if not contact_ids:
         return None
-    ids = list(contact_ids)
+    return display_names(conn, {contact_ids[0]: contact_ids}).get(contact_ids[0])
+
+
+def display_names(conn: Connection, customers: Mapping[int, Sequence[int]]) -> dict[int, str]:
+    """``display_name`` of many customers in one query: {customer: its live rows} -> names.
+
+    Customers with no name are left out. The rows of two customers never
+    overlap, so each name read belongs to one of them.
+    """
+    owner = {cid: customer for customer, ids in customers.items() for cid in ids}
+    if not owner:
+        return {}
+    ids = list(owner)
     deleted_linked = select(_c.id).where(_c.linkedId.in_(ids), _c.deletedAt.is_not(None))
     rows = conn.execute(
-        select(_n.name, _n.source, _n.created_at, _n.id, _n.contact_id).where(
+        select(_n.name, _n.source, _n.created_at, _n.id, _n.contact_id, _c.linkedId)
+        .join(Contact.__table__, _c.id == _n.contact_id)
+        .where(
             or_(
                 _n.contact_id.in_(ids),
                 and_(_n.source == NAME_FROM_AGENT, _n.contact_id.in_(deleted_linked)),
             )
         )
     ).all()
-    agent = [r for r in rows if r.source == NAME_FROM_AGENT]
-    if agent:
-        return max(agent, key=lambda r: (r.created_at, r.id)).name
-    if rows:
-        return min(rows, key=lambda r: (r.created_at, r.id)).name
-    return None
+    agent: dict[int, list] = {}
+    brought: dict[int, list] = {}
+    for r in rows:
+        # A deleted row's name belongs to the customer its link points into.
+        customer = owner[r.contact_id] if r.contact_id in owner else owner[r.linkedId]
+        (agent if r.source == NAME_FROM_AGENT else brought).setdefault(customer, []).append(r)
+    names = {c: min(found, key=lambda r: (r.created_at, r.id)).name for c, found in brought.items()}
+    names |= {c: max(found, key=lambda r: (r.created_at, r.id)).name for c, found in agent.items()}
+    return names
 
 
 def customer_card(conn: Connection, primary_id: int, *, recent: int = 5) -> CustomerCard | None:

@@ -21,7 +21,8 @@ from ..dashboard.rendering import (
     wants_fragment,
 )
 from ..dashboard.search import search_customers
-from ..identity.rules import InvalidValue, parse_identifier
+from ..dashboard.sections import customer_names
+from ..identity.rules import Customer, InvalidValue, parse_identifier
 from ..models import row_id
 from . import bp
 from .core import NotFound, Outcome, ReconcileError
@@ -64,6 +65,11 @@ def _customer_url(customer_id: int | None) -> str:
     if customer_id is None:
         return url_for("dashboard.home")
     return url_for("dashboard.customer", contact_id=customer_id)
+
+
+def _names(customers: list[Customer]) -> dict[int, str]:
+    """The display names of the customers the merge dialog shows, in one read."""
+    return customer_names({c.primary_id: [c.primary_id, *c.secondary_ids] for c in customers})
 
 
 def _snapshot(contact_id: int):
@@ -120,10 +126,15 @@ def merge(contact_id: int):
             error = str(exc)
     results = search_customers(query) if query and other is None else None
     fragment = "_merge_preview.html" if other is not None else "_merge_candidates.html"
+    # The page's heading names the customer; the preview names its two sides.
+    named = [] if wants_fragment() else [customer]
+    if preview is not None:
+        named += [preview.survivor, preview.absorbed]
     return page_or_fragment(
         "reconcile/merge.html",
         f"reconcile/{fragment}",
         customer=customer,
+        names=_names(named),
         search=search,
         query=query,
         results=results,
@@ -154,6 +165,7 @@ def merge_confirm(contact_id: int):
         "reconcile/_merge_preview.html",
         422,
         customer=customer,
+        names=_names([] if wants_fragment() else [customer]),
         search=MergeSearchForm(),
         query="",
         results=None,
