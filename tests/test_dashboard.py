@@ -404,6 +404,12 @@ def test_any_upto_in_a_load_more_link_answers_a_page(signed_in_client, upto):
     assert response.status_code == 200
 
 
+def test_a_load_more_page_without_a_query_answers_no_rows(signed_in_client):
+    response = signed_in_client.get("/?page=2", headers=HTMX)
+    assert response.status_code == 200
+    assert response.get_data(as_text=True).strip() == ""
+
+
 def test_customers_active_between_result_pages_neither_repeat_nor_vanish(signed_in_client):
     seed(signed_in_client, *[(f"shopper{n:02d}@example.com", None) for n in range(45)])
     first = signed_in_client.get("/?q=shopper").get_data(as_text=True)

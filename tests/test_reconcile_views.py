@@ -207,6 +207,56 @@ def test_merge_dialog_names_the_candidates_the_preview_and_the_customer(signed_i
     assert "No customer has an e-mail, phone or name containing “zzzz”." in nothing
 
 
+def candidate_ids(html: str) -> list[int]:
+    return [int(n) for n in re.findall(r'<td data-label="Customer">#(\d+)', html)]
+
+
+def load_more_url(html: str) -> str:
+    (url,) = re.findall(r'<tr id="load-more".*?hx-get="([^"]+)"', html, re.S)
+    return url.replace("&amp;", "&")
+
+
+def test_merge_dialog_lists_every_match_with_load_more_as_the_home_search_does(signed_in_client):
+    for n in range(45):
+        ident(f"shopper{n:02d}@gmail.com")
+    reindex()
+    first = signed_in_client.get("/customers/1/merge?q=gmail").get_data(as_text=True)
+    assert candidate_ids(first) == list(range(45, 25, -1))
+    assert load_more_url(first) == "/customers/1/merge?q=gmail&page=2&upto=45"
+    # A customer who comes back through the checkout meanwhile neither repeats nor pushes one out.
+    ident("shopper30@gmail.com", "555 0130")
+    reindex()
+    second = signed_in_client.get(load_more_url(first), headers=HTMX)
+    assert second.status_code == 200
+    html = second.get_data(as_text=True)
+    assert "<table" not in html and 'id="merge-candidates"' not in html
+    assert candidate_ids(html) == list(range(25, 5, -1))
+    assert 'href="/customers/1/merge?other=7"' in html
+    third = signed_in_client.get(load_more_url(html), headers=HTMX).get_data(as_text=True)
+    assert candidate_ids(third) == [5, 4, 3, 2, 1]
+    assert 'id="load-more"' not in third
+    assert '<span class="muted">this customer</span>' in third
+    # Without JavaScript the link opens the page holding the next customers.
+    page = signed_in_client.get(load_more_url(first)).get_data(as_text=True)
+    assert page.startswith("<!doctype html>") and candidate_ids(page) == list(range(25, 5, -1))
+
+
+def test_merge_dialog_says_when_more_customers_match_than_it_lists(signed_in_client, monkeypatch):
+    from webapp.dashboard import search
+
+    monkeypatch.setattr(search, "MAX_SEARCH_PAGES", 1)
+    for n in range(search.PAGE_SIZE + 1):
+        ident(f"shopper{n:02d}@gmail.com")
+    reindex()
+    html = signed_in_client.get("/customers/1/merge?q=gmail", headers=HTMX).get_data(as_text=True)
+    assert len(candidate_ids(html)) == search.PAGE_SIZE
+    assert "Load more customers" not in html
+    assert (
+        f"Only the {search.PAGE_SIZE} most recently active customers matching “gmail” are"
+        " listed. Type more of the address, number or name to find the others." in html
+    )
+
+
 @pytest.mark.parametrize(("other", "error"), [("1", "already belong"), ("", "Choose")])
 def test_merge_errors_come_back_in_place_as_422(signed_in_client, other, error):
     ident("ann@x.io", "111")

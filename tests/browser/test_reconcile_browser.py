@@ -81,6 +81,29 @@ def test_the_merge_dialog_shows_who_each_customer_is_by_name(signed_in_page, cli
     assert page.console_errors == []
 
 
+def test_the_merge_dialog_loads_more_candidates_than_its_first_twenty(signed_in_page, client):
+    from webapp.engagements.names import set_display_name
+
+    page = signed_in_page
+    seed(client, [(f"shopper{n:02d}@gmail.com", None) for n in range(25)])
+    assert set_display_name(3, "Zoë Ångström", "agent@example.com")
+    page.goto("/customers/1/merge")
+    page.get_by_role("searchbox", name="Find the other customer").press_sequentially(
+        "gmail", delay=40
+    )
+    candidates = page.locator("#merge-candidates")
+    expect(candidates.locator("tbody tr:not(.load-more)")).to_have_count(20)
+    candidates.get_by_role("link", name="Load more customers").click()
+    expect(candidates.locator("tbody tr:not(.load-more)")).to_have_count(25)
+    expect(candidates.get_by_role("link", name="Load more customers")).to_have_count(0)
+    # A customer of the appended rows, named, previews like the first ones.
+    row = candidates.locator("tr", has_text="Zoë Ångström")
+    row.get_by_role("link", name="Preview merge with #3").click()
+    expect(page.locator("#merge-preview")).to_contain_text("Is absorbed: Zoë Ångström customer #3")
+    snapshot(page, "merge-load-more")
+    assert page.console_errors == []
+
+
 def test_block_a_shared_phone_and_see_the_split_then_unblock(signed_in_page, client):
     page = signed_in_page
     seed(client, [("ann@example.com", "555"), ("bob@example.com", "555")])

@@ -1,4 +1,8 @@
-"""The one place that decides whether a dashboard answer is a whole page or a fragment."""
+"""The one place that decides whether a dashboard answer is a whole page or a fragment.
+
+Also what every HTML area reads from a request the same way: the customer a
+URL names, the page of a list, the page of search results a search box asks for.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,12 @@ from collections.abc import Iterable
 from flask import Response, abort, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from ..models import row_id
 from .customers import find_orphaned, locate_customer
+from .search import SearchPage, search_customers
+
+# Far past any real list, and an offset every database can bind.
+MAX_PAGE = 100_000
 
 # Words for the HTTP errors people meet; any other keeps werkzeug's name and description.
 _HTTP_ERROR_WORDS = {
@@ -102,3 +111,20 @@ def canonical_customer(contact_id: int, keep: Iterable[str] = ()) -> int:
         kept = {name: value for name, value in request.args.items() if name in keep}
         abort(redirect(url_for(request.endpoint, contact_id=primary_id, **kept), 302))
     return primary_id
+
+
+def page_number() -> int:
+    """The page of a list the request asks for (``page``): 1 unless it names a later one."""
+    return min(max(request.args.get("page", default=1, type=int), 1), MAX_PAGE)
+
+
+def requested_search(query: str) -> SearchPage | None:
+    """The page of customers matching ``query`` that the request asks for; None with no query.
+
+    Every search box with "Load more" (the home page, the merge dialog) reads
+    it here: ``page`` and ``upto`` come from the link of the page before.
+    While ``page_number() > 1``, the view answers htmx with the rows alone.
+    """
+    if not query:
+        return None
+    return search_customers(query, page=page_number(), upto=request.args.get("upto", type=row_id))

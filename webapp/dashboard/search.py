@@ -324,6 +324,11 @@ class SearchPage:
         """How many customers a search lists at most."""
         return MAX_SEARCH_PAGES * PAGE_SIZE
 
+    @property
+    def next_page_args(self) -> dict[str, str | int | None]:
+        """The query arguments of "Load more": the same search's next page, in the same order."""
+        return {"q": self.query.text, "page": self.page + 1, "upto": self.upto}
+
 
 def _matching_customers(
     conn: Connection, query: SearchQuery, wanted: int, upto: int | None = None

@@ -7,7 +7,6 @@ from wtforms import SearchField, SelectField
 from wtforms.validators import Length, Optional
 
 from ..forms import Form
-from ..models import row_id
 from . import bp
 from .cursors import InvalidCursor
 from .customers import (
@@ -22,10 +21,11 @@ from .rendering import (
     canonical_customer,
     error_page,
     not_found,
+    page_number,
     page_or_fragment,
+    requested_search,
     wants_fragment,
 )
-from .search import search_customers
 from .sections import actions, customer_name_of, load_sections
 
 
@@ -47,23 +47,14 @@ class AuditFilterForm(Form):
     action = SelectField("Action", validators=[Optional()], validate_choice=False)
 
 
-# Far past any real list, and an offset every database can bind.
-MAX_PAGE = 100_000
-
-
-def _page_number() -> int:
-    return min(max(request.args.get("page", default=1, type=int), 1), MAX_PAGE)
-
-
 @bp.get("/")
 def home():
     """Search customers by any part of an e-mail or phone; the query lives in the URL."""
     form = SearchForm(request.args)
     query = (form.q.data or "").strip()
-    upto = request.args.get("upto", type=row_id)
-    results = search_customers(query, page=_page_number(), upto=upto) if query else None
+    results = requested_search(query)
     # "Load more" swaps in only the next rows; the search box swaps the whole result list.
-    fragment = "dashboard/_result_rows.html" if _page_number() > 1 else "dashboard/_results.html"
+    fragment = "dashboard/_result_rows.html" if page_number() > 1 else "dashboard/_results.html"
     return page_or_fragment(
         "dashboard/home.html", fragment, form=form, query=query, results=results
     )
@@ -117,7 +108,7 @@ def contacts(contact_id: int):
     view = load_customer(primary_id, history=False)
     if view is None:
         return not_found("Customer", contact_id)
-    page = _page_number()
+    page = page_number()
     start = (page - 1) * CONTACTS_PAGE_SIZE
     rows = view.contacts[start : start + CONTACTS_PAGE_SIZE]
     more = start + CONTACTS_PAGE_SIZE < len(view.contacts)

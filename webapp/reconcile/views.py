@@ -17,10 +17,11 @@ from ..dashboard.rendering import (
     customer_or_404,
     error_page,
     not_found,
+    page_number,
     page_or_fragment,
+    requested_search,
     wants_fragment,
 )
-from ..dashboard.search import search_customers
 from ..dashboard.sections import customer_names
 from ..identity.rules import Customer, InvalidValue, parse_identifier
 from ..models import row_id
@@ -112,7 +113,10 @@ def link(contact_id: int):
 
 @bp.get("/customers/<int:contact_id>/merge")
 def merge(contact_id: int):
-    """The merge dialog: search for the other customer, then preview the merge."""
+    """The merge dialog: search for the other customer, then preview the merge.
+
+    The search pages like the home page's: ``page`` and ``upto`` come from its "Load more".
+    """
     customer_or_404(contact_id)
     search = MergeSearchForm(request.args)
     query = (search.q.data or "").strip()
@@ -124,8 +128,12 @@ def merge(contact_id: int):
             preview = merge_preview(contact_id, other)
         except ReconcileError as exc:
             error = str(exc)
-    results = search_customers(query) if query and other is None else None
-    fragment = "_merge_preview.html" if other is not None else "_merge_candidates.html"
+    results = requested_search(query) if other is None else None
+    if other is not None:
+        fragment = "_merge_preview.html"
+    else:
+        # "Load more" swaps in only the next rows; the search box swaps the whole list.
+        fragment = "_merge_candidate_rows.html" if page_number() > 1 else "_merge_candidates.html"
     # The page's heading names the customer; the preview names its two sides.
     named = [] if wants_fragment() else [customer]
     if preview is not None:
