@@ -95,6 +95,94 @@
     form.querySelectorAll("button[type=submit]").forEach(function (button) { button.disabled = false; });
   });
 
+  // Focus after a swap. htmx keeps focus only on an element whose id comes back; a swap that
+  // replaces the focused button or link (a form answered with its errors, "Load more", a
+  // section re-rendered) leaves it on <body>, and the next Tab starts over at the top of the
+  // page. When that happened on a request the agent caused, focus goes to, in this order: the
+  // first invalid field of the new content, else its error summary; for "load more", the first
+  // new row's link (or the row itself); else the heading of the swapped region. Focus still
+  // somewhere on the page is left alone, and so are swaps nobody asked for (polling).
+  var USER_EVENTS = ["click", "submit", "change", "input", "search", "keyup", "keydown"];
+  var LOAD_MORE = ".load-more, .load-more-item";
+  var FOCUSABLE = "a[href], button:not([disabled]), input:not([disabled]):not([type=hidden]), select:not([disabled]), textarea:not([disabled]), summary, [tabindex]:not([tabindex='-1'])";
+  var HEADINGS = "h1, h2, h3, h4, h5, h6";
+  var swaps = new WeakMap(); // xhr -> {target, oob: [out-of-band elements], elts: [swapped in]}
+  var swapping = null; // the swap under way, between htmx:beforeSwap and its out-of-band parts
+
+  function focusLost() {
+    var active = document.activeElement;
+    return !active || active === document.body || !active.isConnected;
+  }
+
+  function firstIn(elements, selector) {
+    for (var i = 0; i < elements.length; i++) {
+      var found = elements[i].matches(selector) ? elements[i] : elements[i].querySelector(selector);
+      if (found) return found;
+    }
+    return null;
+  }
+
+  function moveFocus(element) {
+    if (!element) return false;
+    if (!element.matches(FOCUSABLE) && !element.hasAttribute("tabindex")) element.setAttribute("tabindex", "-1");
+    element.focus();
+    return document.activeElement === element;
+  }
+
+  function firstNewRow(elements) {
+    for (var i = 0; i < elements.length; i++) {
+      if (!elements[i].matches(LOAD_MORE)) return elements[i].querySelector(FOCUSABLE) || elements[i];
+    }
+    return null;
+  }
+
+  function regionHeading(region) {
+    if (!region) return null;
+    var heading = region.matches(HEADINGS) ? region : region.querySelector(HEADINGS);
+    if (heading) return heading;
+    var labelled = region.closest("[aria-labelledby]");
+    heading = labelled && document.getElementById(labelled.getAttribute("aria-labelledby").split(" ")[0]);
+    return heading || document.querySelector("#main h1");
+  }
+
+  function settleFocus(swap, detail) {
+    var config = detail.requestConfig || {};
+    var trigger = config.triggeringEvent;
+    if (!trigger || USER_EVENTS.indexOf(trigger.type) === -1 || !focusLost()) return;
+    var elements = swap.elts.filter(function (element) { return element.isConnected; });
+    var region = elements.filter(function (element) { return swap.oob.indexOf(element) === -1; });
+    var all = region.concat(elements.filter(function (element) { return region.indexOf(element) === -1; }));
+    var requester = config.elt;
+    var candidates = [
+      firstIn(all, "[aria-invalid='true']"),
+      firstIn(all, ".form-errors, [role='alert']"),
+      requester && requester.closest && requester.closest(LOAD_MORE) ? firstNewRow(region) : null,
+      regionHeading(region[0]),
+    ];
+    for (var i = 0; i < candidates.length; i++) {
+      if (moveFocus(candidates[i])) return;
+    }
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    swapping = { target: event.detail.target, oob: [], elts: [] };
+    swaps.set(event.detail.xhr, swapping);
+  });
+
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    if (swapping && event.target !== swapping.target) swapping.oob.push(event.target);
+  });
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var swap = event.detail.xhr && swaps.get(event.detail.xhr);
+    if (!swap) return;
+    swap.elts.push(event.target);
+    if (swap.scheduled) return;
+    swap.scheduled = true;
+    // htmx:afterSettle comes once per swapped element: decide once they have all come.
+    window.setTimeout(function () { settleFocus(swap, event.detail); }, 0);
+  });
+
   window.addEventListener("pageshow", function (event) {
     if (!event.persisted) return;
     document.querySelectorAll("form[data-submitting]").forEach(function (form) { delete form.dataset.submitting; });
