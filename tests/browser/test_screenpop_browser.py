@@ -107,3 +107,64 @@ def test_a_signed_out_tab_says_calls_stopped_popping_and_resumes_after_sign_in(
     call = post_json(live_server.url, "/calls/incoming", {"phoneNumber": "5550199"})
     expect(page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')).to_be_visible()
     assert [e for e in page.console_errors if "Failed to load" not in e] == []
+
+
+def ring_three_named_callers(base: str) -> list[dict]:
+    """Three known callers, each with a few engagements, calling at once: three tall pops."""
+    calls = []
+    for n, name in enumerate(["Marty McFly", "Emmett Brown", "Lorraine Baines"]):
+        phone = f"+1 555 010{n}"
+        for summary in ["Where is my order?", "Refund please", "Thanks!"]:
+            post_json(
+                base,
+                "/events",
+                {
+                    "channel": "sms",
+                    "direction": "inbound",
+                    "email": f"caller{n}@hillvalley.edu",
+                    "phoneNumber": phone,
+                    "name": name,
+                    "summary": summary,
+                },
+            )
+        call = post_json(base, "/calls/incoming", {"phoneNumber": phone, "callId": f"stack-{n}"})
+        calls.append({"name": name, **call})
+    return calls
+
+
+def test_three_pops_scroll_inside_the_window(signed_in_page, live_server):
+    page = signed_in_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto("/audit")
+    ring_three_named_callers(live_server.url)
+    pops = page.locator(".screen-pop[data-pop-id]")
+    expect(pops).to_have_count(3, timeout=8000)
+    box = page.locator("#screen-pops")
+    assert box.evaluate("b => b.getBoundingClientRect().bottom") <= 900
+    assert box.evaluate("b => b.scrollHeight > b.clientHeight"), "the pops fit: nothing tested"
+    # The wheel scrolls the stack, and the bottom pop can be brought wholly into view.
+    pops.first.hover()
+    page.mouse.wheel(0, 400)
+    page.wait_for_function("() => document.getElementById('screen-pops').scrollTop > 0")
+    pops.last.locator(".screen-pop-close").scroll_into_view_if_needed()
+    bottom = pops.last.evaluate("p => p.getBoundingClientRect().bottom")
+    assert bottom <= 900, f"the last pop ends at y={bottom}, below the window"
+    # Beside the stack, the page still takes clicks.
+    page.get_by_role("link", name="Offers").click()
+    expect(page.get_by_role("heading", name="Offers")).to_be_visible()
+    assert page.console_errors == []
+
+
+def test_on_a_phone_the_pops_leave_the_page_usable(signed_in_page, live_server):
+    page = signed_in_page
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.goto("/audit")
+    ring_three_named_callers(live_server.url)
+    expect(page.locator(".screen-pop[data-pop-id]")).to_have_count(3, timeout=8000)
+    height = page.locator("#screen-pops").evaluate("b => b.getBoundingClientRect().height")
+    assert height <= 0.6 * 812, f"the pops cover {height} px of the 812 px screen"
+    # The lower part of the screen is the page, not a pop.
+    assert page.evaluate("() => !document.elementFromPoint(187, 760).closest('#screen-pops')"), (
+        "a pop covers the bottom of the screen"
+    )
+    assert page.console_errors == []
