@@ -125,6 +125,27 @@
       });
   }
 
+  // Dismissed with its button, a pop takes the focus on that button with it: focus goes to the
+  // next pop's dismiss button (the one below, else above), else to the page. Focus that was
+  // elsewhere (a click that did not focus the button) stays where it was.
+  function removeKeepingFocus(pop) {
+    var next = pop.nextElementSibling;
+    while (next && !next.matches(".screen-pop[data-pop-id]")) next = next.nextElementSibling;
+    var previous = pop.previousElementSibling;
+    while (previous && !previous.matches(".screen-pop[data-pop-id]")) previous = previous.previousElementSibling;
+    pop.remove();
+    var active = document.activeElement;
+    if (active && active !== document.body && active.isConnected) return;
+    var neighbour = next || previous;
+    var button = neighbour && neighbour.querySelector("[data-dismiss-pop]");
+    if (button) {
+      button.focus();
+      return;
+    }
+    var main = document.getElementById("main");
+    if (main) main.focus();
+  }
+
   document.addEventListener("click", function (event) {
     var pop = event.target.closest(".screen-pop[data-pop-id]");
     if (!pop) return;
@@ -132,7 +153,7 @@
     var action = event.target.closest("[data-dismiss-pop], a, button[type=submit]");
     if (!action) return;
     dismiss(pop.dataset.popId);
-    if (action.hasAttribute("data-dismiss-pop")) pop.remove();
+    if (action.hasAttribute("data-dismiss-pop")) removeKeepingFocus(pop);
   });
 
   // Escape dismisses the pop the keyboard is in, or the newest one when focus is on the page

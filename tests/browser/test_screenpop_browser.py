@@ -168,3 +168,32 @@ def test_on_a_phone_the_pops_leave_the_page_usable(signed_in_page, live_server):
         "a pop covers the bottom of the screen"
     )
     assert page.console_errors == []
+
+
+def test_dismissing_a_pop_with_its_button_hands_focus_to_the_next_one(signed_in_page, live_server):
+    page = signed_in_page
+    page.goto("/audit")
+    calls = ring_three_named_callers(live_server.url)
+    pops = page.locator(".screen-pop[data-pop-id]")
+    expect(pops).to_have_count(3, timeout=8000)
+    # Newest on top; each dismiss button says whose call it closes.
+    for pop, call in zip(pops.all(), reversed(calls), strict=True):
+        expect(pop.get_by_role("button", name=f"Dismiss call from {call['name']}")).to_be_visible()
+
+    # Dismissed from the keyboard, the middle pop hands focus to the one below it...
+    page.get_by_role("button", name=f"Dismiss call from {calls[1]['name']}").focus()
+    page.keyboard.press("Enter")
+    expect(pops).to_have_count(2)
+    expect(page.get_by_role("button", name=f"Dismiss call from {calls[0]['name']}")).to_be_focused()
+    # ...the bottom one to the one above it, and the last one to the page.
+    page.keyboard.press("Enter")
+    expect(pops).to_have_count(1)
+    expect(page.get_by_role("button", name=f"Dismiss call from {calls[2]['name']}")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(pops).to_have_count(0)
+    expect(page.locator("#main")).to_be_focused()
+    # An unknown caller's pop is named after the number.
+    call = post_json(live_server.url, "/calls/incoming", {"phoneNumber": "+44 20 7946 0003"})
+    pop = page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')
+    expect(pop.get_by_role("button", name="Dismiss call from +44 20 7946 0003")).to_be_visible()
+    assert page.console_errors == []
