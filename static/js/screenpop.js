@@ -57,6 +57,9 @@
       var id = pop.dataset.popId;
       if (skip.indexOf(id) !== -1) continue;
       var shown = box.querySelector('.screen-pop[data-pop-id="' + id + '"]');
+      // A pop is sent again until it is 5 s old; replacing the one the keyboard is in would
+      // drop focus to <body> under the agent's hands, so that one stays as it is.
+      if (shown && shown.contains(document.activeElement)) continue;
       if (shown) box.replaceChild(pop, shown);
       else box.insertBefore(pop, box.firstChild);
       if (window.htmx) window.htmx.process(pop);
