@@ -7,7 +7,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from tests.builders import (
     AGENT_EMAIL,
@@ -320,6 +320,22 @@ def test_agent_sets_the_name_it_wins_over_event_names_and_is_audited(signed_in_c
     (entry,) = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "rename"))
     assert (entry.actor, entry.customer_id) == (AGENT_EMAIL, customer)
     assert '"Anna B"' in entry.before and '"Anna Berg"' in entry.after
+
+
+def test_saving_the_name_it_has_writes_and_audits_nothing(signed_in_client, api_key):
+    customer = event(signed_in_client, channel="sms", direction="inbound", name="Anna B")[
+        "customerId"
+    ]
+    for name in ("Anna Berg", " Anna Berg ", "Anna Berg"):
+        response = signed_in_client.post(
+            f"/customers/{customer}/name", data={"name": name}, headers=HTMX
+        )
+        assert response.status_code == 200
+    renames = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "rename")).all()
+    assert [(e.before, e.after) for e in renames] == [
+        ('{"name": "Anna B"}', '{"name": "Anna Berg"}')
+    ]
+    assert db.session.scalar(select(func.count()).select_from(ContactName)) == 2
 
 
 def test_audit_states_show_names_as_typed_not_as_escapes(signed_in_client, api_key):

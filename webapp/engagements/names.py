@@ -31,6 +31,10 @@ def _rename(primary_id: int, name: str, actor: str) -> bool:
         return False
     ids = [row.id for row in customer_rows(conn, primary_id)]
     before = display_name(conn, ids)
+    if before == name:
+        # Saved again as it is: nothing to keep, nothing to audit.
+        db.session.rollback()
+        return True
     db.session.add(
         ContactName(
             contact_id=primary_id,
