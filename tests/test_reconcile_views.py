@@ -112,6 +112,9 @@ def test_link_through_htmx_redirects_to_the_customer(signed_in_client):
     assert (added.email, added.source, added.linkedId) == ("ann.work@y.io", "agent", 1)
     page = signed_in_client.get("/customers/1").get_data(as_text=True)
     assert "Contact 2 added" in page
+    # Its values are new, so no chain of shared values explains it: the agent did.
+    why = re.search(r'id="contact-2".*?class="why">(.*?)</td>', page, re.S).group(1)
+    assert "linked by an agent" in why and "merge" not in why
 
 
 @pytest.mark.parametrize(
