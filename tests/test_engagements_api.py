@@ -599,3 +599,13 @@ def test_with_no_api_keys_configured_events_and_calls_are_open_and_the_lookup_cl
     assert refused.status_code == 401
     assert_matches_openapi(app, "/api/v1/customers/lookup", "get", refused)
     assert "set API_KEYS on the server" in refused.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("written", ["2026-11-20t08:30:00z", "2026-11-20T08:30:00Z"])
+def test_rfc_3339_times_may_write_t_and_z_in_lower_case(client, written):
+    response = post_event(
+        client, channel="sms", direction="inbound", email=ANNA, occurredAt=written
+    )
+    assert response.status_code == 201, response.get_json()
+    (stored,) = engagements()
+    assert stored.occurred_at.isoformat() == "2026-11-20T08:30:00"

@@ -91,6 +91,12 @@ def test_generate_issues_a_readable_code_to_a_new_customer(app, client):
     assert iso_utc(voucher.expires_at) == body["expiry"]
 
 
+def test_an_expiry_may_write_t_and_z_in_lower_case_as_rfc_3339_allows(client):
+    response = generate(client, expiry="2099-12-31t23:59:59z")
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["expiry"] == "2099-12-31T23:59:59+00:00"
+
+
 def test_generate_for_a_known_email_reuses_its_customer(client):
     identify(client, MCFLY, "123456")
     identify(client, LORRAINE, "123456")

@@ -40,8 +40,11 @@ class EventInput:
 
 
 def parse_timestamp(raw: str) -> datetime:
-    """An ISO 8601 date-time as naive UTC (no offset means UTC). Raises ValueError."""
-    moment = datetime.fromisoformat(raw)
+    """An ISO 8601 date-time as naive UTC (no offset means UTC). Raises ValueError.
+
+    RFC 3339 lets ``t`` and ``z`` be lower case; ``fromisoformat`` wants them upper.
+    """
+    moment = datetime.fromisoformat(raw.upper())
     if moment.tzinfo is not None:
         try:
             moment = moment.astimezone(UTC).replace(tzinfo=None)

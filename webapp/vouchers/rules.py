@@ -96,7 +96,8 @@ def parse_expiry(raw: object, now: datetime) -> datetime:
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidVoucherValue("expiry must be an ISO 8601 date-time with an offset")
     try:
-        moment = datetime.fromisoformat(raw.strip())
+        # RFC 3339 lets "t" and "z" be lower case; fromisoformat wants them upper.
+        moment = datetime.fromisoformat(raw.strip().upper())
     except ValueError:
         raise InvalidVoucherValue(
             "expiry must be an ISO 8601 date-time with an offset, like 2026-12-31T23:59:59+01:00"
