@@ -454,3 +454,40 @@ def test_a_json_body_is_not_a_sign_in_form(client, agent, body):
     assert response.status_code == 422
     _as_a_new_request()
     assert client.get("/").status_code == 302
+
+
+@pytest.mark.parametrize("htmx", [True, False], ids=["htmx", "plain-form"])
+def test_a_form_sent_after_the_session_ended_goes_to_sign_in_and_back(signed_in_client, htmx):
+    """Not "Form expired": the session, and the token with it, ended in another tab."""
+    from tests.builders import identify as post_identify
+
+    post_identify(signed_in_client, "ann@x.io", "555")
+    agent_id = db.session.scalar(select(User.id).where(User.email == AGENT_EMAIL))
+    service.end_sessions(agent_id)  # signed out in another tab
+    _as_a_new_request()
+    # A screen-pop poll finds the session ended and clears it, its CSRF token too.
+    assert signed_in_client.get("/screen-pops").status_code in (302, 401)
+    _as_a_new_request()
+    headers = {"Referer": "http://localhost/customers/1?order=oldest"}
+    if htmx:
+        headers["HX-Request"] = "true"
+    response = signed_in_client.post("/customers/1/name", data={"name": "Ann"}, headers=headers)
+    target = "/sign-in?next=/customers/1?order%3Doldest"
+    if htmx:
+        assert (response.status_code, response.headers["HX-Redirect"]) == (401, target)
+    else:
+        assert (response.status_code, response.headers["Location"]) == (302, target)
+    # Another site's page is not where sign-in sends the agent back to.
+    _as_a_new_request()
+    headers["Referer"] = "http://evil.example/customers/1"
+    response = signed_in_client.post("/customers/1/name", data={"name": "Ann"}, headers=headers)
+    assert (response.headers.get("HX-Redirect") or response.headers["Location"]) == "/sign-in"
+
+
+def test_an_expired_sign_in_form_still_says_so(client, agent):
+    client.get("/sign-in")
+    response = client.post(
+        "/sign-in", data={"email": AGENT_EMAIL, "password": AGENT_PASSWORD, "csrf_token": "stale"}
+    )
+    assert response.status_code == 400
+    assert "Form expired" in response.get_data(as_text=True)

@@ -125,10 +125,22 @@ def _ended() -> None:
     session.clear()
 
 
+def _page_posted_from() -> str | None:
+    """The path and query of the page a form was sent from, when it is on this site."""
+    try:
+        referrer = urlsplit(request.referrer or "")
+    except ValueError:  # "http://[::1" and the like
+        return None
+    if referrer.netloc != request.host:
+        return None
+    return referrer.path + (f"?{referrer.query}" if referrer.query else "")
+
+
 @login_manager.unauthorized_handler
 def _unauthorized():
-    # Back to the page asked for after signing in; htmx follows HX-Redirect, not a 302.
-    here = request.full_path.rstrip("?") if request.method == "GET" else None
+    # Back to the page asked for (or the form was on) after signing in; htmx follows
+    # HX-Redirect, not a 302.
+    here = request.full_path.rstrip("?") if request.method == "GET" else _page_posted_from()
     target = url_for("auth.sign_in", next=safe_next(here))
     if request.htmx:
         response = make_response("", 401)

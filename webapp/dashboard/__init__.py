@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Flask, Response, current_app, request
-from flask_login import login_required
+from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
 
 from ..audit import readable
 from ..auth import init_auth, private
 from ..database import Contention
-from ..extensions import csrf, htmx
+from ..extensions import csrf, htmx, login_manager
 from ..identity import search_index  # noqa: F401  (registers the search index table)
 from ..text import counted
 from .rendering import error_page
@@ -82,6 +82,10 @@ def _csrf_failed(exc: CSRFError):
     # Flask-WTF's reason ("The CSRF tokens do not match.") means nothing to an agent;
     # the log keeps it (boxes behind one load balancer with different SECRET_KEYs, say).
     log.info("CSRF check failed: %s", exc.description)
+    if request.endpoint != "auth.sign_in" and not current_user.is_authenticated:
+        # The session ended (signed out in another tab, disabled, too old) and its token
+        # went with it: signing in again is the answer, back to the page the form was on.
+        return login_manager.unauthorized()
     return error_page("Form expired", "Reload the page and try again.", 400)
 
 
