@@ -659,7 +659,8 @@ def test_every_area_answers_missing_things_with_the_one_not_found_page(
     assert "<html" in html
     assert f"<title>{title} · Customer identity</title>" in html
     assert f'<h1 id="not-found-title">{title}</h1>' in html
-    assert '<form class="search" action="/" method="get" role="search">' in html
+    search = '<form class="search" action="/" method="get" role="search" aria-label="Search again">'
+    assert search in html
 
     fragment = send(path, headers=HTMX, **kwargs)
     assert fragment.status_code == 404
@@ -991,3 +992,29 @@ def test_search_lists_at_most_25_pages_then_asks_for_more_letters(signed_in_clie
     monkeypatch.setattr(search, "MAX_SEARCH_PAGES", 2)
     last = search_customers("capped.io", page=2)
     assert (len(last.customers), last.has_more, last.capped) == (1, False, False)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/customers/1",
+        "/customers/1/contacts",
+        "/customers/1/activity",
+        "/customers/1/merge",
+        "/customers/99",
+    ],
+)
+def test_every_page_has_one_h1_and_search_landmarks_named_apart(signed_in_client, path):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    html = signed_in_client.get(path).get_data(as_text=True)
+    assert len(re.findall(r"<h1\b", html)) == 1
+    searches = re.findall(r'<form[^>]*role="search"[^>]*>', html)
+    names = [re.search(r'aria-label="([^"]*)"', form) for form in searches]
+    # One search form needs no name; several need names that tell them apart.
+    if len(searches) > 1:
+        labels = [name.group(1) for name in names if name]
+        assert len(labels) == len(searches) == len(set(labels))
+    # Queries in Arabic or Hebrew read right to left as they are typed.
+    for field in re.findall(r'<input[^>]*type="search"[^>]*>', html):
+        assert 'dir="auto"' in field
