@@ -2,16 +2,27 @@
 (function () {
   "use strict";
 
+  // Events by which the agent, not a timer or a poll, causes an htmx request.
+  var USER_EVENTS = ["click", "submit", "change", "input", "search", "keyup", "keydown"];
+
   // Failed htmx requests are not swapped (see the htmx-config meta); say so instead of
-  // leaving the agent looking at a page that silently did nothing.
+  // leaving the agent looking at a page that silently did nothing. The message stays until
+  // the agent dismisses it or starts another action: nobody has to read it against a clock.
   function showError(message) {
     var toast = document.getElementById("htmx-error");
     if (!toast) return;
-    toast.textContent = message;
+    document.getElementById("htmx-error-text").textContent = message;
     toast.hidden = false;
-    window.clearTimeout(showError.timer);
-    showError.timer = window.setTimeout(function () { toast.hidden = true; }, 6000);
   }
+
+  function hideError() {
+    var toast = document.getElementById("htmx-error");
+    if (toast) toast.hidden = true;
+  }
+
+  document.addEventListener("click", function (event) {
+    if (event.target.closest && event.target.closest(".toast-close")) hideError();
+  });
 
   function textOf(root, selector) {
     var found = root.querySelector(selector);
@@ -40,6 +51,12 @@
   document.addEventListener("htmx:responseError", function (event) {
     var xhr = event.detail.xhr;
     showError(answerText(xhr) || "Something went wrong (" + xhr.status + "). Try again.");
+  });
+
+  // Another action the agent starts (not a poll) makes the last failure's message moot.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var config = event.detail.requestConfig || {};
+    if (config.triggeringEvent && USER_EVENTS.indexOf(config.triggeringEvent.type) !== -1) hideError();
   });
 
   document.addEventListener("htmx:sendError", function () {
@@ -102,7 +119,6 @@
   // first invalid field of the new content, else its error summary; for "load more", the first
   // new row's link (or the row itself); else the heading of the swapped region. Focus still
   // somewhere on the page is left alone, and so are swaps nobody asked for (polling).
-  var USER_EVENTS = ["click", "submit", "change", "input", "search", "keyup", "keydown"];
   var LOAD_MORE = ".load-more, .load-more-item";
   var FOCUSABLE = "a[href], button:not([disabled]), input:not([disabled]):not([type=hidden]), select:not([disabled]), textarea:not([disabled]), summary, [tabindex]:not([tabindex='-1'])";
   var HEADINGS = "h1, h2, h3, h4, h5, h6";
