@@ -372,3 +372,23 @@ def test_contact_cells_wrap_e_mails_and_keep_phones_whole(signed_in_page, live_s
     expect(phone).to_have_text("+1 (555) 010-0188")
     assert email.evaluate("c => getComputedStyle(c).overflowWrap") == "anywhere"
     assert phone.evaluate("c => getComputedStyle(c).whiteSpace") == "nowrap"
+
+
+@pytest.mark.parametrize(
+    ("viewport", "least_height"), [(DESKTOP, 24), (PHONE, 44)], ids=["desktop", "phone"]
+)
+def test_a_customers_link_in_a_table_is_big_enough_to_tap(
+    signed_in_page, live_server, viewport, least_height
+):
+    page = signed_in_page
+    page.set_viewport_size(viewport)
+    customer = identify(live_server.url, "tap@hillvalley.edu", "555 0142")
+    page.goto(f"/customers/{customer}")
+    page.get_by_role("textbox", name="Name").fill("Tap Target")
+    page.get_by_role("button", name="Save name").click()
+    expect(page.locator("#name-form")).to_contain_text("Saved.")
+    for path, name in (("/?q=tap@hillvalley", "Tap Target"), ("/audit", f"#{customer}")):
+        page.goto(path)
+        link = page.locator('td[data-label="Customer"] a').filter(has_text=name).first
+        box = link.bounding_box()
+        assert box["width"] >= 24 and box["height"] >= least_height, (path, box)
