@@ -359,6 +359,33 @@ def test_delete_asks_for_confirmation_then_deletes(signed_in_client):
     assert links() == {1: 2, 2: None}
     gone = signed_in_client.get("/contacts/1/delete")
     assert gone.status_code == 404
+    # Deleted already (another tab, another agent), not "not found"; an id never used still is.
+    for headers in (HTMX, {}):
+        again = signed_in_client.post("/contacts/1/delete", data={"reason": "x"}, headers=headers)
+        assert again.status_code == 404
+        assert "Contact 1 was deleted already" in again.get_data(as_text=True)
+    assert "Contact 9 not found" in signed_in_client.get("/contacts/9/delete").get_data(
+        as_text=True
+    )
+
+
+def test_a_contact_deleted_while_its_form_was_sent_says_so_in_the_form(
+    signed_in_client, monkeypatch
+):
+    from webapp.reconcile.service import delete_contact
+
+    ident("ann@x.io", "555")
+    ident("ann@x.io", "666")
+    real = views.delete_contact
+
+    def another_agent_first(contact_id, actor, reason=None):
+        delete_contact(contact_id, "other@example.com")
+        return real(contact_id, actor, reason)
+
+    monkeypatch.setattr(views, "delete_contact", another_agent_first)
+    response = signed_in_client.post("/contacts/2/delete", data={"reason": "x"}, headers=HTMX)
+    assert response.status_code == 422
+    assert "contact 2 was deleted already" in response.get_data(as_text=True)
 
 
 def test_deleting_a_contact_says_so_without_contradicting_itself(signed_in_client):

@@ -43,14 +43,20 @@ def page_or_fragment(page: str, fragment: str, status: int = 200, **context) -> 
     return response
 
 
-def not_found(thing: str, ident: int) -> Response:
+def not_found(thing: str, ident: int, title: str | None = None) -> Response:
     """The dashboard's one not-found answer: "<thing> <ident> not found", a search box, 404.
 
     Every HTML area uses it for a missing customer, contact, run, ...; the JSON
-    API keeps its own JSON 404.
+    API keeps its own JSON 404. ``title`` says more when it is known why (a
+    contact deleted already).
     """
     return page_or_fragment(
-        "dashboard/not_found.html", "dashboard/_not_found.html", 404, thing=thing, ident=ident
+        "dashboard/not_found.html",
+        "dashboard/_not_found.html",
+        404,
+        thing=thing,
+        ident=ident,
+        title=title,
     )
 
 

@@ -334,12 +334,18 @@ def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Ou
 
 def _live_row(conn: Connection, contact_id: int) -> Row:
     """A live contact row (its values never change); NotFound otherwise."""
-    found = conn.execute(
-        select(*ROW_COLUMNS).where(_c.id == contact_id, _c.deletedAt.is_(None))
-    ).first()
+    found = conn.execute(select(*ROW_COLUMNS, _c.deletedAt).where(_c.id == contact_id)).first()
     if found is None:
         raise NotFound(f"there is no contact {contact_id}")
+    if found.deletedAt is not None:
+        raise NotFound(f"contact {contact_id} was deleted already, by someone else just now")
     return row_from_record(found)
+
+
+def contact_was_deleted(contact_id: int) -> bool:
+    """Whether a contact row exists and is deleted (rather than never existed)."""
+    contact = db.session.get(Contact, contact_id)
+    return contact is not None and contact.deletedAt is not None
 
 
 def live_contact(contact_id: int) -> Contact | None:

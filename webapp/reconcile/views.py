@@ -31,6 +31,7 @@ from .forms import BlockForm, ConfirmForm, DeleteForm, LinkForm, MergeForm, Merg
 from .jobs import AlreadyRunning, create_job, get_job, launch, recent_jobs
 from .service import (
     blocked_identifiers,
+    contact_was_deleted,
     customer_snapshot,
     delete_contact,
     identifier_value,
@@ -276,6 +277,9 @@ def delete(contact_id: int):
     """Soft-delete a contact after confirmation; its customer is recomputed and may split."""
     contact = live_contact(contact_id)
     if contact is None:
+        if contact_was_deleted(contact_id):
+            # Another agent (another tab) deleted it since this page was drawn.
+            return not_found("Contact", contact_id, f"Contact {contact_id} was deleted already")
         return not_found("Contact", contact_id)
     form = DeleteForm()
     if form.validate_on_submit():
