@@ -684,6 +684,8 @@ def test_unknown_caller_pop_creates_the_customer_in_one_click(signed_in_client):
     (call,) = db.session.scalars(select(Engagement))
     assert (call.contact_id, call.channel, call.external_id) == (contact.id, "call", "c-9")
     assert db.session.get(ScreenPop, pop_id).engagement_id == call.id
+    page = signed_in_client.get(response.headers["Location"]).get_data(as_text=True)
+    assert f"The caller is customer #{contact.id}." in page
     # A second click (or a second agent) changes nothing.
     db.session.rollback()
     assert signed_in_client.post(f"/screen-pops/{pop_id}/customer").status_code == 303

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
@@ -167,4 +167,6 @@ def create_customer_from_call(pop_id: int):
         )
     if primary_id is None:
         return not_found("Screen-pop", pop_id)
+    # Said so that it holds for the second agent to click too (the caller's customer exists).
+    flash(f"The caller is customer #{primary_id}.", "success")
     return redirect(url_for("dashboard.customer", contact_id=primary_id), 303)
