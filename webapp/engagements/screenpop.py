@@ -149,7 +149,13 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
     event_id = None
     if row is not None:
         recorded = _store_call(row, _call_event(phone, call_id, utcnow()), pop_id)
-        event_id = recorded[0].event_id if recorded else None
+        if recorded:
+            event_id = recorded[0].event_id
+        else:
+            # The caller's row went, or the number was blocked, since the first look:
+            # the answer says who holds it now, as the pop will.
+            customer_ids, blocked = customers_holding(db.session.connection(), phone)
+            db.session.rollback()
     log.info("incoming call %s from %s: customers %s", pop_id, phone.key, customer_ids)
     return IncomingCall(
         pop_id=pop_id, event_id=event_id, customer_ids=customer_ids, blocked=blocked
