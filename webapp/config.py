@@ -104,6 +104,7 @@ def profile(name: str) -> type[Config]:
 _WHOLE_NUMBERS = {
     "IDENTIFY_MAX_ATTEMPTS": 1,
     "SQLITE_BUSY_TIMEOUT_MS": 0,
+    # 0 would turn checkpoints off, and the WAL would grow without end.
     "SQLITE_WAL_AUTOCHECKPOINT": 1,
     "TRUSTED_PROXIES": 0,
     "RECONCILE_BATCH_SIZE": 1,

@@ -167,13 +167,10 @@ def configure_engine(engine: Engine, busy_timeout_ms: int, wal_autocheckpoint: i
 
     ``wal_autocheckpoint`` is how many pages the WAL may hold before the
     committing connection copies them into the database file (SQLite's
-    default is 1000).
+    default is 1000); at least 1, which ``config.check_settings`` makes sure of.
     """
     if engine.dialect.name != "sqlite":
         return
-    if wal_autocheckpoint < 1:
-        # 0 or less would turn checkpoints off, and the WAL would grow without end.
-        raise ValueError("SQLITE_WAL_AUTOCHECKPOINT must be at least 1 (pages)")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):

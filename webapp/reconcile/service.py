@@ -342,16 +342,9 @@ def _live_row(conn: Connection, contact_id: int) -> Row:
     return row_from_record(found)
 
 
-def contact_was_deleted(contact_id: int) -> bool:
-    """Whether a contact row exists and is deleted (rather than never existed)."""
-    contact = db.session.get(Contact, contact_id)
-    return contact is not None and contact.deletedAt is not None
-
-
-def live_contact(contact_id: int) -> Contact | None:
-    """A contact row that is not deleted, or None."""
-    contact = db.session.get(Contact, contact_id)
-    return contact if contact is not None and contact.deletedAt is None else None
+def find_contact(contact_id: int) -> Contact | None:
+    """A contact row, deleted or not; None when no row has this id."""
+    return db.session.get(Contact, contact_id)
 
 
 def identifier_value(identifier_id: int) -> Value:

@@ -31,12 +31,11 @@ from .forms import BlockForm, ConfirmForm, DeleteForm, LinkForm, MergeForm, Merg
 from .jobs import AlreadyRunning, create_job, get_job, launch, recent_jobs
 from .service import (
     blocked_identifiers,
-    contact_was_deleted,
     customer_snapshot,
     delete_contact,
+    find_contact,
     identifier_value,
     link_values,
-    live_contact,
     merge_customers,
     merge_preview,
     reconcile_customer,
@@ -275,12 +274,12 @@ def _deleted(contact_id: int, outcome: Outcome) -> str:
 @bp.route("/contacts/<int:contact_id>/delete", methods=["GET", "POST"])
 def delete(contact_id: int):
     """Soft-delete a contact after confirmation; its customer is recomputed and may split."""
-    contact = live_contact(contact_id)
+    contact = find_contact(contact_id)
     if contact is None:
-        if contact_was_deleted(contact_id):
-            # Another agent (another tab) deleted it since this page was drawn.
-            return not_found("Contact", contact_id, f"Contact {contact_id} was deleted already")
         return not_found("Contact", contact_id)
+    if contact.deletedAt is not None:
+        # Another agent (another tab) deleted it since this page was drawn.
+        return not_found("Contact", contact_id, f"Contact {contact_id} was deleted already")
     form = DeleteForm()
     if form.validate_on_submit():
         try:
