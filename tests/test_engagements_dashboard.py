@@ -686,12 +686,34 @@ def test_unknown_caller_pop_creates_the_customer_in_one_click(signed_in_client):
     assert db.session.get(ScreenPop, pop_id).engagement_id == call.id
     page = signed_in_client.get(response.headers["Location"]).get_data(as_text=True)
     assert f"The caller is customer #{contact.id}." in page
-    # A second click (or a second agent) changes nothing.
+    (created,) = db.session.scalars(select(AuditEntry))
+    assert (created.action, created.customer_id) == ("create", contact.id)
+    assert (created.subject, created.reason) == (
+        "phone +44 20 7946 0000",
+        "unknown caller, created from the screen-pop",
+    )
+    # A second click (or a second agent) changes nothing, and audits nothing.
     db.session.rollback()
     assert signed_in_client.post(f"/screen-pops/{pop_id}/customer").status_code == 303
     assert len(contacts()) == 1
     assert len(list(db.session.scalars(select(Engagement)))) == 1
+    assert [e.id for e in db.session.scalars(select(AuditEntry))] == [created.id]
     assert signed_in_client.post("/screen-pops/999/customer").status_code == 404
+
+
+def test_a_caller_who_became_a_customer_meanwhile_is_not_audited_as_created(
+    signed_in_client,
+):
+    pop_id = signed_in_client.post(
+        "/calls/incoming", json={"phoneNumber": "+44 20 7946 0002"}
+    ).get_json()["popId"]
+    # The checkout knows the number by the time the agent clicks.
+    _, answer = identify(signed_in_client, "late@example.com", "+44 20 7946 0002")
+    response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
+    primary_id = answer["contact"]["primaryContactId"]
+    assert response.headers["Location"].endswith(f"/customers/{primary_id}")
+    assert len(contacts()) == 1
+    assert list(db.session.scalars(select(AuditEntry))) == []
 
 
 def test_a_blocked_unknown_callers_pop_cannot_become_a_customer(signed_in_client):

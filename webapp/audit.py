@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sqlalchemy import Connection, insert
+
 from .extensions import db
 from .models import AuditEntry
 
@@ -20,17 +22,38 @@ def record(
     after: Any = None,
 ) -> AuditEntry:
     """Add an audit entry to the session; the calling service commits it with its change."""
-    entry = AuditEntry(
-        actor=actor,
-        action=action,
-        customer_id=customer_id,
-        subject=subject,
-        reason=reason,
-        before=None if before is None else _dumps(before),
-        after=None if after is None else _dumps(after),
-    )
+    entry = AuditEntry(**_columns(actor, action, customer_id, subject, reason, before, after))
     db.session.add(entry)
     return entry
+
+
+def record_on(conn: Connection, actor: str, action: str, **details: Any) -> None:
+    """Write an audit entry on ``conn``, in the transaction of the change it describes.
+
+    For services that write through a connection of their own rather than
+    the ORM session; ``details`` are :func:`record`'s keyword arguments.
+    """
+    conn.execute(insert(AuditEntry.__table__).values(**_columns(actor, action, **details)))
+
+
+def _columns(
+    actor: str,
+    action: str,
+    customer_id: int | None = None,
+    subject: str | None = None,
+    reason: str | None = None,
+    before: Any = None,
+    after: Any = None,
+) -> dict[str, Any]:
+    return {
+        "actor": actor,
+        "action": action,
+        "customer_id": customer_id,
+        "subject": subject,
+        "reason": reason,
+        "before": None if before is None else _dumps(before),
+        "after": None if after is None else _dumps(after),
+    }
 
 
 def _dumps(state: Any) -> str:

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import func, select
 
-from .. import audit
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
 from ..identity.rules import PHONE, Row, Value, parse_phone
@@ -216,7 +215,12 @@ def create_caller(pop_id: int, actor: str) -> int | None:
     phone = parse_phone(pop.phone_number)
     call_id, occurred_at, had_event = pop.call_id, pop.created_at, pop.engagement_id is not None
     db.session.rollback()
-    customer = identify([phone], source="agent", actor=actor)
+    customer = identify(
+        [phone],
+        source="agent",
+        actor=actor,
+        created_reason="unknown caller, created from the screen-pop",
+    )
     if not had_event:
         row = _caller_row(customer.primary_id, phone)
         db.session.rollback()
@@ -224,18 +228,4 @@ def create_caller(pop_id: int, actor: str) -> int | None:
             # Filed and linked to the pop in one transaction (not filed if the row
             # went or the number was blocked meanwhile).
             _store_call(row, _call_event(phone, call_id, occurred_at), pop_id)
-
-    def finish() -> None:
-        db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
-        audit.record(
-            actor,
-            "create",
-            customer_id=customer.primary_id,
-            subject=f"phone {phone.stored}",
-            reason="unknown caller, created from the screen-pop",
-            after={"emails": customer.emails, "phoneNumbers": customer.phone_numbers},
-        )
-        db.session.commit()
-
-    run_write_transaction(finish, current_app.config["IDENTIFY_MAX_ATTEMPTS"])
     return customer.primary_id

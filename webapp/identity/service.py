@@ -50,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from .. import audit
 from ..database import (
     SQLITE_IMMEDIATE,
     Contention,
@@ -304,12 +305,18 @@ def _read(values: Sequence[Value]) -> tuple[list[Value], list[Row]]:
 
 
 def identify(
-    values: Sequence[Value], *, source: str = "checkout", actor: str | None = None
+    values: Sequence[Value],
+    *,
+    source: str = "checkout",
+    actor: str | None = None,
+    created_reason: str | None = None,
 ) -> Customer:
     """Link ``values`` into the customer they belong to, creating or merging as needed.
 
     Runs and commits its own transactions: call it before, not inside, a
     transaction of your own (uncommitted work in ``db.session`` is rolled back).
+    With an ``actor`` and a ``created_reason``, a customer this call creates is
+    audited as created, in the same transaction; an existing one is not.
     """
     for _ in range(_MAX_REGROUPS):
         kept, rows = _read_pass(values)
@@ -331,7 +338,7 @@ def identify(
     # lock, so that one read usually suffices (MySQL/MariaDB).
     expected = [] if plan.survivor_id is None else [plan.survivor_id, *plan.absorbed]
     return run_write_transaction(
-        lambda: _identify_locked(values, expected, source=source, actor=actor),
+        lambda: _identify_locked(values, expected, source, actor, created_reason),
         current_app.config["IDENTIFY_MAX_ATTEMPTS"],
     )
 
@@ -463,7 +470,11 @@ def _locked_rows(
 
 
 def _identify_locked(
-    values: Sequence[Value], expected: Sequence[int], *, source: str, actor: str | None
+    values: Sequence[Value],
+    expected: Sequence[int],
+    source: str,
+    actor: str | None,
+    created_reason: str | None,
 ) -> Customer:
     # A connection of its own, as the read pass: the ORM session has nothing to add here.
     options = {SQLITE_IMMEDIATE: True}
@@ -477,7 +488,18 @@ def _identify_locked(
             # A primary deleted by hand since the read pass: start again.
             raise Retry("a customer lost its primary row") from None
         primary_id, rows = _apply(conn, plan, rows, values, source=source, actor=actor)
-    return consolidate(primary_id, rows)
+        customer = consolidate(primary_id, rows)
+        if actor and created_reason and plan.new_row and plan.new_row.linked_id is None:
+            audit.record_on(
+                conn,
+                actor,
+                "create",
+                customer_id=primary_id,
+                subject=", ".join(f"{value.kind} {value.stored}" for value in values),
+                reason=created_reason,
+                after={"emails": customer.emails, "phoneNumbers": customer.phone_numbers},
+            )
+    return customer
 
 
 def _apply(
