@@ -30,6 +30,35 @@
     return box;
   }
 
+  // The calls cover the right side of the page until dismissed; this button hides them all for
+  // a while (a new call shows them again) and says how many are hidden.
+  var toggle = document.getElementById("screen-pop-toggle");
+
+  function minimised() {
+    return container().classList.contains("screen-pops-minimised");
+  }
+
+  function refreshToggle() {
+    var count = container().querySelectorAll(".screen-pop[data-pop-id]").length;
+    if (count === 0) container().classList.remove("screen-pops-minimised");
+    if (!toggle) return;
+    var hidden = minimised();
+    toggle.hidden = count === 0;
+    toggle.setAttribute("aria-expanded", String(!hidden));
+    toggle.textContent = hidden ? "Show " + count + (count === 1 ? " call" : " calls") : "Hide calls";
+  }
+
+  function setMinimised(hide) {
+    container().classList.toggle("screen-pops-minimised", hide);
+    refreshToggle();
+  }
+
+  if (toggle) {
+    toggle.addEventListener("click", function () {
+      setMinimised(!minimised());
+    });
+  }
+
   function dismissed() {
     try {
       return JSON.parse(window.sessionStorage.getItem(STORAGE_KEY) || "[]");
@@ -51,6 +80,7 @@
     var box = container();
     var skip = dismissed();
     var pops = template.content.querySelectorAll(".screen-pop");
+    var arrived = false;
     // The server sends the newest first; insert oldest first so the newest ends on top.
     for (var i = pops.length - 1; i >= 0; i--) {
       var pop = pops[i];
@@ -62,8 +92,11 @@
       if (shown && shown.contains(document.activeElement)) continue;
       if (shown) box.replaceChild(pop, shown);
       else box.insertBefore(pop, box.firstChild);
+      arrived = arrived || !shown;
       if (window.htmx) window.htmx.process(pop);
     }
+    // A new call is worth seeing even with the others hidden.
+    setMinimised(minimised() && !arrived);
   }
 
   // Signed out (the session ended, or the agent signed out in another tab): calls would stop
@@ -137,6 +170,7 @@
     var previous = pop.previousElementSibling;
     while (previous && !previous.matches(".screen-pop[data-pop-id]")) previous = previous.previousElementSibling;
     pop.remove();
+    refreshToggle();
     var active = document.activeElement;
     if (active && active !== document.body && active.isConnected) return;
     var neighbour = next || previous;
@@ -166,11 +200,13 @@
     var active = document.activeElement;
     var pop = active && active.closest ? active.closest(".screen-pop[data-pop-id]") : null;
     if (!pop && active && active !== document.body) return;
-    pop = pop || container().querySelector(".screen-pop[data-pop-id]");
+    // Hidden calls are out of sight: Escape does not dismiss one unseen.
+    if (!pop && !minimised()) pop = container().querySelector(".screen-pop[data-pop-id]");
     if (!pop) return;
     event.preventDefault();
     dismiss(pop.dataset.popId);
     pop.remove();
+    refreshToggle();
     var main = document.getElementById("main");
     if (main) main.focus();
   });

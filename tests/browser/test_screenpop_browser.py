@@ -210,3 +210,59 @@ def test_a_pop_sent_again_by_the_poll_keeps_the_keyboard_focus(signed_in_page, l
     page.wait_for_timeout(2500)
     expect(dismiss).to_be_focused()
     assert page.console_errors == []
+
+
+def test_the_agent_can_hide_the_calls_and_a_new_call_shows_them_again(
+    signed_in_page, live_server
+):
+    page = signed_in_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto("/audit")
+    toggle = page.locator("#screen-pop-toggle")
+    expect(toggle).to_be_hidden()
+    ring_three_named_callers(live_server.url)
+    pops = page.locator(".screen-pop[data-pop-id]")
+    expect(pops).to_have_count(3, timeout=8000)
+    # Where the top pop sits, the page is covered...
+    box = pops.first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    covered = "([x, y]) => !!document.elementFromPoint(x, y).closest('#screen-pops')"
+    assert page.evaluate(covered, [x, y])
+
+    # ...until the agent hides the calls: the page under them takes clicks again.
+    expect(toggle).to_have_text("Hide calls")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    toggle.click()
+    expect(pops.first).to_be_hidden()
+    expect(toggle).to_have_text("Show 3 calls")
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    expect(toggle).to_be_focused()
+    assert not page.evaluate(covered, [x, y])
+    # Escape on the page does not dismiss a call the agent cannot see.
+    page.locator("#main").focus()
+    page.keyboard.press("Escape")
+    expect(pops).to_have_count(3)
+
+    # Shown again from the keyboard...
+    toggle.focus()
+    page.keyboard.press("Enter")
+    expect(pops).to_have_count(3)
+    for pop in pops.all():
+        expect(pop).to_be_visible()
+    expect(toggle).to_have_text("Hide calls")
+
+    # ...and hidden calls come back with a new call, which is worth seeing.
+    toggle.click()
+    expect(toggle).to_have_text("Show 3 calls")
+    call = post_json(live_server.url, "/calls/incoming", {"phoneNumber": "+44 20 7946 0004"})
+    expect(page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')).to_be_visible()
+    expect(pops).to_have_count(4)
+    expect(pops.last).to_be_visible()
+    expect(toggle).to_have_text("Hide calls")
+
+    # With every call dismissed, the button goes too.
+    for _ in range(4):
+        pops.first.locator(".screen-pop-close").click()
+    expect(pops).to_have_count(0)
+    expect(toggle).to_be_hidden()
+    assert page.console_errors == []
