@@ -212,9 +212,7 @@ def test_a_pop_sent_again_by_the_poll_keeps_the_keyboard_focus(signed_in_page, l
     assert page.console_errors == []
 
 
-def test_the_agent_can_hide_the_calls_and_a_new_call_shows_them_again(
-    signed_in_page, live_server
-):
+def test_the_agent_can_hide_the_calls_and_a_new_call_shows_them_again(signed_in_page, live_server):
     page = signed_in_page
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto("/audit")
