@@ -116,9 +116,7 @@ def create_app(config: dict | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     with app.app_context():
-        configure_engine(
-            db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"], app.config["SQLITE_WAL_AUTOCHECKPOINT"]
-        )
+        configure_engine(db.engine, app.config)
     limiter.init_app(app)
 
     from . import models  # noqa: F401  (registers the tables with the metadata)

@@ -29,6 +29,9 @@ class Config:
     # How often a transaction that lost a lock race is tried again before 503.
     IDENTIFY_MAX_ATTEMPTS = os.environ.get("IDENTIFY_MAX_ATTEMPTS", "12")
     SQLITE_BUSY_TIMEOUT_MS = os.environ.get("SQLITE_BUSY_TIMEOUT_MS", "10000")
+    # MySQL/MariaDB's innodb_lock_wait_timeout for the app's connections (the server's
+    # default, 50 s, outlasts gunicorn's 30 s worker timeout: a killed worker answers 500).
+    MYSQL_LOCK_WAIT_TIMEOUT_S = os.environ.get("MYSQL_LOCK_WAIT_TIMEOUT_S", "10")
     # WAL pages before a checkpoint (16000 pages of 4 KiB: a WAL file of about 64 MiB).
     SQLITE_WAL_AUTOCHECKPOINT = os.environ.get("SQLITE_WAL_AUTOCHECKPOINT", "16000")
     # Reverse proxies (load balancers) in front of the app that set X-Forwarded-For
@@ -104,6 +107,7 @@ def profile(name: str) -> type[Config]:
 _WHOLE_NUMBERS = {
     "IDENTIFY_MAX_ATTEMPTS": 1,
     "SQLITE_BUSY_TIMEOUT_MS": 0,
+    "MYSQL_LOCK_WAIT_TIMEOUT_S": 1,
     # 0 would turn checkpoints off, and the WAL would grow without end.
     "SQLITE_WAL_AUTOCHECKPOINT": 1,
     "TRUSTED_PROXIES": 0,

@@ -162,15 +162,27 @@ def engine_options(url: str) -> dict:
     return {}
 
 
-def configure_engine(engine: Engine, busy_timeout_ms: int, wal_autocheckpoint: int = 1000) -> None:
-    """Install per-connection settings: WAL, busy timeout and explicit BEGIN on SQLite.
+def configure_engine(engine: Engine, config: Mapping[str, Any]) -> None:
+    """Install per-connection settings from the app's (checked) ``config``.
 
-    ``wal_autocheckpoint`` is how many pages the WAL may hold before the
-    committing connection copies them into the database file (SQLite's
-    default is 1000); at least 1, which ``config.check_settings`` makes sure of.
+    SQLite: WAL, the busy timeout and explicit BEGIN. ``SQLITE_WAL_AUTOCHECKPOINT``
+    is how many pages the WAL may hold before the committing connection copies
+    them into the database file (SQLite's default is 1000). MySQL/MariaDB: how
+    long a statement waits for a row lock.
     """
+    if engine.dialect.name in ("mysql", "mariadb"):
+        lock_wait_s = int(config["MYSQL_LOCK_WAIT_TIMEOUT_S"])
+
+        @event.listens_for(engine, "connect")
+        def _on_mysql_connect(dbapi_connection, _record):
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {lock_wait_s}")
+
+        return
     if engine.dialect.name != "sqlite":
         return
+    busy_timeout_ms = int(config["SQLITE_BUSY_TIMEOUT_MS"])
+    wal_autocheckpoint = int(config["SQLITE_WAL_AUTOCHECKPOINT"])
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -254,7 +266,13 @@ def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
     timeout or a concurrent claim of the same key it is rolled back and run
     again with a short randomised back-off, so that no request fails because
     of another one.
+
+    It also gives up once it has been at it for one lock wait (the SQLite busy
+    timeout, MySQL/MariaDB's lock wait timeout; at least 1 s): a lock held for
+    long by someone else then ends in 503 after about two lock waits, before
+    gunicorn's worker timeout kills the request (a 500).
     """
+    started = time.monotonic()
     for attempt in range(1, max_attempts + 1):
         try:
             return work()
@@ -263,11 +281,23 @@ def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
             if isinstance(exc, DBAPIError) and not is_retryable(exc):
                 raise
             log.info("write transaction lost a race (attempt %d): %s", attempt, exc)
+            if time.monotonic() - started >= _retry_window():
+                raise Contention(f"still locked out after {attempt} attempts") from exc
             time.sleep(random.uniform(0, 0.004 * attempt))
         except BaseException:
             db.session.rollback()
             raise
     raise Contention(f"gave up after {max_attempts} attempts")
+
+
+def _retry_window() -> float:
+    """Seconds a write keeps trying again: one lock wait, and at least 1 s for quick races."""
+    config = current_app.config
+    if db.engine.dialect.name == "sqlite":
+        wait = config["SQLITE_BUSY_TIMEOUT_MS"] / 1000
+    else:
+        wait = config["MYSQL_LOCK_WAIT_TIMEOUT_S"]
+    return max(float(wait), 1.0)
 
 
 def write_transaction(work: Callable[[Connection], T]) -> T:

@@ -1,0 +1,60 @@
+"""A lock someone else holds for long ends a write in 503 busy, before gunicorn's worker timeout.
+
+A write that lost a lock race is tried again (IDENTIFY_MAX_ATTEMPTS), but only
+for about one lock wait: twelve waits of the SQLite busy timeout (10 s by
+default) or of MariaDB's lock wait timeout (50 s, the server's default) would
+outlast gunicorn's 30 s worker timeout, and a killed worker answers 500.
+"""
+
+import time
+
+import pytest
+from sqlalchemy import text
+
+from tests.builders import identify
+from webapp.database import SQLITE_IMMEDIATE
+from webapp.extensions import db
+
+
+@pytest.fixture
+def app_config(database_url) -> dict:
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "TESTING": True,
+        "SQLITE_BUSY_TIMEOUT_MS": "300",
+        "MYSQL_LOCK_WAIT_TIMEOUT_S": "1",
+        "IDENTIFY_MAX_ATTEMPTS": "12",
+    }
+
+
+def test_the_lock_wait_is_the_apps_own_on_mariadb(app, dialect):
+    with db.engine.connect() as conn:
+        if dialect == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 300
+        else:
+            wait = conn.exec_driver_sql("SELECT @@session.innodb_lock_wait_timeout").scalar()
+            assert wait == 1
+
+
+def test_a_lock_held_for_long_ends_in_busy_after_about_one_lock_wait(client, dialect):
+    assert identify(client, "held@example.com", "111")[0] == 200
+    holder = db.engine.connect().execution_options(**{SQLITE_IMMEDIATE: True})
+    try:
+        holder.begin()
+        if dialect == "sqlite":
+            holder.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the database's write lock
+        else:
+            holder.execute(text("SELECT id FROM identifier FOR UPDATE"))  # every claim row
+        started = time.monotonic()
+        status, body = identify(client, "held@example.com", "222")
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert (status, body["error"]["code"]) == (503, "busy")
+    # One lock wait of retries (at least 1 s), then the attempt under way: twelve waits of
+    # 0.3 s would be 3.6 s on SQLite; MariaDB's server default would be 50 s per wait.
+    assert 1.0 <= elapsed < 3.0, elapsed
+    # Nothing was half written, and the lock released, the same request goes through.
+    status, body = identify(client, "held@example.com", "222")
+    assert status == 200 and body["contact"]["phoneNumbers"] == ["111", "222"]
