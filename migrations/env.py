@@ -4,6 +4,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from webapp.database import SQLITE_IMMEDIATE
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -88,6 +90,11 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Take the write lock before reading the version: a transaction that read
+            # first fails at its first ALTER if a worker writes meanwhile ("database is
+            # locked" at once, whatever the busy timeout).
+            connection = connection.execution_options(**{SQLITE_IMMEDIATE: True})
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():

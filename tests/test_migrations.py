@@ -1,12 +1,15 @@
 """The schema comes only from migrations: they build it, and it matches the models."""
 
 import json
+import sqlite3
+import threading
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, make_url, select, update
 
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, contact_grams, name_grams
@@ -214,3 +217,46 @@ def test_0013_keys_the_e_mail_each_voucher_was_redeemed_with(app, client, api_ke
     keys = dict(db.session.execute(select(Voucher.code, Voucher.used_email_key)).all())
     assert keys == {codes[0]: "lorraine@hillvalley.edu", codes[1]: None}
     db.session.rollback()
+
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
+def test_an_upgrade_on_sqlite_goes_through_while_the_service_writes(app, client, database_url):
+    """The upgrade takes SQLite's write lock before it reads the schema's version.
+
+    Begun as a plain (deferred) transaction, it read the version, and its
+    first ALTER failed at once with "database is locked" when a worker was
+    writing, whatever the busy timeout: an upgrade run before restarting a
+    busy box failed every time.
+    """
+    assert client.post("/identify", json={"email": "busy@example.com"}).status_code == 200
+    db.session.rollback()
+    downgrade(revision="0012_composed_email_keys")
+    worker = sqlite3.connect(
+        make_url(database_url).database, timeout=0, isolation_level=None, check_same_thread=False
+    )
+    wrote = []
+
+    def a_worker_writes_meanwhile(_conn, _cursor, statement, *_args):
+        # A worker's write transaction, a third of a second long, begins just before the ALTER.
+        if statement.startswith("ALTER TABLE") and not wrote:
+            try:
+                worker.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                assert "locked" in str(exc)
+                wrote.append(False)  # the upgrade holds the write lock: the worker waits
+                return
+            worker.execute('UPDATE "Contact" SET "updatedAt" = "updatedAt"')
+            wrote.append(True)
+            threading.Timer(0.3, worker.execute, ["COMMIT"]).start()
+
+    event.listen(db.engine, "before_cursor_execute", a_worker_writes_meanwhile)
+    try:
+        upgrade()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", a_worker_writes_meanwhile)
+        worker.close()
+    assert wrote == [False]
+    with db.engine.connect() as conn:
+        version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    assert version == "0013_voucher_redeemer_key"
