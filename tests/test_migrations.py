@@ -219,7 +219,6 @@ def test_0013_keys_the_e_mail_each_voucher_was_redeemed_with(app, client, api_ke
     db.session.rollback()
 
 
-
 @pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
 def test_an_upgrade_on_sqlite_goes_through_while_the_service_writes(app, client, database_url):
     """The upgrade takes SQLite's write lock before it reads the schema's version.

@@ -151,7 +151,8 @@ def _blocked(exc: BlockedValues):
 
 
 @bp.errorhandler(Contention)
-def _contention(_exc: Contention):
+def _contention(exc: Contention):
+    log.warning("%s %s answered 503 busy: %s", request.method, request.path, exc)
     return error_response(
         503,
         "busy",
@@ -163,7 +164,7 @@ def _contention(_exc: Contention):
 @bp.errorhandler(SQLAlchemyError)
 def _database_error(exc: SQLAlchemyError):
     db.session.rollback()
-    log.exception("database error: %s", exc)
+    log.exception("database error on %s %s: %s", request.method, request.path, exc)
     return error_response(
         503,
         "database_unavailable",

@@ -155,7 +155,8 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
             # the answer says who holds it now, as the pop will.
             customer_ids, blocked = customers_holding(db.session.connection(), phone)
             db.session.rollback()
-    log.info("incoming call %s from %s: customers %s", pop_id, phone.key, customer_ids)
+    # No number: the logs are no place for customers' phone numbers.
+    log.info("incoming call, pop %s: customers %s", pop_id, customer_ids)
     return IncomingCall(
         pop_id=pop_id, event_id=event_id, customer_ids=customer_ids, blocked=blocked
     )

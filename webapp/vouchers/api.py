@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -147,8 +148,13 @@ def _canonical_code() -> str | None:
 
 
 def _code_key() -> str:
-    """The per-code rate-limit key: the canonical code, so spellings share one counter."""
-    return f"code:{_canonical_code()}"
+    """The per-code rate-limit key: the canonical code, so spellings share one counter.
+
+    Hashed, so that no voucher code stands in clear in the shared storage (a
+    Redis other services may read) or in the limiter's log lines.
+    """
+    code = _canonical_code() or ""
+    return "code:" + hashlib.sha256(code.encode()).hexdigest()
 
 
 def _no_code() -> bool:

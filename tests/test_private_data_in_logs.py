@@ -1,0 +1,48 @@
+"""Customers' e-mails, phones and voucher codes stay out of logs and of the shared limiter storage.
+
+Logs are read by more people, kept longer and shipped further than the
+database; an operator diagnosing a failing request needs the path and the
+kind of error, not the customer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from tests.test_vouchers_api import issued_code, validate
+from webapp.extensions import db, limiter
+
+
+def test_database_errors_do_not_show_the_values_they_were_given(app):
+    with pytest.raises(DBAPIError) as raised:
+        db.session.execute(
+            text("SELECT id FROM no_such_table WHERE email = :email"),
+            {"email": "private@example.com"},
+        )
+    db.session.rollback()
+    assert "no_such_table" in str(raised.value)
+    assert "private@example.com" not in str(raised.value)
+
+
+def test_an_incoming_call_is_logged_without_the_callers_number(client, api_key, caplog):
+    caplog.set_level(logging.INFO, logger="webapp")
+    response = client.post("/calls/incoming", json={"phoneNumber": "+44 20 7946 0123"})
+    assert response.status_code in (200, 201), response.get_json()
+    (line,) = [r.getMessage() for r in caplog.records if "incoming call" in r.getMessage()]
+    assert "7946" not in line and "0123" not in line
+
+
+def test_voucher_codes_are_counted_under_a_hash(app, client, api_key):
+    code = issued_code(client)
+    assert validate(client, code).status_code == 200
+    canonical = code.replace("-", "")
+    storage = limiter.storage
+    keys = " ".join([*storage.storage, *storage.events, *storage.expirations])
+    assert "code:" in keys, "no per-code counter found: nothing tested"
+    assert canonical not in keys.upper()
+    assert hashlib.sha256(canonical.encode()).hexdigest() in keys
