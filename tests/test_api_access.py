@@ -4,9 +4,13 @@ import logging
 
 import flask
 import pytest
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import text
 
 from tests.builders import contacts
+from tests.openapi_check import assert_matches_openapi
 from webapp import create_app
+from webapp.extensions import db
 
 
 @pytest.fixture
@@ -102,3 +106,35 @@ def test_the_rate_limiter_does_not_look_at_identify_or_healthz(client, monkeypat
     # Every other endpoint still goes through it.
     assert client.get("/openapi.json").status_code == 200
     assert checked == ["api.openapi"]
+
+
+def test_health_is_503_until_the_schema_is_upgraded_for_this_code(app, client):
+    db.session.rollback()
+    downgrade(revision="0012_composed_email_keys")
+    try:
+        response = client.get("/healthz")
+        assert response.status_code == 503
+        assert response.get_json() == {"status": "unavailable", "database": "not_upgraded"}
+        assert_matches_openapi(app, "/healthz", "get", response)
+    finally:
+        upgrade()
+    assert client.get("/healthz").status_code == 200
+
+
+def test_health_is_503_on_a_database_no_migration_ran_on(tmp_path):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'empty.db'}"})
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable", "database": "not_upgraded"}
+
+
+def test_a_schema_ahead_of_the_code_is_healthy(app, client):
+    # Upgraded by a newer version whose workers are not all restarted yet: the old ones serve.
+    (version,) = db.session.execute(text("SELECT version_num FROM alembic_version")).one()
+    db.session.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    db.session.commit()
+    try:
+        assert client.get("/healthz").status_code == 200
+    finally:
+        db.session.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": version})
+        db.session.commit()

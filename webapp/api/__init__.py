@@ -117,15 +117,43 @@ def identify_customer():
 
 @bp.get("/healthz")
 def healthz():
-    """200 when the database answers a query, 503 when it does not."""
+    """200 when the database answers and its schema is upgraded for this code; 503 when not.
+
+    A schema behind the code (``db upgrade`` not run, or run on another
+    database) answers 503 ``not_upgraded``: every request touching what is
+    missing would fail. A schema ahead of the code (upgraded, workers not
+    restarted yet, as the upgrade steps go) is healthy.
+    """
     try:
         db.session.execute(text("SELECT 1"))
-        db.session.rollback()
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.warning("health check failed: %s", exc)
         return jsonify(status="unavailable", database="unreachable"), 503
+    try:
+        version = db.session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:
+        version = None  # no migration ever ran here
+    finally:
+        db.session.rollback()
+    head, older = _schema_revisions()
+    if version != head and (version is None or version in older):
+        log.warning("health check failed: schema at %s, this code needs %s", version, head)
+        return jsonify(status="unavailable", database="not_upgraded"), 503
     return jsonify(status="ok", database="ok")
+
+
+def _schema_revisions() -> tuple[str, frozenset[str]]:
+    """This code's head migration, and every migration before it (read once per process)."""
+    revisions = current_app.extensions.get("schema_revisions")
+    if revisions is None:
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory(current_app.extensions["migrate"].directory)
+        head = script.get_current_head()
+        older = frozenset(r.revision for r in script.walk_revisions() if r.revision != head)
+        revisions = current_app.extensions["schema_revisions"] = (head, older)
+    return revisions
 
 
 @bp.get("/openapi.json")
