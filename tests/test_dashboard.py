@@ -15,6 +15,7 @@ from tests.builders import (
     many_rows_customer,
     statements_run,
 )
+from webapp import create_app
 from webapp.audit import record
 from webapp.dashboard import sections
 from webapp.dashboard.search import reindex, search_customers
@@ -1018,3 +1019,33 @@ def test_every_page_has_one_h1_and_search_landmarks_named_apart(signed_in_client
     # Queries in Arabic or Hebrew read right to left as they are typed.
     for field in re.findall(r'<input[^>]*type="search"[^>]*>', html):
         assert 'dir="auto"' in field
+
+
+def test_pages_answer_503_while_the_database_is_gone(tmp_path):
+    """A database that stops answering under a signed-in agent: 503 and a word, not a bare 500."""
+    from flask_migrate import upgrade
+
+    from tests.builders import make_agent, sign_in
+
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'identity.db'}", "TESTING": True}
+    )
+    client = app.test_client()
+    with app.app_context():
+        upgrade()
+        make_agent()
+    sign_in(client)
+    with app.app_context():
+        db.engine.dispose()
+    # The file goes (a disk unmounted, say): new connections find no tables.
+    for name in ("identity.db", "identity.db-wal", "identity.db-shm"):
+        if (tmp_path / name).exists():
+            (tmp_path / name).rename(tmp_path / f"gone-{name}")
+    pages = [("/", {}), ("/screen-pops", {}), ("/?q=anna", {"HX-Request": "true"})]
+    for path, headers in pages:
+        response = client.get(path, headers=headers)
+        assert response.status_code == 503, (path, response.status_code)
+        assert response.headers["Retry-After"] == "1"
+        assert "The database did not answer" in response.get_data(as_text=True)
+    with app.app_context():
+        db.engine.dispose()

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
@@ -152,6 +153,16 @@ def create_app(config: dict | None = None) -> Flask:
             # database is down), the plain error is still an answer.
             log.exception("the error page for %s failed; answering plainly", exc.code)
             return exc
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database_error(exc: SQLAlchemyError):
+        # The JSON API's blueprints answer this themselves; here are the dashboard's pages,
+        # its fragments and the screen-pop polls, which said a bare 500.
+        db.session.rollback()
+        log.exception("database error on %s %s: %s", request.method, request.path, exc)
+        return _http_error(
+            ServiceUnavailable("The database did not answer. Try again in a moment.", retry_after=1)
+        )
 
     if not app.config["API_KEYS"] and _serving():
         from .api import OPEN_WITHOUT_KEYS
