@@ -351,7 +351,7 @@ def test_delete_asks_for_confirmation_then_deletes(signed_in_client):
     ident("ann@x.io", "555")
     ident("ann@x.io", "666")
     confirm = signed_in_client.get("/contacts/1/delete", headers=HTMX)
-    assert is_fragment(confirm, "delete-confirm")
+    assert is_fragment(confirm, "delete-confirm-1")
     assert "next oldest contact becomes the primary" in confirm.get_data(as_text=True)
     assert links() == {1: None, 2: 1}
     response = signed_in_client.post("/contacts/1/delete", data={"reason": "test"}, headers=HTMX)
@@ -429,7 +429,7 @@ def test_a_delete_reason_with_control_characters_is_422_and_deletes_nothing(
     ident("ann@x.io", "666")
     response = signed_in_client.post("/contacts/1/delete", data={"reason": reason}, headers=HTMX)
     assert response.status_code == 422
-    assert is_fragment(response, "delete-confirm")
+    assert is_fragment(response, "delete-confirm-1")
     assert f"control characters (found {found})" in response.get_data(as_text=True)
     assert links() == {1: None, 2: 1}
     assert [c.deletedAt for c in contacts()] == [None, None]

@@ -67,9 +67,40 @@
   // <details>: Escape closes the one the keyboard is in and puts focus back on its button.
   var DISCLOSURES = "details.action-disclosure[open], details.voucher-issue[open], details.voucher-void[open]";
 
+  // A link that fetches a confirmation into the page names it with aria-controls (the delete
+  // link of a contact row; without JavaScript it opens the form's own page). That form's Cancel
+  // and Escape close it again, leaving its empty slot, and focus goes back to the link.
+  function openerOf(element) {
+    return element && element.id ? document.querySelector("[aria-controls='" + element.id + "']") : null;
+  }
+
+  function closeInPlace(form, opener) {
+    var slot = document.createElement("div");
+    slot.id = form.id;
+    slot.className = "confirm-slot";
+    form.replaceWith(slot);
+    opener.focus();
+  }
+
+  document.addEventListener("click", function (event) {
+    var cancel = event.target.closest && event.target.closest(".confirm-cancel");
+    var form = cancel && cancel.closest("form");
+    var opener = openerOf(form);
+    if (!opener) return;
+    event.preventDefault();
+    closeInPlace(form, opener);
+  });
+
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape" || event.defaultPrevented) return;
     var active = document.activeElement;
+    var form = active && active.closest ? active.closest("form") : null;
+    var opener = openerOf(form);
+    if (opener) {
+      event.preventDefault();
+      closeInPlace(form, opener);
+      return;
+    }
     var open = active && active.closest ? active.closest(DISCLOSURES) : null;
     if (!open) {
       // Focus left on the page itself (after a click on blank space): close the last one opened.
@@ -161,10 +192,23 @@
     return heading || document.querySelector("#main h1");
   }
 
+  // What a link with aria-controls opened in place gets focus, and is scrolled into view whole
+  // (the agent clicked next to it, so it is at most a little below the fold).
+  function focusOpened(requester) {
+    var id = requester && requester.getAttribute && requester.getAttribute("aria-controls");
+    var opened = id && document.getElementById(id);
+    if (!opened || !opened.firstElementChild) return false;
+    if (!moveFocus(opened)) return false;
+    opened.scrollIntoView({ block: "nearest" });
+    return true;
+  }
+
   function settleFocus(swap, detail) {
     var config = detail.requestConfig || {};
     var trigger = config.triggeringEvent;
-    if (!trigger || USER_EVENTS.indexOf(trigger.type) === -1 || !focusLost()) return;
+    if (!trigger || USER_EVENTS.indexOf(trigger.type) === -1) return;
+    if (focusOpened(config.elt)) return;
+    if (!focusLost()) return;
     var elements = swap.elts.filter(function (element) { return element.isConnected; });
     var region = elements.filter(function (element) { return swap.oob.indexOf(element) === -1; });
     var all = region.concat(elements.filter(function (element) { return region.indexOf(element) === -1; }));

@@ -232,7 +232,7 @@ def test_the_delete_page_names_the_customer_and_sits_under_its_heading(signed_in
     crumb = page.get_by_role("navigation", name="Breadcrumb").get_by_role("link")
     expect(crumb).to_have_text(f"Customer #{primary}")
     heading = page.get_by_role("heading", name=f"Delete contact #{secondary}")
-    card_left = page.locator("#delete-confirm").bounding_box()["x"]
+    card_left = page.locator(f"#delete-confirm-{secondary}").bounding_box()["x"]
     assert abs(card_left - heading.bounding_box()["x"]) < 2
 
 

@@ -6,7 +6,8 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.builders import identify
+from tests.browser.conftest import sign_in_through_the_form
+from tests.builders import identify, many_rows_customer
 from webapp.dashboard.search import reindex
 
 # Set RECONCILE_SCREENSHOTS=some/dir to keep a PNG of each page for review.
@@ -182,3 +183,62 @@ def test_a_customer_whose_primary_was_deleted_outside_the_dashboard_is_regrouped
     expect(page.locator("body")).to_contain_text("Contact 2 became the primary")
     # htmx logs the refused swap itself; nothing else went wrong.
     assert page.console_errors == ["Response Status Error Code 409 from /customers/1?order=oldest"]
+
+
+def test_delete_asks_inside_the_row_it_is_about_with_focus_on_the_question(signed_in_page, app):
+    page = signed_in_page
+    ids = many_rows_customer(60)
+    target = ids[44]
+    page.goto(f"/customers/{ids[0]}")
+    row = page.locator(f"#panel-contact-{target}")
+    delete = row.get_by_role("link", name="Delete…")
+    # The row sits at the bottom of the window, as when the agent scrolled down to it.
+    delete.evaluate("link => link.scrollIntoView({block: 'end'})")
+    delete.click()
+    # It asked far below, after the last of the 60 rows, and focus stayed on the link.
+    form = row.locator("form")
+    expect(form).to_have_id(f"delete-confirm-{target}")
+    expect(form).to_be_focused()
+    expect(form).to_have_accessible_name(f"Delete contact #{target}")
+    expect(form).to_be_in_viewport(ratio=1)
+    below = form.bounding_box()["y"] - delete.bounding_box()["y"]
+    assert 0 < below < 80, below
+    snapshot(page, "delete-in-row")
+    # From the keyboard: Tab reaches the reason; Escape closes it and gives focus back.
+    page.keyboard.press("Tab")
+    expect(row.get_by_label("Reason (optional)")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(form).to_have_count(0)
+    expect(delete).to_be_focused()
+    # Opened with Enter, Cancel closes it the same way, without leaving the page.
+    page.keyboard.press("Enter")
+    expect(form).to_be_focused()
+    row.get_by_role("link", name="Cancel").click()
+    expect(form).to_have_count(0)
+    expect(delete).to_be_focused()
+    # And it deletes from there.
+    delete.click()
+    row.get_by_label("Reason (optional)").fill("a duplicate")
+    row.get_by_role("button", name=f"Delete contact #{target}").click()
+    expect(page.locator(".flash")).to_contain_text(f"Contact #{target} deleted")
+    expect(page.locator(f"#panel-contact-{target}")).to_have_count(0)
+    assert page.console_errors == []
+
+
+def test_delete_without_javascript_opens_its_page(browser, live_server, agent, app):
+    ids = many_rows_customer(3)
+    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    try:
+        sign_in_through_the_form(page)
+        page.goto(f"/customers/{ids[0]}")
+        page.locator(f"#panel-contact-{ids[2]}").get_by_role("link", name="Delete…").click()
+        expect(page).to_have_url(re.compile(rf"/contacts/{ids[2]}/delete$"))
+        expect(page.get_by_role("heading", name=f"Delete contact #{ids[2]}")).to_be_visible()
+        page.get_by_label("Reason (optional)").fill("a duplicate")
+        page.get_by_role("button", name=f"Delete contact #{ids[2]}").click()
+        expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
+        expect(page.locator(".flash")).to_contain_text(f"Contact #{ids[2]} deleted")
+    finally:
+        context.close()
