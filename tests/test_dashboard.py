@@ -1003,6 +1003,7 @@ def test_search_lists_at_most_25_pages_then_asks_for_more_letters(signed_in_clie
         "/customers/1/contacts",
         "/customers/1/activity",
         "/customers/1/merge",
+        "/customers/1/values",
         "/customers/99",
     ],
 )

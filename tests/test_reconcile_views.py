@@ -13,6 +13,8 @@ from tests.builders import (
     contacts,
     csrf_token_from,
     is_fragment,
+    is_page,
+    many_rows_customer,
 )
 from webapp.dashboard.search import reindex
 from webapp.extensions import db
@@ -53,6 +55,7 @@ def links():
         ("post", "/identifiers/1/unblock"),
         ("get", "/contacts/1/delete"),
         ("post", "/contacts/1/delete"),
+        ("get", "/customers/1/values"),
         ("post", "/customers/1/reconcile"),
         ("get", "/reconcile"),
         ("post", "/reconcile"),
@@ -99,6 +102,58 @@ def test_customer_page_has_the_action_bar_and_the_panel(signed_in_client):
     assert 'id="reconcile-panel"' in html
     assert 'href="/contacts/1/delete"' in html
     assert 'name="value" value="555"' in html
+
+
+def panel_of(html: str) -> str:
+    start = html.index('<section class="panel" id="reconcile-panel"')
+    return html[start : html.index("</section>", start)]
+
+
+def test_the_panel_lists_the_first_values_and_contacts_and_shows_all_on_request(
+    signed_in_client,
+):
+    ids = many_rows_customer(30)  # 30 e-mails and one phone they share
+    every_value = ["junk0@x.io", "5550000"] + [f"junk{n}@x.io" for n in range(1, 30)]
+    url = f"/customers/{ids[0]}/values"
+    panel = panel_of(signed_in_client.get(f"/customers/{ids[0]}").get_data(as_text=True))
+    assert re.findall(r'name="value" value="([^"]*)"', panel) == every_value[:20]
+    assert [int(n) for n in re.findall(r'id="panel-contact-(\d+)"', panel)] == ids[:20]
+    assert "Showing the first 20 of 31 values." in panel
+    assert "Showing the first 20 of 30 contacts." in panel
+    # Without JavaScript a link to the page of every one; htmx swaps in the list it is about.
+    values_link = (
+        f'href="{url}#panel-values" hx-get="{url}" hx-select="#panel-values"'
+        ' hx-target="#panel-values" hx-swap="outerHTML">Show all 31 values</a>'
+    )
+    assert values_link in panel
+    assert f'href="{url}#panel-contacts" hx-get="{url}" hx-select="#panel-contacts"' in panel
+    assert ">Show all 30 contacts</a>" in panel
+
+    page = signed_in_client.get(url)
+    assert page.status_code == 200 and is_page(page)
+    html = page.get_data(as_text=True)
+    assert len(re.findall(r"<h1\b", html)) == 1
+    assert f"Values and contacts of customer #{ids[0]}</h1>" in html
+    everything = panel_of(html)
+    assert re.findall(r'name="value" value="([^"]*)"', everything) == every_value
+    assert [int(n) for n in re.findall(r'id="panel-contact-(\d+)"', everything)] == ids
+    assert "Show all" not in everything
+    fragment = signed_in_client.get(url, headers=HTMX)
+    assert fragment.status_code == 200 and is_fragment(fragment, "reconcile-panel")
+    assert panel_of(fragment.get_data(as_text=True)) == everything
+    # Any contact of the customer leads to its primary's page; no customer, no page.
+    secondary = signed_in_client.get(f"/customers/{ids[5]}/values")
+    assert secondary.status_code == 302 and secondary.location == url
+    assert signed_in_client.get("/customers/999/values").status_code == 404
+
+
+def test_a_small_customers_panel_lists_everything_without_a_show_all(signed_in_client):
+    ident("ann@x.io", "555")
+    ident("ann@x.io", "666")
+    panel = panel_of(signed_in_client.get("/customers/1").get_data(as_text=True))
+    assert re.findall(r'name="value" value="([^"]*)"', panel) == ["ann@x.io", "555", "666"]
+    assert re.findall(r'id="panel-contact-(\d+)"', panel) == ["1", "2"]
+    assert "Show all" not in panel and "Showing the first" not in panel
 
 
 def test_link_through_htmx_redirects_to_the_customer(signed_in_client):

@@ -190,6 +190,7 @@ def test_delete_asks_inside_the_row_it_is_about_with_focus_on_the_question(signe
     ids = many_rows_customer(60)
     target = ids[44]
     page.goto(f"/customers/{ids[0]}")
+    page.locator("#panel-contacts").get_by_role("link", name="Show all 60 contacts").click()
     row = page.locator(f"#panel-contact-{target}")
     delete = row.get_by_role("link", name="Delete…")
     # The row sits at the bottom of the window, as when the agent scrolled down to it.
@@ -240,5 +241,56 @@ def test_delete_without_javascript_opens_its_page(browser, live_server, agent, a
         page.get_by_role("button", name=f"Delete contact #{ids[2]}").click()
         expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
         expect(page.locator(".flash")).to_contain_text(f"Contact #{ids[2]} deleted")
+    finally:
+        context.close()
+
+
+def test_a_big_customers_panel_shows_the_first_values_then_all_of_a_list(signed_in_page, app):
+    page = signed_in_page
+    ids = many_rows_customer(60)  # 60 e-mails and one phone they share
+    page.goto(f"/customers/{ids[0]}")
+    values = page.locator("#panel-values")
+    contacts = page.locator("#panel-contacts")
+    expect(values.locator("li")).to_have_count(20)
+    expect(contacts.locator("li")).to_have_count(20)
+    expect(values).to_contain_text("Showing the first 20 of 61 values.")
+    values.get_by_role("link", name="Show all 61 values").press("Enter")
+    expect(values.locator("li")).to_have_count(61)
+    expect(values.get_by_role("link", name="Show all 61 values")).to_have_count(0)
+    # Focus goes to the list's heading, so Tab goes on through the values shown now.
+    expect(values.get_by_role("heading", name="Values")).to_be_focused()
+    expect(contacts.locator("li")).to_have_count(20)
+    contacts.get_by_role("link", name="Show all 60 contacts").click()
+    expect(contacts.locator("li")).to_have_count(60)
+    expect(contacts.get_by_role("heading", name="Contacts")).to_be_focused()
+    # A value of the ones shown now blocks like the first ones.
+    value = values.locator("li", has_text="junk59@x.io")
+    value.locator("summary", has_text="Block…").click()
+    value.get_by_label("Why block junk59@x.io?").fill("a test address")
+    value.get_by_role("button", name="Block").click()
+    expect(page.locator(".flash")).to_contain_text("junk59@x.io is blocked")
+    assert page.console_errors == []
+
+
+def test_show_all_values_without_javascript_opens_the_page_of_every_one(
+    browser, live_server, agent, app
+):
+    ids = many_rows_customer(30)
+    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    try:
+        sign_in_through_the_form(page)
+        page.goto(f"/customers/{ids[0]}")
+        page.get_by_role("link", name="Show all 30 contacts").click()
+        expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}/values#panel-contacts$"))
+        expect(page.get_by_role("heading", level=1)).to_have_text(
+            f"Values and contacts of customer #{ids[0]}"
+        )
+        expect(page.locator("#panel-values li")).to_have_count(31)
+        expect(page.locator("#panel-contacts li")).to_have_count(30)
+        expect(
+            page.locator("#panel-contacts").get_by_role("heading", name="Contacts")
+        ).to_be_in_viewport()
     finally:
         context.close()

@@ -355,8 +355,15 @@ def identifier_value(identifier_id: int) -> Value:
     return parse_key(claim.kind, claim.key)
 
 
-def panel_data(primary_id: int) -> dict:
-    """The customer page's reconciliation panel: values with their blocked state, live contacts."""
+# The customer page's panel lists this many values and as many contacts; "Show all" the rest.
+PANEL_SHOWN = 20
+
+
+def panel_data(primary_id: int, shown: int | None = PANEL_SHOWN) -> dict:
+    """The reconciliation panel: the first ``shown`` values (blocked or not) and live contacts.
+
+    ``shown=None`` lists every one; the totals say how many there are either way.
+    """
     contacts = list(
         db.session.scalars(
             select(Contact)
@@ -373,16 +380,20 @@ def panel_data(primary_id: int) -> dict:
             values.setdefault((EMAIL, contact.email_key), contact.email)
         if contact.phone_key:
             values.setdefault((PHONE, contact.phone_key), contact.phoneNumber)
-    blocked = blocked_keys(db.session.connection(), values)
+    listed = list(values.items())[:shown]
+    blocked = blocked_keys(db.session.connection(), [key for key, _text in listed])
     data = {
+        "customer_id": primary_id,
         "values": [
-            {"kind": kind, "key": key, "shown": shown, "blocked": (kind, key) in blocked}
-            for (kind, key), shown in values.items()
+            {"kind": kind, "key": key, "shown": text, "blocked": (kind, key) in blocked}
+            for (kind, key), text in listed
         ],
+        "values_total": len(values),
         "contacts": [
             {"id": c.id, "email": c.email, "phone": c.phoneNumber, "primary": c.linkedId is None}
-            for c in contacts
+            for c in contacts[:shown]
         ],
+        "contacts_total": len(contacts),
     }
     db.session.rollback()
     return data

@@ -14,6 +14,7 @@ from flask_login import current_user
 
 from ..dashboard import protect
 from ..dashboard.rendering import (
+    canonical_customer,
     customer_or_404,
     error_page,
     not_found,
@@ -38,6 +39,7 @@ from .service import (
     link_values,
     merge_customers,
     merge_preview,
+    panel_data,
     reconcile_customer,
     set_blocked,
 )
@@ -291,6 +293,18 @@ def delete(contact_id: int):
     status = 422 if request.method == "POST" else 200
     return page_or_fragment(
         "reconcile/delete.html", "reconcile/_delete_form.html", status, form=form, contact=contact
+    )
+
+
+@bp.get("/customers/<int:contact_id>/values")
+def values(contact_id: int):
+    """Every value and live contact of a customer, to block or delete; its page lists the first.
+
+    A page without JavaScript; htmx's "Show all" swaps in the list it is about from the panel.
+    """
+    primary_id = canonical_customer(contact_id)
+    return page_or_fragment(
+        "reconcile/values.html", "reconcile/_section.html", section=panel_data(primary_id, None)
     )
 
 
