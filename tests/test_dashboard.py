@@ -805,6 +805,52 @@ def test_registered_sections_and_actions_render_with_their_data(signed_in_client
     assert "Act on 1</button>" in html
 
 
+def test_the_customer_page_links_to_each_of_its_parts(signed_in_client):
+    seed(signed_in_client, ("doc@hillvalley.edu", "555-0100"))
+    html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    nav = re.search(r'<nav class="page-sections"[^>]*>.*?</nav>', html, re.S)
+    assert nav is not None
+    assert first_tag(nav.group(0)) == (
+        '<nav class="page-sections" aria-labelledby="page-sections-title">'
+    )
+    assert '<h2 id="page-sections-title">On this page</h2>' in nav.group(0)
+    links = re.findall(r'<a href="#([^"]+)">([^<]+)</a>', nav.group(0))
+    assert links == [
+        ("contacts", "Contacts"),
+        ("timeline", "Timeline"),
+        ("reconcile-panel", "Values and contacts"),
+        ("activity", "Activity"),
+        ("vouchers", "Vouchers"),
+    ]
+    # Each leads to a part of this page below the links, in the page's order.
+    places = [html.index(f'id="{anchor}"') for anchor, _label in links]
+    assert places == sorted(places) and places[0] > nav.end()
+    # Its landmark's name tells it apart from the page's other navigation.
+    assert re.findall(r'<nav[^>]*aria-label="([^"]*)"', html) == ["Main", "Breadcrumb"]
+
+
+def test_a_registered_section_with_a_label_is_linked_from_the_page(signed_in_client, tmp_path, app):
+    seed(signed_in_client, ("a@x.io", "111"))
+    (tmp_path / "_test_section.html").write_text(
+        '<section class="panel" id="test-section"></section>'
+    )
+    from jinja2 import ChoiceLoader, FileSystemLoader
+
+    app.jinja_loader = ChoiceLoader([app.jinja_loader, FileSystemLoader(str(tmp_path))])
+    app.jinja_env.loader = app.jinja_loader
+    sections.register_section(
+        "test", "_test_section.html", lambda pid: {}, order=1, label="Test", anchor="test-section"
+    )
+    try:
+        html = signed_in_client.get("/customers/1").get_data(as_text=True)
+    finally:
+        sections._sections.pop("test")
+    assert '<li><a href="#test-section">Test</a></li>' in html
+    with pytest.raises(ValueError, match="a label needs an anchor"):
+        sections.register_section("test", "_test_section.html", lambda pid: {}, label="Test")
+    assert "test" not in sections._sections
+
+
 # --- audit page ---------------------------------------------------------------------
 
 

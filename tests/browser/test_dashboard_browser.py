@@ -4,7 +4,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.builders import identify
+from tests.builders import identify, many_rows_customer
 from webapp.dashboard.search import reindex
 
 
@@ -145,3 +145,28 @@ def test_a_failed_htmx_action_says_what_the_server_said(signed_in_page, client):
     )
     # htmx itself logs each refused request; nothing else went wrong in the page.
     assert [e for e in page.console_errors if not e.startswith("Response Status Error")] == []
+
+
+def test_on_this_page_links_lead_down_a_long_customer_page(signed_in_page, app):
+    page = signed_in_page
+    ids = many_rows_customer(60)
+    page.goto(f"/customers/{ids[0]}")
+    nav = page.get_by_role("navigation", name="On this page")
+    expect(nav.get_by_role("link")).to_have_text(
+        ["Contacts", "Timeline", "Values and contacts", "Activity", "Vouchers"]
+    )
+    for label, anchor, heading in [
+        ("Vouchers", "vouchers", "Vouchers"),
+        ("Values and contacts", "reconcile-panel", "Values and contacts"),
+        ("Timeline", "timeline", "Timeline"),
+    ]:
+        page.evaluate("window.scrollTo(0, 0)")
+        # From the keyboard: Enter follows the link, and the next Tab goes on in that part.
+        nav.get_by_role("link", name=label, exact=True).focus()
+        page.keyboard.press("Enter")
+        expect(page).to_have_url(re.compile(rf"#{anchor}$"))
+        expect(page.locator(f"#{anchor}").get_by_role("heading", name=heading)).to_be_in_viewport()
+        page.keyboard.press("Tab")
+        inside = page.evaluate(f"document.activeElement.closest('#{anchor}') !== null")
+        assert inside, label
+    assert page.console_errors == []

@@ -20,6 +20,9 @@ views or base template. Register at import time of your blueprint package::
   (the CustomerView of webapp.dashboard.customers) and ``section`` (the dict
   its loader returned) in its context. Its root element should be a
   ``<section class="panel">`` with a heading.
+* A section registered with a ``label`` and the ``anchor`` (its root element's
+  id) is listed in the page's "On this page" links, after the contacts and
+  the timeline.
 * A loader that knows the customer's display name returns it under the key
   ``CUSTOMER_NAME`` as well; the page's heading shows it, so the name is read
   once per page (the engagements area's name section does).
@@ -67,6 +70,8 @@ class Section:
     loader: SectionLoader
     order: int
     with_customer: bool = False
+    label: str | None = None
+    anchor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,17 @@ def register_section(
     order: int = 100,
     *,
     with_customer: bool = False,
+    label: str | None = None,
+    anchor: str | None = None,
 ) -> None:
-    """Add a section to every customer page; ``with_customer`` gives its loader the CustomerView."""
-    _sections[name] = Section(name, template, loader, order, with_customer)
+    """Add a section to every customer page; ``with_customer`` gives its loader the CustomerView.
+
+    With ``label`` and ``anchor`` (the id of the template's root element) the
+    page's "On this page" links lead to it.
+    """
+    if (label is None) != (anchor is None):
+        raise ValueError(f"section {name!r}: a label needs an anchor and an anchor a label")
+    _sections[name] = Section(name, template, loader, order, with_customer, label, anchor)
 
 
 def register_action(name: str, template: str, order: int = 100) -> None:

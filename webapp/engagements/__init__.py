@@ -31,7 +31,13 @@ def init_engagements(app: Flask) -> None:
         "name", "engagements/_name_section.html", name_section, order=5, with_customer=True
     )
     register_section(
-        "activity", "engagements/_activity.html", activity_section, order=10, with_customer=True
+        "activity",
+        "engagements/_activity.html",
+        activity_section,
+        order=10,
+        with_customer=True,
+        label="Activity",
+        anchor="activity",
     )
     register_matcher("names", match_names, name_index_entries)
     # Search results and the merge dialog name customers as their page does.

@@ -16,7 +16,14 @@ def init_reconcile(app: Flask) -> None:
     from .service import panel_data
 
     register_action("reconcile", "reconcile/_actions.html", order=10)
-    register_section("reconcile", "reconcile/_section.html", panel_data, order=5)
+    register_section(
+        "reconcile",
+        "reconcile/_section.html",
+        panel_data,
+        order=5,
+        label="Values and contacts",
+        anchor="reconcile-panel",
+    )
     register_nav("Blocked values", "reconcile.blocked", order=60)
     register_nav("Reconcile", "reconcile.runs", order=70)
     app.register_blueprint(bp)

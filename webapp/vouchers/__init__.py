@@ -25,7 +25,14 @@ def init_vouchers(app: Flask) -> None:
     # Integrations authenticate with API keys, not cookies: no CSRF token.
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp)
-    register_section("vouchers", "vouchers/_section.html", views.section_data, order=20)
+    register_section(
+        "vouchers",
+        "vouchers/_section.html",
+        views.section_data,
+        order=20,
+        label="Vouchers",
+        anchor="vouchers",
+    )
     register_nav("Offers", "vouchers.offers", order=30)
     app.register_blueprint(views.bp)
 
