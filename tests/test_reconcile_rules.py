@@ -230,6 +230,36 @@ def test_customers_before_and_after_describe_the_change():
 
 
 @pytest.mark.parametrize(
+    ("rows", "bonds", "involved", "expected"),
+    [
+        pytest.param(
+            [row(1, "a@x.io", "1"), row(2, "b@x.io", "2"), row(3, "c@x.io", "1", linked_id=2)],
+            (),
+            {2},
+            {1: [1], 2: [2, 3]},
+            id="a-row-moving-lists-where-it-goes",
+        ),
+        pytest.param(
+            [row(1, "a@x.io", "1"), row(2, "a@x.io", "2", linked_id=1), row(4, "d@x.io", "4")],
+            [{(EMAIL, "a@x.io"), (EMAIL, "d@x.io")}],
+            (),
+            {1: [1, 2], 4: [4]},
+            id="survivor-with-rows-that-do-not-move",
+        ),
+        pytest.param(
+            [row(1, "a@x.io", "1"), row(2, "b@x.io", "2")], (), {1}, {1: [1]}, id="no-change"
+        ),
+        pytest.param(
+            [row(1, "a@x.io", "1"), row(2, "b@x.io", "2")], (), (), {}, id="nothing-involved"
+        ),
+    ],
+)
+def test_customers_before_lists_every_customer_involved(rows, bonds, involved, expected):
+    plan = reconcile(rows, bonds=bonds)
+    assert plan.customers_before(rows, involved) == expected
+
+
+@pytest.mark.parametrize(
     ("blocked", "problems"),
     [((), 1), ({SHOP}, 0)],
 )

@@ -178,6 +178,40 @@ def test_link_of_a_value_another_customer_holds_merges_into_the_older(app):
     assert_invariants()
 
 
+def customers_in(state):
+    """An audit state's customers, as {primary id: row ids} with int keys."""
+    return {int(k): v for k, v in json.loads(state)["customers"].items()}
+
+
+def test_link_and_merge_audit_every_customer_involved_as_it_was(app):
+    ident("a@x.io", "111")
+    ident("b@x.io", "222")
+    # Linking c@x.io and phone 111 to customer 2 adds row 3 and merges customer 2 into 1.
+    outcome = link_values(2, [parse_email("c@x.io"), parse_phone("111")], AGENT)
+    assert (outcome.added_row, outcome.customer_id) == (3, 1)
+    assert links() == {1: None, 2: 1, 3: 1}
+    (entry,) = audits("link")
+    # Row 3 did not exist before the link; customer 1 took customer 2 in.
+    assert customers_in(entry.before) == {1: [1], 2: [2]}
+    assert json.loads(entry.after) == {"added_contact": 3, "customers": {"1": [1, 2, 3]}}
+    ident("d@x.io", "444")
+    merge_customers(1, 4, AGENT)
+    (entry,) = audits("merge")
+    assert customers_in(entry.before) == {1: [1, 2, 3], 4: [4]}
+    assert customers_in(entry.after) == {1: [1, 2, 3, 4]}
+    assert_invariants()
+
+
+def test_unblocking_audits_the_customer_merged_into_as_it_was(app):
+    shop_customer()
+    set_blocked(parse_identifier("555"), True, AGENT, "shop phone")
+    outcome = set_blocked(parse_identifier("555"), False, AGENT)
+    assert outcome.before == {1: [1], 2: [2]}
+    (entry,) = audits("unblock")
+    assert customers_in(entry.before) == {1: [1], 2: [2]}
+    assert customers_in(entry.after) == {1: [1, 2]}
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -300,6 +334,8 @@ def test_deleting_the_primary_promotes_the_next_oldest(app):
     assert db.session.get(Contact, 1).deletedAt is not None
     (entry,) = audits("delete")
     assert (entry.subject, entry.reason) == ("contact 1", "duplicate")
+    assert customers_in(entry.before) == {1: [1, 2, 3]}
+    assert customers_in(entry.after) == {2: [2, 3]}
     assert_invariants()
 
 
@@ -409,6 +445,10 @@ def test_a_whole_database_run_repairs_everything_in_small_batches(app):
     assert done.customers_changed == 3
     assert done.rows_changed == 3
     assert {e.customer_id for e in audits("reconcile")} == {1, 4, 5}
+    # Customer 2 merged into customer 1: the entry says what both held before.
+    (merged,) = [e for e in audits("reconcile") if e.customer_id == 1]
+    assert customers_in(merged.before) == {1: [1], 2: [2]}
+    assert customers_in(merged.after) == {1: [1, 2]}
     assert_invariants()
     # Nothing left to fix, and a new run may start now.
     again = create_job(AGENT)

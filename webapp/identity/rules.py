@@ -439,10 +439,21 @@ class Reconciliation:
     def changed(self) -> bool:
         return bool(self.relinks or self.deleted_relinks)
 
-    def customers_before(self, rows: Sequence[Row]) -> dict[int, list[int]]:
-        """The customers the changed rows belonged to, as {primary id: row ids}."""
+    def customers_before(
+        self, rows: Sequence[Row], involved: Collection[int] = ()
+    ) -> dict[int, list[int]]:
+        """The customers involved, with the rows they had, as {primary id: row ids}.
+
+        ``rows`` are the live rows as they were before the change (a row the
+        change adds is not among them). Involved: the customers in
+        ``involved`` and every customer that a changed group (one holding a
+        relinked row) draws a row from, the one it merges into included.
+        """
         touched = {r.row_id for r in self.relinks}
-        owners = {row.primary_id for row in rows if row.id in touched}
+        changed = {
+            row_id for group in self.groups if touched.intersection(group) for row_id in group
+        }
+        owners = set(involved) | {row.primary_id for row in rows if row.id in changed}
         return _by_customer(row for row in rows if row.primary_id in owners)
 
     def customers_after(self) -> dict[int, list[int]]:

@@ -218,15 +218,24 @@ def home_of(plan: Reconciliation, rows: Sequence[Row], contact_id: int) -> int |
 
 
 def outcome_of(
-    action: str, customer_id: int | None, plan: Reconciliation, before_rows: Sequence[Row]
+    action: str,
+    customer_id: int | None,
+    plan: Reconciliation,
+    before_rows: Sequence[Row],
+    involved: Collection[int],
 ) -> Outcome:
-    """The outcome of an action from its reconciliation and the rows as they were."""
+    """The outcome of an action from its reconciliation and the rows as they were.
+
+    ``before_rows``: the live rows before the action (none it added; a row it
+    deleted included). ``involved``: the customers the action is about; those
+    it merges or splits are added.
+    """
     return Outcome(
         action=action,
         customer_id=customer_id,
         relinks=plan.relinks,
         merges=plan.merges,
-        before=plan.customers_before(before_rows),
+        before=plan.customers_before(before_rows, involved),
         after=plan.customers_after(),
     )
 

@@ -58,7 +58,8 @@ def reconcile_customer(contact_id: int, actor: str) -> Outcome:
         primary = primary_in(view, contact_id)
         plan = view.plan()
         write_plan(conn, plan, cause=RECONCILE, actor=actor)
-        outcome = outcome_of(RECONCILE, home_of(plan, view.rows, primary), plan, view.rows)
+        home = home_of(plan, view.rows, primary)
+        outcome = outcome_of(RECONCILE, home, plan, view.rows, {primary})
         audit(actor, outcome, subject=f"customer {primary}")
         db.session.commit()
         return outcome
@@ -150,7 +151,9 @@ def link_values(contact_id: int, values: Sequence[Value], actor: str) -> Outcome
                 f"the primary row (#{primary}) holds only blocked values, so what is linked"
                 " would not stay with this customer; unblock one of them first"
             )
-        outcome = outcome_of("link", home, plan, view.rows)
+        # The customers as they were: the row this link added did not exist yet.
+        before_rows = [row for row in view.rows if row.id != added]
+        outcome = outcome_of("link", home, plan, before_rows, {primary})
         outcome.added_row = added
         shown = ", ".join(v.stored for v in values)
         audit(actor, outcome, subject=f"customer {primary}: {shown}")
@@ -216,7 +219,7 @@ def merge_customers(contact_id: int, other_id: int, actor: str) -> Outcome:
         home = home_of(plan, view.rows, first)
         if home is None or home != home_of(plan, view.rows, second):
             raise ReconcileError("these customers share no value that is not blocked")
-        outcome = outcome_of("merge", home, plan, view.rows)
+        outcome = outcome_of("merge", home, plan, view.rows, {first, second})
         audit(actor, outcome, subject=f"customers {first} and {second}")
         db.session.commit()
         return outcome
@@ -269,7 +272,8 @@ def set_blocked(value: Value, blocked: bool, actor: str, reason: str | None = No
             plan = view.plan()
             write_plan(conn, plan, cause=AGENT, actor=actor)
             oldest = min(holding)
-            outcome = outcome_of(action, home_of(plan, view.rows, oldest), plan, view.rows)
+            home = home_of(plan, view.rows, oldest)
+            outcome = outcome_of(action, home, plan, view.rows, holding)
         audit(
             actor,
             outcome,
@@ -311,18 +315,18 @@ def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Ou
         lock_keys(conn, row.identifiers())
         view, held = lock_view(conn, {row.primary_id})
         primary = primary_in(view, contact_id)
-        before_rows = view.rows
         conn.execute(
             update(Contact.__table__)
             .where(_c.id == contact_id)
             .values(deletedAt=utcnow(), updatedAt=utcnow())
         )
-        gone = next(row for row in before_rows if row.id == contact_id)
+        gone = next(row for row in view.rows if row.id == contact_id)
         withdraw_unheld(conn, gone.identifiers())
         view, plan = settle(conn, held, actor=actor, cause=AGENT)
         # None when the customer's last live row was the one deleted.
-        outcome = outcome_of("delete", home_of(plan, view.rows, primary), plan, view.rows)
-        outcome.before[primary] = sorted(r.id for r in before_rows if r.primary_id == primary)
+        home = home_of(plan, view.rows, primary)
+        # The customers as they were: the deleted row was still one of theirs.
+        outcome = outcome_of("delete", home, plan, [*view.rows, gone], {primary})
         if contact_id == primary:
             outcome.deleted_primary = contact_id
         audit(actor, outcome, subject=f"contact {contact_id}", reason=reason)
