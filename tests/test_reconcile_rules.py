@@ -259,6 +259,17 @@ def test_customers_before_lists_every_customer_involved(rows, bonds, involved, e
     assert plan.customers_before(rows, involved) == expected
 
 
+def test_customers_after_shows_every_customer_before_as_it_is_now():
+    rows = [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1), row(3, "z@x.io")]
+    plan = reconcile(rows, {SHOP})
+    before = plan.customers_before(rows, {1})
+    assert before == {1: [1, 2]}
+    # What customer 1 kept, not only the customer split off; customer 3 was not involved.
+    assert plan.customers_after(before) == {1: [1], 2: [2]}
+    unchanged = reconcile(rows)
+    assert unchanged.customers_after(unchanged.customers_before(rows, {1})) == {1: [1, 2]}
+
+
 @pytest.mark.parametrize(
     ("blocked", "problems"),
     [((), 1), ({SHOP}, 0)],

@@ -46,6 +46,11 @@ def audits(action):
     return list(db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)))
 
 
+def customers_in(state):
+    """An audit state's customers, as {primary id: row ids} with int keys."""
+    return {int(k): v for k, v in json.loads(state)["customers"].items()}
+
+
 def merges():
     return list(db.session.scalars(select(Merge).order_by(Merge.id)))
 
@@ -64,14 +69,15 @@ def test_blocking_a_shared_value_splits_the_customers_it_joined(app):
     assert outcome.customer_id == 1
     assert [r.row_id for r in outcome.relinks] == [2]
     assert outcome.before == {1: [1, 2]}
-    assert outcome.after == {2: [2]}
+    # What customer 1 kept, and the customer split off.
+    assert outcome.after == {1: [1], 2: [2]}
     claim = db.session.scalar(select(Identifier).where(Identifier.key == "555"))
     assert (claim.blocked_by, claim.blocked_reason) == (AGENT, "the shop's own phone")
     assert claim.blocked_at is not None
     (entry,) = audits("block")
     assert (entry.actor, entry.customer_id, entry.subject) == (AGENT, 1, "phone 555")
     assert json.loads(entry.before)["customers"] == {"1": [1, 2]}
-    assert json.loads(entry.after)["customers"] == {"2": [2]}
+    assert json.loads(entry.after)["customers"] == {"1": [1], "2": [2]}
     assert_invariants()
 
 
@@ -160,7 +166,8 @@ def test_link_adds_an_agent_row_that_stays_after_reconciliation(app):
     assert not reconcile_customer(1, AGENT).changed
     assert links() == {1: None, 2: 1}
     (entry,) = audits("link")
-    assert entry.after and json.loads(entry.after)["added_contact"] == 2
+    assert customers_in(entry.before) == {1: [1]}
+    assert json.loads(entry.after) == {"added_contact": 2, "customers": {"1": [1, 2]}}
     assert_invariants()
 
 
@@ -176,11 +183,6 @@ def test_link_of_a_value_another_customer_holds_merges_into_the_older(app):
     ]
     assert not reconcile_customer(1, AGENT).changed
     assert_invariants()
-
-
-def customers_in(state):
-    """An audit state's customers, as {primary id: row ids} with int keys."""
-    return {int(k): v for k, v in json.loads(state)["customers"].items()}
 
 
 def test_link_and_merge_audit_every_customer_involved_as_it_was(app):
@@ -339,6 +341,24 @@ def test_deleting_the_primary_promotes_the_next_oldest(app):
     assert_invariants()
 
 
+@pytest.mark.parametrize(
+    ("action", "before", "after"),
+    [
+        (lambda: delete_contact(2, AGENT), {1: [1, 2]}, {1: [1]}),
+        (lambda: delete_contact(1, AGENT), {1: [1, 2]}, {2: [2]}),
+        (lambda: reconcile_customer(2, AGENT), {1: [1, 2]}, {1: [1, 2]}),
+    ],
+    ids=["delete-a-secondary", "delete-the-primary", "reconcile-changes-nothing"],
+)
+def test_an_action_that_moves_no_row_still_audits_the_customer_after(app, action, before, after):
+    ident("ann@x.io", "111")
+    ident("ann@x.io", "222")
+    outcome = action()
+    (entry,) = db.session.scalars(select(AuditEntry))
+    assert outcome.before == customers_in(entry.before) == before
+    assert outcome.after == customers_in(entry.after) == after
+
+
 def test_deleting_the_only_bridge_splits_the_customer(app):
     ident("ann@x.io", "111")
     ident("ann@x.io", "222")
@@ -346,7 +366,8 @@ def test_deleting_the_only_bridge_splits_the_customer(app):
     outcome = delete_contact(2, AGENT)
     assert links() == {1: None, 2: 1, 3: None}
     assert outcome.customer_id == 1
-    assert outcome.after == {3: [3]}
+    assert outcome.before == {1: [1, 2, 3]}
+    assert outcome.after == {1: [1], 3: [3]}
     assert outcome.summary() == "1 new customer split off; 1 contact row relinked."
     with pytest.raises(NotFound):
         delete_contact(2, AGENT)

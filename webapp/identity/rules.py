@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -456,10 +456,18 @@ class Reconciliation:
         owners = set(involved) | {row.primary_id for row in rows if row.id in changed}
         return _by_customer(row for row in rows if row.primary_id in owners)
 
-    def customers_after(self) -> dict[int, list[int]]:
-        """The customers the changed rows belong to now, as {primary id: row ids}."""
-        touched = {r.row_id for r in self.relinks}
-        return {group[0]: group for group in self.groups if touched.intersection(group)}
+    def customers_after(
+        self, before: Mapping[int, Collection[int]] | None = None
+    ) -> dict[int, list[int]]:
+        """The customers the changed rows belong to now, as {primary id: row ids}.
+
+        With ``before`` (``customers_before``), also every customer now holding
+        a row of those: what a split customer kept, a customer a row was added
+        to, one that did not change.
+        """
+        wanted = {r.row_id for r in self.relinks}
+        wanted |= {row_id for ids in (before or {}).values() for row_id in ids}
+        return {group[0]: group for group in self.groups if wanted.intersection(group)}
 
 
 def _by_customer(rows: Iterable[Row]) -> dict[int, list[int]]:

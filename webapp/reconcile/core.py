@@ -228,15 +228,16 @@ def outcome_of(
 
     ``before_rows``: the live rows before the action (none it added; a row it
     deleted included). ``involved``: the customers the action is about; those
-    it merges or splits are added.
+    it merges or splits are added. ``after`` shows each of them as it is now.
     """
+    before = plan.customers_before(before_rows, involved)
     return Outcome(
         action=action,
         customer_id=customer_id,
         relinks=plan.relinks,
         merges=plan.merges,
-        before=plan.customers_before(before_rows, involved),
-        after=plan.customers_after(),
+        before=before,
+        after=plan.customers_after(before),
     )
 
 
