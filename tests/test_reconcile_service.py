@@ -528,8 +528,36 @@ def test_a_run_for_a_job_not_waiting_is_refused(app, runner):
     job = create_job(AGENT)
     claim_job(job.id)
     result = runner.invoke(args=["reconcile", "--job", str(job.id)])
-    assert result.exit_code != 0
-    assert "not waiting" in str(result.exception)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"Error: reconciliation run {job.id} is running, not waiting to start" in result.output
+
+
+def test_a_run_for_a_job_that_does_not_exist_is_a_clear_error(app, runner):
+    result = runner.invoke(args=["reconcile", "--job", "999"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Error: there is no reconciliation run 999" in result.output
+    assert db.session.scalar(select(func.count()).select_from(ReconcileJob)) == 0
+
+
+@pytest.mark.parametrize("job_id", ["0", "-1", str(2**64), "seven"])
+def test_a_job_id_no_run_can_have_is_refused_before_the_database(app, runner, job_id):
+    result = runner.invoke(args=["reconcile", "--job", job_id])
+    assert result.exit_code == 2
+    assert "Invalid value for '--job'" in result.output
+
+
+def test_flask_reconcile_while_a_run_is_under_way_names_that_run(app, runner):
+    job = create_job(AGENT)
+    result = runner.invoke(args=["reconcile"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert (
+        "Error: a reconciliation of the whole database is already running: "
+        f"run {job.id} (queued), started by {AGENT}"
+    ) in result.output
+    assert db.session.scalars(select(ReconcileJob.id)).all() == [job.id]
 
 
 def test_identify_api_answers_422_when_every_value_is_blocked(app, client):

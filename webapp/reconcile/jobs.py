@@ -27,7 +27,7 @@ from ..audit import record
 from ..database import write_transaction
 from ..extensions import db
 from ..models import Contact, utcnow
-from .core import RECONCILE, ReconcileError, lock_view, write_plan
+from .core import RECONCILE, NotFound, ReconcileError, lock_view, write_plan
 from .models import DONE, FAILED, QUEUED, RUNNING, STALE_AFTER, ReconcileJob
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,14 @@ def create_job(actor: str) -> ReconcileJob:
 
     def work(conn: Connection) -> int:
         _expire_stalled(conn)
-        if conn.execute(select(_j.id).where(_j.active.is_not(None))).first() is not None:
-            raise AlreadyRunning("a reconciliation of the whole database is already running")
+        active = conn.execute(
+            select(_j.id, _j.status, _j.actor).where(_j.active.is_not(None))
+        ).first()
+        if active is not None:
+            raise AlreadyRunning(
+                "a reconciliation of the whole database is already running: "
+                f"run {active.id} ({active.status}), started by {active.actor}"
+            )
         job_id = conn.execute(
             insert(ReconcileJob.__table__).values(
                 actor=actor, status=QUEUED, active=1, heartbeat_at=utcnow()
@@ -179,7 +185,10 @@ def launch(job_id: int) -> None:
 
 
 def claim_job(job_id: int) -> ReconcileJob:
-    """Mark a queued run as running and count the customers it will check."""
+    """Mark a queued run as running and count the customers it will check.
+
+    NotFound for a run that does not exist, ReconcileError for one that is not queued.
+    """
     # Counted before the write transaction: on SQLite that holds the database's
     # write lock, and the count reads every secondary. The total is a guide for
     # the progress bar (the run checks whatever it finds), so it need not be exact.
@@ -203,7 +212,10 @@ def claim_job(job_id: int) -> ReconcileJob:
         return claimed
 
     if write_transaction(work) != 1:
-        raise ReconcileError(f"reconciliation run {job_id} is not waiting to start")
+        job = get_job(job_id)
+        if job is None:
+            raise NotFound(f"there is no reconciliation run {job_id}")
+        raise ReconcileError(f"reconciliation run {job_id} is {job.status}, not waiting to start")
     return db.session.get(ReconcileJob, job_id)
 
 
