@@ -1,8 +1,73 @@
-"""Command-line commands: ``flask --app wsgi ...``."""
+"""Command-line commands: ``flask --app wsgi ...``, and the database check they share."""
 
 from __future__ import annotations
 
-from flask import Flask
+import click
+from alembic.script import ScriptDirectory
+from flask import Flask, current_app
+from flask.cli import ScriptInfo
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
+
+from .extensions import db
+
+UPGRADE = "flask --app wsgi db upgrade"
+# Where alembic keeps the revision a database's schema is at.
+VERSION_TABLE = "alembic_version"
+
+
+def database_problem() -> str | None:
+    """Why the app's database cannot serve a command (unreachable, no schema, another
+    version's schema), for an operator; None when it can."""
+    where = db.engine.url.render_as_string(hide_password=True)
+    try:
+        with db.engine.connect() as conn:
+            # Read directly: alembic's MigrationContext would log two INFO lines per command.
+            found = set()
+            if inspect(conn).has_table(VERSION_TABLE):
+                found = set(conn.scalars(text(f"SELECT version_num FROM {VERSION_TABLE}")))
+    except DBAPIError as exc:
+        # The driver's own reason (refused, unknown database, access denied), without SQL.
+        return (
+            f"could not reach the database {where}: {exc.orig}\n"
+            f"Check DATABASE_URL; a new database also needs its schema: {UPGRADE}"
+        )
+    scripts = ScriptDirectory(current_app.extensions["migrate"].directory)
+    wanted = set(scripts.get_heads())
+    if not found:
+        return f"the database {where} has no schema yet; create it with: {UPGRADE}"
+    if found == wanted:
+        return None
+    shown = ", ".join(sorted(found))
+    if not found & {script.revision for script in scripts.walk_revisions()}:
+        return (
+            f"the database {where} has schema revision {shown}, which this version does not "
+            "know (a newer version made it?)"
+        )
+    return (
+        f"the database {where} has schema revision {shown}, this version needs "
+        f"{', '.join(sorted(wanted))}; bring it up to date with: {UPGRADE}"
+    )
+
+
+class DatabaseCommand(click.Command):
+    """A command that uses the database: a clear error, not a driver's traceback, when the
+    database cannot be reached or has not been given this version's schema."""
+
+    def invoke(self, ctx: click.Context):
+        if not current_app:
+            app = ctx.ensure_object(ScriptInfo).load_app()
+            ctx.with_resource(app.app_context())
+        problem = database_problem()
+        if problem is not None:
+            raise click.ClickException(problem)
+        return super().invoke(ctx)
+
+
+class DatabaseGroup(click.Group):
+    """A command group whose commands are all DatabaseCommands."""
+
+    command_class = DatabaseCommand
 
 
 def register_cli(app: Flask) -> None:

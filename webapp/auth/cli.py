@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
+from ..cli import DatabaseGroup
 from .service import (
     AgentError,
     create_agent,
@@ -15,7 +16,7 @@ from .service import (
 )
 
 
-@click.group("users")
+@click.group("users", cls=DatabaseGroup)
 def users() -> None:
     """Create, list, disable and enable dashboard agents, and set their passwords."""
 

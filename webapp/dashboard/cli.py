@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
+from ..cli import DatabaseGroup
 from .search import contact_count, reindex
 
 
-@click.group("search")
+@click.group("search", cls=DatabaseGroup)
 def search() -> None:
     """Maintain the customer search index."""
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
+from ..cli import DatabaseCommand
 from ..models import MAX_ROW_ID
 from ..text import counted
 from .core import ReconcileError
 from .jobs import claim_job, create_job, run_job
 
 
-@click.command("reconcile")
+@click.command("reconcile", cls=DatabaseCommand)
 @click.option(
     "--job",
     "job_id",

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from flask.cli import with_appcontext
 
+from ..cli import DatabaseGroup
 from ..identity.rules import InvalidValue, Value, parse_email
 from ..models import utcnow
 from .rules import (
@@ -23,7 +24,7 @@ from .service import VoucherError, issue_voucher
 CSV_COLUMNS = ("email", "code", "offer_name", "discount", "expiry")
 
 
-@click.group("vouchers")
+@click.group("vouchers", cls=DatabaseGroup)
 def vouchers() -> None:
     """Issue vouchers from the command line."""
 
