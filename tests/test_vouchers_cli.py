@@ -134,6 +134,28 @@ def test_an_existing_output_is_never_overwritten(runner, tmp_path):
     assert vouchers() == []
 
 
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("no-such-folder/codes.csv", "No such file or directory"),
+        ("mailing.txt/codes.csv", "Not a directory"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_anything_is_issued(
+    runner, tmp_path, where, reason
+):
+    emails = tmp_path / "mailing.txt"
+    emails.write_text("marty@hillvalley.edu\n")
+    output = tmp_path / where
+    result = run(runner, emails, "--output", str(output))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert f"Error: cannot write the codes to {output}: {reason}; nothing issued" in result.output
+    assert vouchers() == []
+    assert db.session.scalars(select(Offer)).all() == []
+    assert contacts() == []
+
+
 def test_blocked_emails_are_skipped_and_reported(client, runner, tmp_path):
     identify(client, "test@test.com")
     claim = db.session.scalars(select(Identifier).where(Identifier.key == "test@test.com")).one()

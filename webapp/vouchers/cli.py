@@ -111,13 +111,21 @@ def generate(
     expires_at = _parsed(lambda raw: parse_expiry(raw, utcnow()), expiry, "--expiry")
     emails = _read_emails(emails_file)
     output = output or emails_file.with_name(emails_file.stem + "-codes.csv")
-    if output.exists():
-        raise click.ClickException(f"{output} exists; codes are never overwritten")
+    # Opened before the first voucher is issued: codes that could not be
+    # written down would be issued to nobody's knowledge.
+    try:
+        handle = output.open("x", encoding="utf-8", newline="")
+    except FileExistsError:
+        raise click.ClickException(f"{output} exists; codes are never overwritten") from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the codes to {output}: {exc.strerror}; nothing issued"
+        ) from None
 
     skipped: list[str] = []
     # Each row is written as soon as its voucher is committed, so an
     # interrupted run still leaves an exact record of what was issued.
-    with output.open("x", encoding="utf-8", newline="") as handle:
+    with handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         with click.progressbar(emails, label="Issuing vouchers") as bar:
