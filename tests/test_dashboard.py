@@ -918,6 +918,16 @@ def test_flask_search_reindex_indexes_every_contact(client, runner):
     assert [c.primary_id for c in search_customers("bulk").customers] == [3, 2, 1]
 
 
+@pytest.mark.parametrize("size", ["0", "-5", "100001", str(2**64), "many"])
+def test_flask_search_reindex_refuses_a_batch_size_out_of_range(client, runner, size):
+    identify(client, "bulk@example.com", None)
+    result = runner.invoke(args=["search", "reindex", "--batch-size", size])
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Invalid value for '--batch-size'" in result.output
+    assert "indexed" not in result.output
+
+
 def _html_routes(app):
     """(method, url) of every route of every HTML blueprint, path arguments set to 1."""
     routes = []
