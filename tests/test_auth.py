@@ -18,6 +18,7 @@ from tests.builders import (
     make_agent,
     sign_in,
 )
+from webapp import create_app
 from webapp.auth import service
 from webapp.extensions import db
 from webapp.models import User
@@ -491,3 +492,14 @@ def test_an_expired_sign_in_form_still_says_so(client, agent):
     )
     assert response.status_code == 400
     assert "Form expired" in response.get_data(as_text=True)
+
+
+def test_the_longest_session_lifetime_allowed_still_serves_the_dashboard(app_config, agent):
+    # 9999999999999999999 was accepted once, and every signed-in request overflowed (500).
+    longest = create_app({**app_config, "PERMANENT_SESSION_LIFETIME": "315360000"})
+    client = longest.test_client()
+    sign_in(client)
+    response = client.get("/")
+    assert response.status_code == 200
+    assert AGENT_EMAIL in response.get_data(as_text=True)
+    assert "Expires=" in response.headers["Set-Cookie"]

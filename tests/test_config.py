@@ -35,12 +35,52 @@ def settings(tmp_path) -> dict:
         ("SIGN_IN_LIMIT_PER_ADDRESS", "", "SIGN_IN_LIMIT_PER_ADDRESS must be a rate limit"),
         ("VOUCHER_VALIDATE_LIMIT_PER_CLIENT", "30 per fortnight", "VOUCHER_VALIDATE_LIMIT"),
         ("VOUCHER_VALIDATE_LIMIT_PER_CODE", "ten per minute", "VOUCHER_VALIDATE_LIMIT_PER_CODE"),
+        # Numbers that overflowed (or that SQLite silently took as 0) have a most.
+        (
+            "RECONCILE_BATCH_SIZE",
+            "9999999999999999999",
+            "RECONCILE_BATCH_SIZE must be at most 10000, not 9999999999999999999",
+        ),
+        ("RECONCILE_BATCH_SIZE", "10001", "RECONCILE_BATCH_SIZE must be at most 10000, not 10001"),
+        (
+            "PERMANENT_SESSION_LIFETIME",
+            "9999999999999999999",
+            "PERMANENT_SESSION_LIFETIME must be at most 315360000",
+        ),
+        ("PERMANENT_SESSION_LIFETIME", 315360001, "PERMANENT_SESSION_LIFETIME must be at most"),
+        (
+            "SQLITE_BUSY_TIMEOUT_MS",
+            "2147483648",
+            "SQLITE_BUSY_TIMEOUT_MS must be at most 2147483647",
+        ),
+        ("SQLITE_WAL_AUTOCHECKPOINT", "2147483648", "SQLITE_WAL_AUTOCHECKPOINT must be at most"),
+        ("IDENTIFY_MAX_ATTEMPTS", "101", "IDENTIFY_MAX_ATTEMPTS must be at most 100, not 101"),
+        ("TRUSTED_PROXIES", "101", "TRUSTED_PROXIES must be at most 100, not 101"),
+        ("HSTS_SECONDS", "315360001", "HSTS_SECONDS must be at most 315360000"),
+        ("HSTS_SECONDS", "-" + "9" * 40, "HSTS_SECONDS must be at least 0, not -999"),
+        ("HSTS_SECONDS", "9" * 5000, "HSTS_SECONDS must be at most 315360000, not 999"),
     ],
 )
 def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
     with pytest.raises(ValueError) as refused:
         create_app({**settings, name: value})
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "most"),
+    [
+        ("IDENTIFY_MAX_ATTEMPTS", 100),
+        ("SQLITE_BUSY_TIMEOUT_MS", 2**31 - 1),
+        ("SQLITE_WAL_AUTOCHECKPOINT", 2**31 - 1),
+        ("TRUSTED_PROXIES", 100),
+        ("RECONCILE_BATCH_SIZE", 10000),
+        ("PERMANENT_SESSION_LIFETIME", 315360000),
+        ("HSTS_SECONDS", 315360000),
+    ],
+)
+def test_each_number_may_be_as_large_as_its_most(settings, name, most):
+    assert create_app({**settings, name: f" {most} "}).config[name] == most
 
 
 @pytest.mark.parametrize(

@@ -103,17 +103,26 @@ def profile(name: str) -> type[Config]:
         raise ValueError(f"APP_ENV must be one of {', '.join(PROFILES)}, not {name!r}") from None
 
 
-# Whole-number settings and the least each may be.
+# Whole-number settings: the least and the most each may be. Past the most a
+# setting breaks something or makes no sense.
+_TEN_YEARS = 10 * 365 * 24 * 60 * 60
+_SQLITE_INT = 2**31 - 1
 _WHOLE_NUMBERS = {
-    "IDENTIFY_MAX_ATTEMPTS": 1,
-    "SQLITE_BUSY_TIMEOUT_MS": 0,
-    "MYSQL_LOCK_WAIT_TIMEOUT_S": 1,
-    # 0 would turn checkpoints off, and the WAL would grow without end.
-    "SQLITE_WAL_AUTOCHECKPOINT": 1,
-    "TRUSTED_PROXIES": 0,
-    "RECONCILE_BATCH_SIZE": 1,
-    "PERMANENT_SESSION_LIFETIME": 1,
-    "HSTS_SECONDS": 0,
+    # Retries back off up to 4 ms more each time: 100 already waits about 10 s.
+    "IDENTIFY_MAX_ATTEMPTS": (1, 100),
+    # SQLite keeps both as a C int, and a larger value silently becomes 0 there:
+    # no waiting for the write lock; no checkpoints, so a WAL that grows without end
+    # (which is also why the checkpoint needs at least 1).
+    "SQLITE_BUSY_TIMEOUT_MS": (0, _SQLITE_INT),
+    "SQLITE_WAL_AUTOCHECKPOINT": (1, _SQLITE_INT),
+    # Anything near the most already outlasts gunicorn's worker timeout (see the README).
+    "MYSQL_LOCK_WAIT_TIMEOUT_S": (1, 3600),
+    "TRUSTED_PROXIES": (0, 100),
+    # A batch is one write transaction, which checkout waits for.
+    "RECONCILE_BATCH_SIZE": (1, 10000),
+    # Each answer's cookie expires now + this, which must stay a date.
+    "PERMANENT_SESSION_LIFETIME": (1, _TEN_YEARS),
+    "HSTS_SECONDS": (0, _TEN_YEARS),
 }
 _SWITCHES = {"1": True, "true": True, "yes": True, "on": True}
 _SWITCHES.update({"0": False, "false": False, "no": False, "off": False, "": False})
@@ -125,25 +134,32 @@ _RATE_LIMITS = (
 )
 
 
-def _whole_number(name: str, value, least: int) -> int:
+def _whole_number(name: str, value, least: int, most: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{name} must be a whole number, not {value!r}")
     text = str(value).strip()
-    if not (text.isascii() and text.lstrip("-").isdigit() and len(text) < 20):
+    digits = text.removeprefix("-")
+    if not (text.isascii() and digits.isdigit()):
         raise ValueError(f"{name} must be a whole number, not {value!r}")
+    if len(digits) >= 19:
+        # Out of every range here, whatever it says; int() of a long string is slow.
+        bound = f"at least {least}" if text.startswith("-") else f"at most {most}"
+        raise ValueError(f"{name} must be {bound}, not {text}")
     number = int(text)
     if number < least:
         raise ValueError(f"{name} must be at least {least}, not {number}")
+    if number > most:
+        raise ValueError(f"{name} must be at most {most}, not {number}")
     return number
 
 
 def check_settings(config: dict) -> None:
     """Turn the settings that arrive as text into values; ValueError naming a bad one."""
-    for name, least in _WHOLE_NUMBERS.items():
+    for name, (least, most) in _WHOLE_NUMBERS.items():
         value = config.get(name)
         if name == "PERMANENT_SESSION_LIFETIME" and isinstance(value, timedelta):
             continue
-        config[name] = _whole_number(name, value, least)
+        config[name] = _whole_number(name, value, least, most)
     secure = config.get("SESSION_COOKIE_SECURE")
     if not isinstance(secure, bool):
         try:
