@@ -35,6 +35,20 @@ def settings(tmp_path) -> dict:
         ("SIGN_IN_LIMIT_PER_ADDRESS", "", "SIGN_IN_LIMIT_PER_ADDRESS must be a rate limit"),
         ("VOUCHER_VALIDATE_LIMIT_PER_CLIENT", "30 per fortnight", "VOUCHER_VALIDATE_LIMIT"),
         ("VOUCHER_VALIDATE_LIMIT_PER_CODE", "ten per minute", "VOUCHER_VALIDATE_LIMIT_PER_CODE"),
+        # A limit of 0 parsed, and then nobody could ever sign in.
+        (
+            "SIGN_IN_LIMIT_PER_ACCOUNT",
+            "0 per minute",
+            "SIGN_IN_LIMIT_PER_ACCOUNT must allow at least 1 request in each window, "
+            "not '0 per minute'",
+        ),
+        ("SIGN_IN_LIMIT_PER_ADDRESS", "30 per hour;0/day", "SIGN_IN_LIMIT_PER_ADDRESS must allow"),
+        ("VOUCHER_VALIDATE_LIMIT_PER_CLIENT", "0 per second", "VOUCHER_VALIDATE_LIMIT_PER_CLIENT"),
+        (
+            "VOUCHER_VALIDATE_LIMIT_PER_CODE",
+            "00 per minute",
+            "VOUCHER_VALIDATE_LIMIT_PER_CODE must",
+        ),
         # Numbers that overflowed (or that SQLite silently took as 0) have a most.
         (
             "RECONCILE_BATCH_SIZE",

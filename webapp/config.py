@@ -172,10 +172,13 @@ def check_settings(config: dict) -> None:
     for name in _RATE_LIMITS:
         value = config.get(name)
         try:
-            if not isinstance(value, str) or not parse_many(value):
+            if not isinstance(value, str) or not (limits := parse_many(value)):
                 raise ValueError
         except ValueError:
             raise ValueError(
                 f"{name} must be a rate limit such as '10 per minute' "
                 f"(several joined by ';'), not {value!r}"
             ) from None
+        # "0 per minute" parses, and would refuse every request it limits (every sign-in).
+        if any(limit.amount < 1 for limit in limits):
+            raise ValueError(f"{name} must allow at least 1 request in each window, not {value!r}")
