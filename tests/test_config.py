@@ -144,3 +144,43 @@ def test_an_unknown_profile_is_named(tmp_path):
     )
     assert done.returncode != 0
     assert "APP_ENV must be one of production, development, testing, not 'staging'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql://identity:pw-secret@db.example/identity",
+            "DATABASE_URL (postgresql://identity:***@db.example/identity) is for postgresql; "
+            "this service runs on SQLite and MySQL/MariaDB only",
+        ),
+        ("oracle+oracledb://db.example/x", "is for oracle; this service runs on SQLite"),
+        (
+            "mysql+mysqldb://identity:pw-secret@db.example/identity",
+            "DATABASE_URL needs the mysqldb driver, which is not installed",
+        ),
+        ("pw-secret not a url", "DATABASE_URL is not a database URL"),
+    ],
+)
+def test_a_database_the_service_cannot_use_is_refused_at_start(url, message):
+    with pytest.raises(ValueError) as refused:
+        create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
+    assert message in str(refused.value)
+    assert "pw-secret" not in str(refused.value)
+
+
+def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_path):
+    env = {**os.environ, "DATABASE_URL": "postgresql://identity@db.example/identity"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "users", "list"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "DATABASE_URL (postgresql://identity@db.example/identity) is for postgresql" in (
+        done.stderr
+    )
+    assert "No such command" not in done.stderr
+    assert "ModuleNotFoundError" not in done.stderr

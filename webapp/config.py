@@ -10,6 +10,8 @@ import os
 from datetime import timedelta
 
 from limits import parse_many
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 def _csv(value: str | None) -> list[str]:
@@ -153,8 +155,36 @@ def _whole_number(name: str, value, least: int, most: int) -> int:
     return number
 
 
+# The databases the service is built and tested for (backend names in DATABASE_URL).
+_DATABASES = ("sqlite", "mysql", "mariadb")
+
+
+def _check_database_url(value: str) -> None:
+    """ValueError unless DATABASE_URL names SQLite or MySQL/MariaDB with a driver installed."""
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        # Not echoed: the text may hold a password.
+        raise ValueError("DATABASE_URL is not a database URL such as sqlite:///path") from None
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() not in _DATABASES:
+        raise ValueError(
+            f"DATABASE_URL ({shown}) is for {url.get_backend_name()}; this service runs on "
+            "SQLite and MySQL/MariaDB only (mysql+pymysql://user:pass@host/db)"
+        )
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError:
+        raise ValueError(
+            f"DATABASE_URL needs the {url.get_driver_name()} driver, which is not installed "
+            f"({shown}); mysql+pymysql:// uses the one requirements.txt installs"
+        ) from None
+
+
 def check_settings(config: dict) -> None:
     """Turn the settings that arrive as text into values; ValueError naming a bad one."""
+    if config.get("SQLALCHEMY_DATABASE_URI"):
+        _check_database_url(config["SQLALCHEMY_DATABASE_URI"])
     for name, (least, most) in _WHOLE_NUMBERS.items():
         value = config.get(name)
         if name == "PERMANENT_SESSION_LIFETIME" and isinstance(value, timedelta):
