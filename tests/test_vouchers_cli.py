@@ -134,6 +134,45 @@ def test_an_existing_output_is_never_overwritten(runner, tmp_path):
     assert vouchers() == []
 
 
+def test_an_interrupted_run_resumes_without_issuing_anyone_a_second_voucher(runner, tmp_path):
+    emails = tmp_path / "mailing.txt"
+    emails.write_text("marty@hillvalley.edu\ndoc@hillvalley.edu\njennifer@hillvalley.edu\n")
+    output = tmp_path / "codes.csv"
+    # Resumed with the same options, as the first run.
+    expiry = in_days(10)
+    assert run(runner, emails, "--output", str(output), expiry=expiry).exit_code == 0
+    complete = output.read_text(encoding="utf-8")
+    header, marty, doc, _jennifer = complete.splitlines(keepends=True)
+    # Stopped while writing Doc's row, after committing Doc's and Jennifer's vouchers.
+    output.write_text(header + marty + doc[:20], encoding="utf-8")
+
+    result = run(runner, emails, "--output", str(output), "--resume", expiry=expiry)
+    assert result.exit_code == 0, result.output
+    assert "issued 2 vouchers" in result.output and "1 listed there already" in result.output
+    # The cut line went; Doc and Jennifer got back the vouchers committed for them.
+    assert output.read_text(encoding="utf-8") == complete
+    assert len(vouchers()) == 3
+
+    # Nothing left to do: a second resume issues nothing and writes nothing.
+    result = run(runner, emails, "--output", str(output), "--resume", expiry=expiry)
+    assert result.exit_code == 0 and "issued 0 vouchers" in result.output
+    assert output.read_text(encoding="utf-8") == complete
+    assert len(vouchers()) == 3
+
+
+def test_resume_needs_a_codes_file_this_command_wrote(runner, tmp_path):
+    emails = tmp_path / "mailing.txt"
+    emails.write_text("marty@hillvalley.edu\n")
+    output = tmp_path / "codes.csv"
+    result = run(runner, emails, "--output", str(output), "--resume")
+    assert result.exit_code == 1 and "there is no run to resume" in result.output
+    output.write_text("earlier codes\n")
+    result = run(runner, emails, "--output", str(output), "--resume")
+    assert result.exit_code == 1 and "not a codes file this command wrote" in result.output
+    assert output.read_text() == "earlier codes\n"
+    assert vouchers() == []
+
+
 @pytest.mark.parametrize(
     ("where", "reason"),
     [

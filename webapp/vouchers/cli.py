@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+from contextlib import suppress
 from pathlib import Path
 
 import click
@@ -67,6 +69,37 @@ def _read_emails(path: Path) -> list[Value]:
     return list(values.values())
 
 
+def _listed_emails(output: Path) -> set[str]:
+    """The keys of the e-mails an earlier run's codes file lists (for --resume)."""
+    try:
+        with output.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise click.ClickException(f"{output} does not exist: there is no run to resume") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read {output}: {exc}") from None
+    if not rows or tuple(rows[0]) != CSV_COLUMNS:
+        raise click.ClickException(f"{output} is not a codes file this command wrote")
+    # A last line cut short by the interruption is no record: it goes, and its
+    # e-mail is tried again (its voucher, if committed, comes back by its key).
+    data = output.read_bytes()
+    if not data.endswith(b"\n"):
+        with output.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+        rows = rows[:-1]
+    keys = set()
+    for row in rows[1:]:
+        with suppress(InvalidValue):
+            keys.add(parse_email(row[0]).key)
+    return keys
+
+
+def _run_key(run_id: str, offer_name: str, email: Value) -> str:
+    """The idempotency key of one e-mail's voucher in one run (one output file)."""
+    digest = hashlib.sha256("\0".join((run_id, offer_name, email.key)).encode()).hexdigest()
+    return f"cli-generate:{digest}"
+
+
 def _parsed(parse, raw: str, option: str):
     try:
         return parse(raw)
@@ -92,6 +125,11 @@ def _parsed(parse, raw: str, option: str):
     help="CSV to write the codes to; default: EMAILS with '-codes.csv'. Never overwritten.",
 )
 @click.option(
+    "--resume",
+    is_flag=True,
+    help="Carry on an interrupted run: skip the e-mails OUTPUT lists, and add to it.",
+)
+@click.option(
     "--once-per-customer/--any-number-per-customer",
     default=None,
     help="Mark the offer as redeemable once per customer (default: leave the offer as it is).",
@@ -103,20 +141,32 @@ def generate(
     expiry: str,
     emails_file: Path,
     output: Path | None,
+    resume: bool,
     once_per_customer: bool | None,
 ) -> None:
-    """Issue one voucher of OFFER to every e-mail in EMAILS and write the codes to a CSV."""
+    """Issue one voucher of OFFER to every e-mail in EMAILS and write the codes to a CSV.
+
+    Each voucher is issued under an idempotency key made of the output file,
+    the offer and the e-mail, so that ``--resume`` after a run that stopped
+    between committing a voucher and writing its row gets that voucher again,
+    not a second one.
+    """
     offer_name = _parsed(parse_offer_name, offer, "--offer")
     hundredths = _parsed(parse_discount, discount, "--discount")
     expires_at = _parsed(lambda raw: parse_expiry(raw, utcnow()), expiry, "--expiry")
     emails = _read_emails(emails_file)
     output = output or emails_file.with_name(emails_file.stem + "-codes.csv")
+    done = _listed_emails(output) if resume else set()
+    emails = [email for email in emails if email.key not in done]
+    run_id = str(output.resolve())
     # Opened before the first voucher is issued: codes that could not be
     # written down would be issued to nobody's knowledge.
     try:
-        handle = output.open("x", encoding="utf-8", newline="")
+        handle = output.open("a" if resume else "x", encoding="utf-8", newline="")
     except FileExistsError:
-        raise click.ClickException(f"{output} exists; codes are never overwritten") from None
+        raise click.ClickException(
+            f"{output} exists; codes are never overwritten (--resume adds to it)"
+        ) from None
     except OSError as exc:
         raise click.ClickException(
             f"cannot write the codes to {output}: {exc.strerror}; nothing issued"
@@ -127,7 +177,8 @@ def generate(
     # interrupted run still leaves an exact record of what was issued.
     with handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
+        if not resume:
+            writer.writerow(CSV_COLUMNS)
         with click.progressbar(emails, label="Issuing vouchers") as bar:
             for email in bar:
                 try:
@@ -138,6 +189,7 @@ def generate(
                         expires_at,
                         once_per_customer=once_per_customer,
                         issued_by="cli",
+                        idempotency_key=_run_key(run_id, offer_name, email),
                     )
                 except VoucherError as exc:
                     skipped.append(f"{email.stored}: {exc.message}")
@@ -153,6 +205,7 @@ def generate(
                 )
                 handle.flush()
     issued = len(emails) - len(skipped)
-    click.echo(f"issued {issued} vouchers of '{offer_name}'; codes written to {output}")
+    already = f" ({len(done)} listed there already)" if resume else ""
+    click.echo(f"issued {issued} vouchers of '{offer_name}'; codes written to {output}{already}")
     for line in skipped:
         click.echo(f"skipped {line}", err=True)
