@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import click
-from alembic.script import ScriptDirectory
 from flask import Flask, current_app
 from flask.cli import ScriptInfo
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from .database import schema_revisions
 from .extensions import db
 
 UPGRADE = "flask --app wsgi db upgrade"
@@ -32,14 +32,13 @@ def database_problem() -> str | None:
             f"could not reach the database {where}: {exc.orig}\n"
             f"Check DATABASE_URL; a new database also needs its schema: {UPGRADE}"
         )
-    scripts = ScriptDirectory(current_app.extensions["migrate"].directory)
-    wanted = set(scripts.get_heads())
+    wanted, known = schema_revisions()
     if not found:
         return f"the database {where} has no schema yet; create it with: {UPGRADE}"
     if found == wanted:
         return None
     shown = ", ".join(sorted(found))
-    if not found & {script.revision for script in scripts.walk_revisions()}:
+    if not found & known:
         return (
             f"the database {where} has schema revision {shown}, which this version does not "
             "know (a newer version made it?)"

@@ -295,6 +295,19 @@ def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
     raise Contention(f"gave up after {max_attempts} attempts")
 
 
+def schema_revisions() -> tuple[frozenset[str], frozenset[str]]:
+    """This code's head migrations, and every migration it knows (read once per process)."""
+    revisions = current_app.extensions.get("schema_revisions")
+    if revisions is None:
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory(current_app.extensions["migrate"].directory)
+        heads = frozenset(script.get_heads())
+        known = frozenset(r.revision for r in script.walk_revisions())
+        revisions = current_app.extensions["schema_revisions"] = (heads, known)
+    return revisions
+
+
 def _retry_window() -> float:
     """Seconds a write keeps trying again: one lock wait, and at least 1 s for quick races."""
     config = current_app.config

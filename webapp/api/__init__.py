@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from ..database import Contention
+from ..database import Contention, schema_revisions
 from ..extensions import db, limiter
 from ..identity.rules import Customer
 from ..identity.service import BlockedValues, identify
@@ -136,24 +136,11 @@ def healthz():
         version = None  # no migration ever ran here
     finally:
         db.session.rollback()
-    head, older = _schema_revisions()
-    if version != head and (version is None or version in older):
-        log.warning("health check failed: schema at %s, this code needs %s", version, head)
+    heads, known = schema_revisions()
+    if version not in heads and (version is None or version in known):
+        log.warning("health check failed: schema at %s, this code needs %s", version, heads)
         return jsonify(status="unavailable", database="not_upgraded"), 503
     return jsonify(status="ok", database="ok")
-
-
-def _schema_revisions() -> tuple[str, frozenset[str]]:
-    """This code's head migration, and every migration before it (read once per process)."""
-    revisions = current_app.extensions.get("schema_revisions")
-    if revisions is None:
-        from alembic.script import ScriptDirectory
-
-        script = ScriptDirectory(current_app.extensions["migrate"].directory)
-        head = script.get_current_head()
-        older = frozenset(r.revision for r in script.walk_revisions() if r.revision != head)
-        revisions = current_app.extensions["schema_revisions"] = (head, older)
-    return revisions
 
 
 @bp.get("/openapi.json")
