@@ -105,12 +105,47 @@ def app_config(database_url) -> dict:
     return {"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True}
 
 
+class _RunProcesses:
+    """``subprocess`` as webapp.reconcile.jobs sees it, keeping the runs it starts.
+
+    The dashboard starts a whole-database run as a process of its own; one
+    still running after its test would write into the next test's rows, or
+    fail loudly once the database is gone.
+    """
+
+    DEVNULL = subprocess.DEVNULL
+
+    def __init__(self):
+        self.started: list[subprocess.Popen] = []
+
+    def Popen(self, *args, **kwargs):  # the name launch() calls
+        process = subprocess.Popen(*args, **kwargs)
+        self.started.append(process)
+        return process
+
+    def wait_all(self) -> None:
+        while self.started:
+            self.started.pop().wait(timeout=120)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reconcile_processes():
+    from webapp.reconcile import jobs
+
+    processes = _RunProcesses()
+    jobs.subprocess = processes
+    yield processes
+    jobs.subprocess = subprocess
+
+
 @pytest.fixture
-def app(app_config):
+def app(app_config, reconcile_processes):
     """The real application on this test's database, emptied afterwards."""
     application = create_app(app_config)
     with application.app_context():
         yield application
+        # A whole-database run the test started ends before its rows go.
+        reconcile_processes.wait_all()
         db.session.remove()
         _empty_tables(db.engine)
         db.engine.dispose()
