@@ -54,7 +54,9 @@ def main(contacts, database, count, seed, profile, mysql_server) -> None:
     run_dir = run_directory("identify-profile")
     with fresh_database(database, "bench_identify_profile", run_dir, mysql_server) as url:
         seeded = seed_customers(url, size)
-        app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "benchmark-only"})
+        app = create_app(
+            {"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "benchmark-only-not-secret-0123456789"}
+        )
         client = app.test_client()
         writer = MixWriter(size, seed)
         requests = [writer.draw() for _ in range(count)]

@@ -184,7 +184,9 @@ def draw_queries(seeded: int, count: int, names_every: int, seed: int) -> list[d
 
 
 def _time_queries(url: str, queries: list[dict]) -> list[dict]:
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "benchmark-only"})
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "benchmark-only-not-secret-0123456789"}
+    )
     timings = []
     with app.app_context():
         for query in queries[:20]:

@@ -50,7 +50,7 @@ def app_environment(url: str) -> dict[str, str]:
     env["DATABASE_URL"] = url
     env["APP_ENV"] = "production"
     # A throwaway key: the benchmark must not write one into the instance folder.
-    env.setdefault("SECRET_KEY", "benchmark-only-not-secret")
+    env.setdefault("SECRET_KEY", "benchmark-only-not-secret-0123456789")
     env.pop("API_KEYS", None)
     return env
 

@@ -204,7 +204,9 @@ def _check_page(page, problems: list[str], label: str) -> None:
 
 def time_timeline(url: str, busy_primary: int, ordinary_primaries: list[int], repeats: int):
     """Time the activity service on the busy customer and on ordinary ones."""
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "benchmark-only"})
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "benchmark-only-not-secret-0123456789"}
+    )
     results: dict[str, dict] = {}
     problems: list[str] = []
     with app.app_context():

@@ -425,7 +425,11 @@ def test_password_hash_profile_comes_from_the_environment(tmp_path, setting, exp
     env = {k: v for k, v in os.environ.items() if k != "PASSWORD_HASH_PROFILE"}
     if setting is not None:
         env["PASSWORD_HASH_PROFILE"] = setting
-    env.update(APP_ENV="production", SECRET_KEY="test", DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
+    env.update(
+        APP_ENV="production",
+        SECRET_KEY="test-only-not-secret-0123456789abcdef",
+        DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+    )
     script = "from webapp import create_app; print(create_app().config['PASSWORD_HASH_PROFILE'])"
     done = subprocess.run(
         [sys.executable, "-c", script],

@@ -73,6 +73,15 @@ def settings(tmp_path) -> dict:
         ("HSTS_SECONDS", "315360001", "HSTS_SECONDS must be at most 315360000"),
         ("HSTS_SECONDS", "-" + "9" * 40, "HSTS_SECONDS must be at least 0, not -999"),
         ("HSTS_SECONDS", "9" * 5000, "HSTS_SECONDS must be at most 315360000, not 999"),
+        ("MYSQL_LOCK_WAIT_TIMEOUT_S", "0", "MYSQL_LOCK_WAIT_TIMEOUT_S must be at least 1, not 0"),
+        ("MYSQL_LOCK_WAIT_TIMEOUT_S", "3601", "MYSQL_LOCK_WAIT_TIMEOUT_S must be at most 3600"),
+        # A key one can guess from one signed cookie, offline.
+        (
+            "SECRET_KEY",
+            " ",
+            "SECRET_KEY must be at least 32 characters, not 1; for example: python -c",
+        ),
+        ("SECRET_KEY", "my-company-secret", "SECRET_KEY must be at least 32 characters, not 17"),
     ],
 )
 def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
@@ -91,6 +100,7 @@ def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
         ("RECONCILE_BATCH_SIZE", 10000),
         ("PERMANENT_SESSION_LIFETIME", 315360000),
         ("HSTS_SECONDS", 315360000),
+        ("MYSQL_LOCK_WAIT_TIMEOUT_S", 3600),
     ],
 )
 def test_each_number_may_be_as_large_as_its_most(settings, name, most):

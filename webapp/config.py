@@ -181,10 +181,20 @@ def _check_database_url(value: str) -> None:
         ) from None
 
 
+MIN_SECRET_KEY_LENGTH = 32
+
+
 def check_settings(config: dict) -> None:
     """Turn the settings that arrive as text into values; ValueError naming a bad one."""
     if config.get("SQLALCHEMY_DATABASE_URI"):
         _check_database_url(config["SQLALCHEMY_DATABASE_URI"])
+    key = config.get("SECRET_KEY")
+    # It signs sessions and CSRF tokens: a short one can be guessed offline from one cookie.
+    if key and len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ValueError(
+            f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters, not "
+            f"{len(key)}; for example: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
     for name, (least, most) in _WHOLE_NUMBERS.items():
         value = config.get(name)
         if name == "PERMANENT_SESSION_LIFETIME" and isinstance(value, timedelta):
