@@ -11,18 +11,13 @@ from .extensions import db
 from .models import AuditEntry
 
 
-def record(
-    actor: str,
-    action: str,
-    *,
-    customer_id: int | None = None,
-    subject: str | None = None,
-    reason: str | None = None,
-    before: Any = None,
-    after: Any = None,
-) -> AuditEntry:
-    """Add an audit entry to the session; the calling service commits it with its change."""
-    entry = AuditEntry(**_columns(actor, action, customer_id, subject, reason, before, after))
+def record(actor: str, action: str, **details: Any) -> AuditEntry:
+    """Add an audit entry to the session; the calling service commits it with its change.
+
+    ``details``: ``customer_id`` (the primary id concerned), ``subject`` and
+    ``reason`` in words, ``before`` and ``after`` states (stored as JSON).
+    """
+    entry = AuditEntry(**_columns(actor, action, **details))
     db.session.add(entry)
     return entry
 
@@ -39,6 +34,7 @@ def record_on(conn: Connection, actor: str, action: str, **details: Any) -> None
 def _columns(
     actor: str,
     action: str,
+    *,
     customer_id: int | None = None,
     subject: str | None = None,
     reason: str | None = None,
