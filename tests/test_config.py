@@ -194,3 +194,23 @@ def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_p
     )
     assert "No such command" not in done.stderr
     assert "ModuleNotFoundError" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-c", "import wsgi"],  # as gunicorn loads it
+        ["-m", "flask", "--app", "wsgi", "users", "list"],
+    ],
+)
+def test_a_bad_setting_is_one_line_not_a_traceback(tmp_path, command):
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+        "IDENTIFY_MAX_ATTEMPTS": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, *command], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: IDENTIFY_MAX_ATTEMPTS must be at least 1, not 0"

@@ -18,6 +18,10 @@ def _csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
+class SettingsError(ValueError):
+    """A setting that does not parse or is out of range; the message names it."""
+
+
 class Config:
     """Production defaults; every value can be set through the environment."""
 
@@ -102,7 +106,7 @@ def profile(name: str) -> type[Config]:
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(f"APP_ENV must be one of {', '.join(PROFILES)}, not {name!r}") from None
+        raise SettingsError(f"APP_ENV must be one of {', '.join(PROFILES)}, not {name!r}") from None
 
 
 # Whole-number settings: the least and the most each may be. Past the most a
@@ -138,20 +142,20 @@ _RATE_LIMITS = (
 
 def _whole_number(name: str, value, least: int, most: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{name} must be a whole number, not {value!r}")
+        raise SettingsError(f"{name} must be a whole number, not {value!r}")
     text = str(value).strip()
     digits = text.removeprefix("-")
     if not (text.isascii() and digits.isdigit()):
-        raise ValueError(f"{name} must be a whole number, not {value!r}")
+        raise SettingsError(f"{name} must be a whole number, not {value!r}")
     if len(digits) >= 19:
         # Out of every range here, whatever it says; int() of a long string is slow.
         bound = f"at least {least}" if text.startswith("-") else f"at most {most}"
-        raise ValueError(f"{name} must be {bound}, not {text}")
+        raise SettingsError(f"{name} must be {bound}, not {text}")
     number = int(text)
     if number < least:
-        raise ValueError(f"{name} must be at least {least}, not {number}")
+        raise SettingsError(f"{name} must be at least {least}, not {number}")
     if number > most:
-        raise ValueError(f"{name} must be at most {most}, not {number}")
+        raise SettingsError(f"{name} must be at most {most}, not {number}")
     return number
 
 
@@ -160,22 +164,22 @@ _DATABASES = ("sqlite", "mysql", "mariadb")
 
 
 def _check_database_url(value: str) -> None:
-    """ValueError unless DATABASE_URL names SQLite or MySQL/MariaDB with a driver installed."""
+    """SettingsError unless DATABASE_URL names SQLite or MySQL/MariaDB with a driver installed."""
     try:
         url = make_url(value)
     except ArgumentError:
         # Not echoed: the text may hold a password.
-        raise ValueError("DATABASE_URL is not a database URL such as sqlite:///path") from None
+        raise SettingsError("DATABASE_URL is not a database URL such as sqlite:///path") from None
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() not in _DATABASES:
-        raise ValueError(
+        raise SettingsError(
             f"DATABASE_URL ({shown}) is for {url.get_backend_name()}; this service runs on "
             "SQLite and MySQL/MariaDB only (mysql+pymysql://user:pass@host/db)"
         )
     try:
         url.get_dialect().import_dbapi()
     except ImportError:
-        raise ValueError(
+        raise SettingsError(
             f"DATABASE_URL needs the {url.get_driver_name()} driver, which is not installed "
             f"({shown}); mysql+pymysql:// uses the one requirements.txt installs"
         ) from None
@@ -185,13 +189,13 @@ MIN_SECRET_KEY_LENGTH = 32
 
 
 def check_settings(config: dict) -> None:
-    """Turn the settings that arrive as text into values; ValueError naming a bad one."""
+    """Turn the settings that arrive as text into values; SettingsError naming a bad one."""
     if config.get("SQLALCHEMY_DATABASE_URI"):
         _check_database_url(config["SQLALCHEMY_DATABASE_URI"])
     key = config.get("SECRET_KEY")
     # It signs sessions and CSRF tokens: a short one can be guessed offline from one cookie.
     if key and len(key) < MIN_SECRET_KEY_LENGTH:
-        raise ValueError(
+        raise SettingsError(
             f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters, not "
             f"{len(key)}; for example: python -c 'import secrets; print(secrets.token_hex(32))'"
         )
@@ -205,7 +209,7 @@ def check_settings(config: dict) -> None:
         try:
             config["SESSION_COOKIE_SECURE"] = _SWITCHES[str(secure).strip().lower()]
         except KeyError:
-            raise ValueError(
+            raise SettingsError(
                 f"SESSION_COOKIE_SECURE must be 1 or 0 (or true/false, yes/no, on/off), "
                 f"not {secure!r}"
             ) from None
@@ -215,10 +219,12 @@ def check_settings(config: dict) -> None:
             if not isinstance(value, str) or not (limits := parse_many(value)):
                 raise ValueError
         except ValueError:
-            raise ValueError(
+            raise SettingsError(
                 f"{name} must be a rate limit such as '10 per minute' "
                 f"(several joined by ';'), not {value!r}"
             ) from None
         # "0 per minute" parses, and would refuse every request it limits (every sign-in).
         if any(limit.amount < 1 for limit in limits):
-            raise ValueError(f"{name} must allow at least 1 request in each window, not {value!r}")
+            raise SettingsError(
+                f"{name} must allow at least 1 request in each window, not {value!r}"
+            )

@@ -26,6 +26,7 @@ from flask_login import UserMixin, current_user, login_user, logout_user
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from ..config import SettingsError
 from ..extensions import limiter, login_manager
 from ..forms import Form
 from .limits import account_key, account_limit, address_limit, refused, retry_after_seconds
@@ -214,7 +215,9 @@ def init_auth(app: Flask) -> None:
     name = app.config["PASSWORD_HASH_PROFILE"]
     if not isinstance(getattr(profiles, name, None), Parameters):
         known = ", ".join(n for n in dir(profiles) if isinstance(getattr(profiles, n), Parameters))
-        raise ValueError(f"PASSWORD_HASH_PROFILE {name!r} is not one of argon2's profiles: {known}")
+        raise SettingsError(
+            f"PASSWORD_HASH_PROFILE {name!r} is not one of argon2's profiles: {known}"
+        )
     login_manager.init_app(app)
     # No view asks for a "fresh" sign-in, and Flask-Login's basic protection does no more
     # than mark sessions not fresh: it only rewrote the cookie of a session with no agent
