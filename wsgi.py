@@ -1,12 +1,12 @@
 """WSGI entry point: gunicorn serves ``wsgi:app``."""
 
-import logging
 import sys
 
 from webapp import create_app
 from webapp.config import SettingsError
+from webapp.request_ids import log_with_request_ids
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log_with_request_ids()
 
 try:
     app = create_app()

@@ -19,6 +19,7 @@ from .config import check_settings, profile
 from .database import configure_engine, engine_options
 from .extensions import db, limiter, migrate
 from .models import MAX_ROW_ID
+from .request_ids import init_request_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,6 +115,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
 
+    init_request_ids(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     with app.app_context():
