@@ -396,6 +396,13 @@ def test_results_come_in_pages_with_load_more(signed_in_client):
     assert "<table" not in html
     assert result_ids(html) == [5, 4, 3, 2, 1]
     assert 'id="load-more"' not in html
+    assert "Customers 21 to 25" not in html  # the rows join the list already on screen
+    # Without JavaScript the link opens the page of its own, which says where it is.
+    page = signed_in_client.get(load_more_url(first)).get_data(as_text=True)
+    assert result_ids(page) == [5, 4, 3, 2, 1]
+    assert "Customers 21 to 25 matching “shopper”." in page
+    assert '<a href="/?q=shopper">Back to the first ones</a>' in page
+    assert "Customers 1 to" not in first
 
 
 @pytest.mark.parametrize("upto", ["9223372036854775807", "0", "x", "-1", "9" * 30])

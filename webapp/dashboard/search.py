@@ -320,6 +320,11 @@ class SearchPage:
     upto: int | None = None
 
     @property
+    def first_number(self) -> int:
+        """The place of this page's first customer among the results (1 on the first page)."""
+        return (self.page - 1) * PAGE_SIZE + 1
+
+    @property
     def most_listed(self) -> int:
         """How many customers a search lists at most."""
         return MAX_SEARCH_PAGES * PAGE_SIZE
