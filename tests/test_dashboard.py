@@ -403,6 +403,10 @@ def test_results_come_in_pages_with_load_more(signed_in_client):
     assert "Customers 21 to 25 matching “shopper”." in page
     assert '<a href="/?q=shopper">Back to the first ones</a>' in page
     assert "Customers 1 to" not in first
+    # A page past the end (an old link) does not say that nothing matches.
+    past = signed_in_client.get("/?q=shopper&page=3").get_data(as_text=True)
+    assert "No more customers" in past and "No match" not in past
+    assert '<a href="/?q=shopper">Back to the first ones</a>' in past
 
 
 @pytest.mark.parametrize("upto", ["9223372036854775807", "0", "x", "-1", "9" * 30])

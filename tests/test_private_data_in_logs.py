@@ -11,7 +11,7 @@ import hashlib
 import logging
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
 from tests.test_vouchers_api import issued_code, validate
@@ -46,3 +46,33 @@ def test_voucher_codes_are_counted_under_a_hash(app, client, api_key):
     assert "code:" in keys, "no per-code counter found: nothing tested"
     assert canonical not in keys.upper()
     assert hashlib.sha256(canonical.encode()).hexdigest() in keys
+
+
+# MariaDB's own message names the value ("Duplicate entry 'racer@example.com'").
+@pytest.mark.parametrize("dialect", ["mariadb"], indirect=True)
+def test_a_lost_claim_race_is_logged_without_the_value(client, dialect, caplog):
+    caplog.set_level(logging.INFO)
+    raced = []
+
+    def another_worker_claims_first(_conn, _cursor, statement, *_args):
+        if statement.startswith("INSERT INTO identifier") and not raced:
+            raced.append(True)
+            with db.engine.connect() as other:
+                other.execute(
+                    text(
+                        "INSERT INTO identifier (kind, `key`, created_at) "
+                        "VALUES ('email', 'racer@example.com', NOW())"
+                    )
+                )
+                other.commit()
+
+    event.listen(db.engine, "before_cursor_execute", another_worker_claims_first)
+    try:
+        response = client.post("/identify", json={"email": "racer@example.com"})
+    finally:
+        event.remove(db.engine, "before_cursor_execute", another_worker_claims_first)
+    assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if "lost a race" in r.getMessage()]
+    assert lines, "no race was lost: nothing tested"
+    assert "IntegrityError 1062" in lines[0]
+    assert not [line for line in lines if "racer@example.com" in line]

@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from .config import check_settings, profile
-from .database import configure_engine, engine_options
+from .database import configure_engine, describe, engine_options
 from .extensions import db, limiter, migrate
 from .models import MAX_ROW_ID
 from .request_ids import init_request_ids
@@ -161,7 +161,7 @@ def create_app(config: dict | None = None) -> Flask:
         # The JSON API's blueprints answer this themselves; here are the dashboard's pages,
         # its fragments and the screen-pop polls, which said a bare 500.
         db.session.rollback()
-        log.exception("database error on %s %s: %s", request.method, request.path, exc)
+        log.error("database error on %s %s: %s", request.method, request.path, describe(exc))
         return _http_error(
             ServiceUnavailable("The database did not answer. Try again in a moment.", retry_after=1)
         )

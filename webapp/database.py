@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import current_app
+from flask import current_app, has_request_context
 from sqlalchemy import Connection, Engine, Select, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -118,6 +118,7 @@ def driver_rows(conn: Connection, query: DriverQuery, params: Mapping[str, Any])
             dialect.loaded_dbapi.Error,
             connection_invalidated=gone,
             dialect=dialect,
+            hide_parameters=conn.engine.hide_parameters,
         )
         if gone:
             conn.invalidate(exc)
@@ -252,6 +253,25 @@ def _begin_immediate(conn, busy_timeout_ms: int) -> None:
         driver.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
 
 
+def describe(exc: BaseException) -> str:
+    """A database error for the logs: its kind, the driver's code and the statement.
+
+    Never the driver's message: MySQL/MariaDB's name the values ("Duplicate
+    entry 'anna@example.com'"), and the parameters are hidden for the same reason.
+    """
+    if not isinstance(exc, DBAPIError):
+        return type(exc).__name__ + (f": {exc}" if isinstance(exc, Retry) else "")
+    orig = exc.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    kind = type(orig).__name__ if orig is not None else type(exc).__name__
+    shown = f" {code}" if isinstance(code, int) else ""
+    if orig is not None and not isinstance(code, int):
+        # SQLite's messages name no values ("database is locked", "no such table: x").
+        shown = f": {orig}"
+    statement = " ".join(str(exc.statement or "").split())[:200]
+    return f"{kind}{shown} in {statement!r}"
+
+
 def is_retryable(exc: DBAPIError) -> bool:
     """True when ``exc`` is a lost race (or a dropped connection) worth another attempt."""
     if exc.connection_invalidated:
@@ -272,10 +292,12 @@ def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
     again with a short randomised back-off, so that no request fails because
     of another one.
 
-    It also gives up once it has been at it for one lock wait (the SQLite busy
-    timeout, MySQL/MariaDB's lock wait timeout; at least 1 s): a lock held for
-    long by someone else then ends in 503 after about two lock waits, before
-    gunicorn's worker timeout kills the request (a 500).
+    Serving a request, it also gives up once it has been at it for one lock
+    wait (the SQLite busy timeout, MySQL/MariaDB's lock wait timeout; at least
+    1 s): a lock held for long by someone else then ends in 503 after about
+    two lock waits, before gunicorn's worker timeout kills the request (a 500).
+    Commands (a whole-database run, a reindex) have no such timeout, and keep
+    their attempts.
     """
     started = time.monotonic()
     for attempt in range(1, max_attempts + 1):
@@ -285,8 +307,8 @@ def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
             db.session.rollback()
             if isinstance(exc, DBAPIError) and not is_retryable(exc):
                 raise
-            log.info("write transaction lost a race (attempt %d): %s", attempt, exc)
-            if time.monotonic() - started >= _retry_window():
+            log.info("write transaction lost a race (attempt %d): %s", attempt, describe(exc))
+            if has_request_context() and time.monotonic() - started >= _retry_window():
                 raise Contention(f"still locked out after {attempt} attempts") from exc
             time.sleep(random.uniform(0, 0.004 * attempt))
         except BaseException:

@@ -1,9 +1,9 @@
 """Request ids: one per request, in the answer's X-Request-ID and on every log line it causes.
 
-A load balancer or proxy that already tags requests sends its id in
-``X-Request-ID`` and the app keeps it, so one id follows a request from the
-proxy's log through gunicorn's access log to the app's own lines. Otherwise
-the app makes one.
+A load balancer that already tags requests sends its id in ``X-Request-ID``,
+and the app keeps it when it trusts proxies (TRUSTED_PROXIES), so one id
+follows a request from the proxy's log through gunicorn's access log to the
+app's own lines. Otherwise the app makes one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 
 HEADER = "X-Request-ID"
 # Long enough for any proxy's format (a UUID, a trace id); short enough to log.
@@ -28,7 +28,10 @@ def _valid(value: str) -> bool:
 
 
 def _take_id() -> None:
-    sent = request.headers.get(HEADER, "")
+    # Only a proxy the app trusts (TRUSTED_PROXIES) may name the request: a client
+    # connecting directly could otherwise reuse another request's id in the logs.
+    trusted = current_app.config["TRUSTED_PROXIES"] > 0
+    sent = request.headers.get(HEADER, "") if trusted else ""
     g.request_id = sent if _valid(sent) else uuid.uuid4().hex
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from ..database import Contention, schema_revisions
+from ..database import Contention, describe, schema_revisions
 from ..extensions import db, limiter
 from ..identity.rules import Customer
 from ..identity.service import BlockedValues, identify
@@ -179,7 +179,7 @@ def _contention(exc: Contention):
 @bp.errorhandler(SQLAlchemyError)
 def _database_error(exc: SQLAlchemyError):
     db.session.rollback()
-    log.exception("database error on %s %s: %s", request.method, request.path, exc)
+    log.error("database error on %s %s: %s", request.method, request.path, describe(exc))
     return error_response(
         503,
         "database_unavailable",

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, insert, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..api.errors import ApiError
-from ..database import SQLITE_IMMEDIATE, Contention, run_write_transaction
+from ..database import SQLITE_IMMEDIATE, Contention, describe, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Key, Row, Value
 from ..identity.search_index import index_names
@@ -354,13 +354,13 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
                 # This group lost its races; the groups stored already stay stored
                 # and say so, so a client retries only these events.
                 stored = [_retry_error("busy", _BUSY)] * len(indexes)
-            except SQLAlchemyError:
+            except SQLAlchemyError as exc:
                 if not stored_any:
                     # Nothing is stored yet: the whole batch answers 503, to be sent again.
                     raise
                 # Groups are stored already: their results must reach the client, or it
                 # would send them again (events without an externalId would be stored twice).
-                log.exception("database error while storing a batch's events")
+                log.error("database error while storing a batch's events: %s", describe(exc))
                 unavailable = _retry_error("database_unavailable", _UNAVAILABLE)
                 stored = [unavailable] * len(indexes)
         for index, result in zip(indexes, stored, strict=True):
