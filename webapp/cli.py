@@ -5,15 +5,12 @@ from __future__ import annotations
 import click
 from flask import Flask, current_app
 from flask.cli import ScriptInfo
-from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from .database import schema_revisions
+from .database import schema_revisions, schema_versions
 from .extensions import db
 
 UPGRADE = "flask --app wsgi db upgrade"
-# Where alembic keeps the revision a database's schema is at.
-VERSION_TABLE = "alembic_version"
 
 
 def database_problem() -> str | None:
@@ -23,9 +20,7 @@ def database_problem() -> str | None:
     try:
         with db.engine.connect() as conn:
             # Read directly: alembic's MigrationContext would log two INFO lines per command.
-            found = set()
-            if inspect(conn).has_table(VERSION_TABLE):
-                found = set(conn.scalars(text(f"SELECT version_num FROM {VERSION_TABLE}")))
+            found = schema_versions(conn)
     except DBAPIError as exc:
         # The driver's own reason (refused, unknown database, access denied), without SQL.
         return (

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import current_app, has_request_context
-from sqlalchemy import Connection, Engine, Select, event
+from sqlalchemy import Connection, Engine, Select, event, inspect, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -28,6 +28,8 @@ _MYSQL_RETRYABLE = {1213, 1205, 1062, 1020}
 
 # Execution option that asks SQLite for BEGIN IMMEDIATE (the write lock up front).
 SQLITE_IMMEDIATE = "sqlite_begin_immediate"
+# Where alembic keeps the migration a database's schema is at.
+VERSION_TABLE = "alembic_version"
 
 
 # Values bound into one IN (...) list at most (SQLite binds at most 32766 per statement).
@@ -264,10 +266,8 @@ def describe(exc: BaseException) -> str:
     orig = exc.orig
     code = orig.args[0] if orig is not None and orig.args else None
     kind = type(orig).__name__ if orig is not None else type(exc).__name__
-    shown = f" {code}" if isinstance(code, int) else ""
-    if orig is not None and not isinstance(code, int):
-        # SQLite's messages name no values ("database is locked", "no such table: x").
-        shown = f": {orig}"
+    # SQLite's messages name no values ("database is locked", "no such table: x").
+    shown = f" {code}" if isinstance(code, int) else f": {orig}" if orig is not None else ""
     statement = " ".join(str(exc.statement or "").split())[:200]
     return f"{kind}{shown} in {statement!r}"
 
@@ -328,6 +328,13 @@ def schema_revisions() -> tuple[frozenset[str], frozenset[str]]:
         known = frozenset(r.revision for r in script.walk_revisions())
         revisions = current_app.extensions["schema_revisions"] = (heads, known)
     return revisions
+
+
+def schema_versions(conn: Connection) -> set[str]:
+    """The migrations the database's schema is at (none: no migration ever ran on it)."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return set()
+    return set(conn.scalars(text(f"SELECT version_num FROM {VERSION_TABLE}")))
 
 
 def _retry_window() -> float:
