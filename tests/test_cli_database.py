@@ -11,6 +11,8 @@ from flask_migrate import upgrade
 from tests.conftest import MYSQL_SERVER_URL, _mariadb_database_url
 from webapp import create_app
 from webapp.extensions import db
+from webapp.models import User
+from webapp.reconcile.models import ReconcileJob
 
 UPGRADE = "flask --app wsgi db upgrade"
 
@@ -138,3 +140,60 @@ def test_a_migrated_database_runs_the_command(app, runner):
     result = runner.invoke(args=["users", "list"])
     assert result.exit_code == 0, result.output
     assert "no agents yet" in result.output
+
+
+@pytest.fixture
+def app_config(database_url) -> dict:
+    # Lock waits short enough for a test: a writer that cannot get in gives up in about a second.
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "TESTING": True,
+        "SQLITE_BUSY_TIMEOUT_MS": 300,
+        "MYSQL_LOCK_WAIT_TIMEOUT_S": 1,
+        "IDENTIFY_MAX_ATTEMPTS": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["users", "create", "dana@support.example", "--password", "long enough secret"],
+        ["reconcile"],
+    ],
+)
+def test_a_database_that_fails_during_the_command_is_one_line_not_a_traceback(
+    app, runner, dialect, args
+):
+    # Another writer holds what the command needs, uncommitted: on SQLite the write lock;
+    # on MariaDB the keys of the agent being created and of the one active run.
+    other = db.engine.connect()
+    try:
+        other.execute(
+            sa.insert(User).values(email="dana@support.example", password_hash="x", is_active=True)
+        )
+        other.execute(sa.insert(ReconcileJob).values(actor="someone", status="queued", active=1))
+        result = runner.invoke(args=args)
+    finally:
+        other.rollback()
+        other.close()
+    _assert_refused(result, "what the command had saved before stays", "Run it again")
+    assert "locked" in result.output or "1205" in result.output
+    assert result.output.count("\n") == 1, result.output
+
+
+def test_a_database_error_other_than_a_lock_is_named_by_its_kind(tmp_path):
+    # The schema check passes (alembic's table says the newest revision) but a table the
+    # command reads is gone: SQLite answers OperationalError, as it does for a failed disk.
+    url = f"sqlite:///{tmp_path / 'identity.db'}"
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE user")
+        db.engine.dispose()
+    result = _run(url, ["users", "list"])
+    _assert_refused(
+        result,
+        "the database failed during the command (OperationalError: no such table: user)",
+        "Run it again once the database answers.",
+    )

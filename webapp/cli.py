@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 from flask import Flask, current_app
 from flask.cli import ScriptInfo
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from .database import schema_revisions, schema_versions
+from .database import Contention, error_kind, schema_revisions, schema_versions
 from .extensions import db
 
 UPGRADE = "flask --app wsgi db upgrade"
+AGAIN = "Run it again once the database answers."
 
 
 def database_problem() -> str | None:
@@ -55,7 +56,20 @@ class DatabaseCommand(click.Command):
         problem = database_problem()
         if problem is not None:
             raise click.ClickException(problem)
-        return super().invoke(ctx)
+        try:
+            return super().invoke(ctx)
+        except Contention as exc:
+            raise click.ClickException(
+                f"the database stayed locked by another writer ({exc}); "
+                f"what the command had saved before stays. {AGAIN}"
+            ) from exc
+        except (OperationalError, InterfaceError) as exc:
+            # The server went away, the disk failed, a lock wait ran out...: a real failure,
+            # but the operator needs its kind and what to do, not the driver's traceback.
+            raise click.ClickException(
+                f"the database failed during the command ({error_kind(exc)}); "
+                f"what the command had saved before stays. {AGAIN}"
+            ) from exc
 
 
 class DatabaseGroup(click.Group):

@@ -263,13 +263,18 @@ def describe(exc: BaseException) -> str:
     """
     if not isinstance(exc, DBAPIError):
         return type(exc).__name__ + (f": {exc}" if isinstance(exc, Retry) else "")
+    statement = " ".join(str(exc.statement or "").split())[:200]
+    return f"{error_kind(exc)} in {statement!r}"
+
+
+def error_kind(exc: DBAPIError) -> str:
+    """A database error's kind and the driver's code (MySQL/MariaDB) or message (SQLite)."""
     orig = exc.orig
     code = orig.args[0] if orig is not None and orig.args else None
     kind = type(orig).__name__ if orig is not None else type(exc).__name__
     # SQLite's messages name no values ("database is locked", "no such table: x").
     shown = f" {code}" if isinstance(code, int) else f": {orig}" if orig is not None else ""
-    statement = " ".join(str(exc.statement or "").split())[:200]
-    return f"{kind}{shown} in {statement!r}"
+    return kind + shown
 
 
 def is_retryable(exc: DBAPIError) -> bool:
