@@ -46,10 +46,11 @@ def browser():
         instance.close()
 
 
-@pytest.fixture
-def page(browser, live_server) -> Page:
-    """A new browser tab on the live server; relative URLs work in goto()."""
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 860})
+def _new_tab(browser, live_server, **options) -> Page:
+    """A tab in a context of its own on the live server, collecting script errors."""
+    context = browser.new_context(
+        base_url=live_server.url, viewport={"width": 1280, "height": 860}, **options
+    )
     context.set_default_timeout(10_000)
     tab = context.new_page()
     tab.console_errors = []
@@ -61,8 +62,24 @@ def page(browser, live_server) -> Page:
 
     tab.on("console", _on_console)
     tab.on("pageerror", lambda error: tab.console_errors.append(str(error)))
+    return tab
+
+
+@pytest.fixture
+def page(browser, live_server) -> Page:
+    """A new browser tab on the live server; relative URLs work in goto()."""
+    tab = _new_tab(browser, live_server)
     yield tab
-    context.close()
+    tab.context.close()
+
+
+@pytest.fixture
+def page_without_javascript(browser, live_server, agent) -> Page:
+    """A tab with JavaScript off, signed in as the ``agent`` fixture's agent."""
+    tab = _new_tab(browser, live_server, java_script_enabled=False)
+    sign_in_through_the_form(tab)
+    yield tab
+    tab.context.close()
 
 
 def sign_in_through_the_form(page: Page, email: str = AGENT_EMAIL, password: str = AGENT_PASSWORD):

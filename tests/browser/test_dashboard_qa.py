@@ -108,10 +108,8 @@ def test_a_long_message_folds_and_line_breaks_stay(signed_in_page, live_server):
     assert page.console_errors == []
 
 
-def test_the_long_message_opens_without_javascript(browser, live_server, agent):
-    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
-    context.set_default_timeout(10_000)
-    page = context.new_page()
+def test_the_long_message_opens_without_javascript(page_without_javascript, live_server):
+    page = page_without_javascript
     customer = post_json(
         live_server.url,
         "/events",
@@ -122,11 +120,9 @@ def test_the_long_message_opens_without_javascript(browser, live_server, agent):
             "summary": "y" * 1800,
         },
     )["event"]["customerId"]
-    sign_in_through_the_form(page)
     page.goto(f"/customers/{customer}/activity")
     page.get_by_text("Show the whole message (1,800 characters)").click()
     expect(page.locator("details.event-summary-long")).to_have_attribute("open", "")
-    context.close()
 
 
 def test_escape_closes_the_action_form_and_gives_focus_back(signed_in_page, live_server):

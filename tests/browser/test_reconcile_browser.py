@@ -6,7 +6,6 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import sign_in_through_the_form
 from tests.builders import identify, many_rows_customer
 from webapp.dashboard.search import reindex
 
@@ -226,23 +225,17 @@ def test_delete_asks_inside_the_row_it_is_about_with_focus_on_the_question(signe
     assert page.console_errors == []
 
 
-def test_delete_without_javascript_opens_its_page(browser, live_server, agent, app):
+def test_delete_without_javascript_opens_its_page(page_without_javascript, app):
+    page = page_without_javascript
     ids = many_rows_customer(3)
-    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    try:
-        sign_in_through_the_form(page)
-        page.goto(f"/customers/{ids[0]}")
-        page.locator(f"#panel-contact-{ids[2]}").get_by_role("link", name="Delete…").click()
-        expect(page).to_have_url(re.compile(rf"/contacts/{ids[2]}/delete$"))
-        expect(page.get_by_role("heading", name=f"Delete contact #{ids[2]}")).to_be_visible()
-        page.get_by_label("Reason (optional)").fill("a duplicate")
-        page.get_by_role("button", name=f"Delete contact #{ids[2]}").click()
-        expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
-        expect(page.locator(".flash")).to_contain_text(f"Contact #{ids[2]} deleted")
-    finally:
-        context.close()
+    page.goto(f"/customers/{ids[0]}")
+    page.locator(f"#panel-contact-{ids[2]}").get_by_role("link", name="Delete…").click()
+    expect(page).to_have_url(re.compile(rf"/contacts/{ids[2]}/delete$"))
+    expect(page.get_by_role("heading", name=f"Delete contact #{ids[2]}")).to_be_visible()
+    page.get_by_label("Reason (optional)").fill("a duplicate")
+    page.get_by_role("button", name=f"Delete contact #{ids[2]}").click()
+    expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}$"))
+    expect(page.locator(".flash")).to_contain_text(f"Contact #{ids[2]} deleted")
 
 
 def test_a_big_customers_panel_shows_the_first_values_then_all_of_a_list(signed_in_page, app):
@@ -273,24 +266,18 @@ def test_a_big_customers_panel_shows_the_first_values_then_all_of_a_list(signed_
 
 
 def test_show_all_values_without_javascript_opens_the_page_of_every_one(
-    browser, live_server, agent, app
+    page_without_javascript, app
 ):
+    page = page_without_javascript
     ids = many_rows_customer(30)
-    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    try:
-        sign_in_through_the_form(page)
-        page.goto(f"/customers/{ids[0]}")
-        page.get_by_role("link", name="Show all 30 contacts").click()
-        expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}/values#panel-contacts$"))
-        expect(page.get_by_role("heading", level=1)).to_have_text(
-            f"Values and contacts of customer #{ids[0]}"
-        )
-        expect(page.locator("#panel-values li")).to_have_count(31)
-        expect(page.locator("#panel-contacts li")).to_have_count(30)
-        expect(
-            page.locator("#panel-contacts").get_by_role("heading", name="Contacts")
-        ).to_be_in_viewport()
-    finally:
-        context.close()
+    page.goto(f"/customers/{ids[0]}")
+    page.get_by_role("link", name="Show all 30 contacts").click()
+    expect(page).to_have_url(re.compile(rf"/customers/{ids[0]}/values#panel-contacts$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        f"Values and contacts of customer #{ids[0]}"
+    )
+    expect(page.locator("#panel-values li")).to_have_count(31)
+    expect(page.locator("#panel-contacts li")).to_have_count(30)
+    expect(
+        page.locator("#panel-contacts").get_by_role("heading", name="Contacts")
+    ).to_be_in_viewport()
