@@ -21,7 +21,7 @@ from tests.builders import (
 from webapp.dashboard.search import parse_query, reindex, search_customers
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.engagements.names import match_names
-from webapp.engagements.screenpop import POP_SETTLE
+from webapp.engagements.screenpop import MAX_POPS, POP_SETTLE
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, name_grams
 from webapp.models import AuditEntry, Contact, utcnow
@@ -667,6 +667,34 @@ def test_a_pop_that_commits_late_with_a_lower_id_still_shows(signed_in_client):
     settled = signed_in_client.get(f"/screen-pops?after={cursor}")
     assert settled.headers["X-Screen-Pop-Cursor"] == str(later_id)
     assert signed_in_client.get(f"/screen-pops?after={later_id}").status_code == 204
+
+
+def test_more_calls_at_once_than_one_answer_holds_all_pop_up(signed_in_client):
+    # An open tab polls with its cursor; then more calls ring at once than one answer holds.
+    cursor = signed_in_client.get("/screen-pops").headers["X-Screen-Pop-Cursor"]
+    rung = {
+        signed_in_client.post(
+            "/calls/incoming", json={"phoneNumber": f"+1 555 02{n:02d}"}
+        ).get_json()["popId"]
+        for n in range(MAX_POPS + 1)
+    }
+    shown: set[int] = set()
+    for poll in range(5):
+        response = signed_in_client.get(f"/screen-pops?after={cursor}")
+        if response.status_code == 204:
+            break
+        shown |= {
+            int(i) for i in re.findall(r'data-pop-id="([0-9]+)"', response.get_data(as_text=True))
+        }
+        cursor = response.headers["X-Screen-Pop-Cursor"]
+        if poll == 0:
+            # The calls settle while they still ring: the cursor may now move past them.
+            for pop in db.session.scalars(select(ScreenPop)):
+                pop.created_at = utcnow() - POP_SETTLE - timedelta(seconds=1)
+            db.session.commit()
+    # No call was passed over: it rang while the tab was open, so it popped up.
+    assert shown == rung
+    assert signed_in_client.get(f"/screen-pops?after={cursor}").status_code == 204
 
 
 def test_unknown_caller_pop_creates_the_customer_in_one_click(signed_in_client):

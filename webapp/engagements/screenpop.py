@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 # A call older than this no longer pops up: the phone has stopped ringing.
 POP_WINDOW = timedelta(seconds=60)
-# At most this many calls show at once, newest first.
-MAX_POPS = 3
+# At most this many calls in one answer: the oldest the cursor has not passed, so
+# that a burst of more calls than that reaches the page over the next polls.
+MAX_POPS = 20
 # Ids are handed out when a pop is inserted, not when it commits: a pop with
 # a lower id can become visible after a higher one was served. The cursor
 # only moves past pops this old, so a late one is still found; younger pops
@@ -165,12 +166,16 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
 def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     """Calls newer than ``after`` still ringing, newest first, and the cursor to poll with next.
 
-    Without a cursor (a page just opened) every call still ringing shows.
+    Without a cursor (a page just opened) every call still ringing shows. An answer holds
+    at most ``MAX_POPS`` calls; the rest come with the next polls.
     """
     query = select(ScreenPop).where(ScreenPop.created_at >= utcnow() - POP_WINDOW)
     if after is not None:
         query = query.where(ScreenPop.id > after)
-    pops = list(db.session.scalars(query.order_by(ScreenPop.id.desc()).limit(MAX_POPS)))
+    # Oldest first: the cursor below only moves past pops sent. Taken newest first, the
+    # calls left out of a burst were older than every one sent, and the cursor passed them.
+    pops = list(db.session.scalars(query.order_by(ScreenPop.id).limit(MAX_POPS)))
+    pops.reverse()
     settled_before = utcnow() - POP_SETTLE
     if after is not None or pops:
         settled = [pop.id for pop in pops if pop.created_at <= settled_before]
