@@ -43,6 +43,7 @@ from .rules import (
     USED,
     VALID,
     VOIDED,
+    discount_percent,
     format_code,
     iso_utc,
     new_code,
@@ -414,7 +415,12 @@ def issue_to_customer(
             "issue_voucher",
             customer_id=owner,
             subject=f"voucher {view.code}",
-            after={"offer": offer.name, "discount": voucher.discount, "expires_at": expires_at},
+            # The percent, as agents typed it; the column holds hundredths (12.5 % is 1250).
+            after={
+                "offer": offer.name,
+                "discount": discount_percent(voucher.discount),
+                "expires_at": expires_at,
+            },
         )
         db.session.commit()
         return view
