@@ -12,8 +12,19 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import event, insert, make_url, select, update
 
 from webapp.extensions import db
+from webapp.identity.rules import parse_identifier
 from webapp.identity.search_index import ContactGram, contact_grams, name_grams
-from webapp.models import Bond, BondKey, Contact, Identifier, User, utcnow
+from webapp.models import (
+    AuditCustomer,
+    AuditEntry,
+    Bond,
+    BondKey,
+    Contact,
+    Identifier,
+    User,
+    utcnow,
+)
+from webapp.reconcile.service import set_blocked
 from webapp.vouchers.models import Voucher
 
 
@@ -219,6 +230,32 @@ def test_0013_keys_the_e_mail_each_voucher_was_redeemed_with(app, client, api_ke
     db.session.rollback()
 
 
+def test_0014_names_the_customers_of_the_audit_entries_already_written(app, client):
+    for email, phone in [("ann@x.io", "555"), ("bob@x.io", "556"), ("test@test.com", "555")]:
+        assert (
+            client.post("/identify", json={"email": email, "phoneNumber": phone}).status_code == 200
+        )
+    assert (
+        client.post("/identify", json={"email": "test@test.com", "phoneNumber": "556"}).status_code
+        == 200
+    )
+    set_blocked(
+        parse_identifier("test@test.com"), True, actor="dana@support.example", reason="junk"
+    )
+    db.session.add(AuditEntry(actor="x", action="rename", customer_id=2, after='"not a state"'))
+    db.session.commit()
+    named = select(AuditCustomer.audit_entry_id, AuditCustomer.customer_id)
+    expected = db.session.execute(named).all()
+    db.session.rollback()
+    assert [customer for _, customer in expected] == [2]
+    try:
+        downgrade(revision="0013_voucher_redeemer_key")
+    finally:
+        upgrade()
+    assert db.session.execute(named).all() == expected
+    db.session.rollback()
+
+
 @pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
 def test_an_upgrade_on_sqlite_goes_through_while_the_service_writes(app, client, database_url):
     """The upgrade takes SQLite's write lock before it reads the schema's version.
@@ -258,4 +295,4 @@ def test_an_upgrade_on_sqlite_goes_through_while_the_service_writes(app, client,
     assert wrote == [False]
     with db.engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    assert version == "0013_voucher_redeemer_key"
+    assert version == "0014_audit_customers"

@@ -341,6 +341,27 @@ def test_block_from_the_customer_page_splits_and_redirects(signed_in_client):
     assert_invariants()
 
 
+def test_the_customers_a_block_splits_off_show_it_on_their_timelines(signed_in_client):
+    # Found in UX review: a customer split off by a block showed only its old merge into
+    # customer 1 (the entry was filed under customer 1 alone), as if it were still merged.
+    for email, phone in [("ann@x.io", "555"), ("bob@x.io", "556"), ("cy@x.io", "557")]:
+        ident(email, phone)
+    ident("test@test.com", "555")
+    ident("test@test.com", "556")
+    ident("test@test.com", "557")
+    assert set(links().values()) == {None, 1}
+    response = signed_in_client.post(
+        "/identifiers/block",
+        data={"value": "test@test.com", "reason": "shared junk address", "customer": "1"},
+    )
+    assert response.status_code == 303
+    assert links() == {1: None, 2: None, 3: None, 4: 1}
+    for customer in (1, 2, 3):
+        page = signed_in_client.get(f"/customers/{customer}").get_data(as_text=True)
+        assert "shared junk address" in page, customer
+        assert "email test@test.com" in page, customer
+
+
 # A number past every id (5,000 digits are past Python's int() limit too) and 0.
 @pytest.mark.parametrize("back", ["\u00b2", "x", "", "9" * 5000, "99999999999999999999", "0"])
 def test_block_with_a_customer_field_that_is_no_id_goes_to_the_blocked_page(signed_in_client, back):

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, insert
 
 from .extensions import db
-from .models import AuditEntry
+from .models import AuditCustomer, AuditEntry
 
 
 def record(actor: str, action: str, **details: Any) -> AuditEntry:
@@ -18,6 +18,7 @@ def record(actor: str, action: str, **details: Any) -> AuditEntry:
     ``reason`` in words, ``before`` and ``after`` states (stored as JSON).
     """
     entry = AuditEntry(**_columns(actor, action, **details))
+    entry.named_customers = [AuditCustomer(customer_id=c) for c in named_customers(**details)]
     db.session.add(entry)
     return entry
 
@@ -28,7 +29,30 @@ def record_on(conn: Connection, actor: str, action: str, **details: Any) -> None
     For services that write through a connection of their own rather than
     the ORM session; ``details`` are :func:`record`'s keyword arguments.
     """
-    conn.execute(insert(AuditEntry.__table__).values(**_columns(actor, action, **details)))
+    written = conn.execute(
+        insert(AuditEntry.__table__).values(**_columns(actor, action, **details))
+    )
+    named = named_customers(**details)
+    if named:
+        entry_id = written.inserted_primary_key[0]
+        conn.execute(
+            insert(AuditCustomer.__table__),
+            [{"customer_id": c, "audit_entry_id": entry_id} for c in named],
+        )
+
+
+def named_customers(customer_id: int | None = None, **details: Any) -> list[int]:
+    """The customers a before/after state lists under ``customers``, but ``customer_id``.
+
+    Reconciliation's states are ``{"customers": {primary id: [row ids]}, ...}``.
+    """
+    named: set[int] = set()
+    for state in (details.get("before"), details.get("after")):
+        customers = state.get("customers") if isinstance(state, dict) else None
+        if isinstance(customers, dict):
+            named.update(int(primary) for primary in customers)
+    named.discard(customer_id)
+    return sorted(named)
 
 
 def _columns(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .extensions import db
 
@@ -180,5 +180,23 @@ class AuditEntry(db.Model):
     before: Mapped[str | None] = mapped_column(Text)
     after: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    # The other customers its states name (see AuditCustomer), written with the entry.
+    named_customers: Mapped[list[AuditCustomer]] = relationship()
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class AuditCustomer(db.Model):
+    """A customer an audit entry's before or after state names, besides its ``customer_id``.
+
+    One entry tells of every customer an action touched: a block acted on
+    customer 1 splits customers 2 and 3 off it, a merge absorbs the other
+    side. This table lets the timeline of each of them find the entry.
+    """
+
+    __tablename__ = "audit_customer"
+
+    customer_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    audit_entry_id: Mapped[int] = mapped_column(ForeignKey("audit_entry.id"), primary_key=True)
 
     __table_args__ = (MYSQL_TABLE_ARGS,)

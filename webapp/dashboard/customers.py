@@ -17,7 +17,7 @@ from ..audit import readable
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, consolidate
 from ..identity.service import row_from_record
-from ..models import AuditEntry, Contact, Merge
+from ..models import AuditCustomer, AuditEntry, Contact, Merge
 from .chains import Link, link_chains
 from .cursors import decode_cursor, encode_cursor
 
@@ -213,7 +213,11 @@ def _history(contacts: list[Contact]) -> list[TimelineEvent]:
     merges = db.session.scalars(
         select(Merge).where(or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
     )
-    audits = db.session.scalars(select(AuditEntry).where(AuditEntry.customer_id.in_(ids)))
+    # Entries about the customer, and those naming it: a block that split it off another.
+    named = select(AuditCustomer.audit_entry_id).where(AuditCustomer.customer_id.in_(ids))
+    audits = db.session.scalars(
+        select(AuditEntry).where(or_(AuditEntry.customer_id.in_(ids), AuditEntry.id.in_(named)))
+    )
     timeline = _contact_events(contacts)
     timeline += [_merge_event(m) for m in merges]
     timeline += [_audit_event(a) for a in audits]
