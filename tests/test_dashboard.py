@@ -916,6 +916,17 @@ def test_a_damaged_audit_cursor_is_a_bad_link(signed_in_client, cursor):
     assert "Bad link" in response.get_data(as_text=True)
 
 
+def test_audit_states_list_customers_in_number_order(signed_in_client):
+    # Found in UX review: after a block split 40 customers off, the shown state read
+    # "1", "10", "11", ... "19", "2", "20": the ids were sorted again, as text.
+    split = {1: [1, 305], **{n: [n] for n in range(2, 12)}}
+    record("agent@example.com", "block", customer_id=1, after={"customers": split})
+    db.session.commit()
+    html = signed_in_client.get("/audit").get_data(as_text=True)
+    shown = re.findall(r"&#34;(\d+)&#34;: \[", html)
+    assert shown == [str(n) for n in range(1, 12)]
+
+
 def test_empty_audit_page_says_so(signed_in_client):
     assert "No audit entries" in signed_in_client.get("/audit").get_data(as_text=True)
 

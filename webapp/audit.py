@@ -85,10 +85,12 @@ def readable(stored: str) -> str:
     """A stored before/after state for display, non-ASCII text as itself.
 
     Entries written before states were stored that way hold ``\\uXXXX`` escapes.
-    An escape that is not text (a lone surrogate) stays escaped.
+    An escape that is not text (a lone surrogate) stays escaped. Keys keep
+    their stored order: customer ids were sorted as numbers when written, and
+    sorting them again, now as text, would list customer 10 before customer 2.
     """
     try:
-        text = _dumps(json.loads(stored))
+        text = json.dumps(json.loads(stored), ensure_ascii=False)
         text.encode("utf-8")
     except ValueError:  # UnicodeEncodeError included
         return stored
