@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.builders import (
+    AGENT_EMAIL,
     assert_invariants,
     commit_elsewhere,
     contacts,
@@ -170,6 +171,27 @@ def test_link_through_htmx_redirects_to_the_customer(signed_in_client):
     # Its values are new, so no chain of shared values explains it: the agent did.
     why = re.search(r'id="contact-2".*?class="why">(.*?)</td>', page, re.S).group(1)
     assert "linked by an agent" in why and "merge" not in why
+
+
+def why_linked(page: str, contact_id: int) -> str:
+    found = re.search(rf'id="contact-{contact_id}".*?class="why">(.*?)</td>', page, re.S)
+    return " ".join(found.group(1).split())
+
+
+def test_why_linked_names_the_merge_that_brought_a_row_no_value_explains(signed_in_client):
+    # Found in UX review: such a row said "no shared value left: joined by a merge",
+    # as if a shared value had gone, when none ever was; and not which merge it was.
+    ident("ann@x.io", "555")
+    ident("bob@x.io", "556")
+    ident("cy@x.io", "557")
+    ident("ann@x.io", "556")  # a checkout request holding both customers' values
+    response = signed_in_client.post("/customers/1/merge", data={"other": "3"})
+    assert response.status_code == 303
+    page = signed_in_client.get("/customers/1").get_data(as_text=True)
+    bridged, merged = why_linked(page, 2), why_linked(page, 3)
+    assert "merged into #1 by a checkout request with ann@x.io and 556" in bridged
+    assert f"merged into #1 by {AGENT_EMAIL}" in merged
+    assert "left" not in bridged + merged
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,19 @@ class ContactView:
     is_primary: bool
     # For a live secondary: the chain of shared values from the primary (None: no chain).
     chain: list[Link] | None = None
+    # For a live secondary with no chain: the last merge that absorbed it as a customer's primary.
+    merged_by: MergeNote | None = None
+
+
+@dataclass(frozen=True)
+class MergeNote:
+    """A merge in the words of the contacts table: who absorbed the row's customer, and how."""
+
+    survivor_id: int
+    cause: str
+    actor: str | None
+    # The checkout request's values that bridged the two customers, when it was one.
+    bridge: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -207,12 +220,27 @@ def _audit_event(entry: AuditEntry) -> TimelineEvent:
     )
 
 
-def _history(contacts: list[Contact]) -> list[TimelineEvent]:
+def _merge_note(merge: Merge) -> MergeNote:
+    try:
+        values = json.loads(merge.detail) if merge.detail else {}
+    except ValueError:
+        values = {}
+    bridge = [str(v) for v in values.values()] if isinstance(values, dict) else []
+    return MergeNote(merge.survivor_id, merge.cause, merge.actor, bridge)
+
+
+def _merges(contacts: list[Contact]) -> list[Merge]:
+    ids = [c.id for c in contacts]
+    return list(
+        db.session.scalars(
+            select(Merge).where(or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
+        )
+    )
+
+
+def _history(contacts: list[Contact], merges: list[Merge]) -> list[TimelineEvent]:
     """The timeline of a customer's rows: their events, merges and audit entries, oldest first."""
     ids = [c.id for c in contacts]
-    merges = db.session.scalars(
-        select(Merge).where(or_(Merge.survivor_id.in_(ids), Merge.absorbed_id.in_(ids)))
-    )
     # Entries about the customer, and those naming it: a block that split it off another.
     named = select(AuditCustomer.audit_entry_id).where(AuditCustomer.customer_id.in_(ids))
     audits = db.session.scalars(
@@ -243,7 +271,10 @@ def load_customer(primary_id: int, *, history: bool = True) -> CustomerView | No
     rows = [row_from_record(c) for c in live]
     customer = consolidate(primary_id, rows)
     chains = link_chains(primary_id, rows)
-    timeline = _history(contacts) if history else []
+    merges = _merges(contacts) if history else []
+    timeline = _history(contacts, merges) if history else []
+    # A row no shared value explains mostly came as the primary of a customer merged in.
+    absorbed = {m.absorbed_id: m for m in sorted(merges, key=lambda m: (m.created_at, m.id))}
     views = [
         ContactView(
             id=c.id,
@@ -254,6 +285,11 @@ def load_customer(primary_id: int, *, history: bool = True) -> CustomerView | No
             deleted_at=c.deletedAt,
             is_primary=c.id == primary_id,
             chain=chains.get(c.id),
+            merged_by=(
+                _merge_note(absorbed[c.id])
+                if c.id in absorbed and chains.get(c.id) is None
+                else None
+            ),
         )
         for c in sorted(contacts, key=lambda c: (c.id != primary_id, c.createdAt, c.id))
     ]
