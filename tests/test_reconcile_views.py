@@ -604,6 +604,17 @@ def test_a_stalled_run_stops_polling_and_says_so(signed_in_client):
     assert "hx-get" not in html
 
 
+def test_a_queued_run_says_it_waits_to_start_not_0_of_0(signed_in_client):
+    # Found in UX review: until the run's process had counted the customers, the page said
+    # "0% — 0 of 0 customers checked", as if there were none to check.
+    ident("ann@x.io", "555")
+    job = create_job("someone@example.com")
+    html = signed_in_client.get(f"/reconcile/{job.id}", headers=HTMX).get_data(as_text=True)
+    assert "Waiting for the run to start and count the customers" in html
+    assert "0 of 0" not in html
+    assert "hx-get" in html  # it keeps asking until the run reports progress
+
+
 def test_a_run_that_checked_more_than_it_counted_says_why_not_5_of_4(signed_in_client):
     # Customers the run splits off after its cursor (or checkout adds) are checked too.
     job = create_job("someone@example.com")
