@@ -83,6 +83,20 @@ def test_chain_shows_the_value_as_the_linked_row_wrote_it():
     assert link_chains(1, rows)[2] == [Link(1, 2, "email", "mixed@x.io")]
 
 
+def test_a_blocked_value_links_no_chain():
+    rows = [
+        row(1, "a@x.io", "555"),
+        row(2, "a@x.io", "666", linked_id=1),
+        row(3, "b@x.io", "555", linked_id=1),
+        row(4, "c@x.io", "555", linked_id=1),
+    ]
+    assert link_chains(1, rows)[3] == [Link(1, 3, "phone", "555")]
+    chains = link_chains(1, rows, blocked={("phone", "555")})
+    assert chains[2] == [Link(1, 2, "email", "a@x.io")]
+    # Held only through the blocked phone: no chain of values joins them any more.
+    assert chains[3] is None and chains[4] is None
+
+
 def test_unknown_primary_is_an_error():
     with pytest.raises(ValueError):
         link_chains(9, [row(1, "a@x.io", None)])

@@ -17,6 +17,7 @@ from tests.builders import (
     is_page,
     many_rows_customer,
 )
+from webapp.dashboard.customers import load_customer
 from webapp.dashboard.search import reindex
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
@@ -382,6 +383,39 @@ def test_the_customers_a_block_splits_off_show_it_on_their_timelines(signed_in_c
         page = signed_in_client.get(f"/customers/{customer}").get_data(as_text=True)
         assert "shared junk address" in page, customer
         assert "email test@test.com" in page, customer
+
+
+def test_a_blocked_value_is_marked_in_the_header_and_explains_no_link(signed_in_client):
+    # Found reviewing the UX review's leftovers: after a block, the header showed the
+    # blocked value as any other, and "why linked" could still name it as the shared value.
+    ident("ann@x.io", "555")
+    ident("ann@x.io", "556")
+    ident("bob@x.io", "556")
+    late = Contact(
+        email="bob@x.io",
+        email_key="bob@x.io",
+        phoneNumber="555",
+        phone_key="555",
+        linkedId=1,
+        linkPrecedence="secondary",
+        source="checkout",
+    )
+    db.session.add(late)
+    db.session.commit()
+    # Before the block, the shortest chain to the late row is the shared 555.
+    assert [link.value for link in load_customer(1).contacts[-1].chain] == ["555"]
+    set_blocked(parse_identifier("555"), True, AGENT_EMAIL, "the shop's own phone")
+    assert links() == {1: None, 2: 1, 3: 1, 4: 1}
+    view = load_customer(1)
+    assert view.blocked_values == {"555"}
+    assert [link.value for link in view.contacts[-1].chain] == ["ann@x.io", "556", "bob@x.io"]
+    page = signed_in_client.get("/customers/1").get_data(as_text=True)
+    start = page.index('id="customer-header"')
+    header = page[start : page.index("</header>", start)]
+    assert re.search(
+        r'chip-phone chip-blocked">.*?555 <span class="chip-note">blocked</span>', header
+    )
+    assert header.count("chip-blocked") == 1
 
 
 # A number past every id (5,000 digits are past Python's int() limit too) and 0.

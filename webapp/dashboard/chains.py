@@ -5,7 +5,7 @@ Plain functions over identity.rules.Row; no Flask and no database.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ..identity.rules import EMAIL, Row
@@ -26,18 +26,22 @@ def _display(row: Row, kind: str) -> str:
     return value if value is not None else ""
 
 
-def link_chains(primary_id: int, rows: Sequence[Row]) -> dict[int, list[Link] | None]:
+def link_chains(
+    primary_id: int, rows: Sequence[Row], blocked: Collection[tuple[str, str]] = ()
+) -> dict[int, list[Link] | None]:
     """For each other row, the shortest chain of shared values from the primary, or None.
 
     None means no chain of values joins the row to the primary any more (a
     manual merge, or the rows that bridged them were deleted). Among chains of
     equal length the one through older rows wins, so the answer is stable.
+    A ``blocked`` (kind, key) links nothing, so no chain goes through it.
     """
     ordered = sorted(rows, key=lambda row: (row.created_at, row.id))
     holders: dict[tuple[str, str], list[Row]] = {}
     for row in ordered:
         for key in row.identifiers():
-            holders.setdefault(key, []).append(row)
+            if key not in blocked:
+                holders.setdefault(key, []).append(row)
     by_id = {row.id: row for row in ordered}
     if primary_id not in by_id:
         raise ValueError(f"no row {primary_id} among the rows")
@@ -49,7 +53,7 @@ def link_chains(primary_id: int, rows: Sequence[Row]) -> dict[int, list[Link] | 
         following: list[Row] = []
         for current in sorted(frontier, key=lambda row: (row.created_at, row.id)):
             for kind, key in sorted(current.identifiers()):
-                for neighbour in holders[(kind, key)]:
+                for neighbour in holders.get((kind, key), ()):
                     if neighbour.id not in came_from:
                         came_from[neighbour.id] = Link(
                             current.id, neighbour.id, kind, _display(neighbour, kind)

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, or_, select
 from ..audit import readable
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, consolidate
-from ..identity.service import row_from_record
+from ..identity.service import blocked_keys, row_from_record
 from ..models import AuditCustomer, AuditEntry, Contact, Merge
 from .chains import Link, link_chains
 from .cursors import decode_cursor, encode_cursor
@@ -86,6 +86,8 @@ class CustomerView:
     contacts: list[ContactView]
     # The whole history, oldest first; contact rows in (createdAt, id) order.
     timeline: list[TimelineEvent]
+    # The e-mails and phones above that an agent blocked: they link nothing any more.
+    blocked_values: frozenset[str] = frozenset()
 
 
 def locate_customer(contact_id: int) -> int | None:
@@ -270,7 +272,8 @@ def load_customer(primary_id: int, *, history: bool = True) -> CustomerView | No
         return None
     rows = [row_from_record(c) for c in live]
     customer = consolidate(primary_id, rows)
-    chains = link_chains(primary_id, rows)
+    blocked = blocked_keys(db.session.connection(), {k for row in rows for k in row.identifiers()})
+    chains = link_chains(primary_id, rows, blocked)
     merges = _merges(contacts) if history else []
     timeline = _history(contacts, merges) if history else []
     # A row no shared value explains mostly came as the primary of a customer merged in.
@@ -301,6 +304,15 @@ def load_customer(primary_id: int, *, history: bool = True) -> CustomerView | No
         last_seen=max(row.created_at for row in rows),
         contacts=views,
         timeline=timeline,
+        blocked_values=frozenset(
+            value
+            for row in rows
+            for value, key in (
+                (row.email, (EMAIL, row.email_key)),
+                (row.phone, (PHONE, row.phone_key)),
+            )
+            if key in blocked
+        ),
     )
     db.session.rollback()
     return view
