@@ -1,5 +1,6 @@
 """Dashboard pages over the real app on SQLite and MariaDB: page vs fragment, headers, search."""
 
+import json
 import re
 
 import pytest
@@ -16,7 +17,7 @@ from tests.builders import (
     statements_run,
 )
 from webapp import create_app
-from webapp.audit import record
+from webapp.audit import record, state_lines
 from webapp.dashboard import sections
 from webapp.dashboard.search import reindex, search_customers
 from webapp.extensions import db
@@ -923,8 +924,60 @@ def test_audit_states_list_customers_in_number_order(signed_in_client):
     record("agent@example.com", "block", customer_id=1, after={"customers": split})
     db.session.commit()
     html = signed_in_client.get("/audit").get_data(as_text=True)
-    shown = re.findall(r"&#34;(\d+)&#34;: \[", html)
+    shown = re.findall(r"<li>customer #(\d+): contacts? #", html)
     assert shown == [str(n) for n in range(1, 12)]
+
+
+@pytest.mark.parametrize(
+    ("state", "lines"),
+    [
+        (
+            {
+                "blocked_at": None,
+                "blocked_by": None,
+                "blocked_reason": None,
+                "customers": {"1": [*range(1, 41), 305], "2": [7], "3": []},
+            },
+            [
+                "customer #1: contacts #1 to #40, #305",
+                "customer #2: contact #7",
+                "customer #3: no live contacts",
+                "not blocked",
+            ],
+        ),
+        (
+            {
+                "blocked_at": "2026-12-01 02:51:10.144927",
+                "blocked_by": "ann@support.example",
+                "blocked_reason": "shared junk address",
+                "customers": {"1": [1, 2, 4, 5]},
+                "added_contact": 9,
+            },
+            [
+                "customer #1: contacts #1, #2, #4, #5",
+                "blocked 2026-12-01 02:51 UTC by ann@support.example: shared junk address",
+                "added contact #9",
+            ],
+        ),
+        (
+            {"emails": ["a@x.io", "b@x.io"], "phoneNumbers": []},
+            ["e-mails: a@x.io, b@x.io", "phones: none"],
+        ),
+        (
+            {"discount": 12.5, "expires_at": "2027-01-01 00:00:00+00:00", "offer": "Summer"},
+            ["discount: 12.5%", "expires: 2027-01-01 00:00 UTC", "offer: Summer"],
+        ),
+        ({"name": None}, ["name: none"]),
+        ([1, 2], ["[1, 2]"]),
+    ],
+)
+def test_audit_states_read_in_words(state, lines):
+    # Found in UX review: agents read the states as raw JSON, a block's as one long line.
+    assert state_lines(json.dumps(state, sort_keys=True)) == lines
+
+
+def test_a_state_that_is_not_json_is_shown_as_it_is():
+    assert state_lines("not json") == ["not json"]
 
 
 def test_empty_audit_page_says_so(signed_in_client):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert
@@ -95,3 +97,98 @@ def readable(stored: str) -> str:
     except ValueError:  # UnicodeEncodeError included
         return stored
     return text
+
+
+# How the state keys services write read on the dashboard; others read as their key.
+_STATE_LABELS = {
+    "emails": "e-mails",
+    "phoneNumbers": "phones",
+    "expires_at": "expires",
+}
+_BLOCK_KEYS = ("blocked_at", "blocked_by", "blocked_reason")
+
+
+def state_lines(stored: str) -> list[str]:
+    """A stored before/after state in words, one line per fact, for agents to read.
+
+    ``{"customers": {"1": [1, 2, 3, 7]}, "blocked_at": null, ...}`` reads
+    "customer #1: contacts #1 to #3, #7" and "not blocked". Customers keep
+    their stored order (by number). A state that is not a JSON object is
+    shown as :func:`readable` text, on one line.
+    """
+    try:
+        state = json.loads(stored)
+    except ValueError:
+        return [readable(stored)]
+    if not isinstance(state, dict):
+        return [readable(stored)]
+    lines: list[str] = []
+    customers = state.get("customers")
+    if isinstance(customers, dict):
+        lines += [_customer_line(primary, rows) for primary, rows in customers.items()]
+    if any(key in state for key in _BLOCK_KEYS):
+        lines.append(_block_line(state))
+    for key, value in state.items():
+        if key in _BLOCK_KEYS or (key == "customers" and isinstance(customers, dict)):
+            continue
+        if key == "added_contact":
+            lines.append(f"added contact #{value}")
+        elif key == "discount":
+            lines.append(f"discount: {_text(value)}%")
+        elif key.endswith("_at") and value is not None:
+            lines.append(f"{_STATE_LABELS.get(key, key.replace('_', ' '))}: {_time(value)}")
+        else:
+            lines.append(f"{_STATE_LABELS.get(key, key.replace('_', ' '))}: {_text(value)}")
+    return lines
+
+
+def _customer_line(primary: str, rows: Any) -> str:
+    if not isinstance(rows, list) or not all(isinstance(r, int) for r in rows):
+        return f"customer #{primary}: {_text(rows)}"
+    if not rows:
+        return f"customer #{primary}: no live contacts"
+    noun = "contact" if len(rows) == 1 else "contacts"
+    return f"customer #{primary}: {noun} {_runs(sorted(rows))}"
+
+
+def _runs(ids: Sequence[int]) -> str:
+    """``#1 to #40, #305``: three or more ids in a row as a range."""
+    parts: list[str] = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or ids[end] != ids[end - 1] + 1:
+            first, last = ids[start], ids[end - 1]
+            if end - start >= 3:
+                parts.append(f"#{first} to #{last}")
+            else:
+                parts.extend(f"#{i}" for i in ids[start:end])
+            start = end
+    return ", ".join(parts)
+
+
+def _block_line(state: dict) -> str:
+    if state.get("blocked_at") is None:
+        return "not blocked"
+    line = f"blocked {_time(state['blocked_at'])}"
+    if state.get("blocked_by"):
+        line += f" by {state['blocked_by']}"
+    if state.get("blocked_reason"):
+        line += f": {state['blocked_reason']}"
+    return line
+
+
+def _time(value: Any) -> str:
+    try:
+        return datetime.fromisoformat(str(value)).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return str(value)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

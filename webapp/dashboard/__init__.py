@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
 
-from ..audit import readable
+from ..audit import state_lines
 from ..auth import init_auth, private
 from ..database import Contention
 from ..extensions import csrf, htmx, login_manager
@@ -113,7 +113,7 @@ def init_dashboard(app: Flask) -> None:
     app.register_blueprint(bp)
     app.context_processor(lambda: {"nav_links": nav_links()})
     app.add_template_filter(counted)
-    app.add_template_filter(readable, "readable_state")
+    app.add_template_filter(state_lines, "state_lines")
 
 
 from . import views  # noqa: E402, F401  (attaches the routes to bp)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
-from ..audit import readable
+from ..audit import state_lines
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, consolidate
 from ..identity.service import blocked_keys, row_from_record
@@ -198,14 +198,15 @@ def _merge_event(merge: Merge) -> TimelineEvent:
     )
 
 
-def audit_details(entry: AuditEntry) -> list[tuple[str, str]]:
-    """An audit entry's subject, reason, and states before and after, as label/text pairs."""
+def audit_details(entry: AuditEntry) -> list[tuple[str, str | list[str]]]:
+    """An audit entry's subject, reason, and states before and after (a list of lines
+    each), as label/text pairs."""
     details = []
     for label, value in (
         ("subject", entry.subject),
         ("reason", entry.reason),
-        ("before", entry.before and readable(entry.before)),
-        ("after", entry.after and readable(entry.after)),
+        ("before", entry.before and state_lines(entry.before)),
+        ("after", entry.after and state_lines(entry.after)),
     ):
         if value:
             details.append((label, value))
