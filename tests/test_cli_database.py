@@ -119,7 +119,7 @@ def test_a_schema_from_an_older_version_says_to_upgrade(tmp_path):
     result = _run(url, ["users", "list"])
     _assert_refused(
         result,
-        "has schema revision 0012_composed_email_keys, this version needs 0013_",
+        "has schema revision 0012_composed_email_keys, this version needs 0014_",
         UPGRADE,
     )
 
