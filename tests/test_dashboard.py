@@ -22,7 +22,7 @@ from webapp.dashboard import sections
 from webapp.dashboard.search import reindex, search_customers
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, contact_grams, index_contact
-from webapp.models import Contact, utcnow
+from webapp.models import AuditEntry, Contact, utcnow
 
 HTMX = {"HX-Request": "true"}
 
@@ -978,6 +978,21 @@ def test_audit_states_read_in_words(state, lines):
 
 def test_a_state_that_is_not_json_is_shown_as_it_is():
     assert state_lines("not json") == ["not json"]
+
+
+def test_an_older_state_holding_a_lone_surrogate_escape_is_shown_not_a_500(signed_in_client):
+    # Found in diff review: entries written before states were stored as text keep \uXXXX
+    # escapes, and one that is no text (a lone surrogate) came out of state_lines as the
+    # character itself, which the page cannot be encoded with: the audit page and the
+    # customer's timeline answered 500.
+    seed(signed_in_client, ("ann@x.io", "555"))
+    stored = '{"customers": {"1": [1]}, "name": "Ann \\ud800 \\u0641"}'
+    db.session.add(AuditEntry(actor="x", action="rename", customer_id=1, before=stored))
+    db.session.commit()
+    for path in ("/audit", "/customers/1"):
+        response = signed_in_client.get(path)
+        assert response.status_code == 200, path
+        assert "<li>name: Ann \\ud800 \u0641</li>" in response.get_data(as_text=True), path
 
 
 def test_empty_audit_page_says_so(signed_in_client):

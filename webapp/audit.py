@@ -114,7 +114,9 @@ def state_lines(stored: str) -> list[str]:
     ``{"customers": {"1": [1, 2, 3, 7]}, "blocked_at": null, ...}`` reads
     "customer #1: contacts #1 to #3, #7" and "not blocked". Customers keep
     their stored order (by number). A state that is not a JSON object is
-    shown as :func:`readable` text, on one line.
+    shown as :func:`readable` text, on one line. An escape in an older entry
+    that is not text (a lone surrogate) stays escaped, as :func:`readable`
+    keeps it: the page could not be sent with it.
     """
     try:
         state = json.loads(stored)
@@ -139,7 +141,12 @@ def state_lines(stored: str) -> list[str]:
             lines.append(f"{_STATE_LABELS.get(key, key.replace('_', ' '))}: {_time(value)}")
         else:
             lines.append(f"{_STATE_LABELS.get(key, key.replace('_', ' '))}: {_text(value)}")
-    return lines
+    return [_sendable(line) for line in lines]
+
+
+def _sendable(line: str) -> str:
+    """``line`` with any lone surrogate written as its ``\\uXXXX`` escape (UTF-8 has none)."""
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _customer_line(primary: str, rows: Any) -> str:
