@@ -5,7 +5,7 @@ import re
 
 import pytest
 from flask import g
-from sqlalchemy import select, update
+from sqlalchemy import event, insert, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from tests.builders import (
@@ -776,6 +776,42 @@ def test_the_error_page_falls_back_to_the_plain_error_when_it_cannot_render(
     response = signed_in_client.get("/nope")
     assert response.status_code == 404
     assert "Customer identity" not in response.get_data(as_text=True)
+
+
+def test_the_timeline_reads_the_audit_log_by_index_not_whole(signed_in_client, dialect):
+    # Found in diff review: the entries about a customer's rows and those naming them were
+    # read as "customer_id IN (...) OR id IN (SELECT ... FROM audit_customer ...)", which
+    # MariaDB answers by scanning every entry ever written, on each customer page.
+    seed(signed_in_client, ("ann@x.io", "555"), ("bob@x.io", "556"))
+    others = [{"actor": "x", "action": "rename", "customer_id": 1000 + n} for n in range(3000)]
+    db.session.execute(insert(AuditEntry), others)
+    record(AGENT_EMAIL, "block", customer_id=2, subject="split", after={"customers": {1: [1]}})
+    db.session.commit()
+    if dialect == "mariadb":
+        db.session.execute(text("ANALYZE TABLE audit_entry, audit_customer"))
+        db.session.commit()
+    read = []
+
+    def seen(conn, cursor, statement, parameters, *args):
+        if "audit_entry" in statement:
+            read.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        page = signed_in_client.get("/customers/1")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert page.status_code == 200 and "split" in page.get_data(as_text=True)
+    assert read
+    with db.engine.connect() as conn:
+        for statement, parameters in read:
+            if dialect == "mariadb":
+                plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).mappings().all()
+                scans = [p for p in plan if p["table"] == "audit_entry" and p["type"] == "ALL"]
+            else:
+                plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+                scans = [p for p in plan if p[-1].startswith("SCAN audit_entry")]
+            assert not scans, (statement, plan)
 
 
 def test_timeline_order_toggle_and_audit_entries(signed_in_client):
