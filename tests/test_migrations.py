@@ -3,6 +3,7 @@
 import json
 import sqlite3
 import threading
+from datetime import datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -12,8 +13,9 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import event, insert, make_url, select, update
 
 from webapp.extensions import db
-from webapp.identity.rules import parse_identifier
+from webapp.identity.rules import parse_email, parse_identifier
 from webapp.identity.search_index import ContactGram, contact_grams, name_grams
+from webapp.identity.service import identify
 from webapp.models import (
     AuditCustomer,
     AuditEntry,
@@ -26,6 +28,7 @@ from webapp.models import (
 )
 from webapp.reconcile.service import set_blocked
 from webapp.vouchers.models import Voucher
+from webapp.vouchers.service import issue_to_customer
 
 
 def test_migrated_schema_matches_models(app):
@@ -254,6 +257,61 @@ def test_0014_names_the_customers_of_the_audit_entries_already_written(app, clie
         upgrade()
     assert db.session.execute(named).all() == expected
     db.session.rollback()
+
+
+def test_0014_gives_older_voucher_entries_their_discount_in_percent(app, signed_in_client):
+    # Found in diff review: entries written before this version hold the voucher's
+    # hundredths (1250 for 12.5%), which the audit page would show as "discount: 1250%".
+    identify([parse_email("ann@x.io")])
+    expires = datetime(2999, 1, 1)
+    for name, hundredths in (("Apology", 1250), ("Welcome", 1000)):
+        issue_to_customer(1, name, hundredths, expires, actor="dana@support.example")
+    entries = list(
+        db.session.scalars(select(AuditEntry).where(AuditEntry.action == "issue_voucher"))
+    )
+    assert [json.loads(e.after)["discount"] for e in entries] == [12.5, 10]
+    db.session.rollback()
+    try:
+        downgrade(revision="0013_voucher_redeemer_key")
+        # As the version before wrote them: hundredths; one entry names no voucher left.
+        for entry, hundredths in zip(entries, (1250, 1000), strict=True):
+            state = {**json.loads(entry.after), "discount": hundredths}
+            db.session.execute(
+                update(AuditEntry)
+                .where(AuditEntry.id == entry.id)
+                .values(after=json.dumps(state, sort_keys=True))
+            )
+        db.session.execute(
+            insert(AuditEntry).values(
+                actor="x",
+                action="issue_voucher",
+                subject="voucher GONE",
+                after='{"discount": 500}',
+                created_at=utcnow(),
+            )
+        )
+        db.session.commit()
+    finally:
+        upgrade()
+    shown = db.session.execute(
+        select(AuditEntry.subject, AuditEntry.after)
+        .where(AuditEntry.action == "issue_voucher")
+        .order_by(AuditEntry.id)
+    ).all()
+    assert [json.loads(after)["discount"] for _, after in shown] == [12.5, 10, 500]
+    db.session.rollback()
+    # Down and up again: entries already in percent are left as they are.
+    try:
+        downgrade(revision="0013_voucher_redeemer_key")
+    finally:
+        upgrade()
+    again = db.session.scalars(
+        select(AuditEntry.after).where(AuditEntry.action == "issue_voucher").order_by(AuditEntry.id)
+    ).all()
+    assert [json.loads(after)["discount"] for after in again] == [12.5, 10, 500]
+    db.session.rollback()
+    page = signed_in_client.get("/audit?action=issue_voucher").get_data(as_text=True)
+    assert "<li>discount: 12.5%</li>" in page and "<li>discount: 10%</li>" in page
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)

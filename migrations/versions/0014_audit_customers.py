@@ -10,6 +10,13 @@ timeline of a customer split off by a block, or absorbed by a merge, found
 the entry only by ``customer_id`` and so never showed it. ``audit_customer``
 keeps the other customers each entry names, filled here for the entries
 already written.
+
+It also rewrites the discount of the ``issue_voucher`` entries already
+written: they hold the voucher column's hundredths of a percent (1250 for
+12.5%), which the audit page now shows as written ("discount: 1250%"); this
+version records the percent. An entry is rewritten only when its number is
+its voucher's hundredths, so an entry already in percent (written by this
+version, before a downgrade and upgrade again) is left as it is.
 """
 
 import json
@@ -25,11 +32,14 @@ depends_on = None
 _entry = sa.table(
     "audit_entry",
     sa.column("id"),
+    sa.column("action"),
+    sa.column("subject"),
     sa.column("customer_id"),
     sa.column("before"),
     sa.column("after"),
 )
 _named = sa.table("audit_customer", sa.column("customer_id"), sa.column("audit_entry_id"))
+_voucher = sa.table("voucher", sa.column("code"), sa.column("discount"))
 _BATCH = 5000
 
 
@@ -73,7 +83,7 @@ def upgrade():
             .limit(_BATCH)
         ).all()
         if not batch:
-            return
+            break
         after = batch[-1].id
         rows = [
             {"customer_id": customer, "audit_entry_id": entry.id}
@@ -82,6 +92,42 @@ def upgrade():
         ]
         if rows:
             conn.execute(sa.insert(_named), rows)
+    _percent_discounts(conn)
+
+
+def _percent_discounts(conn) -> None:
+    """``issue_voucher`` entries' discount from hundredths of a percent to the percent."""
+    e = _entry.c
+    after = 0
+    while True:
+        batch = conn.execute(
+            sa.select(e.id, e.subject, e.after)
+            .where(e.action == "issue_voucher", e.id > after)
+            .order_by(e.id)
+            .limit(_BATCH)
+        ).all()
+        if not batch:
+            return
+        after = batch[-1].id
+        for entry in batch:
+            try:
+                state = json.loads(entry.after) if entry.after else None
+            except ValueError:
+                continue
+            hundredths = state.get("discount") if isinstance(state, dict) else None
+            if not isinstance(hundredths, int) or isinstance(hundredths, bool):
+                continue
+            # The subject is "voucher K7QM-3XPD-9R"; the code is stored without dashes.
+            code = (entry.subject or "").removeprefix("voucher ").replace("-", "")
+            stored = conn.execute(
+                sa.select(_voucher.c.discount).where(_voucher.c.code == code)
+            ).scalar()
+            if stored != hundredths:
+                continue
+            whole, rest = divmod(hundredths, 100)
+            state["discount"] = whole if rest == 0 else hundredths / 100
+            text = json.dumps(state, default=str, sort_keys=True, ensure_ascii=False)
+            conn.execute(sa.update(_entry).where(e.id == entry.id).values(after=text))
 
 
 def downgrade():
