@@ -133,14 +133,15 @@ def state_lines(stored: str) -> list[str]:
     for key, value in state.items():
         if key in _BLOCK_KEYS or (key == "customers" and isinstance(customers, dict)):
             continue
+        label = _STATE_LABELS.get(key, key.replace("_", " "))
         if key == "added_contact":
             lines.append(f"added contact #{value}")
         elif key == "discount":
             lines.append(f"discount: {_text(value)}%")
         elif key.endswith("_at") and value is not None:
-            lines.append(f"{_STATE_LABELS.get(key, key.replace('_', ' '))}: {_time(value)}")
+            lines.append(f"{label}: {_time(value)}")
         else:
-            lines.append(f"{_STATE_LABELS.get(key, key.replace('_', ' '))}: {_text(value)}")
+            lines.append(f"{label}: {_text(value)}")
     return [_sendable(line) for line in lines]
 
 
