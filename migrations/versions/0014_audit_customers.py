@@ -74,17 +74,7 @@ def upgrade():
     )
     conn = op.get_bind()
     e = _entry.c
-    after = 0
-    while True:
-        batch = conn.execute(
-            sa.select(e.id, e.customer_id, e.before, e.after)
-            .where(e.id > after)
-            .order_by(e.id)
-            .limit(_BATCH)
-        ).all()
-        if not batch:
-            break
-        after = batch[-1].id
+    for batch in _batches(conn, sa.select(e.id, e.customer_id, e.before, e.after)):
         rows = [
             {"customer_id": customer, "audit_entry_id": entry.id}
             for entry in batch
@@ -95,20 +85,24 @@ def upgrade():
     _percent_discounts(conn)
 
 
-def _percent_discounts(conn) -> None:
-    """``issue_voucher`` entries' discount from hundredths of a percent to the percent."""
-    e = _entry.c
+def _batches(conn, query):
+    """The audit entries ``query`` selects (``id`` among its columns), _BATCH at a time by id."""
     after = 0
     while True:
         batch = conn.execute(
-            sa.select(e.id, e.subject, e.after)
-            .where(e.action == "issue_voucher", e.id > after)
-            .order_by(e.id)
-            .limit(_BATCH)
+            query.where(_entry.c.id > after).order_by(_entry.c.id).limit(_BATCH)
         ).all()
         if not batch:
             return
         after = batch[-1].id
+        yield batch
+
+
+def _percent_discounts(conn) -> None:
+    """``issue_voucher`` entries' discount from hundredths of a percent to the percent."""
+    e = _entry.c
+    vouchers = sa.select(e.id, e.subject, e.after).where(e.action == "issue_voucher")
+    for batch in _batches(conn, vouchers):
         for entry in batch:
             try:
                 state = json.loads(entry.after) if entry.after else None
