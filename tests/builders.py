@@ -176,6 +176,52 @@ def statements_run() -> Iterator[list[str]]:
         event.remove(db.engine, "before_cursor_execute", collect)
 
 
+@contextmanager
+def database_work() -> Iterator[list[int]]:
+    """How much the database worked for the connections checked out while the block ran.
+
+    ``work[0]`` counts rows MariaDB's handlers read (its Handler_read_* counters) or,
+    on SQLite, tens of virtual-machine steps: comparable within one database only.
+    Every connection must be back in the pool when the block ends.
+    """
+    from sqlalchemy import event
+
+    work = [0]
+    sqlite = db.engine.dialect.name == "sqlite"
+
+    def handler_reads(dbapi_connection) -> int:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Handler_read%'")
+            return sum(int(value) for _name, value in cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def step() -> int:
+        work[0] += 1
+        return 0  # go on
+
+    def checkout(dbapi_connection, record, proxy) -> None:
+        if sqlite:
+            dbapi_connection.set_progress_handler(step, 10)
+        else:
+            record.info["handler_reads"] = handler_reads(dbapi_connection)
+
+    def checkin(dbapi_connection, record) -> None:
+        if sqlite:
+            dbapi_connection.set_progress_handler(None, 100)
+        elif "handler_reads" in record.info:
+            work[0] += handler_reads(dbapi_connection) - record.info.pop("handler_reads")
+
+    event.listen(db.engine, "checkout", checkout)
+    event.listen(db.engine, "checkin", checkin)
+    try:
+        yield work
+    finally:
+        event.remove(db.engine, "checkout", checkout)
+        event.remove(db.engine, "checkin", checkin)
+
+
 # The key integrations send in tests; the app fixture sets no keys, ``api_key`` does.
 TEST_API_KEY = "test-integration-key"
 API_KEY_HEADER = {"Authorization": f"Bearer {TEST_API_KEY}"}

@@ -7,11 +7,12 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 
 from tests.builders import (
     AGENT_EMAIL,
     contacts,
+    database_work,
     identify,
     is_fragment,
     is_page,
@@ -21,7 +22,7 @@ from tests.builders import (
 from webapp.dashboard.search import parse_query, reindex, search_customers
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.engagements.names import match_names
-from webapp.engagements.screenpop import MAX_POPS, POP_SETTLE
+from webapp.engagements.screenpop import MAX_POPS, POP_SETTLE, recent_pops
 from webapp.extensions import db
 from webapp.identity.search_index import ContactGram, name_grams
 from webapp.models import AuditEntry, Contact, utcnow
@@ -695,6 +696,58 @@ def test_more_calls_at_once_than_one_answer_holds_all_pop_up(signed_in_client):
     # No call was passed over: it rang while the tab was open, so it popped up.
     assert shown == rung
     assert signed_in_client.get(f"/screen-pops?after={cursor}").status_code == 204
+
+
+def calls_rung_yesterday(count: int) -> None:
+    yesterday = utcnow() - timedelta(days=1)
+    db.session.execute(
+        insert(ScreenPop),
+        [
+            {
+                "phone_number": f"+1 555 {n:04d}",
+                "phone_key": f"+1555{n:04d}",
+                "created_at": yesterday,
+            }
+            for n in range(count)
+        ],
+    )
+    db.session.commit()
+
+
+def test_a_tab_left_open_overnight_moves_its_cursor_past_calls_that_stopped_ringing(
+    signed_in_client,
+):
+    cursor = signed_in_client.get("/screen-pops").headers["X-Screen-Pop-Cursor"]
+    calls_rung_yesterday(3)
+    last = db.session.scalar(select(func.max(ScreenPop.id)))
+    # Nothing rings now: the cursor still passes the calls the tab slept through, so
+    # the next polls do not go over them again.
+    response = signed_in_client.get(f"/screen-pops?after={cursor}")
+    assert response.status_code == 204
+    assert response.headers["X-Screen-Pop-Cursor"] == str(last)
+    # A call ringing now still pops up.
+    pop_id = signed_in_client.post(
+        "/calls/incoming", json={"phoneNumber": "+1 555 0100"}
+    ).get_json()["popId"]
+    html = signed_in_client.get(f"/screen-pops?after={last}").get_data(as_text=True)
+    assert re.findall(r'data-pop-id="([0-9]+)"', html) == [str(pop_id)]
+
+
+def test_a_poll_reads_the_calls_still_ringing_not_every_call_ever_made(app):
+    # Left from review: with 300,000 calls kept, a page opening with no cursor read every
+    # one (30 ms on SQLite, 56 ms on MariaDB), and on SQLite so did every poll of a tab
+    # whose cursor was a day old, for the cursor stayed where it was.
+    def work_of_polls() -> int:
+        with database_work() as work:
+            recent_pops(None)
+            recent_pops(0)
+        return work[0]
+
+    calls_rung_yesterday(20)
+    few = work_of_polls()
+    calls_rung_yesterday(4000)
+    many = work_of_polls()
+    assert many < 2 * few, (few, many)
 
 
 def test_unknown_caller_pop_creates_the_customer_in_one_click(signed_in_client):

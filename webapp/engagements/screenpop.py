@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
@@ -169,7 +169,11 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     Without a cursor (a page just opened) every call still ringing shows. An answer holds
     at most ``MAX_POPS`` calls; the rest come with the next polls.
     """
-    query = select(ScreenPop).where(ScreenPop.created_at >= utcnow() - POP_WINDOW)
+    # Ids of the calls still ringing, through the created_at index: ordered by id alone,
+    # a database walks every call since the cursor, and a tab left open overnight
+    # holds a cursor a day's calls old.
+    ringing = select(ScreenPop.id).where(ScreenPop.created_at >= utcnow() - POP_WINDOW)
+    query = select(ScreenPop).where(ScreenPop.id.in_(ringing))
     if after is not None:
         query = query.where(ScreenPop.id > after)
     # Oldest first: the cursor below only moves past pops sent. Taken newest first, the
@@ -177,16 +181,18 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     pops = list(db.session.scalars(query.order_by(ScreenPop.id).limit(MAX_POPS)))
     pops.reverse()
     settled_before = utcnow() - POP_SETTLE
-    if after is not None or pops:
-        settled = [pop.id for pop in pops if pop.created_at <= settled_before]
-        cursor = max([*settled, after or 0])
-    else:
-        cursor = (
-            db.session.scalar(
-                select(func.max(ScreenPop.id)).where(ScreenPop.created_at <= settled_before)
-            )
-            or 0
+    cursor = max([pop.id for pop in pops if pop.created_at <= settled_before], default=0)
+    if len(pops) < MAX_POPS:
+        # Every call still ringing above the cursor was sent: the cursor may pass every
+        # settled call, the ones that stopped ringing before this poll included.
+        latest = db.session.scalar(
+            select(ScreenPop.id)
+            .where(ScreenPop.created_at <= settled_before)
+            .order_by(ScreenPop.created_at.desc())
+            .limit(1)
         )
+        cursor = max(cursor, latest or 0)
+    cursor = max(cursor, after or 0)
     conn = db.session.connection()
     views = []
     for pop in pops:
