@@ -1009,7 +1009,32 @@ def test_audit_states_list_customers_in_number_order(signed_in_client):
 )
 def test_audit_states_read_in_words(state, lines):
     # Found in UX review: agents read the states as raw JSON, a block's as one long line.
-    assert state_lines(json.dumps(state, sort_keys=True)) == lines
+    assert [line.striptags() for line in state_lines(json.dumps(state, sort_keys=True))] == lines
+
+
+def test_audit_state_values_are_isolated_and_escaped(signed_in_client):
+    # Left from UX review: a value written right to left (a name, a reason) took the
+    # punctuation and words after it along, so "by فاطمة: shop line" read out of order.
+    seed(signed_in_client, ("ann@x.io", "555"))
+    state = {
+        "blocked_at": "2026-12-01 02:51:10",
+        "blocked_by": "فاطمة@example.com",
+        "blocked_reason": "<b>shop</b> line",
+        "emails": ["ann@x.io", "سارة@x.io"],
+        "added_contact": 3,
+    }
+    record(AGENT_EMAIL, "block", customer_id=1, after=state)
+    db.session.commit()
+    expected = [
+        "<li>blocked 2026-12-01 02:51 UTC by <bdi>فاطمة@example.com</bdi>: "
+        "<bdi>&lt;b&gt;shop&lt;/b&gt; line</bdi></li>",
+        "<li>e-mails: <bdi>ann@x.io</bdi>, <bdi>سارة@x.io</bdi></li>",
+        "<li>added contact #3</li>",
+    ]
+    for path in ("/audit", "/customers/1"):
+        html = signed_in_client.get(path).get_data(as_text=True)
+        assert all(line in html for line in expected), path
+        assert "<b>shop" not in html, path
 
 
 def test_a_state_that_is_not_json_is_shown_as_it_is():
@@ -1028,7 +1053,9 @@ def test_an_older_state_holding_a_lone_surrogate_escape_is_shown_not_a_500(signe
     for path in ("/audit", "/customers/1"):
         response = signed_in_client.get(path)
         assert response.status_code == 200, path
-        assert "<li>name: Ann \\ud800 \u0641</li>" in response.get_data(as_text=True), path
+        assert "<li>name: <bdi>Ann \\ud800 \u0641</bdi></li>" in response.get_data(as_text=True), (
+            path
+        )
 
 
 def test_empty_audit_page_says_so(signed_in_client):

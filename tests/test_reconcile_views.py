@@ -388,7 +388,9 @@ def test_the_customers_a_block_splits_off_show_it_on_their_timelines(signed_in_c
     assert "<li>customer #1: contacts #1, #4</li>" in page
     assert "<li>not blocked</li>" in page
     assert re.search(
-        r"<li>blocked \S+ \S+ UTC by agent@example\.com: shared junk address</li>", page
+        r"<li>blocked \S+ \S+ UTC by <bdi>agent@example\.com</bdi>: "
+        r"<bdi>shared junk address</bdi></li>",
+        page,
     )
     assert "<li>customer #3: contact #3</li>" in page
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from markupsafe import Markup, escape
 from sqlalchemy import Connection, insert
 
 from .extensions import db
@@ -108,7 +109,7 @@ _STATE_LABELS = {
 _BLOCK_KEYS = ("blocked_at", "blocked_by", "blocked_reason")
 
 
-def state_lines(stored: str) -> list[str]:
+def state_lines(stored: str) -> list[Markup]:
     """A stored before/after state in words, one line per fact, for agents to read.
 
     ``{"customers": {"1": [1, 2, 3, 7]}, "blocked_at": null, ...}`` reads
@@ -117,14 +118,18 @@ def state_lines(stored: str) -> list[str]:
     shown as :func:`readable` text, on one line. An escape in an older entry
     that is not text (a lone surrogate) stays escaped, as :func:`readable`
     keeps it: the page could not be sent with it.
+
+    Lines are HTML: each value stored as text (an address, a reason, a name) is a
+    ``<bdi>``, so one written right to left does not carry the words around it
+    along ("by فاطمة: reason" keeps its order).
     """
     try:
         state = json.loads(stored)
     except ValueError:
-        return [readable(stored)]
+        return [escape(readable(stored))]
     if not isinstance(state, dict):
-        return [readable(stored)]
-    lines: list[str] = []
+        return [escape(readable(stored))]
+    lines: list[Markup] = []
     customers = state.get("customers")
     if isinstance(customers, dict):
         lines += [_customer_line(primary, rows) for primary, rows in customers.items()]
@@ -135,14 +140,14 @@ def state_lines(stored: str) -> list[str]:
             continue
         label = _STATE_LABELS.get(key, key.replace("_", " "))
         if key == "added_contact":
-            lines.append(f"added contact #{value}")
+            lines.append(Markup("added contact #{}").format(value))
         elif key == "discount":
-            lines.append(f"discount: {_text(value)}%")
+            lines.append(Markup("discount: {}%").format(_text(value)))
         elif key.endswith("_at") and value is not None:
-            lines.append(f"{label}: {_time(value)}")
+            lines.append(Markup("{}: {}").format(label, _time(value)))
         else:
-            lines.append(f"{label}: {_text(value)}")
-    return [_sendable(line) for line in lines]
+            lines.append(Markup("{}: {}").format(label, _text(value)))
+    return [Markup(_sendable(line)) for line in lines]
 
 
 def _sendable(line: str) -> str:
@@ -150,13 +155,13 @@ def _sendable(line: str) -> str:
     return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _customer_line(primary: str, rows: Any) -> str:
+def _customer_line(primary: str, rows: Any) -> Markup:
     if not isinstance(rows, list) or not all(isinstance(r, int) for r in rows):
-        return f"customer #{primary}: {_text(rows)}"
+        return Markup("customer #{}: {}").format(primary, _text(rows))
     if not rows:
-        return f"customer #{primary}: no live contacts"
+        return Markup("customer #{}: no live contacts").format(primary)
     noun = "contact" if len(rows) == 1 else "contacts"
-    return f"customer #{primary}: {noun} {_runs(sorted(rows))}"
+    return Markup("customer #{}: {} {}").format(primary, noun, _runs(sorted(rows)))
 
 
 def _runs(ids: Sequence[int]) -> str:
@@ -174,14 +179,14 @@ def _runs(ids: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def _block_line(state: dict) -> str:
+def _block_line(state: dict) -> Markup:
     if state.get("blocked_at") is None:
-        return "not blocked"
-    line = f"blocked {_time(state['blocked_at'])}"
+        return Markup("not blocked")
+    line = Markup("blocked {}").format(_time(state["blocked_at"]))
     if state.get("blocked_by"):
-        line += f" by {state['blocked_by']}"
+        line += Markup(" by {}").format(_text(state["blocked_by"]))
     if state.get("blocked_reason"):
-        line += f": {state['blocked_reason']}"
+        line += Markup(": {}").format(_text(state["blocked_reason"]))
     return line
 
 
@@ -192,11 +197,14 @@ def _time(value: Any) -> str:
         return str(value)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any) -> Markup:
+    """A stored value for a state line: text isolated in ``<bdi>``, numbers as they are."""
     if value is None:
-        return "none"
+        return Markup("none")
     if isinstance(value, list):
-        return ", ".join(_text(v) for v in value) if value else "none"
+        return Markup(", ").join(_text(v) for v in value) if value else Markup("none")
     if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+        return Markup("<bdi>{}</bdi>").format(json.dumps(value, ensure_ascii=False))
+    if isinstance(value, str):
+        return Markup("<bdi>{}</bdi>").format(value)
+    return escape(value)
