@@ -22,9 +22,10 @@ from pathlib import Path
 
 from flask import current_app
 from sqlalchemy import Connection, and_, exists, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ..audit import record
-from ..database import write_transaction
+from ..database import error_kind, write_transaction
 from ..extensions import db
 from ..models import Contact, utcnow
 from .core import RECONCILE, NotFound, ReconcileError, lock_view, write_plan
@@ -237,11 +238,23 @@ def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> Recon
                 progress(batch.checked)
     except Exception as exc:
         db.session.rollback()
-        log.exception("reconciliation run %d failed", job_id)
-        _finish(job_id, FAILED, str(exc) or type(exc).__name__)
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            # A disk or a server that failed: its kind is what the operator needs, and a
+            # traceback through the batch code would bury it.
+            log.error("reconciliation run %d failed: %s", job_id, _failure(exc))
+        else:
+            log.exception("reconciliation run %d failed", job_id)
+        _finish(job_id, FAILED, _failure(exc))
         raise
     _finish(job_id, DONE, None)
     return db.session.get(ReconcileJob, job_id)
+
+
+def _failure(exc: Exception) -> str:
+    """What the run's page says went wrong: a database error by its kind, not its SQL."""
+    if isinstance(exc, DBAPIError):
+        return f"the database failed ({error_kind(exc)})"
+    return str(exc) or type(exc).__name__
 
 
 def _finish(job_id: int, status: str, error: str | None) -> None:
