@@ -25,7 +25,7 @@ from sqlalchemy import Connection, and_, exists, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ..audit import record
-from ..database import error_kind, write_transaction
+from ..database import describe, error_kind, write_transaction
 from ..extensions import db
 from ..models import Contact, utcnow
 from .core import RECONCILE, NotFound, ReconcileError, lock_view, write_plan
@@ -241,7 +241,9 @@ def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> Recon
         if isinstance(exc, (OperationalError, InterfaceError)):
             # A disk or a server that failed: its kind is what the operator needs, and a
             # traceback through the batch code would bury it.
-            log.error("reconciliation run %d failed: %s", job_id, _failure(exc))
+            log.error(
+                "reconciliation run %d failed: the database failed: %s", job_id, describe(exc)
+            )
         else:
             log.exception("reconciliation run %d failed", job_id)
         _finish(job_id, FAILED, _failure(exc))
