@@ -22,10 +22,10 @@ from pathlib import Path
 
 from flask import current_app
 from sqlalchemy import Connection, and_, exists, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from ..audit import record
-from ..database import describe, error_kind, write_transaction
+from ..database import Contention, describe, error_kind, write_transaction
 from ..extensions import db
 from ..models import Contact, utcnow
 from .core import RECONCILE, NotFound, ReconcileError, lock_view, write_plan
@@ -189,7 +189,17 @@ def claim_job(job_id: int) -> ReconcileJob:
     """Mark a queued run as running and count the customers it will check.
 
     NotFound for a run that does not exist, ReconcileError for one that is not queued.
+    A database that fails meanwhile fails the run, rather than leaving it queued to
+    hold off every other run until it counts as stalled.
     """
+    try:
+        return _claim(job_id)
+    except (SQLAlchemyError, Contention) as exc:
+        _fail(job_id, exc, "could not start")
+        raise
+
+
+def _claim(job_id: int) -> ReconcileJob:
     # Counted before the write transaction: on SQLite that holds the database's
     # write lock, and the count reads every secondary. The total is a guide for
     # the progress bar (the run checks whatever it finds), so it need not be exact.
@@ -237,26 +247,34 @@ def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> Recon
             if progress is not None:
                 progress(batch.checked)
     except Exception as exc:
-        db.session.rollback()
-        if isinstance(exc, (OperationalError, InterfaceError)):
-            # A disk or a server that failed: its kind is what the operator needs, and a
-            # traceback through the batch code would bury it.
-            log.error(
-                "reconciliation run %d failed: the database failed: %s", job_id, describe(exc)
-            )
-        else:
-            log.exception("reconciliation run %d failed", job_id)
-        _finish(job_id, FAILED, _failure(exc))
+        _fail(job_id, exc, "failed")
         raise
     _finish(job_id, DONE, None)
     return db.session.get(ReconcileJob, job_id)
 
 
-def _failure(exc: Exception) -> str:
-    """What the run's page says went wrong: a database error by its kind, not its SQL."""
+def _fail(job_id: int, exc: Exception, what: str) -> None:
+    """Log why a run stopped and mark it failed, saying why on its page.
+
+    A database error is named by its kind, never by its SQL. If the database
+    cannot take even that, the run stays as it is until it counts as stalled.
+    """
+    db.session.rollback()
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # A disk or a server that failed: its kind is what the operator needs, and a
+        # traceback through the batch code would bury it.
+        log.error("reconciliation run %d %s: the database failed: %s", job_id, what, describe(exc))
+    else:
+        log.exception("reconciliation run %d %s", job_id, what)
     if isinstance(exc, DBAPIError):
-        return f"the database failed ({error_kind(exc)})"
-    return str(exc) or type(exc).__name__
+        error = f"the database failed ({error_kind(exc)})"
+    else:
+        error = str(exc) or type(exc).__name__
+    try:
+        _finish(job_id, FAILED, error if what == "failed" else f"{what}: {error}")
+    except (SQLAlchemyError, Contention) as again:
+        db.session.rollback()
+        log.error("reconciliation run %d could not be marked failed: %s", job_id, describe(again))
 
 
 def _finish(job_id: int, status: str, error: str | None) -> None:
