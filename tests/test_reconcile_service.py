@@ -524,7 +524,9 @@ def test_a_run_the_database_fails_under_says_what_failed_not_its_sql(
     assert "SQL" not in html
 
 
-def test_a_run_the_database_fails_before_it_starts_lets_the_next_one_start(app, dialect):
+def test_a_run_the_database_fails_before_it_starts_lets_the_next_one_start(
+    signed_in_client, dialect
+):
     # Seen checking the above: a database failing while the run counted its customers left
     # the run queued, and every new run was refused as "already running" for five minutes.
     job = create_job(AGENT)
@@ -532,6 +534,12 @@ def test_a_run_the_database_fails_before_it_starts_lets_the_next_one_start(app, 
     with contact_table_gone(dialect), pytest.raises(DBAPIError):
         claim_job(job.id)
     assert _failed_run(job.id).error.startswith("could not start: the database failed (")
+    html = signed_in_client.get(f"/reconcile/{job.id}").get_data(as_text=True)
+    assert "The run could not start: the database failed (" in html
+    assert "It changed nothing; start a new run." in html
+    assert f"asked for by {AGENT}" in html
+    # No bar at "0 of 0 customers checked", and no batches said to be kept.
+    assert "<progress" not in html and "batches" not in html
     assert claim_job(create_job(AGENT).id).status == "running"
 
 
