@@ -218,6 +218,43 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(client, body, status, code,
     assert db.session.scalars(select(Identifier)).all() == []
 
 
+def post_chunked(client, path: str, body: bytes):
+    """POST ``body`` as gunicorn hands a chunked request to the app: no length, and
+    ``wsgi.input_terminated`` saying the server ends the stream."""
+    return client.post(
+        path,
+        data=body,
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+LIMIT = 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # An object, then padding past the limit: the first 64 KiB alone are valid JSON.
+        b'{"email": "a@x.io"}' + b" " * LIMIT + b"not JSON",
+        b'{"email": "a@x.io"}'.ljust(LIMIT + 1),
+    ],
+    ids=["far-past", "one-byte-past"],
+)
+def test_a_chunked_body_past_the_limit_is_413_and_writes_nothing(client, body):
+    response = post_chunked(client, "/identify", body)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "payload_too_large"
+    assert contacts() == []
+
+
+def test_a_chunked_body_up_to_the_limit_is_read_whole(client):
+    response = post_chunked(client, "/identify", b'{"email": "a@x.io"}'.ljust(LIMIT))
+    assert response.status_code == 200
+    assert response.get_json()["contact"]["emails"] == ["a@x.io"]
+
+
 @pytest.mark.parametrize(
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],

@@ -10,10 +10,13 @@ from pathlib import Path
 import click
 from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
+from htmx_flask.requests import HtmxAwareRequest
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from .config import check_settings, profile
 from .database import configure_engine, describe, engine_options
@@ -69,6 +72,42 @@ class CookieSessions(SecureCookieSessionInterface):
         # A session that came over https (directly, or through TRUSTED_PROXIES that
         # say so) never travels over plain http afterwards, whatever the setting.
         return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
+
+
+class _StreamedBody(LimitedStream):
+    """A body sent without a length (chunked), read one byte past ``most``: that byte is a 413.
+
+    Werkzeug's own limit on such a body stops reading at the limit and hands back what it
+    read, so a longer body arrived cut short; when the cut was valid JSON (an object
+    followed by padding), the cut request was carried out.
+    """
+
+    def __init__(self, stream, most: int):
+        super().__init__(stream, most + 1, is_max=True)
+        self.most = most
+
+    def readinto(self, buffer) -> int | None:
+        read = super().readinto(buffer)
+        if self.tell() > self.most:
+            raise RequestEntityTooLarge()
+        return read
+
+
+class BodyLimitedRequest(HtmxAwareRequest):
+    """The request (htmx-flask's, with ``request.htmx``) whose MAX_CONTENT_LENGTH, or a
+    view's own limit, refuses a longer chunked body with 413, as a longer Content-Length."""
+
+    @cached_property
+    def stream(self):
+        most = self.max_content_length
+        if (
+            most is not None
+            and self.content_length is None
+            and self.environ.get("wsgi.input_terminated")
+            and not self.shallow
+        ):
+            return _StreamedBody(self.environ["wsgi.input"], most)
+        return super().stream
 
 
 def _database_url(app: Flask) -> str:
@@ -135,6 +174,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["openapi"] = load_openapi()
     app.register_blueprint(api_bp)
     init_dashboard(app)
+    # After htmx.init_app (in init_dashboard), which installs the class this one extends.
+    app.request_class = BodyLimitedRequest
     init_engagements(app)
     init_reconcile(app)
     init_vouchers(app)
