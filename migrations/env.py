@@ -1,8 +1,10 @@
 import logging
 from logging.config import fileConfig
 
+import click
 from alembic import context
 from flask import current_app
+from sqlalchemy.exc import DBAPIError
 
 from webapp.database import SQLITE_IMMEDIATE
 
@@ -89,7 +91,17 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
+    try:
+        connection = connectable.connect()
+    except DBAPIError as exc:
+        # A wrong DATABASE_URL or a server that is down: one line naming the database
+        # (without its password) and the driver's reason, as the service's own commands do.
+        where = connectable.url.render_as_string(hide_password=True)
+        raise click.ClickException(
+            f"could not reach the database {where}: {exc.orig}\nCheck DATABASE_URL."
+        ) from None
+
+    with connection:
         if connection.dialect.name == "sqlite":
             # Take the write lock before reading the version: a transaction that read
             # first fails at its first ALTER if a worker writes meanwhile ("database is

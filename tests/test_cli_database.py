@@ -103,6 +103,22 @@ def test_an_unreachable_mariadb_is_named_without_its_password(tmp_path):
     assert "hunter2secret" not in result.output
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///{tmp_path}/no-such-folder/identity.db",
+        "mysql+pymysql://identity:hunter2secret@127.0.0.1:1/identity",
+    ],
+)
+@pytest.mark.parametrize("args", [["db", "upgrade"], ["db", "current"]])
+def test_db_commands_on_an_unreachable_database_say_so_in_one_line(tmp_path, url, args):
+    # `db upgrade` is the first command an operator runs against a new DATABASE_URL.
+    result = _run(url.format(tmp_path=tmp_path), args)
+    _assert_refused(result, "could not reach the database", "Check DATABASE_URL")
+    assert "hunter2secret" not in result.output
+    assert "OperationalError" not in result.output
+
+
 def test_a_missing_mariadb_database_is_reported(database_urls):
     if database_urls["mariadb"] is None:
         pytest.skip("MariaDB is not reachable (set REQUIRE_MARIADB=1 to make this a failure)")
