@@ -82,12 +82,37 @@ def settings(tmp_path) -> dict:
             "SECRET_KEY must be at least 32 characters, not 1; for example: python -c",
         ),
         ("SECRET_KEY", "my-company-secret", "SECRET_KEY must be at least 32 characters, not 17"),
+        # A storage the service has no client for failed in every worker with a traceback.
+        (
+            "RATELIMIT_STORAGE_URI",
+            "memcached://pw-secret@cache:11211",
+            "RATELIMIT_STORAGE_URI must be memory:// or a Redis URL such as redis://host:6379, "
+            "not memcached://...",
+        ),
+        ("RATELIMIT_STORAGE_URI", "redis", "not a value with no scheme"),
+        ("RATELIMIT_STORAGE_URI", "REDIS://cache:6379", "not REDIS://..."),
+        ("RATELIMIT_STORAGE_URI", "async+redis://cache", "RATELIMIT_STORAGE_URI must be"),
+        ("RATELIMIT_STORAGE_URI", "", "RATELIMIT_STORAGE_URI must be"),
+        (
+            "RATELIMIT_STORAGE_URI",
+            "redis://:pw-secret@cache:63a9",
+            "RATELIMIT_STORAGE_URI is not a Redis URL the client can read",
+        ),
+        ("RATELIMIT_STORAGE_URI", "redis+sentinel://sentinel/main", "not a Redis URL the client"),
     ],
 )
 def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
     with pytest.raises(ValueError) as refused:
         create_app({**settings, name: value})
     assert message in str(refused.value)
+    assert "pw-secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "uri", ["memory://", "redis://:pw@cache:6379/0", "rediss://cache", "redis+sentinel://s:26379/m"]
+)
+def test_the_rate_limit_storages_requirements_install_are_accepted(settings, uri):
+    assert create_app({**settings, "RATELIMIT_STORAGE_URI": uri})
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ otherwise switch that limit off).
 
 import os
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from limits import parse_many
+from limits.storage import SCHEMES, MemoryStorage, RedisStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -185,6 +187,24 @@ def _check_database_url(value: str) -> None:
         ) from None
 
 
+def _check_rate_limit_storage(value) -> None:
+    """SettingsError unless RATELIMIT_STORAGE_URI is memory:// or a Redis (Valkey) URL.
+
+    Those are the storages requirements.txt installs a client for; anything else
+    failed in every worker with a traceback (gunicorn's "worker failed to boot").
+    """
+    text = value if isinstance(value, str) else ""
+    # As written: the storage lower-cases it, and the Redis client then refuses REDIS://.
+    scheme = text.partition(":")[0] if urlsplit(text).scheme else ""
+    if not issubclass(SCHEMES.get(scheme, object), MemoryStorage | RedisStorage):
+        # Only the scheme is echoed: a Redis URL may hold a password.
+        shown = f"{scheme}://..." if scheme else "a value with no scheme" if text else repr(value)
+        raise SettingsError(
+            "RATELIMIT_STORAGE_URI must be memory:// or a Redis URL such as "
+            f"redis://host:6379, not {shown}"
+        )
+
+
 MIN_SECRET_KEY_LENGTH = 32
 
 
@@ -213,6 +233,7 @@ def check_settings(config: dict) -> None:
                 f"SESSION_COOKIE_SECURE must be 1 or 0 (or true/false, yes/no, on/off), "
                 f"not {secure!r}"
             ) from None
+    _check_rate_limit_storage(config.get("RATELIMIT_STORAGE_URI"))
     for name in _RATE_LIMITS:
         value = config.get(name)
         try:
