@@ -82,6 +82,19 @@ def settings(tmp_path) -> dict:
             "SECRET_KEY must be at least 32 characters, not 1; for example: python -c",
         ),
         ("SECRET_KEY", "my-company-secret", "SECRET_KEY must be at least 32 characters, not 17"),
+        # Keys from variables that were empty: the API was left open, silently.
+        (
+            "API_KEYS",
+            " , ",
+            "API_KEYS is set (' , ') but holds no key; give keys separated by commas, "
+            "or unset it to leave the checkout's endpoints open",
+        ),
+        (
+            "API_KEYS",
+            "k-one-secret k-two-secret",
+            "API_KEYS key 1 of 1 holds a space or a character that is not printable ASCII",
+        ),
+        ("API_KEYS", "k-one-secret,k-twö-secret", "API_KEYS key 2 of 2 holds a space"),
         # A storage the service has no client for failed in every worker with a traceback.
         (
             "RATELIMIT_STORAGE_URI",
@@ -105,7 +118,21 @@ def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
     with pytest.raises(ValueError) as refused:
         create_app({**settings, name: value})
     assert message in str(refused.value)
-    assert "pw-secret" not in str(refused.value)
+    assert "-secret" not in str(refused.value)
+
+
+def test_api_keys_from_the_environment_are_split_at_commas(tmp_path):
+    env = {
+        **os.environ,
+        "API_KEYS": " k-one , k-two,",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
+    script = "import json, wsgi; print(json.dumps(wsgi.app.config['API_KEYS']))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["k-one", "k-two"]
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,8 @@ class Config:
     # None means "a SQLite file in the instance folder", resolved in create_app.
     SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL")
     SQLALCHEMY_TRACK_MODIFICATIONS = False
-    API_KEYS = _csv(os.environ.get("API_KEYS"))
+    # Comma-separated; turned into a list (and checked) by check_settings.
+    API_KEYS = os.environ.get("API_KEYS", "")
     # Bodies above this get 413 before any JSON is parsed.
     MAX_CONTENT_LENGTH = 64 * 1024
     # How often a transaction that lost a lock race is tried again before 503.
@@ -205,6 +206,31 @@ def _check_rate_limit_storage(value) -> None:
         )
 
 
+def _api_keys(text: str) -> list[str]:
+    """The keys of API_KEYS; SettingsError for a value that was set but holds no usable key.
+
+    Unset or empty leaves the checkout's endpoints open (with a warning at start).
+    A value such as "," (two keys from variables that were empty) did the same
+    silently. A key with a space is a list written with spaces ("k1 k2" was one
+    key), and a non-ASCII one never matched a request (headers arrive as
+    Latin-1). The keys themselves are never echoed.
+    """
+    keys = _csv(text)
+    if text and not keys:
+        raise SettingsError(
+            f"API_KEYS is set ({text!r}) but holds no key; give keys separated by commas, "
+            "or unset it to leave the checkout's endpoints open"
+        )
+    for number, key in enumerate(keys, 1):
+        if not (key.isascii() and key.isprintable()) or " " in key:
+            raise SettingsError(
+                f"API_KEYS key {number} of {len(keys)} holds a space or a character that is "
+                "not printable ASCII; separate keys with commas, each printable ASCII "
+                "without spaces"
+            )
+    return keys
+
+
 MIN_SECRET_KEY_LENGTH = 32
 
 
@@ -212,6 +238,8 @@ def check_settings(config: dict) -> None:
     """Turn the settings that arrive as text into values; SettingsError naming a bad one."""
     if config.get("SQLALCHEMY_DATABASE_URI"):
         _check_database_url(config["SQLALCHEMY_DATABASE_URI"])
+    if isinstance(config.get("API_KEYS"), str):
+        config["API_KEYS"] = _api_keys(config["API_KEYS"])
     key = config.get("SECRET_KEY")
     # It signs sessions and CSRF tokens: a short one can be guessed offline from one cookie.
     if key and len(key) < MIN_SECRET_KEY_LENGTH:
