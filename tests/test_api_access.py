@@ -108,24 +108,35 @@ def test_the_rate_limiter_does_not_look_at_identify_or_healthz(client, monkeypat
     assert checked == ["api.openapi"]
 
 
-def test_health_is_503_until_the_schema_is_upgraded_for_this_code(app, client):
+def test_health_is_503_until_the_schema_is_upgraded_for_this_code(app, client, caplog):
     db.session.rollback()
     downgrade(revision="0012_composed_email_keys")
+    # The migration's logging set-up took caplog's handler off the root logger.
+    logging.getLogger("webapp.api").addHandler(caplog.handler)
     try:
         response = client.get("/healthz")
         assert response.status_code == 503
         assert response.get_json() == {"status": "unavailable", "database": "not_upgraded"}
         assert_matches_openapi(app, "/healthz", "get", response)
     finally:
+        logging.getLogger("webapp.api").removeHandler(caplog.handler)
         upgrade()
     assert client.get("/healthz").status_code == 200
+    # The log says what to do, in the CLI's words, not as Python sets.
+    assert (
+        "health check failed: the database has schema revision 0012_composed_email_keys, "
+        "this version needs 0014_audit_customers; bring it up to date with: "
+        "flask --app wsgi db upgrade"
+    ) in caplog.text
 
 
-def test_health_is_503_on_a_database_no_migration_ran_on(tmp_path):
+def test_health_is_503_on_a_database_no_migration_ran_on(tmp_path, caplog):
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'empty.db'}"})
-    response = app.test_client().get("/healthz")
+    with caplog.at_level(logging.WARNING, logger="webapp.api"):
+        response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "unavailable", "database": "not_upgraded"}
+    assert "has schema revision none (no schema yet), this version needs 0014_" in caplog.text
 
 
 def test_a_schema_ahead_of_the_code_is_healthy(app, client):

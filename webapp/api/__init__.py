@@ -133,7 +133,12 @@ def healthz():
     heads, known = schema_revisions()
     # Behind: no migration ran, or one this code knows that is not its head.
     if found != heads and (not found or found & known - heads):
-        log.warning("health check failed: schema at %s, this code needs %s", found, heads)
+        log.warning(
+            "health check failed: the database has schema revision %s, this version needs %s; "
+            "bring it up to date with: flask --app wsgi db upgrade",
+            ", ".join(sorted(found)) or "none (no schema yet)",
+            ", ".join(sorted(heads)),
+        )
         return jsonify(status="unavailable", database="not_upgraded"), 503
     return jsonify(status="ok", database="ok")
 
