@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from functools import wraps
@@ -56,11 +57,11 @@ def _check_api_key(open_when_unset: bool) -> None:
             "set API_KEYS on the server, then send Authorization: Bearer <key>"
         )
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip().encode()
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token, key.encode()) for key in keys
-    )
-    if not valid:
+    # Digests of equal length, each key compared: the time taken tells neither a key's
+    # length (compare_digest returns early on unequal lengths) nor which key matched.
+    sent = hashlib.sha256(token.strip().encode()).digest()
+    matches = [hmac.compare_digest(sent, hashlib.sha256(key.encode()).digest()) for key in keys]
+    if scheme.lower() != "bearer" or not any(matches):
         raise _refuse("send a valid API key as Authorization: Bearer <key>")
 
 
