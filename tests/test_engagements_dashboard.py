@@ -364,8 +364,8 @@ def test_audit_states_show_names_as_typed_not_as_escapes(signed_in_client, api_k
     audit = signed_in_client.get("/audit?action=rename").get_data(as_text=True)
     timeline = signed_in_client.get(f"/customers/{customer}").get_data(as_text=True)
     for html in (audit, timeline):
-        assert "<li>name: فاطمة</li>" in html
-        assert "<li>name: 王小明</li>" in html and "\\u0641" not in html
+        assert "<li>name: <bdi>فاطمة</bdi></li>" in html
+        assert "<li>name: <bdi>王小明</bdi></li>" in html and "\\u0641" not in html
         assert "not json \\u738b" in html
 
 
