@@ -84,7 +84,7 @@ def test_known_phone_with_a_new_email_links_them_and_the_event_lands_on_the_new_
 def test_repeated_external_id_stores_one_event_and_answers_the_first_id(app, client):
     body = {"channel": "whatsapp", "direction": "inbound", "email": ANNA, "externalId": "wa-9"}
     first = post_event(client, **body)
-    again = post_event(client, **{**body, "summary": "retried"})
+    again = post_event(client, **body)
     assert (first.status_code, again.status_code) == (201, 200)
     assert_matches_openapi(app, "/events", "post", again)
     assert again.get_json()["event"]["id"] == first.get_json()["event"]["id"]
@@ -94,6 +94,72 @@ def test_repeated_external_id_stores_one_event_and_answers_the_first_id(app, cli
     other = post_event(client, **{**body, "channel": "sms"})
     assert other.status_code == 201
     assert len(engagements()) == 2
+
+
+def test_an_external_id_sent_again_with_another_event_is_refused_not_dropped(app, client):
+    # Found in security review: a second message that reused a message id was answered
+    # "duplicate" with the first one's ids, and was lost: nothing of it was stored.
+    body = {
+        "channel": "email",
+        "direction": "inbound",
+        "email": ANNA,
+        "externalId": "msg-1",
+        "summary": "Where is my order?",
+        "occurredAt": "2026-11-20T09:30:00Z",
+    }
+    first = post_event(client, **body)
+    assert first.status_code == 201
+    stored = first.get_json()["event"]
+    for change in (
+        {"summary": "Please cancel it", "email": "second@example.com"},
+        {"summary": None},
+        {"direction": "outbound"},
+        {"occurredAt": "2026-11-20T09:31:00Z"},
+    ):
+        response = post_event(client, **{**body, **change})
+        assert response.status_code == 422, change
+        assert_matches_openapi(app, "/events", "post", response)
+        error = response.get_json()["error"]
+        assert (error["code"], error["fields"]) == (
+            "external_id_reused",
+            {"externalId": "already used for another event"},
+        )
+        # Not the stored event's customer: the request is another event.
+        assert str(stored["customerId"]) not in response.get_data(as_text=True)
+    assert len(engagements()) == 1
+    assert [c.email for c in contacts()] == [ANNA]
+    # A retry is the same event, wherever it comes from: identified by another value of the
+    # customer, with its time left out (the stored one stands) or written in another zone.
+    identify(client, ANNA, "555 0100")
+    for retry in (
+        {**body, "email": None, "phoneNumber": "+1 555 0100"},
+        {key: value for key, value in body.items() if key != "occurredAt"},
+        {**body, "occurredAt": "2026-11-20T10:30:00+01:00"},
+    ):
+        response = post_event(client, **retry)
+        assert response.status_code == 200, retry
+        assert response.get_json()["event"] == {**stored, "duplicate": True}
+    assert len(engagements()) == 1
+
+
+def test_a_batch_refuses_a_reused_external_id_and_stores_the_rest(app, client):
+    stored = {"channel": "sms", "direction": "inbound", "email": ANNA, "externalId": "s-1"}
+    assert post_event(client, **{**stored, "summary": "Hi"}).status_code == 201
+    events = [
+        # Another message under a stored id, then one under an id earlier in this batch.
+        {**stored, "summary": "Another message"},
+        {**stored, "externalId": "s-2", "summary": "First"},
+        {**stored, "externalId": "s-2", "summary": "Second"},
+        {**stored, "externalId": "s-2", "summary": "First"},
+    ]
+    response = client.post("/events/batch", json={"events": events})
+    assert_matches_openapi(app, "/events/batch", "post", response)
+    results = response.get_json()["results"]
+    assert [r["status"] for r in results] == [422, 201, 422, 200]
+    assert {results[i]["error"]["code"] for i in (0, 2)} == {"external_id_reused"}
+    assert results[3]["event"]["id"] == results[1]["event"]["id"]
+    assert response.get_json()["stored"] == 1
+    assert sorted(e.summary for e in engagements()) == ["First", "Hi"]
 
 
 @pytest.mark.parametrize(

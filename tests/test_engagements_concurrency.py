@@ -71,6 +71,28 @@ def test_one_external_id_sent_16_times_at_once_is_one_event(live_server, same_pe
     assert_invariants()
 
 
+def test_16_messages_under_one_external_id_at_once_store_one_and_refuse_the_rest(live_server):
+    # Each copy is another message: whichever is stored first, the others are refused
+    # (422), never answered as if they had been stored.
+    bodies = [
+        {
+            "channel": "sms",
+            "direction": "inbound",
+            "email": "anna@example.com",
+            "externalId": "sms-1",
+            "summary": f"message {i}",
+        }
+        for i in range(THREADS)
+    ]
+    results = fire(live_server.url, "/events", bodies)
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [201] + [422] * (THREADS - 1), results
+    assert {body["error"]["code"] for status, body in results if status == 422} == {
+        "external_id_reused"
+    }
+    assert count(Engagement) == 1
+
+
 def test_one_call_id_sent_16_times_at_once_pops_once(live_server):
     status, _ = post(
         live_server.url, "/events", {"channel": "sms", "direction": "inbound", "phoneNumber": "555"}

@@ -37,6 +37,9 @@ class EventInput:
     url: str | None = None
     duration_seconds: int | None = None
     external_id: str | None = None
+    # The client sent occurredAt (else it is the time the event arrived, which a retry's
+    # is not): a repeat of an externalId must then carry the same time.
+    occurred_at_sent: bool = False
 
 
 def parse_timestamp(raw: str) -> datetime:
@@ -140,6 +143,7 @@ def event_input(payload: Any) -> EventInput:
         url=_url(payload, fields),
         duration_seconds=_duration(payload, channel, fields),
         external_id=string_field(payload, "externalId", fields, limit=MAX_EXTERNAL_ID_LENGTH),
+        occurred_at_sent=payload.get("occurredAt") is not None,
     )
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)

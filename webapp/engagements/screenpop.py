@@ -81,9 +81,11 @@ def _caller_row(customer_id: int, phone: Value) -> Row | None:
     return min(holding, key=lambda r: (r.created_at, r.id)) if holding else None
 
 
-def _store_call(row: Row, event: EventInput, for_pop: int | None = None) -> list[Recorded] | None:
-    """File a call against the caller's row; None if the row went or its number was blocked."""
-    return store_events(row.id, [event], Pick(((PHONE, row.phone_key),)), for_pop=for_pop)
+def _store_call(row: Row, event: EventInput, for_pop: int | None = None) -> Recorded | None:
+    """File a call against the caller's row; None if the row went or its number was blocked,
+    or if an event of another call holds its call id as externalId (it is left unfiled)."""
+    stored = store_events(row.id, [event], Pick(((PHONE, row.phone_key),)), for_pop=for_pop)
+    return stored[0] if stored and isinstance(stored[0], Recorded) else None
 
 
 def _call_event(phone: Value, call_id: str | None, occurred_at: datetime) -> EventInput:
@@ -149,8 +151,8 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
     event_id = None
     if row is not None:
         recorded = _store_call(row, _call_event(phone, call_id, utcnow()), pop_id)
-        if recorded:
-            event_id = recorded[0].event_id
+        if recorded is not None:
+            event_id = recorded.event_id
         else:
             # The caller's row went, or the number was blocked, since the first look:
             # the answer says who holds it now, as the pop will.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import Connection, insert, select, tuple_, update
@@ -83,20 +84,85 @@ def pick_contact_row(values: Sequence[Value], rows: Sequence[Row], blocked: set)
     return None
 
 
-def _existing_events(conn: Connection, events: Sequence[EventInput]) -> dict[tuple, Recorded]:
-    """{(channel, external_id): the stored event, as a repeat} of the events already stored."""
+@dataclass(frozen=True)
+class _Signature:
+    """What an event says, which a repeat under its (channel, externalId) must say too.
+
+    Not who sent it: a retry may be identified another way (by the phone where
+    the first try had the e-mail), and its customer may have been merged or split since.
+    """
+
+    direction: str | None
+    summary: str | None
+    url: str | None
+    duration_seconds: int | None
+    occurred_at: datetime
+
+    @classmethod
+    def of(cls, event: EventInput) -> _Signature:
+        return cls(
+            event.direction, event.summary, event.url, event.duration_seconds, event.occurred_at
+        )
+
+    def matches(self, event: EventInput) -> bool:
+        """Whether ``event`` repeats this one; its time counts only if the client sent one."""
+        other = _Signature.of(event)
+        if not event.occurred_at_sent:
+            other = replace(other, occurred_at=self.occurred_at)
+        return other == self
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """An event stored under a (channel, externalId): the answer to a repeat, and what it said."""
+
+    recorded: Recorded
+    signature: _Signature
+
+
+def _reused_error() -> ApiError:
+    # The stored event is not named: the request is another event, maybe another customer's.
+    return ApiError(
+        422,
+        "external_id_reused",
+        "this channel's externalId came before with another event; "
+        "a retry sends the same event, and a new event needs an id of its own",
+        {"externalId": "already used for another event"},
+    )
+
+
+def _existing_events(conn: Connection, events: Sequence[EventInput]) -> dict[tuple, _Stored]:
+    """{(channel, external_id): the stored event} of the events already stored."""
     pairs = sorted({(e.channel, e.external_id) for e in events if e.external_id})
     if not pairs:
         return {}
     found = conn.execute(
-        select(_e.channel, _e.external_id, _e.id, _e.contact_id, _c.linkedId)
+        select(
+            _e.channel,
+            _e.external_id,
+            _e.id,
+            _e.contact_id,
+            _c.linkedId,
+            _e.direction,
+            _e.summary,
+            _e.url,
+            _e.duration_seconds,
+            _e.occurred_at,
+        )
         .join(Contact.__table__, _c.id == _e.contact_id)
         .where(tuple_(_e.channel, _e.external_id).in_(pairs))
     )
     return {
-        (channel, external_id): Recorded(event_id, contact_id, linked or contact_id, True)
-        for channel, external_id, event_id, contact_id, linked in found
+        (row.channel, row.external_id): _Stored(
+            Recorded(row.id, row.contact_id, row.linkedId or row.contact_id, True),
+            _Signature(row.direction, row.summary, row.url, row.duration_seconds, row.occurred_at),
+        )
+        for row in found
     }
+
+
+def _repeat_answer(event: EventInput, stored: _Stored) -> Recorded | ApiError:
+    return stored.recorded if stored.signature.matches(event) else _reused_error()
 
 
 def lock_customer_of(conn: Connection, contact_id: int) -> tuple[int, bool] | None:
@@ -127,7 +193,7 @@ class Pick:
 
 def _store(
     contact_id: int, events: Sequence[EventInput], for_pop: int | None, pick: Pick
-) -> list[Recorded] | None:
+) -> list[Recorded | ApiError] | None:
     """Insert ``events`` against ``contact_id`` (one transaction).
 
     None if the row is gone, or if a value was blocked or unblocked since the
@@ -148,13 +214,15 @@ def _store(
             db.session.rollback()
             return [filed]
     existing = _existing_events(conn, events)
-    # Per event: the stored event it repeats, or the row it adds (and whether a repeat).
-    slots: list[tuple[Recorded | Engagement, bool]] = []
+    # Per event: the stored event it repeats (or the refusal of a reused externalId), or
+    # the row it adds (and whether a repeat).
+    slots: list[tuple[Recorded | ApiError | Engagement, bool]] = []
     claimed: dict[tuple, Engagement] = {}
     for event in events:
         pair = (event.channel, event.external_id)
         if event.external_id and pair in existing:
-            slots.append((existing[pair], True))
+            # Stored since record_events looked (a concurrent copy): checked the same way.
+            slots.append((_repeat_answer(event, existing[pair]), True))
         elif event.external_id and pair in claimed:
             # A repeat inside the same batch answers with the first one's row.
             slots.append((claimed[pair], True))
@@ -182,11 +250,11 @@ def _store(
     # Read the ids before the commit expires the rows.
     answers = [
         target
-        if isinstance(target, Recorded)
+        if isinstance(target, Recorded | ApiError)
         else Recorded(target.id, contact_id, customer_id, duplicate)
         for target, duplicate in slots
     ]
-    if for_pop is not None:
+    if for_pop is not None and isinstance(answers[0], Recorded):
         conn.execute(
             update(ScreenPop)
             .where(ScreenPop.id == for_pop)
@@ -257,7 +325,7 @@ def _blocked_error(values: Sequence[Value]) -> ApiError:
 
 def store_events(
     contact_id: int, events: Sequence[EventInput], pick: Pick, *, for_pop: int | None = None
-) -> list[Recorded] | None:
+) -> list[Recorded | ApiError] | None:
     """Store events against a contact row picked by ``pick``; None when that no longer holds.
 
     None: the row was deleted meanwhile, or a value of the pick was blocked or
@@ -273,7 +341,7 @@ def store_events(
     )
 
 
-def _record_group(events: Sequence[EventInput]) -> list[Recorded]:
+def _record_group(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
     """Reconcile the identifiers the events share, then store them all against one row."""
     values = events[0].values
     for _ in range(_MAX_RESOLVE_ROUNDS):
@@ -297,7 +365,7 @@ def _record_group(events: Sequence[EventInput]) -> list[Recorded]:
     raise Contention("the contact rows kept disappearing")
 
 
-def _known_events(events: Sequence[EventInput]) -> dict[tuple, Recorded]:
+def _known_events(events: Sequence[EventInput]) -> dict[tuple, _Stored]:
     """Repeats of events already stored, answered without reconciling anything."""
     existing = _existing_events(db.session.connection(), events)
     db.session.rollback()
@@ -330,9 +398,13 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
         pair = (event.channel, event.external_id)
         repeat = known.get(pair) if event.external_id else None
         if repeat is not None:
-            results[index] = repeat
+            results[index] = _repeat_answer(event, repeat)
         elif event.external_id and pair in first_of:
-            repeats[index] = first_of[pair]
+            first = first_of[pair]
+            if _Signature.of(events[first]).matches(event):
+                repeats[index] = first
+            else:
+                results[index] = _reused_error()
         else:
             if event.external_id:
                 first_of[pair] = index
