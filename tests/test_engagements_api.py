@@ -540,6 +540,21 @@ def test_a_call_id_sent_again_with_another_number_is_refused_and_stores_nothing(
     assert (count(Engagement), count(ScreenPop)) == (1, 1)
 
 
+def test_a_calls_details_posted_under_its_call_id_are_another_event(client):
+    identify(client, ANNA, "+1 555 0100")
+    ring = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100", "callId": "c-8"})
+    call = {"channel": "call", "direction": "inbound", "phoneNumber": "+1 555 0100"}
+    # The same call again, as the webhook filed it: a duplicate.
+    same = post_event(client, **call, externalId="c-8")
+    assert (same.status_code, same.get_json()["event"]["id"]) == (200, ring.get_json()["eventId"])
+    # Its summary and duration are news: refused under the call id, stored under their own.
+    details = {**call, "summary": "Asked about a refund", "durationSeconds": 300}
+    refused = post_event(client, **details, externalId="c-8")
+    assert refused.get_json()["error"]["code"] == "external_id_reused"
+    assert post_event(client, **details, externalId="c-8-details").status_code == 201
+    assert count(Engagement) == 2
+
+
 def test_a_retried_call_is_filed_once_its_caller_is_known(client):
     first = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100", "callId": "c-7"})
     assert first.get_json()["eventId"] is None
