@@ -248,6 +248,28 @@ def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_p
     assert "ModuleNotFoundError" not in done.stderr
 
 
+def test_gunicorn_refuses_a_bad_setting_once_before_starting_workers(tmp_path):
+    # Found in the operator review: checked only in the workers, a bad setting was printed
+    # once per worker, and two workers failing at once made gunicorn exit 1 with a
+    # traceback of its own. gunicorn.conf.py checks the settings in the master first.
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+        "IDENTIFY_MAX_ATTEMPTS": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", "127.0.0.1:0", "wsgi:app"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.count("Error: IDENTIFY_MAX_ATTEMPTS must be at least 1, not 0") == 1
+    assert "Booting worker" not in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(
     "command",
     [

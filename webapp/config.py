@@ -234,6 +234,15 @@ def _api_keys(text: str) -> list[str]:
 MIN_SECRET_KEY_LENGTH = 32
 
 
+def check_environment() -> None:
+    """Check the settings the app would read from the environment; SettingsError if one is bad.
+
+    gunicorn's master calls this before starting workers (gunicorn.conf.py).
+    """
+    settings = profile(os.environ.get("APP_ENV", "production"))
+    check_settings({name: getattr(settings, name) for name in dir(settings) if name.isupper()})
+
+
 def check_settings(config: dict) -> None:
     """Turn the settings that arrive as text into values; SettingsError naming a bad one."""
     if config.get("SQLALCHEMY_DATABASE_URI"):

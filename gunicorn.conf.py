@@ -1,0 +1,22 @@
+"""gunicorn's settings, read when gunicorn starts in this folder (as ``make run`` does).
+
+The service's own settings are checked once, in gunicorn's master process, before
+any worker starts. Checked only in the workers, a bad setting was printed once
+per worker, and two workers failing at the same moment made gunicorn stop with
+status 1 and a traceback of its own instead of status 4.
+"""
+
+import sys
+
+# As wsgi.py exits: gunicorn's "the app failed to load".
+APP_FAILED_TO_LOAD = 4
+
+
+def on_starting(server):
+    from webapp.config import SettingsError, check_environment
+
+    try:
+        check_environment()
+    except SettingsError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(APP_FAILED_TO_LOAD)
