@@ -112,6 +112,12 @@ def settings(tmp_path) -> dict:
             "RATELIMIT_STORAGE_URI is not a Redis URL the client can read",
         ),
         ("RATELIMIT_STORAGE_URI", "redis+sentinel://sentinel/main", "not a Redis URL the client"),
+        # urlsplit refused it with a bare ValueError: a traceback in gunicorn's master.
+        (
+            "RATELIMIT_STORAGE_URI",
+            "redis://:pw-secret@[::1:6379",
+            "RATELIMIT_STORAGE_URI is not a Redis URL the client can read",
+        ),
     ],
 )
 def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
@@ -248,15 +254,25 @@ def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_p
     assert "ModuleNotFoundError" not in done.stderr
 
 
-def test_gunicorn_refuses_a_bad_setting_once_before_starting_workers(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("IDENTIFY_MAX_ATTEMPTS", "0", "IDENTIFY_MAX_ATTEMPTS must be at least 1, not 0"),
+        # A port that is no number was refused only when a worker made the app.
+        (
+            "RATELIMIT_STORAGE_URI",
+            "redis://cache:63a9",
+            "RATELIMIT_STORAGE_URI is not a Redis URL the client can read",
+        ),
+    ],
+)
+def test_gunicorn_refuses_a_bad_setting_once_before_starting_workers(
+    tmp_path, name, value, message
+):
     # Found in the operator review: checked only in the workers, a bad setting was printed
     # once per worker, and two workers failing at once made gunicorn exit 1 with a
     # traceback of its own. gunicorn.conf.py checks the settings in the master first.
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
-        "IDENTIFY_MAX_ATTEMPTS": "0",
-    }
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/x.db", name: value}
     done = subprocess.run(
         [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", "127.0.0.1:0", "wsgi:app"],
         env=env,
@@ -266,7 +282,7 @@ def test_gunicorn_refuses_a_bad_setting_once_before_starting_workers(tmp_path):
         timeout=60,
     )
     assert done.returncode == 4, done.stderr
-    assert done.stderr.count("Error: IDENTIFY_MAX_ATTEMPTS must be at least 1, not 0") == 1
+    assert done.stderr.count(f"Error: {message}") == 1
     assert "Booting worker" not in done.stderr and "Traceback" not in done.stderr
 
 

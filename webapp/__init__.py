@@ -19,7 +19,7 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
-from .config import SettingsError, check_settings, profile
+from .config import UNREADABLE_REDIS_URL, SettingsError, check_settings, profile
 from .database import configure_engine, describe, engine_options
 from .extensions import db, limiter, migrate
 from .models import MAX_ROW_ID
@@ -165,10 +165,7 @@ def create_app(config: dict | None = None) -> Flask:
     except (ValueError, ConfigurationError):
         # The Redis client refused the URL's parts (a port that is not a number, say);
         # not echoed, as the URL may hold a password.
-        raise SettingsError(
-            "RATELIMIT_STORAGE_URI is not a Redis URL the client can read: "
-            "redis://[:password@]host[:port][/database]"
-        ) from None
+        raise SettingsError(UNREADABLE_REDIS_URL) from None
 
     from . import models  # noqa: F401  (registers the tables with the metadata)
     from .api import bp as api_bp

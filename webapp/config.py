@@ -11,6 +11,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from limits import parse_many
+from limits.errors import ConfigurationError
 from limits.storage import SCHEMES, MemoryStorage, RedisStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -188,22 +189,41 @@ def _check_database_url(value: str) -> None:
         ) from None
 
 
-def _check_rate_limit_storage(value) -> None:
+# Not echoed: the URL may hold a password.
+UNREADABLE_REDIS_URL = (
+    "RATELIMIT_STORAGE_URI is not a Redis URL the client can read: "
+    "redis://[:password@]host[:port][/database]"
+)
+
+
+def _check_rate_limit_storage(value, options) -> None:
     """SettingsError unless RATELIMIT_STORAGE_URI is memory:// or a Redis (Valkey) URL.
 
     Those are the storages requirements.txt installs a client for; anything else
     failed in every worker with a traceback (gunicorn's "worker failed to boot").
     """
     text = value if isinstance(value, str) else ""
-    # As written: the storage lower-cases it, and the Redis client then refuses REDIS://.
-    scheme = text.partition(":")[0] if urlsplit(text).scheme else ""
-    if not issubclass(SCHEMES.get(scheme, object), MemoryStorage | RedisStorage):
+    try:
+        # As written: the storage lower-cases it, and the Redis client then refuses REDIS://.
+        scheme = text.partition(":")[0] if urlsplit(text).scheme else ""
+    except ValueError:  # an IPv6 address's bracket left open: redis://[::1:6379
+        raise SettingsError(UNREADABLE_REDIS_URL) from None
+    storage = SCHEMES.get(scheme, object)
+    if not issubclass(storage, MemoryStorage | RedisStorage):
         # Only the scheme is echoed: a Redis URL may hold a password.
         shown = f"{scheme}://..." if scheme else "a value with no scheme" if text else repr(value)
         raise SettingsError(
             "RATELIMIT_STORAGE_URI must be memory:// or a Redis URL such as "
             f"redis://host:6379, not {shown}"
         )
+    if issubclass(storage, RedisStorage):
+        # The client reads the URL's parts (a port that is no number, say) when the
+        # storage is made; that connects to nothing. Checked here, gunicorn's master
+        # refuses the URL once, before any worker starts (gunicorn.conf.py).
+        try:
+            storage(text, **(options or {}))
+        except (ValueError, ConfigurationError):
+            raise SettingsError(UNREADABLE_REDIS_URL) from None
 
 
 def _api_keys(text: str) -> list[str]:
@@ -270,7 +290,9 @@ def check_settings(config: dict) -> None:
                 f"SESSION_COOKIE_SECURE must be 1 or 0 (or true/false, yes/no, on/off), "
                 f"not {secure!r}"
             ) from None
-    _check_rate_limit_storage(config.get("RATELIMIT_STORAGE_URI"))
+    _check_rate_limit_storage(
+        config.get("RATELIMIT_STORAGE_URI"), config.get("RATELIMIT_STORAGE_OPTIONS")
+    )
     for name in _RATE_LIMITS:
         value = config.get(name)
         try:
