@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from limits import parse_many
 from limits.errors import ConfigurationError
-from limits.storage import SCHEMES, MemoryStorage, RedisStorage
+from limits.storage import SCHEMES, MemoryStorage, RedisClusterStorage, RedisStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -216,10 +216,10 @@ def _check_rate_limit_storage(value, options) -> None:
             "RATELIMIT_STORAGE_URI must be memory:// or a Redis URL such as "
             f"redis://host:6379, not {shown}"
         )
-    if issubclass(storage, RedisStorage):
-        # The client reads the URL's parts (a port that is no number, say) when the
-        # storage is made; that connects to nothing. Checked here, gunicorn's master
-        # refuses the URL once, before any worker starts (gunicorn.conf.py).
+    # The client reads the URL's parts (a port that is no number, say) when the storage
+    # is made, which connects to nothing but a cluster (that one is left to the workers).
+    # Checked here, gunicorn's master refuses the URL once, before any worker starts.
+    if issubclass(storage, RedisStorage) and not issubclass(storage, RedisClusterStorage):
         try:
             storage(text, **(options or {}))
         except (ValueError, ConfigurationError):
