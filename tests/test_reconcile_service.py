@@ -543,6 +543,21 @@ def test_a_run_the_database_fails_before_it_starts_lets_the_next_one_start(
     assert claim_job(create_job(AGENT).id).status == "running"
 
 
+def test_a_claim_the_database_fails_leaves_a_run_already_running_as_it_is(app, dialect):
+    # Found in diff review: a failed claim marked the run failed whatever its status, so
+    # `flask reconcile --job N` for a run another process was running, on a database
+    # that failed meanwhile, marked that run failed and let a second run start beside it.
+    job = create_job(AGENT)
+    claim_job(job.id)
+    db.session.rollback()
+    with contact_table_gone(dialect), pytest.raises(DBAPIError):
+        claim_job(job.id)
+    running = db.session.get(ReconcileJob, job.id, populate_existing=True)
+    assert (running.status, running.active, running.error) == ("running", 1, None)
+    with pytest.raises(AlreadyRunning):
+        create_job(AGENT)
+
+
 def _delete_by_hand(*ids):
     """Soft-delete rows with SQL on the table, as an operator might, bypassing the app."""
     table = Contact.__table__

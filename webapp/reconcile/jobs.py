@@ -195,7 +195,7 @@ def claim_job(job_id: int) -> ReconcileJob:
     try:
         return _claim(job_id)
     except (SQLAlchemyError, Contention) as exc:
-        _fail(job_id, exc, "could not start")
+        _fail(job_id, exc, was=QUEUED)
         raise
 
 
@@ -247,18 +247,21 @@ def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> Recon
             if progress is not None:
                 progress(batch.checked)
     except Exception as exc:
-        _fail(job_id, exc, "failed")
+        _fail(job_id, exc, was=RUNNING)
         raise
     _finish(job_id, DONE, None)
     return db.session.get(ReconcileJob, job_id)
 
 
-def _fail(job_id: int, exc: Exception, what: str) -> None:
+def _fail(job_id: int, exc: Exception, *, was: str) -> None:
     """Log why a run stopped and mark it failed, saying why on its page.
 
+    ``was``: the status the run is marked failed from, queued (it could not start)
+    or running; a run found in another (another process runs it) is left as it is.
     A database error is named by its kind, never by its SQL. If the database
     cannot take even that, the run stays as it is until it counts as stalled.
     """
+    what = "could not start" if was == QUEUED else "failed"
     db.session.rollback()
     if isinstance(exc, (OperationalError, InterfaceError)):
         # A disk or a server that failed: its kind is what the operator needs, and a
@@ -271,19 +274,22 @@ def _fail(job_id: int, exc: Exception, what: str) -> None:
     else:
         error = str(exc) or type(exc).__name__
     try:
-        _finish(job_id, FAILED, error if what == "failed" else f"{what}: {error}")
+        _finish(job_id, FAILED, error if was == RUNNING else f"{what}: {error}", was=was)
     except (SQLAlchemyError, Contention) as again:
         db.session.rollback()
         log.error("reconciliation run %d could not be marked failed: %s", job_id, describe(again))
 
 
-def _finish(job_id: int, status: str, error: str | None) -> None:
+def _finish(job_id: int, status: str, error: str | None, *, was: str | None = None) -> None:
+    """Close a run with ``status``; only if its status is ``was``, when given."""
+
     def work(conn: Connection) -> None:
         now = utcnow()
+        query = update(ReconcileJob.__table__).where(_j.id == job_id)
+        if was is not None:
+            query = query.where(_j.status == was)
         conn.execute(
-            update(ReconcileJob.__table__)
-            .where(_j.id == job_id)
-            .values(status=status, active=None, error=error, finished_at=now, heartbeat_at=now)
+            query.values(status=status, active=None, error=error, finished_at=now, heartbeat_at=now)
         )
         db.session.commit()
 
