@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from functools import wraps
+from functools import lru_cache, wraps
 from pathlib import Path
 
 import yaml
@@ -47,6 +47,16 @@ def _refuse(message: str) -> ApiError:
     )
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+@lru_cache(maxsize=4)
+def _key_digests(keys: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The configured keys' digests, worked out once, not on every request."""
+    return tuple(_digest(key) for key in keys)
+
+
 def _check_api_key(open_when_unset: bool) -> None:
     keys = current_app.config["API_KEYS"]
     if not keys:
@@ -59,8 +69,8 @@ def _check_api_key(open_when_unset: bool) -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     # Digests of equal length, each key compared: the time taken tells neither a key's
     # length (compare_digest returns early on unequal lengths) nor which key matched.
-    sent = hashlib.sha256(token.strip().encode()).digest()
-    matches = [hmac.compare_digest(sent, hashlib.sha256(key.encode()).digest()) for key in keys]
+    sent = _digest(token.strip())
+    matches = [hmac.compare_digest(sent, key) for key in _key_digests(tuple(keys))]
     if scheme.lower() != "bearer" or not any(matches):
         raise _refuse("send a valid API key as Authorization: Bearer <key>")
 
