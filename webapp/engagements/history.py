@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from flask import current_app
 from sqlalchemy import Connection, and_, or_, select, union_all
 
+from ..database import chunks
 from ..extensions import db
-from ..identity.rules import Customer, Row, Value, consolidate
+from ..identity.rules import EMAIL, PHONE, Customer, Row, Value, consolidate
 from ..identity.service import ROW_COLUMNS, blocked_keys, row_from_record
 from ..models import Contact
 from .models import NAME_FROM_AGENT, ContactName, Engagement
@@ -31,6 +32,8 @@ _COLUMNS = (
     _e.duration_seconds,
     _e.external_id,
 )
+
+K = TypeVar("K")
 
 # Past this many contact rows one IN query beats a sub-query per row.
 _MAX_PER_ROW_QUERIES = 64
@@ -117,15 +120,33 @@ def history_rows(conn: Connection, primary_id: int) -> HistoryRows | None:
     Deleted rows stay linked (merges move them too), and what was recorded on
     them happened to this customer, so their engagements belong to its history.
     """
-    records = conn.execute(
-        select(*ROW_COLUMNS, _c.deletedAt).where(
-            or_(_c.id == primary_id, _c.linkedId == primary_id)
+    return histories_rows(conn, [primary_id]).get(primary_id)
+
+
+def histories_rows(conn: Connection, primary_ids: Sequence[int]) -> dict[int, HistoryRows]:
+    """``history_rows`` of many customers in one read per chunk; ids that are no live primary
+    are left out."""
+    wanted = sorted(set(primary_ids))
+    records: dict[int, list] = {pid: [] for pid in wanted}
+    for part in chunks(wanted):
+        # One customer, the usual case (a page): plain equality.
+        reach = (
+            or_(_c.id == part[0], _c.linkedId == part[0])
+            if len(part) == 1
+            else or_(_c.id.in_(part), _c.linkedId.in_(part))
         )
-    ).all()
-    live = [row_from_record(r) for r in records if r.deletedAt is None]
-    if not any(row.id == primary_id and row.is_primary for row in live):
-        return None
-    return HistoryRows(live, frozenset(r.id for r in records if r.deletedAt is not None))
+        found = conn.execute(select(*ROW_COLUMNS, _c.deletedAt).where(reach))
+        for record in found:
+            # A row is its own customer's, and the one its link names.
+            for owner in {record.id, record.linkedId}.intersection(part):
+                records[owner].append(record)
+    histories = {}
+    for pid, mine in records.items():
+        live = [row_from_record(r) for r in mine if r.deletedAt is None]
+        if any(row.id == pid and row.is_primary for row in live):
+            deleted = frozenset(r.id for r in mine if r.deletedAt is not None)
+            histories[pid] = HistoryRows(live, deleted)
+    return histories
 
 
 def older_than(occurred_at: datetime, event_id: int):
@@ -151,8 +172,55 @@ def engagement_page(
     the per-row slices are merged and only the page's rows are then read, so
     the cost follows the page size, not the history's length.
     """
-    if not contact_ids:
-        return []
+    pages = engagement_pages(
+        conn, {0: contact_ids}, channel=channel, before=before, limit=limit, deleted=deleted
+    )
+    return pages[0]
+
+
+def engagement_pages(
+    conn: Connection,
+    rows_of: Mapping[K, Sequence[int]],
+    *,
+    channel: str | None = None,
+    before: tuple[datetime, int] | None = None,
+    limit: int = 50,
+    deleted: Collection[int] = (),
+) -> dict[K, list[EngagementItem]]:
+    """``engagement_page`` of several customers, {customer: its contact rows}, in one statement.
+
+    The customers' rows must not overlap (two customers never share a row).
+    """
+    pages: dict[K, list[EngagementItem]] = {owner: [] for owner in rows_of}
+    owner_of = {cid: owner for owner, ids in rows_of.items() for cid in ids}
+    tops = [
+        _newest_ids(sorted(set(ids)), channel=channel, before=before, limit=limit).subquery()
+        for ids in rows_of.values()
+        if ids
+    ]
+    if not tops:
+        return pages
+    if len(tops) == 1:
+        top = tops[0]
+    else:
+        top = union_all(*(select(*part.c) for part in tops)).subquery("tops")
+    # Then read the full rows of the pages' events only.
+    statement = (
+        select(*_COLUMNS)
+        .select_from(Engagement.__table__.join(top, _e.id == top.c.id))
+        .order_by(_e.occurred_at.desc(), _e.id.desc())
+    )
+    for row in conn.execute(statement):
+        pages[owner_of[row.contact_id]].append(
+            EngagementItem(**row._mapping, contact_deleted=row.contact_id in deleted)
+        )
+    return pages
+
+
+def _newest_ids(
+    ids: Sequence[int], *, channel: str | None, before: tuple[datetime, int] | None, limit: int
+):
+    """(id, occurred_at) of the newest ``limit`` engagements of the contact rows ``ids``."""
 
     def newest(condition):
         # Only (id, occurred_at): the index alone answers, no table row is read yet.
@@ -163,30 +231,13 @@ def engagement_page(
             query = query.where(older_than(*before))
         return query.order_by(_e.occurred_at.desc(), _e.id.desc()).limit(limit)
 
-    ids = sorted(set(contact_ids))
     if len(ids) == 1:
-        top = newest(_e.contact_id == ids[0]).subquery("top")
-    elif len(ids) > _MAX_PER_ROW_QUERIES:
-        top = newest(_e.contact_id.in_(ids)).subquery("top")
-    else:
-        slices = [newest(_e.contact_id == cid).subquery() for cid in ids]
-        merged = union_all(*(select(*part.c) for part in slices)).subquery("merged")
-        top = (
-            select(*merged.c)
-            .order_by(merged.c.occurred_at.desc(), merged.c.id.desc())
-            .limit(limit)
-            .subquery("top")
-        )
-    # Then read the full rows of the page's events only.
-    statement = (
-        select(*_COLUMNS)
-        .select_from(Engagement.__table__.join(top, _e.id == top.c.id))
-        .order_by(_e.occurred_at.desc(), _e.id.desc())
-    )
-    return [
-        EngagementItem(**row._mapping, contact_deleted=row.contact_id in deleted)
-        for row in conn.execute(statement)
-    ]
+        return newest(_e.contact_id == ids[0])
+    if len(ids) > _MAX_PER_ROW_QUERIES:
+        return newest(_e.contact_id.in_(ids))
+    slices = [newest(_e.contact_id == cid).subquery() for cid in ids]
+    merged = union_all(*(select(*part.c) for part in slices)).subquery("merged")
+    return select(*merged.c).order_by(merged.c.occurred_at.desc(), merged.c.id.desc()).limit(limit)
 
 
 def display_name(conn: Connection, contact_ids: Sequence[int]) -> str | None:
@@ -233,22 +284,35 @@ def display_names(conn: Connection, customers: Mapping[int, Sequence[int]]) -> d
     return names
 
 
-def customer_card(conn: Connection, primary_id: int, *, recent: int = 5) -> CustomerCard | None:
-    """The card of the customer whose primary row is ``primary_id``; None if it has no live rows.
+def customer_cards(
+    conn: Connection, primary_ids: Sequence[int], *, recent: int = 5
+) -> dict[int, CustomerCard]:
+    """The cards of the customers whose primary rows are ``primary_ids``, by primary id.
 
-    Its recent engagements include those on since-deleted rows, marked, as the
-    customer page's activity does.
+    A customer with no live primary row is left out. Each card's recent
+    engagements include those on since-deleted rows, marked, as the customer
+    page's activity does. The customers' rows, names and vouchers are read
+    once for all of them; only each one's recent engagements take a
+    statement of its own.
     """
-    rows = history_rows(conn, primary_id)
-    if rows is None:
-        return None
-    customer = consolidate(primary_id, rows.live)
-    return CustomerCard(
-        customer=customer,
-        name=display_name(conn, [row.id for row in rows.live]),
-        recent=engagement_page(conn, rows.ids, limit=recent, deleted=rows.deleted_ids),
-        vouchers=valid_vouchers(primary_id),
+    histories = histories_rows(conn, primary_ids)
+    names = display_names(
+        conn, {pid: [row.id for row in rows.live] for pid, rows in histories.items()}
     )
+    vouchers = valid_vouchers(list(histories))
+    deleted = frozenset().union(*(rows.deleted_ids for rows in histories.values()))
+    engagements = engagement_pages(
+        conn, {pid: rows.ids for pid, rows in histories.items()}, limit=recent, deleted=deleted
+    )
+    return {
+        pid: CustomerCard(
+            customer=consolidate(pid, rows.live),
+            name=names.get(pid),
+            recent=engagements[pid],
+            vouchers=vouchers.get(pid, []),
+        )
+        for pid, rows in histories.items()
+    }
 
 
 def cards_holding(value: Value, *, recent: int) -> tuple[list[CustomerCard], bool]:
@@ -256,20 +320,21 @@ def cards_holding(value: Value, *, recent: int) -> tuple[list[CustomerCard], boo
     conn = db.session.connection()
     try:
         holding = customers_holding(conn, value)
-        cards = [customer_card(conn, cid, recent=recent) for cid in holding.customer_ids]
+        cards = customer_cards(conn, holding.customer_ids, recent=recent)
     finally:
         db.session.rollback()
-    return [card for card in cards if card is not None], holding.blocked
+    return [cards[cid] for cid in holding.customer_ids if cid in cards], holding.blocked
 
 
-def valid_vouchers(primary_id: int) -> list[dict]:
-    """The customer's valid vouchers, from the provider the vouchers area registers.
+def valid_vouchers(primary_ids: Sequence[int]) -> dict[int, list[dict]]:
+    """Each customer's valid vouchers, from the provider the vouchers area registers.
 
-    Hook: ``app.extensions["customer_vouchers"]`` is a callable(primary_id) ->
-    list of JSON-ready dicts; with none registered a customer has no vouchers.
+    Hook: ``app.extensions["customer_vouchers"]`` is a callable(list of
+    primary ids) -> {primary id: list of JSON-ready dicts}; with none
+    registered a customer has no vouchers.
     """
     provider = current_app.extensions.get("customer_vouchers")
-    return list(provider(primary_id)) if provider else []
+    return provider(list(primary_ids)) if provider and primary_ids else {}
 
 
 def phone_key_variants(key: str) -> list[str]:
@@ -305,11 +370,28 @@ def customers_holding(conn: Connection, value: Value) -> Holders:
     None for a blocked value: a shop's switchboard or a shared test address
     is held by many customers and names none of them.
     """
-    keys = _held_keys(value)
-    if blocked_keys(conn, [(value.kind, key) for key in keys]):
-        return Holders([], blocked=True)
-    column = _c.phone_key if value.kind == "phone" else _c.email_key
-    found = conn.execute(
-        select(_c.id, _c.linkedId).where(column.in_(keys), _c.deletedAt.is_(None))
-    ).all()
-    return Holders(sorted({linked if linked is not None else cid for cid, linked in found}), False)
+    return holders_of(conn, [value])[0]
+
+
+def holders_of(conn: Connection, values: Sequence[Value]) -> list[Holders]:
+    """``customers_holding`` of each of ``values``, in order, with one read per kind of value."""
+    held = {value: _held_keys(value) for value in values}
+    blocked = blocked_keys(conn, {(v.kind, key) for v, keys in held.items() for key in keys})
+    owners: dict[tuple[str, str], set[int]] = {}
+    for kind, column in ((PHONE, _c.phone_key), (EMAIL, _c.email_key)):
+        keys = sorted({key for v, ks in held.items() if v.kind == kind for key in ks})
+        for part in chunks(keys):
+            found = conn.execute(
+                select(column, _c.id, _c.linkedId).where(column.in_(part), _c.deletedAt.is_(None))
+            )
+            for key, cid, linked in found:
+                owners.setdefault((kind, key), set()).add(linked if linked is not None else cid)
+    answers = []
+    for value in values:
+        keys = held[value]
+        if any((value.kind, key) in blocked for key in keys):
+            answers.append(Holders([], blocked=True))
+        else:
+            found = set().union(*(owners.get((value.kind, key), set()) for key in keys))
+            answers.append(Holders(sorted(found), False))
+    return answers

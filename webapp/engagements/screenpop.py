@@ -1,7 +1,9 @@
 """Screen-pops: an incoming call is a row in the database that every agent's dashboard polls for.
 
 The state lives only in the ``screen_pop`` table, so any gunicorn worker on
-any box answers any poll; a poll is one primary-key range read.
+any box answers any poll. A quiet poll is two reads through the ``created_at``
+index; one with callers ringing also reads their cards, together (one
+statement per caller, for its recent engagements, and a few for them all).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from ..identity.service import customer_rows, identify
 from ..models import utcnow
 from .history import (
     CustomerCard,
-    customer_card,
+    customer_cards,
     customers_holding,
+    holders_of,
     match_word,
     phone_key_variants,
 )
@@ -196,20 +199,19 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
         cursor = max(cursor, latest or 0)
     cursor = max(cursor, after or 0)
     conn = db.session.connection()
-    views = []
-    for pop in pops:
-        value = Value("phone", pop.phone_number, pop.phone_key)
-        holding = customers_holding(conn, value)
-        cards = [customer_card(conn, cid) for cid in holding.customer_ids]
-        views.append(
-            PopView(
-                id=pop.id,
-                phone_number=pop.phone_number,
-                created_at=pop.created_at,
-                cards=[card for card in cards if card is not None],
-                blocked=holding.blocked,
-            )
+    values = [Value(PHONE, pop.phone_number, pop.phone_key) for pop in pops]
+    holders = holders_of(conn, values)
+    cards = customer_cards(conn, [cid for holding in holders for cid in holding.customer_ids])
+    views = [
+        PopView(
+            id=pop.id,
+            phone_number=pop.phone_number,
+            created_at=pop.created_at,
+            cards=[cards[cid] for cid in holding.customer_ids if cid in cards],
+            blocked=holding.blocked,
         )
+        for pop, holding in zip(pops, holders, strict=True)
+    ]
     db.session.rollback()
     return views, cursor
 

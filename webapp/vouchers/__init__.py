@@ -20,7 +20,7 @@ def init_vouchers(app: Flask) -> None:
     from .api import bp as api_bp
     from .api import voucher_json
     from .rules import VALID
-    from .service import customer_vouchers
+    from .service import vouchers_of_customers
 
     # Integrations authenticate with API keys, not cookies: no CSRF token.
     csrf.exempt(api_bp)
@@ -36,7 +36,10 @@ def init_vouchers(app: Flask) -> None:
     register_nav("Offers", "vouchers.offers", order=30)
     app.register_blueprint(views.bp)
 
-    def valid_vouchers(customer_id: int) -> list[dict]:
-        return [voucher_json(v) for v in customer_vouchers(customer_id) if v.status == VALID]
+    def valid_vouchers(customer_ids: list[int]) -> dict[int, list[dict]]:
+        return {
+            owner: [voucher_json(v) for v in views if v.status == VALID]
+            for owner, views in vouchers_of_customers(customer_ids).items()
+        }
 
     app.extensions["customer_vouchers"] = valid_vouchers
