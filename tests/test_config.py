@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,20 @@ import pytest
 from webapp import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on: one the system just handed out and took back."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+CLOSED_PORT = _closed_port()
+CLUSTER_UNREACHABLE = (
+    "RATELIMIT_STORAGE_URI names a Redis cluster whose nodes cannot be reached, "
+    "or servers that are not a cluster (redis:// is for one server)"
+)
 
 
 @pytest.fixture
@@ -117,6 +132,12 @@ def settings(tmp_path) -> dict:
             "RATELIMIT_STORAGE_URI",
             "redis://:pw-secret@[::1:6379",
             "RATELIMIT_STORAGE_URI is not a Redis URL the client can read",
+        ),
+        # A cluster's client connects when made: one that is down was a traceback.
+        (
+            "RATELIMIT_STORAGE_URI",
+            f"redis+cluster://:pw-secret@127.0.0.1:{CLOSED_PORT}",
+            CLUSTER_UNREACHABLE,
         ),
     ],
 )
@@ -263,6 +284,11 @@ def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_p
             "RATELIMIT_STORAGE_URI",
             "redis://cache:63a9",
             "RATELIMIT_STORAGE_URI is not a Redis URL the client can read",
+        ),
+        (
+            "RATELIMIT_STORAGE_URI",
+            f"redis+cluster://127.0.0.1:{CLOSED_PORT}",
+            CLUSTER_UNREACHABLE,
         ),
     ],
 )

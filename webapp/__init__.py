@@ -11,7 +11,6 @@ import click
 from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from htmx_flask.requests import HtmxAwareRequest
-from limits.errors import ConfigurationError
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -19,7 +18,7 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
-from .config import UNREADABLE_REDIS_URL, SettingsError, check_settings, profile
+from .config import check_settings, profile
 from .database import configure_engine, describe, engine_options
 from .extensions import db, limiter, migrate
 from .models import MAX_ROW_ID
@@ -160,12 +159,8 @@ def create_app(config: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     with app.app_context():
         configure_engine(db.engine, app.config)
-    try:
-        limiter.init_app(app)
-    except (ValueError, ConfigurationError):
-        # The Redis client refused the URL's parts (a port that is not a number, say);
-        # not echoed, as the URL may hold a password.
-        raise SettingsError(UNREADABLE_REDIS_URL) from None
+    # check_settings made the limiter's storage once already: the URL is one it takes.
+    limiter.init_app(app)
 
     from . import models  # noqa: F401  (registers the tables with the metadata)
     from .api import bp as api_bp

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 from limits import parse_many
 from limits.errors import ConfigurationError
-from limits.storage import SCHEMES, MemoryStorage, RedisClusterStorage, RedisStorage
+from limits.storage import SCHEMES, MemoryStorage, RedisStorage
+from redis.exceptions import RedisClusterException
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -217,13 +218,19 @@ def _check_rate_limit_storage(value, options) -> None:
             f"redis://host:6379, not {shown}"
         )
     # The client reads the URL's parts (a port that is no number, say) when the storage
-    # is made, which connects to nothing but a cluster (that one is left to the workers).
-    # Checked here, gunicorn's master refuses the URL once, before any worker starts.
-    if issubclass(storage, RedisStorage) and not issubclass(storage, RedisClusterStorage):
+    # is made. Checked here, gunicorn's master refuses the URL once, before any worker
+    # starts. Making it connects to nothing, but for a cluster: its client asks the nodes
+    # for the cluster's layout, so a cluster that cannot be reached stops the start too.
+    if issubclass(storage, RedisStorage):
         try:
             storage(text, **(options or {}))
         except (ValueError, ConfigurationError):
             raise SettingsError(UNREADABLE_REDIS_URL) from None
+        except RedisClusterException:
+            raise SettingsError(
+                "RATELIMIT_STORAGE_URI names a Redis cluster whose nodes cannot be reached, "
+                "or servers that are not a cluster (redis:// is for one server)"
+            ) from None
 
 
 def _api_keys(text: str) -> list[str]:
