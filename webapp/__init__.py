@@ -136,7 +136,7 @@ def create_app(config: dict | None = None) -> Flask:
     )
     app.url_map.converters["int"] = RowIdConverter
     app.session_interface = CookieSessions()
-    app.config.from_object(profile(os.environ.get("APP_ENV", "production")))
+    app.config.from_object(profile())
     # Answers keep the documented key order (primaryContactId first).
     app.json.sort_keys = False
     if config:

@@ -106,8 +106,9 @@ PROFILES = {
 }
 
 
-def profile(name: str) -> type[Config]:
-    """The settings class APP_ENV names; a clear error for any other name."""
+def profile() -> type[Config]:
+    """The settings class APP_ENV names (production when unset); a clear error for any other."""
+    name = os.environ.get("APP_ENV", "production")
     try:
         return PROFILES[name]
     except KeyError:
@@ -266,7 +267,7 @@ def check_environment() -> None:
 
     gunicorn's master calls this before starting workers (gunicorn.conf.py).
     """
-    settings = profile(os.environ.get("APP_ENV", "production"))
+    settings = profile()
     check_settings({name: getattr(settings, name) for name in dir(settings) if name.isupper()})
 
 
