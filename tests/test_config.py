@@ -109,7 +109,14 @@ def settings(tmp_path) -> dict:
             "k-one-secret k-two-secret",
             "API_KEYS key 1 of 1 holds a space or a character that is not printable ASCII",
         ),
-        ("API_KEYS", "k-one-secret,k-twö-secret", "API_KEYS key 2 of 2 holds a space"),
+        ("API_KEYS", "k-one-secret-0123,k-twö-secret", "API_KEYS key 2 of 2 holds a space"),
+        # Short enough to find by trying, at checkout speed.
+        (
+            "API_KEYS",
+            "a-long-enough-secret,k2-secret",
+            "API_KEYS key 2 of 2 is 9 characters; each must be at least 16, for example: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        ),
         # A storage the service has no client for failed in every worker with a traceback.
         (
             "RATELIMIT_STORAGE_URI",
@@ -151,7 +158,7 @@ def test_a_bad_setting_stops_the_app_naming_it(settings, name, value, message):
 def test_api_keys_from_the_environment_are_split_at_commas(tmp_path):
     env = {
         **os.environ,
-        "API_KEYS": " k-one , k-two,",
+        "API_KEYS": " k-one-0123456789 , k-two-0123456789,",
         "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
     }
     script = "import json, wsgi; print(json.dumps(wsgi.app.config['API_KEYS']))"
@@ -159,7 +166,7 @@ def test_api_keys_from_the_environment_are_split_at_commas(tmp_path):
         [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == ["k-one", "k-two"]
+    assert json.loads(done.stdout) == ["k-one-0123456789", "k-two-0123456789"]
 
 
 @pytest.mark.parametrize(

@@ -241,7 +241,8 @@ def _api_keys(text: str) -> list[str]:
     A value such as "," (two keys from variables that were empty) did the same
     silently. A key with a space is a list written with spaces ("k1 k2" was one
     key), and a non-ASCII one never matched a request (headers arrive as
-    Latin-1). The keys themselves are never echoed.
+    Latin-1). A key shorter than MIN_API_KEY_LENGTH is refused too. The keys
+    themselves are never echoed.
     """
     keys = _csv(text)
     if text and not keys:
@@ -256,7 +257,17 @@ def _api_keys(text: str) -> list[str]:
                 "not printable ASCII; separate keys with commas, each printable ASCII "
                 "without spaces"
             )
+        # A short key is found by trying: the checkout's endpoints take requests at speed.
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise SettingsError(
+                f"API_KEYS key {number} of {len(keys)} is {len(key)} characters; each must "
+                f"be at least {MIN_API_KEY_LENGTH}, for example: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
     return keys
+
+
+MIN_API_KEY_LENGTH = 16
 
 
 MIN_SECRET_KEY_LENGTH = 32
