@@ -100,6 +100,23 @@ def database_url(dialect, database_urls) -> str:
 
 
 @pytest.fixture
+def empty_database_url(dialect, tmp_path):
+    """A reachable database of the test's dialect with no tables at all, dropped afterwards."""
+    if dialect == "sqlite":
+        yield f"sqlite:///{tmp_path / 'identity.db'}"
+        return
+    name = f"identity_test_{os.getpid()}_empty"
+    server = sa.create_engine(MYSQL_SERVER_URL.rstrip("/") + "/")
+    with server.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    yield _mariadb_database_url(name)
+    with server.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    server.dispose()
+
+
+@pytest.fixture
 def app_config(database_url) -> dict:
     """Settings the ``app`` fixture passes to create_app; override to change them."""
     return {"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True}

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from tests.conftest import MYSQL_SERVER_URL, _mariadb_database_url
+from tests.conftest import _mariadb_database_url
 from webapp import create_app
 from webapp.extensions import db
 from webapp.models import User
@@ -59,23 +59,6 @@ def _assert_refused(result, *expected: str) -> None:
         assert text in result.output
     assert "SELECT" not in result.output
     assert "Traceback" not in result.output
-
-
-@pytest.fixture
-def empty_database_url(dialect, tmp_path):
-    """A reachable database with no tables at all."""
-    if dialect == "sqlite":
-        yield f"sqlite:///{tmp_path / 'identity.db'}"
-        return
-    name = f"identity_test_{os.getpid()}_empty"
-    server = sa.create_engine(MYSQL_SERVER_URL.rstrip("/") + "/")
-    with server.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    yield _mariadb_database_url(name)
-    with server.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-    server.dispose()
 
 
 def test_every_command_on_a_database_without_schema_says_to_upgrade(empty_database_url, tmp_path):

@@ -95,9 +95,6 @@ def downgrade():
         batch_op.drop_column("blocked_at")
 
     op.drop_table("user")
-    with op.batch_alter_table("audit_entry", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_audit_entry_customer_id"))
-        batch_op.drop_index(batch_op.f("ix_audit_entry_created_at"))
-
+    # Its indexes go with it.
     op.drop_table("audit_entry")
     # ### end Alembic commands ###

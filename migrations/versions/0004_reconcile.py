@@ -57,5 +57,5 @@ def upgrade():
 
 def downgrade():
     op.drop_table("reconcile_job")
-    op.drop_index(op.f("ix_bond_contact_id"), table_name="bond")
+    # Its indexes go with it (a foreign key needs one: MariaDB refuses to drop that first).
     op.drop_table("bond")

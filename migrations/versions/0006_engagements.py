@@ -103,14 +103,7 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table("screen_pop", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_screen_pop_created_at"))
+    # Each table's indexes go with it. Dropped first, MariaDB refused: foreign keys need them.
     op.drop_table("screen_pop")
-    with op.batch_alter_table("contact_name", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_contact_name_name_key"))
-        batch_op.drop_index(batch_op.f("ix_contact_name_contact_id"))
     op.drop_table("contact_name")
-    with op.batch_alter_table("engagement", schema=None) as batch_op:
-        batch_op.drop_index("ix_engagement_contact_channel_time")
-        batch_op.drop_index("ix_engagement_contact_time")
     op.drop_table("engagement")
