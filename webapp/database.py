@@ -313,7 +313,7 @@ def run_write_transaction(work: Callable[[], T], max_attempts: int) -> T:
             if isinstance(exc, DBAPIError) and not is_retryable(exc):
                 raise
             log.info("write transaction lost a race (attempt %d): %s", attempt, describe(exc))
-            if has_request_context() and time.monotonic() - started >= _retry_window():
+            if has_request_context() and time.monotonic() - started >= retry_window():
                 raise Contention(f"still locked out after {attempt} attempts") from exc
             time.sleep(random.uniform(0, 0.004 * attempt))
         except BaseException:
@@ -342,7 +342,7 @@ def schema_versions(conn: Connection) -> set[str]:
     return set(conn.scalars(text(f"SELECT version_num FROM {VERSION_TABLE}")))
 
 
-def _retry_window() -> float:
+def retry_window() -> float:
     """Seconds a write keeps trying again: one lock wait, and at least 1 s for quick races."""
     config = current_app.config
     if db.engine.dialect.name == "sqlite":

@@ -11,6 +11,7 @@ insert fail, the transaction runs again and finds the first event.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -20,7 +21,13 @@ from sqlalchemy import Connection, insert, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..api.errors import ApiError
-from ..database import SQLITE_IMMEDIATE, Contention, describe, run_write_transaction
+from ..database import (
+    SQLITE_IMMEDIATE,
+    Contention,
+    describe,
+    retry_window,
+    run_write_transaction,
+)
 from ..extensions import db
 from ..identity.rules import EMAIL, Key, Row, Value
 from ..identity.search_index import index_names
@@ -411,11 +418,19 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
             groups.setdefault(_key(event), []).append(index)
     stored_any = False
     unavailable: ApiError | None = None
+    # Set once a group gave up busy with the batch at it for a lock wait or more.
+    out_of_time: ApiError | None = None
+    started = time.monotonic()
     for indexes in groups.values():
         if unavailable is not None:
             # The database failed for an earlier group: the rest are not tried, so that
             # the answer comes back before a client or gunicorn gives up on it.
             stored = [unavailable] * len(indexes)
+        elif out_of_time is not None:
+            # A lock held for long (a SQLite write lock, a customer's row): each group
+            # left would wait for it in turn, one to two lock waits each, and gunicorn
+            # kills the worker at 30 s (a 500, and the client cannot tell what was stored).
+            stored = [out_of_time] * len(indexes)
         else:
             try:
                 stored = _record_group([events[i] for i in indexes])
@@ -426,6 +441,8 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
                 # This group lost its races; the groups stored already stay stored
                 # and say so, so a client retries only these events.
                 stored = [_retry_error("busy", _BUSY)] * len(indexes)
+                if time.monotonic() - started >= retry_window():
+                    out_of_time = stored[0]
             except SQLAlchemyError as exc:
                 if not stored_any:
                     # Nothing is stored yet: the whole batch answers 503, to be sent again.
