@@ -120,3 +120,28 @@ def test_malformed_codes_from_many_clients_never_use_up_each_others_allowance(ap
     answers = [validate(client, "").status_code for _ in range(6)]
     assert answers == [400] * 6
     assert_limited(app, validate(client, ""))
+
+
+def test_a_body_over_the_size_limit_is_a_413_and_leaves_the_limits_counting(app, client, caplog):
+    """The per-code key read the body, and the 413 that raised broke the limiter's check.
+
+    Flask-Limiter took the error for its storage failing: it logged "Rate limit storage
+    unreachable" and counted on a fresh in-memory store of the process for the next
+    second or more, so a code guessed up to its limit could be guessed again (with Redis,
+    counters no longer shared), by anyone able to send a large body, key or not.
+    """
+    for _ in range(3):
+        assert validate(client, "K7QM-3XPD-9R", email=BIFF).status_code == 404
+    padding = "x" * (64 * 1024)
+    # With the key, the body is refused; without, the key is, before the body is read.
+    for headers, status in (({}, 413), ({"Authorization": ""}, 401)):
+        response = client.post(
+            "/vouchers/validate",
+            json={"code": "K7QM-3XPD-9R", "email": BIFF, "padding": padding},
+            headers=headers,
+        )
+        assert response.status_code == status
+        assert_matches_openapi(app, "/vouchers/validate", "post", response)
+    assert not [r for r in caplog.records if "storage unreachable" in r.getMessage()]
+    # The code's allowance (3 an hour) is still used up.
+    assert_limited(app, validate(client, "k7qm3xpd9r", email=BIFF))

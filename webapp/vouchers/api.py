@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 from flask_limiter import RateLimitExceeded
+from werkzeug.exceptions import HTTPException
 
 from ..api import json_error_handlers, require_configured_api_key
 from ..api.errors import ApiError, error_response
@@ -140,10 +141,16 @@ def _code_limit() -> str:
 
 
 def _canonical_code() -> str | None:
-    """The request's code in its one canonical spelling; None when the body holds none."""
+    """The request's code in its one canonical spelling; None when the body holds none.
+
+    A body that cannot be read (over the size limit, cut short) holds none either: the
+    view answers it (413, 400). Raised here, in the limiter's check, the error was
+    taken for the rate-limit storage failing, which then counted in a fresh in-memory
+    store for a while: a code's used-up allowance started again.
+    """
     try:
         return _code(json_object(request).get("code"))
-    except (ApiError, InvalidVoucherValue):
+    except (ApiError, InvalidVoucherValue, HTTPException):
         return None
 
 
