@@ -388,3 +388,30 @@ def test_a_customers_link_in_a_table_is_big_enough_to_tap(
         link = page.locator('td[data-label="Customer"] a').filter(has_text=name).first
         box = link.bounding_box()
         assert box["width"] >= 24 and box["height"] >= least_height, (path, box)
+
+
+def test_back_to_a_customer_shows_the_channel_its_activity_lists(signed_in_page, live_server):
+    """The filter swaps the activity in place, so the URL has no channel: back reloads it all.
+
+    The browser put the channel chosen before back into the select again, over a list of every
+    channel: "SMS" above calls and WhatsApp messages.
+    """
+    page = signed_in_page
+    base = live_server.url
+    customer = identify(base, "ann@example.com", "+1 555 0100")
+    for channel in ("call", "whatsapp"):
+        post_json(
+            base,
+            "/events",
+            {"channel": channel, "direction": "inbound", "email": "ann@example.com"},
+        )
+    page.goto(f"/customers/{customer}")
+    channel = page.locator("#activity").get_by_label("Channel")
+    channel.select_option("sms")
+    expect(page.locator("#activity")).to_contain_text("Nothing on this channel")
+    page.get_by_role("link", name="Audit").click()
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    page.go_back()
+    expect(page.locator("#activity li.event")).to_have_count(2)
+    expect(page.locator("#activity").get_by_label("Channel")).to_have_value("")
+    assert page.console_errors == []
