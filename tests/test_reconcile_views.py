@@ -202,6 +202,10 @@ def test_why_linked_names_the_merge_that_brought_a_row_no_value_explains(signed_
         ({"email": "", "phone": "12ab"}, "phone number may hold only digits"),
         ({"email": "", "phone": ""}, "Enter an e-mail address, a phone number or both."),
         ({"email": "ann@x.io", "phone": ""}, "this customer already has these values"),
+        # Found driving the dashboard: a mistyped value beside a good one was left out, the
+        # good one linked and "Contact 2 added" shown, so the typo looked linked too.
+        ({"email": "ann@work", "phone": "+1 555 0100"}, "not an email address"),
+        ({"email": "ann@work.example", "phone": "12ab"}, "phone number may hold only digits"),
     ],
 )
 def test_link_errors_come_back_in_place_as_422(signed_in_client, data, error):

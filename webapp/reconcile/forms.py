@@ -18,7 +18,7 @@ class LinkForm(Form):
     phone = StringField("Phone", validators=[Optional(), Length(max=64)])
 
     def values(self) -> list[Value]:
-        """The parsed values; problems land on the fields."""
+        """The parsed values, none while one of them is wrong; problems land on the fields."""
         found = []
         for field, parse in ((self.email, parse_email), (self.phone, parse_phone)):
             text = (field.data or "").strip()
@@ -27,7 +27,10 @@ class LinkForm(Form):
                     found.append(parse(text))
                 except InvalidValue as exc:
                     field.errors.append(str(exc))
-        if not found and not self.email.errors and not self.phone.errors:
+        if self.email.errors or self.phone.errors:
+            # Linking the other value alone would say "added" while the mistyped one was not.
+            return []
+        if not found:
             self.form_errors.append("Enter an e-mail address, a phone number or both.")
         return found
 
