@@ -636,10 +636,31 @@ def test_the_screen_pop_writes_a_voucher_discount_as_the_vouchers_table_does(
     assert voucher.status_code in (200, 201), voucher.get_json()
     signed_in_client.post("/calls/incoming", json={"phoneNumber": "+15550100"})
     pop = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
-    assert "· Half term · 12.5% ·" in pop
+    assert "· <bdi>Half term</bdi> · 12.5% ·" in pop
     assert " %" not in pop
     table = signed_in_client.get(f"/customers/{customer}/vouchers").get_data(as_text=True)
     assert '<td data-label="Discount" class="num">12.5%</td>' in table
+
+
+def test_the_screen_pop_keeps_a_right_to_left_offer_name_apart_from_the_discount(
+    signed_in_client, api_key
+):
+    # Found driving the dashboard: "عرض رمضان · 15%" ran together as one right-to-left
+    # stretch, so the pop showed the discount and the dots in the wrong places.
+    event(signed_in_client, channel="sms", direction="inbound", phoneNumber="+1 555 0100")
+    voucher = signed_in_client.post(
+        "/vouchers/generate",
+        json={
+            "email": ANNA,
+            "offer_name": "عرض رمضان",
+            "discount": 15,
+            "expiry": "2099-12-31T23:59:59Z",
+        },
+    )
+    assert voucher.status_code in (200, 201), voucher.get_json()
+    signed_in_client.post("/calls/incoming", json={"phoneNumber": "+15550100"})
+    pop = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    assert "· <bdi>عرض رمضان</bdi> · 15% ·" in pop
 
 
 def test_a_pop_that_commits_late_with_a_lower_id_still_shows(signed_in_client):
