@@ -189,6 +189,21 @@ def test_search_finds_a_customer_by_any_part_of_email_or_phone(signed_in_client,
     assert "lorraine@hillvalley.edu" in html and "+1 555 0100" in html
 
 
+@pytest.mark.parametrize("query", ["00971 50 123 4567", "+971 50 123 4567", "971501234567"])
+def test_a_number_is_found_written_with_00_with_plus_or_bare(signed_in_client, query):
+    # Found in the support-agent review: "00971 50 123 4567" found nobody, though the
+    # customer lookup API treats "+", "00" and no prefix as one number.
+    seed(
+        signed_in_client,
+        ("plus@example.com", "+971 50 123 4567"),
+        ("zeros@example.com", "00971 50 123 4567"),
+        ("bare@example.com", "971 50 123 4567"),
+        ("other@example.com", "+972 50 123 4567"),
+    )
+    html = signed_in_client.get("/", query_string={"q": query}).get_data(as_text=True)
+    assert sorted(result_ids(html)) == [1, 2, 3]
+
+
 def test_a_result_is_a_customer_with_all_its_values(signed_in_client):
     seed(
         signed_in_client,

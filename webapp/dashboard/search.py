@@ -133,6 +133,10 @@ def parse_query(raw: str) -> SearchQuery:
     phone_term = None
     if _PHONE_LIKE.fullmatch(text):
         digits = NOT_DIGIT.sub("", text)
+        if digits.startswith("00") and len(digits) - 2 >= GRAM:
+            # "00" dials out as "+" does: "00971 50..." is the number stored as "+971 50...",
+            # as "00971 50..." or bare. Its digits after the "00" are in all three keys.
+            digits = digits[2:]
         phone_term = digits if len(digits) >= GRAM else None
     return SearchQuery(text=text, email_term=email_term, phone_term=phone_term)
 
