@@ -128,6 +128,8 @@ def test_issue_without_javascript_redirects_back_to_the_customer(signed_in_clien
         ({"offer_name": "", "discount": "10"}, "This field is required."),
         ({"offer_name": "X", "discount": "0"}, "discount must be more than 0"),
         ({"offer_name": "X", "discount": "ten"}, "discount must be a number"),
+        # Found in the support-agent review: the message did not say to type a point.
+        ({"offer_name": "X", "discount": "12,5"}, "a number of percent, such as 10 or 12.5"),
         ({"offer_name": "X", "discount": "10", "valid_until": "2020-01-01"}, "in the future"),
         (
             {"offer_name": "Sale\x07", "discount": "10"},

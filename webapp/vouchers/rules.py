@@ -65,14 +65,18 @@ def format_code(code: str) -> str:
     return "-".join(parts)
 
 
+# A decimal comma (12,5) is refused too: the message shows the point.
+_NOT_A_PERCENTAGE = "discount must be a number of percent, such as 10 or 12.5"
+
+
 def parse_discount(raw: object) -> int:
     """A percentage (0 < d <= 100, at most two decimals) as hundredths of a percent."""
     if isinstance(raw, bool) or not isinstance(raw, int | float | str | Decimal):
-        raise InvalidVoucherValue("discount must be a number of percent")
+        raise InvalidVoucherValue(_NOT_A_PERCENTAGE)
     try:
         value = Decimal(str(raw).strip())
     except InvalidOperation:
-        raise InvalidVoucherValue("discount must be a number of percent") from None
+        raise InvalidVoucherValue(_NOT_A_PERCENTAGE) from None
     if not value.is_finite() or not 0 < value <= 100:
         raise InvalidVoucherValue("discount must be more than 0 and at most 100 percent")
     # Exact, on the digits: Decimal arithmetic rounds to 28 digits, which would
