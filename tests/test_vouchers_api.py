@@ -631,6 +631,31 @@ def test_generate_sent_again_with_its_idempotency_key_answers_the_first_voucher(
     assert len(vouchers()) == 3
 
 
+def test_a_retry_after_the_vouchers_expiry_has_passed_still_gets_the_voucher(app, client):
+    # Found in the API review: the retry of a voucher valid for minutes, sent after them,
+    # was refused "expiry must be in the future" instead of answering the voucher issued.
+    key = {"Idempotency-Key": "order-4713-voucher"}
+    body = {"email": LORRAINE, "offer_name": "Flash", "discount": 10, "expiry": in_days(1)}
+    first = client.post("/vouchers/generate", json=body, headers=key)
+    assert first.status_code == 201
+    # Time passes: the voucher asked for expired a minute ago.
+    expired = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    db.session.execute(update(Voucher).values(expires_at=expired))
+    db.session.commit()
+    body["expiry"] = iso_utc(expired)
+    again = client.post("/vouchers/generate", json=body, headers=key)
+    assert again.status_code == 200, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["code"] == first.get_json()["code"]
+    assert_matches_openapi(app, "/vouchers/generate", "post", again)
+    # A key never used, or no key, with that expiry issues nothing.
+    for headers in ({"Idempotency-Key": "order-4714-voucher"}, {}):
+        refused = client.post("/vouchers/generate", json=body, headers=headers)
+        assert refused.status_code == 400
+        assert refused.get_json()["error"]["fields"] == {"expiry": "expiry must be in the future"}
+    assert len(vouchers()) == 1
+
+
 @pytest.mark.parametrize(
     "changed",
     [{"email": MCFLY}, {"offer_name": "Winter sale"}, {"discount": 15}, {"expiry": "later"}],

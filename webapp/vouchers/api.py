@@ -20,6 +20,7 @@ from .rules import (
     STATUSES,
     VALID,
     InvalidVoucherValue,
+    check_future,
     discount_percent,
     iso_utc,
     normalise_code,
@@ -27,7 +28,14 @@ from .rules import (
     parse_expiry,
     parse_offer_name,
 )
-from .service import VoucherError, VoucherView, issue_voucher, list_for_email, redeem
+from .service import (
+    VoucherError,
+    VoucherView,
+    issue_voucher,
+    list_for_email,
+    redeem,
+    replay_of_issue,
+)
 
 bp = Blueprint("vouchers_api", __name__)
 
@@ -122,13 +130,25 @@ def generate():
     email = _email(payload, fields)
     offer_name = _field(payload, "offer_name", parse_offer_name, fields)
     discount = _field(payload, "discount", parse_discount, fields)
-    expires_at = _field(payload, "expiry", lambda raw: parse_expiry(raw, utcnow()), fields)
-    once = _flag(payload, "once_per_customer", fields)
     key = _idempotency_key(fields)
+    # With a key, an expiry that has passed is checked after the replay: the retry of a
+    # request answered before gets its voucher (valid for minutes, say, and the retry
+    # queued for longer), as any other retry does.
+    now = None if key else utcnow()
+    expires_at = _field(payload, "expiry", lambda raw: parse_expiry(raw, now), fields)
+    once = _flag(payload, "once_per_customer", fields)
     _refuse_if(fields)
-    view = issue_voucher(
-        email, offer_name, discount, expires_at, once_per_customer=once, idempotency_key=key
-    )
+    view = None if key is None else replay_of_issue(key, email, offer_name, discount, expires_at)
+    if view is None:
+        if key is not None:
+            try:
+                check_future(expires_at, utcnow())
+            except InvalidVoucherValue as exc:
+                fields["expiry"] = str(exc)
+            _refuse_if(fields)
+        view = issue_voucher(
+            email, offer_name, discount, expires_at, once_per_customer=once, idempotency_key=key
+        )
     return _answer(_issued_json(view), 200 if view.replayed else 201, view.replayed)
 
 

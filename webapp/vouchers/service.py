@@ -315,10 +315,14 @@ def _insert_voucher(
     return voucher
 
 
-def _issued_for(
+def replay_of_issue(
     key: str, email: Value, offer_name: str, discount: int, expires_at: datetime
 ) -> VoucherView | None:
-    """The voucher an earlier request with this Idempotency-Key issued, if it asked the same."""
+    """The voucher an earlier request with this Idempotency-Key issued, if it asked the same.
+
+    None when no voucher holds the key; VoucherError (422) when the earlier
+    request asked for another voucher.
+    """
     try:
         found = db.session.execute(
             select(Voucher, Offer.name, Contact.email_key)
@@ -364,7 +368,7 @@ def issue_voucher(
 
     def work() -> VoucherView:
         if idempotency_key is not None:
-            issued = _issued_for(idempotency_key, email, offer_name, discount, expires_at)
+            issued = replay_of_issue(idempotency_key, email, offer_name, discount, expires_at)
             if issued is not None:
                 return issued
         try:
