@@ -153,6 +153,25 @@ def test_invalid_issue_is_422_with_the_errors_in_place(signed_in_client, body, m
     assert "<html" in cold.get_data(as_text=True)
 
 
+def test_every_field_of_a_refused_issue_says_what_is_wrong_at_once(signed_in_client):
+    # Found taking a screenshot: with the date left empty, the mistyped discount got no
+    # error, and the agent learnt of it only after picking a date.
+    identify(signed_in_client, LORRAINE)
+    body = {"offer_name": "Sorry", "discount": "12,5", "valid_until": ""}
+    response = signed_in_client.post("/customers/1/vouchers", data=body, headers=HTMX)
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "a number of percent, such as 10 or 12.5" in html
+    assert "Not a valid date value." in html
+    assert vouchers() == []
+    # A field WTForms refused gets its error once, not the rules' as well.
+    body = {"offer_name": "Sorry", "discount": "", "valid_until": tomorrow()}
+    html = signed_in_client.post("/customers/1/vouchers", data=body, headers=HTMX).get_data(
+        as_text=True
+    )
+    assert "This field is required." in html and "a number of percent" not in html
+
+
 def test_issue_needs_the_csrf_token(client, agent):
     from tests.builders import sign_in
 

@@ -57,13 +57,18 @@ class IssueForm(Form):
     once_per_customer = BooleanField("Once per customer", id="issue-once")
 
     def parsed(self) -> tuple[str, int, datetime] | None:
-        """(offer name, discount in hundredths, expiry), or None with errors on the fields."""
+        """(offer name, discount in hundredths, expiry), or None with errors on the fields.
+
+        A field WTForms already refused is left as it is: one error each.
+        """
         values = []
         for field, parse in (
             (self.offer_name, parse_offer_name),
             (self.discount, parse_discount),
             (self.valid_until, _end_of_day),
         ):
+            if field.errors:
+                continue
             try:
                 values.append(parse(field.data))
             except InvalidVoucherValue as exc:
@@ -125,8 +130,10 @@ def issue(contact_id: int):
     """Issue a voucher to the customer (audit-logged)."""
     primary_id = customer_or_404(contact_id)
     form = IssueForm()
-    parsed = form.parsed() if form.validate_on_submit() else None
-    if parsed is not None:
+    valid = form.validate_on_submit()
+    # Every field's problem at once: a missing date no longer hides a mistyped discount.
+    parsed = form.parsed()
+    if valid and parsed is not None:
         offer_name, discount, expires_at = parsed
         try:
             view = issue_to_customer(
