@@ -1,6 +1,8 @@
 """API keys, the health check and start-up behaviour."""
 
 import logging
+import sqlite3
+from contextlib import closing
 
 import flask
 import pytest
@@ -149,3 +151,58 @@ def test_a_schema_ahead_of_the_code_is_healthy(app, client):
     finally:
         db.session.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": version})
         db.session.commit()
+
+
+def _health(url: str, caplog, damage) -> tuple[int, dict]:
+    """GET /healthz on a fresh upgraded database after ``damage(engine)``."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        client = app.test_client()
+        assert client.get("/healthz").status_code == 200
+        damage(db.engine)
+        db.engine.dispose()
+        logging.getLogger("webapp.api").addHandler(caplog.handler)
+        try:
+            response = client.get("/healthz")
+        finally:
+            logging.getLogger("webapp.api").removeHandler(caplog.handler)
+        assert_matches_openapi(app, "/healthz", "get", response)
+        db.engine.dispose()
+    return response.status_code, response.get_json()
+
+
+def test_health_is_503_when_a_table_the_checkout_reads_is_gone(empty_database_url, caplog):
+    # Found by hand: with the claims table renamed, every /identify answered 503 while
+    # the health check, which read only the schema revision, said ok.
+    def rename(engine):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE identifier RENAME TO identifier_kept")
+
+    assert _health(empty_database_url, caplog, rename) == (
+        503,
+        {"status": "unavailable", "database": "unreadable"},
+    )
+    assert "health check failed: the checkout's read failed: " in caplog.text
+
+
+def test_health_is_503_on_a_sqlite_file_damaged_where_the_checkout_reads(tmp_path, caplog):
+    path = tmp_path / "damaged.db"
+
+    def damage(engine):
+        engine.dispose()
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            (root,) = conn.execute(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'ix_Contact_email_key'"
+            ).fetchone()
+        with path.open("r+b") as file:
+            file.seek((root - 1) * page_size)
+            file.write(b"\xff" * page_size)
+
+    assert _health(f"sqlite:///{path}", caplog, damage) == (
+        503,
+        {"status": "unavailable", "database": "unreadable"},
+    )
+    assert "malformed" in caplog.text

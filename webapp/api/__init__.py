@@ -15,8 +15,8 @@ from werkzeug.exceptions import HTTPException
 
 from ..database import Contention, describe, schema_revisions, schema_versions
 from ..extensions import db, limiter
-from ..identity.rules import Customer
-from ..identity.service import BlockedValues, identify
+from ..identity.rules import EMAIL, PHONE, Customer, Value
+from ..identity.service import BlockedValues, blocked_keys, identify, load_customer_rows
 from .errors import ApiError, api_error_response, error_response
 from .payloads import identify_values, json_object
 
@@ -132,7 +132,9 @@ def healthz():
     A schema behind the code (``db upgrade`` not run, or run on another
     database) answers 503 ``not_upgraded``: every request touching what is
     missing would fail. A schema ahead of the code (upgraded, workers not
-    restarted yet, as the upgrade steps go) is healthy.
+    restarted yet, as the upgrade steps go) is healthy. Then the read
+    /identify starts with runs on keys no row holds: 503 ``unreadable`` when
+    it fails.
     """
     try:
         found = schema_versions(db.session.connection())
@@ -151,7 +153,33 @@ def healthz():
             ", ".join(sorted(heads)),
         )
         return jsonify(status="unavailable", database="not_upgraded"), 503
+    if not _checkout_reads():
+        return jsonify(status="unavailable", database="unreadable"), 503
     return jsonify(status="ok", database="ok")
+
+
+# Keys no request can hold (the phone key has no digits): reading them walks the indexes
+# /identify reads through, and finds nothing.
+_PROBE = (Value(EMAIL, "", "health@check.invalid"), Value(PHONE, "", "+"))
+
+
+def _checkout_reads() -> bool:
+    """Whether the checkout's read answers: the claims and contacts, through their indexes.
+
+    A SQLite file damaged where those are ("database disk image is malformed"), or
+    a table dropped or renamed by hand, failed every /identify while the health
+    check, which read only the schema revision, said ok.
+    """
+    try:
+        conn = db.session.connection()
+        blocked_keys(conn, [(value.kind, value.key) for value in _PROBE])
+        load_customer_rows(conn, _PROBE)
+    except SQLAlchemyError as exc:
+        log.warning("health check failed: the checkout's read failed: %s", describe(exc))
+        return False
+    finally:
+        db.session.rollback()
+    return True
 
 
 @bp.get("/openapi.json")
