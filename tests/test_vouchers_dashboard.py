@@ -162,7 +162,7 @@ def test_every_field_of_a_refused_issue_says_what_is_wrong_at_once(signed_in_cli
     assert response.status_code == 422
     html = response.get_data(as_text=True)
     assert "a number of percent, such as 10 or 12.5" in html
-    assert "Not a valid date value." in html
+    assert "Pick the last day the voucher is valid." in html
     assert vouchers() == []
     # A field WTForms refused gets its error once, not the rules' as well.
     body = {"offer_name": "Sorry", "discount": "", "valid_until": tomorrow()}

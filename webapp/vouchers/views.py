@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_login import current_user
 from wtforms import BooleanField, DateField, StringField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired, InputRequired, Length
 
 from ..dashboard import protect
 from ..dashboard.rendering import (
@@ -46,6 +46,9 @@ protect(bp)
 bp.add_app_template_filter(discount_percent, "discount_percent")
 
 
+PICK_A_DAY = "Pick the last day the voucher is valid."
+
+
 class IssueForm(Form):
     """A voucher for this customer: the offer, its discount and the last day it is valid."""
 
@@ -53,7 +56,12 @@ class IssueForm(Form):
         "Offer", validators=[DataRequired(), Length(max=MAX_OFFER_NAME)], id="issue-offer"
     )
     discount = StringField("Discount (%)", validators=[DataRequired()], id="issue-discount")
-    valid_until = DateField("Valid until (end of day, UTC)", id="issue-valid-until")
+    # Left empty, WTForms said "Not a valid date value."; this says what to do.
+    valid_until = DateField(
+        "Valid until (end of day, UTC)",
+        validators=[InputRequired(PICK_A_DAY)],
+        id="issue-valid-until",
+    )
     once_per_customer = BooleanField("Once per customer", id="issue-once")
 
     def parsed(self) -> tuple[str, int, datetime] | None:
@@ -84,7 +92,7 @@ class VoidForm(Form):
 
 def _end_of_day(day: date | None) -> datetime:
     if day is None:
-        raise InvalidVoucherValue("pick the last day the voucher is valid")
+        raise InvalidVoucherValue(PICK_A_DAY)
     moment = datetime.combine(day, time(23, 59, 59), tzinfo=UTC)
     return parse_expiry(moment.isoformat(), utcnow())
 
