@@ -17,16 +17,16 @@ Concurrency design (docs/vouchers.md has the long form):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, null, or_, select, union_all, update
 from sqlalchemy.orm import aliased
 
 from .. import audit
-from ..database import SQLITE_IMMEDIATE, Retry, run_write_transaction
+from ..database import SQLITE_IMMEDIATE, Retry, chunks, run_write_transaction
 from ..extensions import db
 from ..identity.rules import EMAIL, Value
 from ..identity.service import (
@@ -238,14 +238,46 @@ def _lock_email_row(email_key: str) -> tuple[int, int]:
     raise Retry("the e-mail's customer kept changing while being locked")
 
 
+def _rows_of_customers(owners: Sequence[int]) -> dict[int, int]:
+    """{contact row: its owner} of the rows ``_customer_rows`` takes for ``owners``.
+
+    Read apart from the vouchers, through Contact's indexes only: tested in the
+    WHERE of a read joining vouchers to their offers and rows, MariaDB went
+    through every voucher of every offer to find a customer's few.
+    """
+    wanted = set(owners)
+    row, link = aliased(Contact), aliased(Contact)
+    found: dict[int, int] = {}
+    for part in chunks(sorted(wanted)):
+        own = select(row.id, row.linkedId, null()).where(
+            or_(row.id.in_(part), row.linkedId.in_(part))
+        )
+        # A deleted row whose customer was absorbed later: it links to a secondary.
+        absorbed = (
+            select(row.id, row.linkedId, link.linkedId)
+            .join(link, link.id == row.linkedId)
+            .where(link.linkedId.in_(part))
+        )
+        for hops in db.session.execute(union_all(own, absorbed)):
+            found[hops[0]] = next(hop for hop in hops if hop in wanted)
+    return found
+
+
+def _vouchers_on_rows(row_ids: Collection[int]) -> list:
+    """(Voucher, offer name) of every voucher issued to one of the contact rows ``row_ids``."""
+    found = []
+    for part in chunks(sorted(row_ids)):
+        found += db.session.execute(
+            select(Voucher, Offer.name)
+            .join(Offer, Offer.id == Voucher.offer_id)
+            .where(Voucher.contact_id.in_(part))
+        ).all()
+    return found
+
+
 def _customer_voucher_rows(owners: Sequence[int]):
     """(Voucher, offer name) of every voucher whose contact row belongs to ``owners``."""
-    return db.session.execute(
-        select(Voucher, Offer.name)
-        .join(Offer, Offer.id == Voucher.offer_id)
-        .join(Contact, Contact.id == Voucher.contact_id)
-        .where(_customer_rows(owners))
-    ).all()
+    return _vouchers_on_rows(_rows_of_customers(owners))
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -590,21 +622,12 @@ def vouchers_of_customers(owners: Sequence[int]) -> dict[int, list[VoucherView]]
     Each voucher goes to the owner its row reaches in at most two hops, as
     ``_customer_rows`` finds it.
     """
-    wanted = set(owners)
-    found: dict[int, list] = {owner: [] for owner in wanted}
-    if not wanted:
+    found: dict[int, list] = {owner: [] for owner in owners}
+    if not found:
         return {}
-    parent = aliased(Contact)
-    rows = db.session.execute(
-        select(Voucher, Offer.name, Contact.id, Contact.linkedId, parent.linkedId)
-        .join(Offer, Offer.id == Voucher.offer_id)
-        .join(Contact, Contact.id == Voucher.contact_id)
-        .outerjoin(parent, parent.id == Contact.linkedId)
-        .where(_customer_rows(sorted(wanted)))
-    ).all()
-    for voucher, name, row_id, linked_id, parents_link in rows:
-        owner = next(hop for hop in (row_id, linked_id, parents_link) if hop in wanted)
-        found[owner].append((voucher, name))
+    owner_of = _rows_of_customers(list(found))
+    for voucher, name in _vouchers_on_rows(owner_of):
+        found[owner_of[voucher.contact_id]].append((voucher, name))
     now = utcnow()
     return {owner: _sorted_views(pairs, now) for owner, pairs in found.items()}
 
