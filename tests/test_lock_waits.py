@@ -8,6 +8,7 @@ outlast gunicorn's 30 s worker timeout, and a killed worker answers 500.
 
 import logging
 import time
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import text
@@ -28,6 +29,22 @@ def app_config(database_url) -> dict:
     }
 
 
+@contextmanager
+def lock_held_elsewhere(dialect: str):
+    """Another connection holds, while the block runs, what every write here needs."""
+    holder = db.engine.connect().execution_options(**{SQLITE_IMMEDIATE: True})
+    try:
+        holder.begin()
+        if dialect == "sqlite":
+            holder.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the database's write lock
+        else:
+            holder.execute(text("SELECT id FROM identifier FOR UPDATE"))  # every claim row
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 def test_the_lock_wait_is_the_apps_own_on_mariadb(app, dialect):
     with db.engine.connect() as conn:
         if dialect == "sqlite":
@@ -40,19 +57,10 @@ def test_the_lock_wait_is_the_apps_own_on_mariadb(app, dialect):
 def test_a_lock_held_for_long_ends_in_busy_after_about_one_lock_wait(client, dialect, caplog):
     caplog.set_level(logging.INFO)
     assert identify(client, "held@example.com", "111")[0] == 200
-    holder = db.engine.connect().execution_options(**{SQLITE_IMMEDIATE: True})
-    try:
-        holder.begin()
-        if dialect == "sqlite":
-            holder.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the database's write lock
-        else:
-            holder.execute(text("SELECT id FROM identifier FOR UPDATE"))  # every claim row
+    with lock_held_elsewhere(dialect):
         started = time.monotonic()
         status, body = identify(client, "held@example.com", "222")
         elapsed = time.monotonic() - started
-    finally:
-        holder.rollback()
-        holder.close()
     assert (status, body["error"]["code"]) == (503, "busy")
     # One lock wait of retries (at least 1 s), then the attempt under way: twelve waits of
     # 0.3 s would be 3.6 s on SQLite; MariaDB's server default would be 50 s per wait.
@@ -82,19 +90,10 @@ def test_a_batch_held_up_by_a_lock_answers_busy_within_about_one_lock_wait(clien
     events = [
         {"channel": "web", "email": email, "url": "https://shop.example/"} for email in emails
     ]
-    holder = db.engine.connect().execution_options(**{SQLITE_IMMEDIATE: True})
-    try:
-        holder.begin()
-        if dialect == "sqlite":
-            holder.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the database's write lock
-        else:
-            holder.execute(text("SELECT id FROM identifier FOR UPDATE"))  # every claim row
+    with lock_held_elsewhere(dialect):
         started = time.monotonic()
         response = client.post("/events/batch", json={"events": events})
         elapsed = time.monotonic() - started
-    finally:
-        holder.rollback()
-        holder.close()
     assert response.status_code == 200
     body = response.get_json()
     assert body["stored"] == 0
