@@ -291,9 +291,8 @@ def customer_cards(
 
     A customer with no live primary row is left out. Each card's recent
     engagements include those on since-deleted rows, marked, as the customer
-    page's activity does. The customers' rows, names and vouchers are read
-    once for all of them; only each one's recent engagements take a
-    statement of its own.
+    page's activity does. The customers' rows, names, vouchers and recent
+    engagements are read once for all of them, not a customer at a time.
     """
     histories = histories_rows(conn, primary_ids)
     names = display_names(

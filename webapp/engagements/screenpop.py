@@ -2,8 +2,8 @@
 
 The state lives only in the ``screen_pop`` table, so any gunicorn worker on
 any box answers any poll. A quiet poll is two reads through the ``created_at``
-index; one with callers ringing also reads their cards, together (one
-statement per caller, for its recent engagements, and a few for them all).
+index; one with callers ringing also reads their cards, together: a few
+statements for them all, however many callers ring.
 """
 
 from __future__ import annotations
