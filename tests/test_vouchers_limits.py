@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from tests.builders import API_KEY_HEADER
@@ -104,6 +107,36 @@ class TestWithRedisDown:
         answers = [validate(client, "K7QM-3XPD-9R", email=BIFF).status_code for _ in range(4)]
         assert answers == [404, 404, 404, 429]
         assert validate(client, code).status_code == 200
+
+
+class TestWithRedisHung:
+    """A Redis that takes connections and never answers (hung, or packets dropped)."""
+
+    @pytest.fixture
+    def app_config(self, app_config):
+        with socket.socket() as hung:
+            # Listening, never accepting: the kernel completes each connection, and no
+            # answer ever comes.
+            hung.bind(("127.0.0.1", 0))
+            hung.listen(64)
+            port = hung.getsockname()[1]
+            yield {**app_config, "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}"}
+
+    def test_requests_still_get_answers_and_the_limits_still_hold(self, app, client):
+        # Found by hand: the Redis client waits forever by default, so each rate-limited
+        # request hung until gunicorn killed its worker (an HTML 500 to the client).
+        answers: list[int] = []
+
+        def guess() -> None:
+            for _ in range(4):
+                answers.append(validate(client, "K7QM-3XPD-9R", email=BIFF).status_code)
+
+        worker = threading.Thread(target=guess, daemon=True)
+        worker.start()
+        # Generous: the storage's time-out is a second a call, then the limits count in memory.
+        worker.join(timeout=30)
+        assert not worker.is_alive(), f"still waiting on the storage after {answers}"
+        assert answers == [404, 404, 404, 429]
 
 
 def test_malformed_codes_from_many_clients_never_use_up_each_others_allowance(app, client):

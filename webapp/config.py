@@ -61,6 +61,11 @@ class Config:
     RATELIMIT_KEY_PREFIX = os.environ.get("RATELIMIT_KEY_PREFIX", "identity")
     # While the shared storage is unreachable, count per process rather than fail (500).
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    # A Redis that takes the connection and never answers (hung, or a network dropping
+    # its packets) held every rate-limited request until gunicorn killed the worker:
+    # the client waits forever by default. With these it gives up within a second, and
+    # the fallback above counts. Ignored by memory://.
+    RATELIMIT_STORAGE_OPTIONS = {"socket_connect_timeout": 1, "socket_timeout": 1}
     # POST /vouchers/validate: per client address, and per voucher code across all clients.
     VOUCHER_VALIDATE_LIMIT_PER_CLIENT = os.environ.get(
         "VOUCHER_VALIDATE_LIMIT_PER_CLIENT", "30 per minute;300 per hour"
