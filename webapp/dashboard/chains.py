@@ -53,7 +53,10 @@ def link_chains(
         following: list[Row] = []
         for current in sorted(frontier, key=lambda row: (row.created_at, row.id)):
             for kind, key in sorted(current.identifiers()):
-                for neighbour in holders.get((kind, key), ()):
+                # A value's holders are all reached the first time it is followed, so each
+                # value is followed once: 40,000 rows sharing a phone went over that
+                # phone's 40,000 holders from every one of them (37 s for the page).
+                for neighbour in holders.pop((kind, key), ()):
                     if neighbour.id not in came_from:
                         came_from[neighbour.id] = Link(
                             current.id, neighbour.id, kind, _display(neighbour, kind)
