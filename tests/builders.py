@@ -35,18 +35,19 @@ def identify(client, email=None, phone=None, **extra):
     return response.status_code, response.get_json()
 
 
-def many_rows_customer(count: int) -> list[int]:
+def many_rows_customer(count: int, phone: str = "5550000", name: str = "junk") -> list[int]:
     """A customer of ``count`` rows sharing one phone; its ids oldest first by (createdAt, id).
 
-    Rows come two to a timestamp, so the id has to break ties.
+    Each row has an e-mail of its own (``name`` and the row's number). Rows come two
+    to a timestamp, so the id has to break ties.
     """
     ids = []
     for n in range(count):
         contact = Contact(
-            email=f"junk{n}@x.io",
-            email_key=f"junk{n}@x.io",
-            phoneNumber="5550000",
-            phone_key="5550000",
+            email=f"{name}{n}@x.io",
+            email_key=f"{name}{n}@x.io",
+            phoneNumber=phone,
+            phone_key=phone,
             linkedId=ids[0] if ids else None,
             linkPrecedence=SECONDARY if ids else PRIMARY,
             createdAt=T0 + timedelta(minutes=n // 2),

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select
 
 from ..audit import state_lines
+from ..database import chunks
 from ..extensions import db
 from ..identity.rules import EMAIL, PHONE, consolidate
 from ..identity.service import blocked_keys, row_from_record
@@ -248,13 +249,20 @@ def _history(contacts: list[Contact], merges: list[Merge]) -> list[TimelineEvent
     # Two index reads, not one OR: MariaDB reads "customer_id IN (...) OR id IN (subquery)"
     # by scanning the whole audit log.
     about = list(db.session.scalars(select(AuditEntry).where(AuditEntry.customer_id.in_(ids))))
-    naming = db.session.scalars(
-        select(AuditEntry)
-        .join(AuditCustomer, AuditCustomer.audit_entry_id == AuditEntry.id)
-        .where(AuditCustomer.customer_id.in_(ids))
-    )
+    # The ids first: joined, an entry came once per row it names, states and all, and
+    # an unblock that joined 40,000 customers named each of them (80 GB for one page).
+    named = set(
+        db.session.scalars(
+            select(AuditCustomer.audit_entry_id).where(AuditCustomer.customer_id.in_(ids))
+        )
+    ) - {entry.id for entry in about}
+    naming = [
+        entry
+        for part in chunks(sorted(named))
+        for entry in db.session.scalars(select(AuditEntry).where(AuditEntry.id.in_(part)))
+    ]
     # An entry about one of the rows can name another (then a customer's primary): shown once.
-    audits = sorted({entry.id: entry for entry in [*about, *naming]}.values(), key=lambda e: e.id)
+    audits = sorted([*about, *naming], key=lambda e: e.id)
     timeline = _contact_events(contacts)
     timeline += [_merge_event(m) for m in merges]
     timeline += [_audit_event(a) for a in audits]
