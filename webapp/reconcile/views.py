@@ -31,6 +31,7 @@ from .core import NotFound, Outcome, ReconcileError
 from .forms import BlockForm, ConfirmForm, DeleteForm, LinkForm, MergeForm, MergeSearchForm
 from .jobs import AlreadyRunning, create_job, get_job, launch, recent_jobs
 from .service import (
+    VALUES_PAGE_SIZE,
     blocked_identifiers,
     customer_snapshot,
     delete_contact,
@@ -298,13 +299,18 @@ def delete(contact_id: int):
 
 @bp.get("/customers/<int:contact_id>/values")
 def values(contact_id: int):
-    """Every value and live contact of a customer, to block or delete; its page lists the first.
+    """A customer's values and live contacts, to block or delete, a page of each at a time
+    (``?from=`` the first one's position); the customer page lists the first few.
 
     A page without JavaScript; htmx's "Show all" swaps in the list it is about from the panel.
     """
     primary_id = canonical_customer(contact_id)
+    start = max(request.args.get("from", 0, type=int), 0)
+    section = panel_data(primary_id, VALUES_PAGE_SIZE, start)
     return page_or_fragment(
-        "reconcile/values.html", "reconcile/_section.html", section=panel_data(primary_id, None)
+        "reconcile/values.html",
+        "reconcile/_section.html",
+        section={**section, "paged": True},
     )
 
 
