@@ -181,8 +181,38 @@ def _contact_events(contacts: list[Contact]) -> list[TimelineEvent]:
     return events
 
 
-def _merge_event(merge: Merge) -> TimelineEvent:
-    details = [("cause", merge.cause), ("contacts moved", str(merge.rows_moved))]
+# Absorbed customers a grouped merge event names; the rest are counted.
+MERGED_NAMED = 10
+
+
+def _merge_events(merges: list[Merge]) -> list[TimelineEvent]:
+    """One event per merging act: the merges one request or action made at one moment
+    into one survivor, for the same reason, are one event.
+
+    An unblock that joined 40,000 customers made 40,000 merges at one instant: as
+    events of their own they all fell on one timeline page (22 MB of HTML).
+    """
+    acts: dict[tuple, list[Merge]] = {}
+    for merge in sorted(merges, key=lambda m: (m.created_at, m.id)):
+        act = (merge.created_at, merge.survivor_id, merge.cause, merge.actor, merge.detail)
+        acts.setdefault(act, []).append(merge)
+    return [_merge_event(group) for group in acts.values()]
+
+
+def _merge_event(group: list[Merge]) -> TimelineEvent:
+    merge = group[0]
+    absorbed = [f"#{m.absorbed_id}" for m in group]
+    moved = sum(m.rows_moved for m in group)
+    details = [("cause", merge.cause), ("contacts moved", str(moved))]
+    if len(group) == 1:
+        title = f"Customer #{merge.absorbed_id} merged into #{merge.survivor_id}"
+    elif len(group) <= MERGED_NAMED:
+        title = f"Customers {', '.join(absorbed[:-1])} and {absorbed[-1]} merged into "
+        title += f"#{merge.survivor_id}"
+    else:
+        title = f"{len(group):,} customers merged into #{merge.survivor_id}"
+        rest = len(group) - MERGED_NAMED
+        details.insert(0, ("customers", f"{', '.join(absorbed[:MERGED_NAMED])} and {rest:,} more"))
     if merge.detail:
         try:
             values = json.loads(merge.detail)
@@ -191,11 +221,7 @@ def _merge_event(merge: Merge) -> TimelineEvent:
         if isinstance(values, dict):
             details += [(f"request {k}", str(v)) for k, v in values.items()]
     return TimelineEvent(
-        at=merge.created_at,
-        kind="merge",
-        title=f"Customer #{merge.absorbed_id} merged into #{merge.survivor_id}",
-        actor=merge.actor,
-        details=details,
+        at=merge.created_at, kind="merge", title=title, actor=merge.actor, details=details
     )
 
 
@@ -264,7 +290,7 @@ def _history(contacts: list[Contact], merges: list[Merge]) -> list[TimelineEvent
     # An entry about one of the rows can name another (then a customer's primary): shown once.
     audits = sorted([*about, *naming], key=lambda e: e.id)
     timeline = _contact_events(contacts)
-    timeline += [_merge_event(m) for m in merges]
+    timeline += _merge_events(merges)
     timeline += [_audit_event(a) for a in audits]
     # Stable: contact rows stay in (createdAt, id) order, the order the timeline pages by.
     timeline.sort(key=lambda event: event.at)
