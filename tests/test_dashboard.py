@@ -1020,6 +1020,25 @@ def test_audit_states_list_customers_in_number_order(signed_in_client):
         ),
         ({"name": None}, ["name: none"]),
         ([1, 2], ["[1, 2]"]),
+        # Found by hand: an unblock that joined 40,000 customers listed every one, on the
+        # customer's timeline and in the audit log. Past 20, the rest are counted.
+        (
+            {"customers": {str(n): [n] for n in range(100, 144)}, "blocked_at": None},
+            [f"customer #{n}: contact #{n}" for n in range(100, 120)]
+            + ["and 24 more customers", "not blocked"],
+        ),
+        (
+            {"customers": {"1": list(range(1, 200, 2))}},
+            [
+                "customer #1: contacts "
+                + ", ".join(f"#{n}" for n in range(1, 40, 2))
+                + " and 80 more"
+            ],
+        ),
+        (
+            {"emails": [f"e{n}@x.io" for n in range(21)]},
+            ["e-mails: " + ", ".join(f"e{n}@x.io" for n in range(20)) + " and 1 more"],
+        ),
     ],
 )
 def test_audit_states_read_in_words(state, lines):

@@ -100,6 +100,11 @@ def readable(stored: str) -> str:
     return text
 
 
+# Customers, list items and runs of contact ids a state shows; the rest are counted. An
+# unblock that joined 40,000 customers wrote them all in its state, and every page
+# showing the entry listed them (the customer's timeline, the audit log).
+STATE_ITEMS_SHOWN = 20
+
 # How the state keys services write read on the dashboard; others read as their key.
 _STATE_LABELS = {
     "emails": "e-mails",
@@ -132,7 +137,10 @@ def state_lines(stored: str) -> list[Markup]:
     lines: list[Markup] = []
     customers = state.get("customers")
     if isinstance(customers, dict):
-        lines += [_customer_line(primary, rows) for primary, rows in customers.items()]
+        listed = list(customers.items())
+        lines += [_customer_line(primary, rows) for primary, rows in listed[:STATE_ITEMS_SHOWN]]
+        if len(listed) > STATE_ITEMS_SHOWN:
+            lines.append(Markup("and {:,} more customers").format(len(listed) - STATE_ITEMS_SHOWN))
     if any(key in state for key in _BLOCK_KEYS):
         lines.append(_block_line(state))
     for key, value in state.items():
@@ -165,12 +173,15 @@ def _customer_line(primary: str, rows: Any) -> Markup:
 
 
 def _runs(ids: Sequence[int]) -> str:
-    """``#1 to #40, #305``: three or more ids in a row as a range."""
+    """``#1 to #40, #305``: three or more ids in a row as a range; past STATE_ITEMS_SHOWN
+    parts, the ids left are counted."""
     parts: list[str] = []
     start = 0
     for end in range(1, len(ids) + 1):
         if end == len(ids) or ids[end] != ids[end - 1] + 1:
             first, last = ids[start], ids[end - 1]
+            if len(parts) >= STATE_ITEMS_SHOWN:
+                return ", ".join(parts) + f" and {len(ids) - start:,} more"
             if end - start >= 3:
                 parts.append(f"#{first} to #{last}")
             else:
@@ -202,7 +213,12 @@ def _text(value: Any) -> Markup:
     if value is None:
         return Markup("none")
     if isinstance(value, list):
-        return Markup(", ").join(_text(v) for v in value) if value else Markup("none")
+        if not value:
+            return Markup("none")
+        shown = Markup(", ").join(_text(v) for v in value[:STATE_ITEMS_SHOWN])
+        if len(value) > STATE_ITEMS_SHOWN:
+            shown += Markup(" and {:,} more").format(len(value) - STATE_ITEMS_SHOWN)
+        return shown
     if isinstance(value, dict):
         return Markup("<bdi>{}</bdi>").format(json.dumps(value, ensure_ascii=False))
     if isinstance(value, str):
