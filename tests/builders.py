@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import select
 
 from webapp.extensions import db
@@ -13,6 +15,11 @@ from webapp.identity.rules import Row, invariant_violations
 from webapp.models import PRIMARY, SECONDARY, Contact, Identifier
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
+
+# The newest migration: the revision an upgraded database is at.
+HEAD_REVISION = ScriptDirectory(
+    str(Path(__file__).resolve().parent.parent / "migrations")
+).get_current_head()
 
 
 def row(id, email=None, phone=None, linked_id=None, minute=None) -> Row:

@@ -9,7 +9,7 @@ import pytest
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import text
 
-from tests.builders import contacts
+from tests.builders import HEAD_REVISION, contacts
 from tests.openapi_check import assert_matches_openapi
 from webapp import create_app
 from webapp.extensions import db
@@ -127,7 +127,7 @@ def test_health_is_503_until_the_schema_is_upgraded_for_this_code(app, client, c
     # The log says what to do, in the CLI's words, not as Python sets.
     assert (
         "health check failed: the database has schema revision 0012_composed_email_keys, "
-        "this version needs 0014_audit_customers; bring it up to date with: "
+        f"this version needs {HEAD_REVISION}; bring it up to date with: "
         "flask --app wsgi db upgrade"
     ) in caplog.text
 
@@ -138,7 +138,9 @@ def test_health_is_503_on_a_database_no_migration_ran_on(tmp_path, caplog):
         response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "unavailable", "database": "not_upgraded"}
-    assert "has schema revision none (no schema yet), this version needs 0014_" in caplog.text
+    assert f"has schema revision none (no schema yet), this version needs {HEAD_REVISION}" in (
+        caplog.text
+    )
 
 
 def test_a_schema_ahead_of_the_code_is_healthy(app, client):

@@ -768,3 +768,33 @@ def test_an_agents_link_on_a_box_whose_clock_runs_behind_stamps_no_older_row(app
     assert (added.linkedId, added.createdAt >= ahead) == (ann, True)
     assert whole_run() == 0
     assert_invariants()
+
+
+def test_blocking_a_value_thousands_of_rows_share_keeps_its_whole_audit_entry(app):
+    # Found by hand on MariaDB: the block's state listing the 6,000 customers it split
+    # off outgrew a TEXT column (64 KB), the database refused the entry ("Data too long",
+    # a 503), and the value was not blocked.
+    now = utcnow()
+    db.session.execute(
+        insert(Contact),
+        [
+            {
+                "email": f"row{n}@x.io",
+                "email_key": f"row{n}@x.io",
+                "phoneNumber": "5550000",
+                "phone_key": "5550000",
+                "linkedId": None if n == 0 else 1,
+                "linkPrecedence": "primary" if n == 0 else "secondary",
+                "createdAt": now,
+                "updatedAt": now,
+                "source": "checkout",
+            }
+            for n in range(6000)
+        ],
+    )
+    db.session.commit()
+    set_blocked(parse_phone("5550000"), True, actor="dana@support.example", reason="junk")
+    assert blocked_keys(db.session.connection(), [("phone", "5550000")])
+    entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "block")).one()
+    assert len(entry.after) > 65_535
+    assert len(json.loads(entry.after)["customers"]) == 6000

@@ -12,6 +12,9 @@ from .extensions import db
 
 # Microsecond timestamps on MySQL/MariaDB too, so creation order survives.
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# Text that may outgrow MySQL's TEXT (64 KB): up to 16 MB there. SQLite's TEXT has no such
+# limit. An audit state listing the 6,000 customers a block split off is about 120 KB.
+LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 # Binary collation: keys are compared exactly (they are normalised already),
 # and utf8mb4 stores any e-mail address a customer can type.
@@ -177,8 +180,8 @@ class AuditEntry(db.Model):
     subject: Mapped[str | None] = mapped_column(String(400))
     reason: Mapped[str | None] = mapped_column(Text)
     # JSON documents describing the state before and after.
-    before: Mapped[str | None] = mapped_column(Text)
-    after: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[str | None] = mapped_column(LongText)
+    after: Mapped[str | None] = mapped_column(LongText)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
     # The other customers its states name (see AuditCustomer), written with the entry.
     named_customers: Mapped[list[AuditCustomer]] = relationship()
