@@ -6,9 +6,9 @@ import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
 
-from tests.builders import AGENT_EMAIL, database_work, identify, is_fragment
+from tests.builders import AGENT_EMAIL, database_work, identify, is_fragment, statements_run
 from tests.test_vouchers_api import BIFF, LORRAINE, MCFLY, expire, issued_code, validate, vouchers
 from webapp.extensions import db
 from webapp.models import AuditEntry, Contact, utcnow
@@ -276,6 +276,69 @@ def test_offers_page_counts_issued_used_expired_and_voided(signed_in_client):
     assert cells[0] == "Spring" and cells[1] == "7%"
     assert cells[3:] == ["4", "2", "1", "1", "0"]
     assert "once per customer" in html.split('id="offer-2"')[1]
+
+
+def test_the_offers_page_reads_its_offers_in_a_fixed_number_of_statements(signed_in_client):
+    # Left from review: each offer was read again after the counts, one statement an
+    # offer: with 1,000 offers the page ran 1,004 statements (0.5 s on both databases).
+    client = signed_in_client
+
+    def statements_of_page() -> int:
+        with statements_run() as statements:
+            assert client.get("/offers").status_code == 200
+        return len(statements)
+
+    issued_code(client, email=LORRAINE, offer="Offer 0")
+    few = statements_of_page()
+    for n in range(1, 12):
+        issued_code(client, email=LORRAINE, offer=f"Offer {n}")
+    assert statements_of_page() == few
+
+
+def test_the_voucher_section_lists_the_offers_without_counting_every_voucher(signed_in_client):
+    # Left from review: the issue form's offer list came with every offer's voucher
+    # counts, a pass over the whole voucher table on every customer page (with 300,000
+    # vouchers: 0.5 s on SQLite, more on MariaDB).
+    client = signed_in_client
+    identify(client, MCFLY)
+    issued_code(client, email=BIFF, offer="Offer A")
+    issued_code(client, email=BIFF, offer="Offer B", once_per_customer=True)
+    biff = db.session.scalar(select(Voucher.contact_id))
+    db.session.rollback()
+
+    def work_of_section() -> int:
+        with database_work() as work:
+            html = client.get("/customers/1/vouchers", headers=HTMX).get_data(as_text=True)
+            # The request shares the test's app context: end its read here.
+            db.session.rollback()
+        assert '<option value="Offer A">10%</option>' in html
+        assert '<option value="Offer B">10%, once per customer</option>' in html
+        return work[0]
+
+    def more_vouchers_of_biff(count: int) -> None:
+        offers = [offer.id for offer in db.session.scalars(select(Offer))]
+        start = db.session.scalar(select(func.count()).select_from(Voucher))
+        db.session.execute(
+            insert(Voucher),
+            [
+                {
+                    "code": f"MORE{start + n:012d}",
+                    "offer_id": offers[n % 2],
+                    "contact_id": biff,
+                    "discount": 1000,
+                    "expires_at": utcnow() + timedelta(days=30),
+                    "issued_by": "api",
+                }
+                for n in range(count)
+            ],
+        )
+        db.session.commit()
+
+    more_vouchers_of_biff(20)
+    few = work_of_section()
+    more_vouchers_of_biff(2000)
+    many = work_of_section()
+    assert many < 2 * few, (few, many)
 
 
 def test_offers_page_empty_state(signed_in_client):

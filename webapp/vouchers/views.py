@@ -36,6 +36,7 @@ from .service import (
     VoucherError,
     customer_vouchers,
     issue_to_customer,
+    offer_choices,
     offer_summaries,
     void_voucher,
 )
@@ -102,7 +103,7 @@ def section_data(primary_id: int) -> dict:
     return {
         "customer_id": primary_id,
         "vouchers": customer_vouchers(primary_id),
-        "offers": offer_summaries(),
+        "offers": offer_choices(),
         "issue_form": IssueForm(formdata=None),
         "void_form": VoidForm(formdata=None),
     }
