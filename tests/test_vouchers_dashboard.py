@@ -13,7 +13,7 @@ from tests.test_vouchers_api import BIFF, LORRAINE, MCFLY, expire, issued_code, 
 from webapp.extensions import db
 from webapp.models import AuditEntry, Contact, utcnow
 from webapp.vouchers.models import Offer, Voucher
-from webapp.vouchers.service import customer_vouchers, vouchers_of_customers
+from webapp.vouchers.service import OFFERS_PAGE_SIZE, customer_vouchers, vouchers_of_customers
 
 # These tests issue vouchers through the API, which always needs a key.
 pytestmark = pytest.mark.usefixtures("api_key")
@@ -293,6 +293,64 @@ def test_the_offers_page_reads_its_offers_in_a_fixed_number_of_statements(signed
     for n in range(1, 12):
         issued_code(client, email=LORRAINE, offer=f"Offer {n}")
     assert statements_of_page() == few
+
+
+def _offers_with_vouchers(names: list[str], vouchers_each: int) -> None:
+    """Offers bulk-inserted with ``vouchers_each`` vouchers each, all of customer #1."""
+    start = db.session.scalar(select(func.count()).select_from(Voucher))
+    offers = db.session.execute(
+        insert(Offer).returning(Offer.id), [{"name": name, "discount": 500} for name in names]
+    )
+    db.session.execute(
+        insert(Voucher),
+        [
+            {
+                "code": f"PAGE{start + n:012d}",
+                "offer_id": offer_id,
+                "contact_id": 1,
+                "discount": 500,
+                "expires_at": utcnow() + timedelta(days=30),
+                "issued_by": "api",
+            }
+            for n, offer_id in enumerate(
+                offer_id for (offer_id,) in offers for _ in range(vouchers_each)
+            )
+        ],
+    )
+    db.session.commit()
+
+
+def test_the_offers_page_shows_a_page_of_offers_and_counts_only_theirs(signed_in_client):
+    # Left from review: the page listed every offer with counts over the whole voucher
+    # table: 1,000 offers and 300,000 vouchers took 375 ms on SQLite, 169 ms on MariaDB.
+    client = signed_in_client
+    identify(client, LORRAINE)
+    _offers_with_vouchers([f"Offer {n:02d}" for n in range(OFFERS_PAGE_SIZE + 5)], 2)
+
+    def work_of_first_page() -> int:
+        with database_work() as work:
+            html = client.get("/offers").get_data(as_text=True)
+        assert html.count('<tr id="offer-') == OFFERS_PAGE_SIZE
+        assert f"Offers 1 to {OFFERS_PAGE_SIZE} of " in html
+        assert 'href="/offers?page=2" rel="next"' in html
+        return work[0]
+
+    few = work_of_first_page()
+    # Offers named to come after the first page, with many vouchers.
+    _offers_with_vouchers([f"Zed offer {n}" for n in range(5)], 600)
+    many = work_of_first_page()
+    assert many < 2 * few, (few, many)
+
+    html = client.get("/offers?page=2").get_data(as_text=True)
+    assert html.count('<tr id="offer-') == 10
+    assert f"Offers {OFFERS_PAGE_SIZE + 1} to {OFFERS_PAGE_SIZE + 10} of 60." in html
+    assert 'href="/offers?page=1" rel="prev"' in html and 'rel="next"' not in html
+    zed = html.split(">Zed offer 4<")[1].split("</tr>")[0]
+    cells = [c.split(">", 1)[1].split("<")[0] for c in zed.split("<td")[1:]]
+    assert cells[2:] == ["600", "600", "0", "0", "0"]
+    beyond = client.get("/offers?page=9").get_data(as_text=True)
+    assert "No offers this far: there are 60 offers." in beyond
+    assert 'href="/offers" rel="prev">Back to the first offers' in beyond
 
 
 def test_the_voucher_section_lists_the_offers_without_counting_every_voucher(signed_in_client):

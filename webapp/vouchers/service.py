@@ -679,59 +679,86 @@ def void_voucher(
     return run_write_transaction(work, _max_attempts())
 
 
-def offer_summaries() -> list[OfferSummary]:
-    """Every offer, by name, with its voucher counts by status."""
+# Offers per page of the offers page.
+OFFERS_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class OffersPage:
+    """A page of offers by name with their counts, and where it sits among them all."""
+
+    offers: list[OfferSummary]
+    page: int
+    total: int
+    page_size: int
+
+    @property
+    def first_row(self) -> int:
+        return (self.page - 1) * self.page_size + 1
+
+    @property
+    def next_page(self) -> int | None:
+        return self.page + 1 if self.page * self.page_size < self.total else None
+
+    @property
+    def previous_page(self) -> int | None:
+        return self.page - 1 if self.page > 1 else None
+
+
+def offer_summaries(page: int = 1, page_size: int = OFFERS_PAGE_SIZE) -> OffersPage:
+    """A page of offers, by name, with their voucher counts by status.
+
+    Only the page's offers are counted, through the voucher's ``offer_id``
+    index: counting every offer's vouchers read the whole voucher table
+    (300,000 vouchers: 0.3 s on SQLite, 0.15 s on MariaDB).
+    """
     now = utcnow()
     unused = and_(Voucher.used_at.is_(None), Voucher.voided_at.is_(None))
 
     def count_where(condition):
         return func.sum(case((condition, 1), else_=0))
 
-    counts = (
-        select(
-            Voucher.offer_id,
-            func.count(Voucher.id).label("issued"),
-            count_where(Voucher.used_at.is_not(None)).label("used"),
-            count_where(and_(unused, Voucher.expires_at <= now)).label("expired"),
-            count_where(and_(Voucher.used_at.is_(None), Voucher.voided_at.is_not(None))).label(
-                "voided"
-            ),
+    try:
+        total = db.session.scalar(select(func.count()).select_from(Offer))
+        offers = db.session.execute(
+            select(Offer.id, Offer.name, Offer.discount, Offer.once_per_customer)
+            .order_by(Offer.name)
+            .limit(page_size)
+            .offset((page - 1) * page_size)
+        ).all()
+        counts = {}
+        if offers:
+            counted = db.session.execute(
+                select(
+                    Voucher.offer_id,
+                    func.count(Voucher.id),
+                    count_where(Voucher.used_at.is_not(None)),
+                    count_where(and_(unused, Voucher.expires_at <= now)),
+                    count_where(and_(Voucher.used_at.is_(None), Voucher.voided_at.is_not(None))),
+                )
+                .where(Voucher.offer_id.in_([offer.id for offer in offers]))
+                .group_by(Voucher.offer_id)
+            )
+            counts = {offer_id: numbers for offer_id, *numbers in counted}
+    finally:
+        db.session.rollback()
+    summaries = []
+    for offer_id, name, discount, once_per_customer in offers:
+        # An offer without vouchers has no counts row: every count is 0.
+        issued, used, expired, voided = (int(n or 0) for n in counts.get(offer_id, (0,) * 4))
+        summaries.append(
+            OfferSummary(
+                id=offer_id,
+                name=name,
+                discount=discount,
+                once_per_customer=once_per_customer,
+                issued=issued,
+                used=used,
+                expired=expired,
+                voided=voided,
+            )
         )
-        .group_by(Voucher.offer_id)
-        .subquery()
-    )
-    # Columns, not Offer objects: the rollback below expires objects, and reading
-    # each one's attributes afterwards cost a statement per offer (1,000 offers:
-    # 1,000 statements and about 0.5 s for the page).
-    rows = db.session.execute(
-        select(
-            Offer.id,
-            Offer.name,
-            Offer.discount,
-            Offer.once_per_customer,
-            counts.c.issued,
-            counts.c.used,
-            counts.c.expired,
-            counts.c.voided,
-        )
-        .outerjoin(counts, counts.c.offer_id == Offer.id)
-        .order_by(Offer.name)
-    ).all()
-    db.session.rollback()
-    return [
-        OfferSummary(
-            id=offer_id,
-            name=name,
-            discount=discount,
-            once_per_customer=once_per_customer,
-            # An offer without vouchers has no counts row: every count is 0.
-            issued=int(issued or 0),
-            used=int(used or 0),
-            expired=int(expired or 0),
-            voided=int(voided or 0),
-        )
-        for offer_id, name, discount, once_per_customer, issued, used, expired, voided in rows
-    ]
+    return OffersPage(summaries, page, total, page_size)
 
 
 @dataclass(frozen=True)

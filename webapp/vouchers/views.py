@@ -18,6 +18,7 @@ from ..dashboard import protect
 from ..dashboard.rendering import (
     canonical_customer,
     customer_or_404,
+    page_number,
     page_or_fragment,
     wants_fragment,
 )
@@ -184,5 +185,6 @@ def void(contact_id: int, voucher_id: int):
 
 @bp.get("/offers")
 def offers():
-    """Every offer with how many of its vouchers were issued, used, expired and voided."""
-    return render_template("vouchers/offers.html", offers=offer_summaries())
+    """The offers by name, a page at a time, each with its vouchers counted by status."""
+    listing = offer_summaries(page_number())
+    return render_template("vouchers/offers.html", offers=listing.offers, listing=listing)
