@@ -442,13 +442,14 @@ def audit_log(
         statement = statement.where(c.action == action)
     if before is not None:
         at, entry_id = decode_cursor(before)
+        # The bound "created_at <= at" on its own, besides the exact condition: given
+        # only the OR, SQLite read the created_at index from the newest entry down to
+        # the cursor (30 ms half-way through 500,000 entries) instead of seeking to it.
         statement = statement.where(
-            or_(c.created_at < at, and_(c.created_at == at, c.id < entry_id))
+            c.created_at <= at, or_(c.created_at < at, and_(c.created_at == at, c.id < entry_id))
         )
     found = list(db.session.scalars(statement.limit(page_size + 1)))
-    actions = list(
-        db.session.scalars(select(AuditEntry.action).distinct().order_by(AuditEntry.action))
-    )
+    actions = list(db.session.scalars(_audit_actions()))
     for entry in found:
         db.session.expunge(entry)
     db.session.rollback()
@@ -463,3 +464,23 @@ def audit_log(
         action=action or None,
         actions=actions,
     )
+
+
+def _audit_actions():
+    """The actions the audit log holds, in order, read off the (action, ...) index.
+
+    A plain DISTINCT read every entry on SQLite (about 150 ms with 500,000
+    entries; so did MariaDB before the index). MariaDB skips from one action to
+    the next in the index by itself ("Using index for group-by"); SQLite is asked
+    for each action as the smallest one after the last, one index search each.
+    (MariaDB would search the whole index for each step of that form.)
+    """
+    action = AuditEntry.__table__.c.action
+    if db.session.get_bind().dialect.name != "sqlite":
+        return select(action).distinct().order_by(action)
+    first = select(func.min(action).label("action")).cte("audit_action", recursive=True)
+    following = select(
+        select(func.min(action)).where(action > first.c.action).scalar_subquery()
+    ).where(first.c.action.is_not(None))
+    found = first.union_all(following)
+    return select(found.c.action).where(found.c.action.is_not(None)).order_by(found.c.action)
