@@ -5,14 +5,16 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, text, update
 
 from tests.builders import (
     AGENT_EMAIL,
+    T0,
     assert_invariants,
     commit_elsewhere,
     contacts,
     csrf_token_from,
+    database_work,
     is_fragment,
     is_page,
     many_rows_customer,
@@ -511,6 +513,64 @@ def test_a_block_reason_keeps_the_lines_of_its_textarea(signed_in_client):
     assert response.status_code == 200
     stored = db.session.scalar(select(Identifier.blocked_reason).where(Identifier.key == "555"))
     assert stored == reason
+
+
+def _identifiers(first: int, count: int, blocked_every: int | None = None) -> None:
+    """E-mail claims ``first``..., bulk-inserted; every n-th blocked, a minute after the last."""
+    rows = []
+    for n in range(first, first + count):
+        blocked = blocked_every is not None and n % blocked_every == 0
+        rows.append(
+            {
+                "kind": "email",
+                "key": f"value{n}@x.io",
+                "blocked_at": T0 + timedelta(minutes=n) if blocked else None,
+                "blocked_by": AGENT_EMAIL if blocked else None,
+                "blocked_reason": f"reason {n}" if blocked else None,
+            }
+        )
+    db.session.execute(insert(Identifier), rows)
+    db.session.commit()
+    if db.engine.dialect.name != "sqlite":
+        # What InnoDB's own statistics would say by now; stale, they mislead the plans.
+        db.session.execute(text("ANALYZE TABLE identifier"))
+        db.session.commit()
+
+
+def test_the_blocked_page_shows_a_page_of_blocked_values_not_every_identifier(signed_in_client):
+    # Left from review: the page read every identifier to find the blocked ones and
+    # showed them all: 5,000 blocked among 440,000 took 320 ms on SQLite, 370 ms on
+    # MariaDB, for 4.4 MB of HTML.
+    client = signed_in_client
+    _identifiers(1, 300, blocked_every=2)
+
+    def pages() -> list[str]:
+        first = client.get("/blocked").get_data(as_text=True)
+        (more,) = re.findall(r'href="(/blocked\?before=[^"]+)"', first)
+        second = client.get(more.replace("&amp;", "&")).get_data(as_text=True)
+        # The requests share the test's app context: end their reads here.
+        db.session.rollback()
+        return [first, second]
+
+    first, second = pages()
+    shown = [re.findall(r"Unblock value(\d+)@x\.io<", page) for page in (first, second)]
+    assert shown[0] == [str(n) for n in range(300, 100, -2)]
+    assert shown[1] == [str(n) for n in range(100, 0, -2)]
+    assert "More blocked values" not in second and "Back to the latest" in second
+
+    def work_of_pages() -> int:
+        with database_work() as work:
+            pages()
+        return work[0]
+
+    few = work_of_pages()
+    # A year of checkouts later: thousands of values, none of them blocked.
+    _identifiers(301, 6000)
+    many = work_of_pages()
+    assert many < 2 * few, (few, many)
+
+    damaged = client.get("/blocked", query_string={"before": "yesterday~1"})
+    assert damaged.status_code == 400
 
 
 def test_blocked_page_is_empty_then_unblock_answers_with_the_fragment(signed_in_client):

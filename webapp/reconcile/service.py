@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 
+from ..dashboard.cursors import decode_cursor, encode_cursor
 from ..database import write_transaction
 from ..extensions import db
 from ..identity.evidence import add_bond, withdraw_unheld
@@ -288,15 +289,42 @@ def set_blocked(value: Value, blocked: bool, actor: str, reason: str | None = No
     return write_transaction(work)
 
 
-def blocked_identifiers() -> list[Identifier]:
-    """Every blocked value, most recently blocked first."""
-    return list(
-        db.session.scalars(
-            select(Identifier)
-            .where(Identifier.blocked_at.is_not(None))
-            .order_by(Identifier.blocked_at.desc(), Identifier.id.desc())
+# Blocked values per page of /blocked.
+BLOCKED_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class BlockedPage:
+    """A page of blocked values, most recently blocked first, and the cursor of the next."""
+
+    identifiers: list[Identifier]
+    next_cursor: str | None
+
+
+def blocked_identifiers(
+    before: str | None = None, page_size: int = BLOCKED_PAGE_SIZE
+) -> BlockedPage:
+    """Blocked values, most recently blocked first, a page at a time.
+
+    ``before`` (a cursor from the previous page) continues after that page's
+    last value. The ``blocked_at`` index holds them in order; without it, and
+    without pages, the page read every identifier and showed every blocked
+    one (5,000 blocked among 440,000: 0.3 to 0.5 s and 4 MB of HTML).
+    Raises InvalidCursor for a cursor ``encode_cursor`` did not write.
+    """
+    i = Identifier
+    statement = select(i).where(i.blocked_at.is_not(None))
+    if before is not None:
+        at, after_id = decode_cursor(before)
+        # "blocked_at <= at" on its own too, so that the index is searched from the cursor.
+        statement = statement.where(
+            i.blocked_at <= at, or_(i.blocked_at < at, and_(i.blocked_at == at, i.id < after_id))
         )
-    )
+    statement = statement.order_by(i.blocked_at.desc(), i.id.desc()).limit(page_size + 1)
+    found = list(db.session.scalars(statement))
+    shown = found[:page_size]
+    more = len(found) > page_size
+    return BlockedPage(shown, encode_cursor(shown[-1].blocked_at, shown[-1].id) if more else None)
 
 
 def delete_contact(contact_id: int, actor: str, reason: str | None = None) -> Outcome:

@@ -13,6 +13,7 @@ from flask import abort, flash, make_response, redirect, render_template, reques
 from flask_login import current_user
 
 from ..dashboard import protect
+from ..dashboard.cursors import InvalidCursor
 from ..dashboard.rendering import (
     canonical_customer,
     customer_or_404,
@@ -226,11 +227,20 @@ def block():
 
 @bp.get("/blocked")
 def blocked():
-    """Every blocked value, with who blocked it, why, and an unblock button."""
+    """The blocked values, latest first, 100 a page: who blocked each, why, and an unblock button.
+
+    ``before`` continues after the previous page's last value.
+    """
+    try:
+        listing = blocked_identifiers(request.args.get("before") or None)
+    except InvalidCursor:
+        message = "This “more blocked values” link is damaged; open the blocked values again."
+        return error_page("Bad link", message, 400)
     return page_or_fragment(
         "reconcile/blocked.html",
         "reconcile/_blocked_values.html",
-        identifiers=blocked_identifiers(),
+        listing=listing,
+        continued=bool(request.args.get("before")),
     )
 
 
@@ -256,7 +266,8 @@ def unblock(identifier_id: int):
     response = make_response(
         render_template(
             "reconcile/_blocked_values.html",
-            identifiers=blocked_identifiers(),
+            listing=blocked_identifiers(),
+            continued=False,
             message=message,
             category=category,
         )
