@@ -17,6 +17,7 @@ from tests.builders import (
     database_work,
     identify,
     many_rows_customer,
+    refresh_statistics,
     statements_run,
 )
 from webapp import create_app
@@ -981,11 +982,7 @@ def _audit_entries(first: int, count: int, rare_every: int | None = None) -> Non
             for n in range(first, first + count)
         ],
     )
-    db.session.commit()
-    if db.engine.dialect.name != "sqlite":
-        # What InnoDB's own statistics would say by now; stale, they mislead the plans.
-        db.session.execute(text("ANALYZE TABLE audit_entry"))
-        db.session.commit()
+    refresh_statistics("audit_entry")
 
 
 def test_the_audit_page_reads_a_page_of_entries_not_the_whole_log(signed_in_client):

@@ -5,7 +5,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, update
 
 from tests.builders import (
     AGENT_EMAIL,
@@ -18,6 +18,7 @@ from tests.builders import (
     is_fragment,
     is_page,
     many_rows_customer,
+    refresh_statistics,
 )
 from webapp.dashboard.customers import load_customer
 from webapp.dashboard.search import reindex
@@ -530,11 +531,7 @@ def _identifiers(first: int, count: int, blocked_every: int | None = None) -> No
             }
         )
     db.session.execute(insert(Identifier), rows)
-    db.session.commit()
-    if db.engine.dialect.name != "sqlite":
-        # What InnoDB's own statistics would say by now; stale, they mislead the plans.
-        db.session.execute(text("ANALYZE TABLE identifier"))
-        db.session.commit()
+    refresh_statistics("identifier")
 
 
 def test_the_blocked_page_shows_a_page_of_blocked_values_not_every_identifier(signed_in_client):
