@@ -11,15 +11,18 @@ from sqlalchemy import delete, func, insert, select
 
 from tests.builders import (
     AGENT_EMAIL,
+    T0,
     contacts,
     database_work,
     identify,
     is_fragment,
     is_page,
     many_rows_customer,
+    refresh_statistics,
     statements_run,
 )
 from webapp.dashboard.search import parse_query, reindex, search_customers
+from webapp.engagements.history import engagement_page
 from webapp.engagements.models import ContactName, Engagement, ScreenPop
 from webapp.engagements.names import match_names
 from webapp.engagements.screenpop import MAX_POPS, POP_SETTLE, recent_pops
@@ -274,6 +277,40 @@ def test_load_more_walks_the_whole_history_once_newest_first(app, signed_in_clie
     for forged in ("nonsense", "2026-01-01T00:00:00+00:00~5", f"2026-01-01T00:00:00~{2**64}"):
         response = signed_in_client.get(url_for_activity(customer, before=forged))
         assert response.status_code == 400, forged
+
+
+def test_a_page_deep_in_the_history_is_read_from_its_cursor_not_from_the_newest(app):
+    # Lead from the pages review: the cursor condition was an OR alone, which SQLite
+    # cannot start an index range with, so each "Load older activity" read the history
+    # from the newest event down to the cursor before its page.
+    contact = Contact(email="deep@x.io", email_key="deep@x.io", createdAt=utcnow())
+    db.session.add(contact)
+    db.session.flush()
+    db.session.execute(
+        insert(Engagement),
+        [
+            {
+                "contact_id": contact.id,
+                "channel": "sms",
+                "direction": "inbound",
+                "occurred_at": T0 + timedelta(minutes=n),
+                "created_at": T0,
+            }
+            for n in range(4000)
+        ],
+    )
+    refresh_statistics("engagement")
+
+    def work_of_page(minute: int) -> int:
+        cursor = (T0 + timedelta(minutes=minute), 10**9)
+        with database_work() as work:
+            page = engagement_page(db.session.connection(), [contact.id], before=cursor, limit=21)
+            db.session.rollback()
+        assert len(page) == 21 and page[0].occurred_at == cursor[0]
+        return work[0]
+
+    near_the_newest, near_the_oldest = work_of_page(3990), work_of_page(30)
+    assert near_the_oldest < 2 * near_the_newest, (near_the_newest, near_the_oldest)
 
 
 def test_page_views_are_grouped_per_visit(signed_in_client):

@@ -150,8 +150,16 @@ def histories_rows(conn: Connection, primary_ids: Sequence[int]) -> dict[int, Hi
 
 
 def older_than(occurred_at: datetime, event_id: int):
-    """The condition "after (occurred_at, id) newest first", in a form indexes serve."""
-    return or_(_e.occurred_at < occurred_at, and_(_e.occurred_at == occurred_at, _e.id < event_id))
+    """The condition "after (occurred_at, id) newest first", in a form indexes serve.
+
+    The bound on ``occurred_at`` alone says the same as the OR, and is what SQLite
+    starts an index range with: without it, a page deep in a history of 4,000
+    events read from the newest one down to its cursor (28 times the work).
+    """
+    return and_(
+        _e.occurred_at <= occurred_at,
+        or_(_e.occurred_at < occurred_at, and_(_e.occurred_at == occurred_at, _e.id < event_id)),
+    )
 
 
 def engagement_page(
