@@ -58,10 +58,12 @@ class IssueForm(Form):
         "Offer", validators=[DataRequired(), Length(max=MAX_OFFER_NAME)], id="issue-offer"
     )
     discount = StringField("Discount (%)", validators=[DataRequired()], id="issue-discount")
-    # Left empty, WTForms said "Not a valid date value."; this says what to do.
+    # Left empty, WTForms said "Not a valid date value."; this says what to do. Checked by
+    # the server only, as before: the answer marks the field and puts focus on it.
     valid_until = DateField(
         "Valid until (end of day, UTC)",
         validators=[InputRequired(PICK_A_DAY)],
+        render_kw={"required": False},
         id="issue-valid-until",
     )
     once_per_customer = BooleanField("Once per customer", id="issue-once")
