@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import and_, or_
+
 
 class InvalidCursor(ValueError):
     """A cursor value that ``encode_cursor`` did not write."""
@@ -25,3 +27,17 @@ def decode_cursor(raw: str) -> tuple[datetime, int]:
     if at.tzinfo is not None or not 0 <= after_id < 2**63:
         raise InvalidCursor(raw)
     return at, after_id
+
+
+def older_than(at_column, id_column, at: datetime, row_id: int):
+    """The rows after (``at``, ``row_id``) in newest-first order, in a form indexes serve.
+
+    The bound on ``at_column`` alone says no more than the OR, and is what SQLite
+    starts an index range with: given the OR alone, it read the index from the
+    newest row down to the cursor before the page (a page deep in a history of
+    4,000 events: 28 times the work; half-way through 500,000 audit entries: 30 ms).
+    """
+    return and_(
+        at_column <= at,
+        or_(at_column < at, and_(at_column == at, id_column < row_id)),
+    )

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 
 from ..audit import state_lines
 from ..database import chunks
@@ -20,7 +20,7 @@ from ..identity.rules import EMAIL, PHONE, consolidate
 from ..identity.service import blocked_keys, row_from_record
 from ..models import AuditCustomer, AuditEntry, Contact, Merge
 from .chains import Link, link_chains
-from .cursors import decode_cursor, encode_cursor
+from .cursors import decode_cursor, encode_cursor, older_than
 
 # A deleted row's link is not moved by later merges; follow it this far at most.
 _MAX_HOPS = 16
@@ -442,12 +442,7 @@ def audit_log(
         statement = statement.where(c.action == action)
     if before is not None:
         at, entry_id = decode_cursor(before)
-        # The bound "created_at <= at" on its own, besides the exact condition: given
-        # only the OR, SQLite read the created_at index from the newest entry down to
-        # the cursor (30 ms half-way through 500,000 entries) instead of seeking to it.
-        statement = statement.where(
-            c.created_at <= at, or_(c.created_at < at, and_(c.created_at == at, c.id < entry_id))
-        )
+        statement = statement.where(older_than(c.created_at, c.id, at, entry_id))
     found = list(db.session.scalars(statement.limit(page_size + 1)))
     actions = list(db.session.scalars(_audit_actions()))
     for entry in found:

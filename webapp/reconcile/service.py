@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
-from ..dashboard.cursors import decode_cursor, encode_cursor
+from ..dashboard.cursors import decode_cursor, encode_cursor, older_than
 from ..database import write_transaction
 from ..extensions import db
 from ..identity.evidence import add_bond, withdraw_unheld
@@ -316,10 +316,7 @@ def blocked_identifiers(
     statement = select(i).where(i.blocked_at.is_not(None))
     if before is not None:
         at, after_id = decode_cursor(before)
-        # "blocked_at <= at" on its own too, so that the index is searched from the cursor.
-        statement = statement.where(
-            i.blocked_at <= at, or_(i.blocked_at < at, and_(i.blocked_at == at, i.id < after_id))
-        )
+        statement = statement.where(older_than(i.blocked_at, i.id, at, after_id))
     statement = statement.order_by(i.blocked_at.desc(), i.id.desc()).limit(page_size + 1)
     found = list(db.session.scalars(statement))
     shown = found[:page_size]

@@ -157,6 +157,6 @@ def voucher_status(
         return VOIDED
     if used_at is not None:
         return USED
-    if now is not None and expires_at <= now:
+    if expires_at <= now:
         return EXPIRED
     return VALID
