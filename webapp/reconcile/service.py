@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, insert, or_, select, update
 
 from ..dashboard.cursors import decode_cursor, encode_cursor, older_than
+from ..dashboard.customers import customer_records
 from ..database import write_transaction
 from ..extensions import db
 from ..identity.evidence import add_bond, withdraw_unheld
@@ -396,16 +397,7 @@ VALUES_PAGE_SIZE = 500
 def panel_data(primary_id: int, shown: int = PANEL_SHOWN, start: int = 0) -> dict:
     """The reconciliation panel: ``shown`` values (blocked or not) and live contacts from
     the ``start``-th of each (oldest first); the totals say how many there are."""
-    contacts = list(
-        db.session.scalars(
-            select(Contact)
-            .where(
-                or_(Contact.id == primary_id, Contact.linkedId == primary_id),
-                Contact.deletedAt.is_(None),
-            )
-            .order_by(Contact.createdAt, Contact.id)
-        )
-    )
+    contacts = customer_records(primary_id, live_only=True)
     values: dict[Key, str] = {}
     for contact in contacts:
         if contact.email_key:
