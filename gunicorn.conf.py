@@ -11,6 +11,11 @@ import sys
 # As wsgi.py exits: gunicorn's "the app failed to load".
 APP_FAILED_TO_LOAD = 4
 
+# gunicorn's control socket lives at one path per user, so a second instance on the
+# box (staging beside production) silently takes over the first one's, and a control
+# command reaches the wrong server. The service does not use it; signals still work.
+control_socket_disable = True
+
 
 def on_starting(server):
     from webapp.config import SettingsError, check_environment

@@ -7,10 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import LiveServer
 from webapp import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,3 +339,23 @@ def test_a_bad_setting_is_one_line_not_a_traceback(tmp_path, command):
     )
     assert done.returncode == 4  # gunicorn's "the app failed to load": it stops, not respawns
     assert done.stderr.strip() == "Error: IDENTIFY_MAX_ATTEMPTS must be at least 1, not 0"
+
+
+def test_gunicorn_leaves_its_control_socket_off(tmp_path, database_urls):
+    # gunicorn 24+ opens a control socket at one path per user ($XDG_RUNTIME_DIR or
+    # ~/.gunicorn): a second instance on the box (staging beside production) silently
+    # took the first one's, so a control command reached the wrong server.
+    home, runtime = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
+    runtime.mkdir()
+    server = LiveServer(
+        database_urls["sqlite"], workers=1, env={"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
+    )
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            made = [p for p in [*home.rglob("*"), *runtime.rglob("*")] if p.is_socket()]
+            assert made == []
+            time.sleep(0.1)
+    finally:
+        server.stop()
