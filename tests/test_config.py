@@ -258,6 +258,14 @@ def test_an_unknown_profile_is_named(tmp_path):
             "DATABASE_URL needs the mysqldb driver, which is not installed",
         ),
         ("pw-secret not a url", "DATABASE_URL is not a database URL"),
+        # Two slashes make the first folder a host: the engine refused it in every
+        # worker with a traceback, naming a path under the instance folder.
+        (
+            "sqlite://var/lib/identity.db",
+            "DATABASE_URL (sqlite://var/lib/identity.db) names a host or user, which a "
+            "SQLite URL has none of; put three slashes",
+        ),
+        ("sqlite://identity:pw-secret@/x.db", "names a host or user"),
     ],
 )
 def test_a_database_the_service_cannot_use_is_refused_at_start(url, message):
@@ -299,6 +307,7 @@ def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_p
             f"redis+cluster://127.0.0.1:{CLOSED_PORT}",
             CLUSTER_UNREACHABLE,
         ),
+        ("DATABASE_URL", "sqlite://var/lib/identity.db", "DATABASE_URL (sqlite://var/lib/"),
     ],
 )
 def test_gunicorn_refuses_a_bad_setting_once_before_starting_workers(

@@ -187,6 +187,17 @@ def _check_database_url(value: str) -> None:
             f"DATABASE_URL ({shown}) is for {url.get_backend_name()}; this service runs on "
             "SQLite and MySQL/MariaDB only (mysql+pymysql://user:pass@host/db)"
         )
+    # sqlite://var/lib/identity.db reads "var" as a host, which SQLite has none of: the
+    # engine refused it in every worker, with a traceback that named another path.
+    if url.get_backend_name() == "sqlite" and (
+        url.host or url.port or url.username or url.password
+    ):
+        raise SettingsError(
+            f"DATABASE_URL ({shown}) names a host or user, which a SQLite URL has none of; "
+            "put three slashes before a path relative to the instance folder "
+            "(sqlite:///identity.db) and four before an absolute one "
+            "(sqlite:////var/lib/identity/identity.db)"
+        )
     try:
         url.get_dialect().import_dbapi()
     except ImportError:
