@@ -308,6 +308,12 @@ def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_p
             CLUSTER_UNREACHABLE,
         ),
         ("DATABASE_URL", "sqlite://var/lib/identity.db", "DATABASE_URL (sqlite://var/lib/"),
+        # Checked only when a worker built the app: once per worker, after "Booting worker".
+        (
+            "PASSWORD_HASH_PROFILE",
+            "FAST",
+            "PASSWORD_HASH_PROFILE 'FAST' is not one of argon2's profiles",
+        ),
     ],
 )
 def test_gunicorn_refuses_a_bad_setting_once_before_starting_workers(

@@ -10,6 +10,7 @@ import os
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from argon2 import Parameters, profiles
 from limits import parse_many
 from limits.errors import ConfigurationError
 from limits.storage import SCHEMES, MemoryStorage, RedisStorage
@@ -325,6 +326,14 @@ def check_settings(config: dict) -> None:
                 f"SESSION_COOKIE_SECURE must be 1 or 0 (or true/false, yes/no, on/off), "
                 f"not {secure!r}"
             ) from None
+    # Unset, the auth area picks the default; a name given must be one of argon2's. Checked
+    # here, gunicorn's master refuses it once; in the workers it printed once per worker.
+    hash_profile = config.get("PASSWORD_HASH_PROFILE")
+    if hash_profile and not isinstance(getattr(profiles, str(hash_profile), None), Parameters):
+        known = ", ".join(n for n in dir(profiles) if isinstance(getattr(profiles, n), Parameters))
+        raise SettingsError(
+            f"PASSWORD_HASH_PROFILE {hash_profile!r} is not one of argon2's profiles: {known}"
+        )
     _check_rate_limit_storage(
         config.get("RATELIMIT_STORAGE_URI"), config.get("RATELIMIT_STORAGE_OPTIONS")
     )
