@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -374,3 +375,31 @@ def test_gunicorn_leaves_its_control_socket_off(tmp_path, database_urls):
             time.sleep(0.1)
     finally:
         server.stop()
+
+
+def test_an_instance_folder_that_cannot_be_written_is_one_line_naming_the_settings(tmp_path):
+    # Found following the README on a box where the code belongs to another user: with
+    # SECRET_KEY unset, the generated key could not be kept, and every worker died with
+    # a traceback. The app is a copy whose instance folder is taken by a file, which
+    # nobody (root included) can write into.
+    copy = tmp_path / "app"
+    shutil.copytree(ROOT / "webapp", copy / "webapp", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "wsgi.py", copy / "wsgi.py")
+    (copy / "instance").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/x.db"
+    done = subprocess.run(
+        [sys.executable, "-c", "import wsgi"], env=env, cwd=copy, capture_output=True, text=True
+    )
+    assert done.returncode == 4, done.stderr  # gunicorn's "the app failed to load"
+    assert done.stderr.strip() == (
+        f"Error: SECRET_KEY is not set, and the instance folder {copy / 'instance'}, which "
+        "then keeps it, cannot be written (File exists): let the service's user write "
+        "there, or set SECRET_KEY"
+    )
+    # With the key set, nothing needs the folder: the app starts.
+    env["SECRET_KEY"] = "k" * 32
+    done = subprocess.run(
+        [sys.executable, "-c", "import wsgi"], env=env, cwd=copy, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

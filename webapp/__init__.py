@@ -18,7 +18,7 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
-from .config import check_settings, profile
+from .config import SettingsError, check_settings, profile
 from .database import configure_engine, describe, engine_options
 from .extensions import db, limiter, migrate
 from .models import MAX_ROW_ID
@@ -46,6 +46,33 @@ def _secret_key(app: Flask) -> str:
         finally:
             draft.unlink()
     return path.read_text().strip()
+
+
+def _use_instance_folder(app: Flask) -> None:
+    """Keep in the instance folder what the settings leave to it: a generated SECRET_KEY,
+    and the SQLite file when DATABASE_URL is unset.
+
+    A folder the service's user cannot write (code installed by another user, say)
+    was a traceback in every worker; it is a SettingsError naming what to set.
+    """
+    unset = [
+        name
+        for name, key in (("SECRET_KEY", "SECRET_KEY"), ("DATABASE_URL", "SQLALCHEMY_DATABASE_URI"))
+        if not app.config.get(key)
+    ]
+    if not unset:
+        return
+    try:
+        os.makedirs(app.instance_path, exist_ok=True)
+        if not app.config.get("SECRET_KEY"):
+            app.config["SECRET_KEY"] = _secret_key(app)
+    except OSError as exc:
+        raise SettingsError(
+            f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set, and the "
+            f"instance folder {app.instance_path}, which then keeps "
+            f"{'them' if len(unset) > 1 else 'it'}, cannot be written ({exc.strerror}): "
+            f"let the service's user write there, or set {' and '.join(unset)}"
+        ) from None
 
 
 class RowIdConverter(IntegerConverter):
@@ -142,9 +169,7 @@ def create_app(config: dict | None = None) -> Flask:
     if config:
         app.config.update(config)
     check_settings(app.config)
-    os.makedirs(app.instance_path, exist_ok=True)
-    if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = _secret_key(app)
+    _use_instance_folder(app)
     if app.config["TRUSTED_PROXIES"] > 0:
         # The client's address and scheme as the proxies saw them: rate limits
         # count per real client, and secure cookies and redirects use https.
