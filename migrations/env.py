@@ -6,7 +6,7 @@ from alembic import context
 from flask import current_app
 from sqlalchemy.exc import DBAPIError
 
-from webapp.database import SQLITE_IMMEDIATE
+from webapp.database import SQLITE_IMMEDIATE, unreachable_advice
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -98,7 +98,7 @@ def run_migrations_online():
         # (without its password) and the driver's reason, as the service's own commands do.
         where = connectable.url.render_as_string(hide_password=True)
         raise click.ClickException(
-            f"could not reach the database {where}: {exc.orig}\nCheck DATABASE_URL."
+            f"could not reach the database {where}: {exc.orig}\n{unreachable_advice(connectable)}"
         ) from None
 
     with connection:

@@ -76,7 +76,15 @@ def test_every_command_on_a_database_without_schema_says_to_upgrade(empty_databa
 @pytest.mark.parametrize("args", [["users", "list"], ["reconcile"], ["search", "reindex"]])
 def test_a_sqlite_file_in_a_missing_folder_is_reported_as_unreachable(tmp_path, args):
     url = f"sqlite:///{tmp_path / 'no-such-folder' / 'identity.db'}"
-    _assert_refused(_run(url, args), "could not reach the database", "unable to open", UPGRADE)
+    _assert_refused(
+        _run(url, args),
+        "could not reach the database",
+        "unable to open",
+        # SQLite says the same of a folder this user cannot write, where "Check
+        # DATABASE_URL" alone sent the operator looking at a URL that was right.
+        f"that the folder {tmp_path / 'no-such-folder'} exists and this user can write to it",
+        UPGRADE,
+    )
 
 
 def test_an_unreachable_mariadb_is_named_without_its_password(tmp_path):
@@ -99,6 +107,10 @@ def test_db_commands_on_an_unreachable_database_say_so_in_one_line(tmp_path, url
     # `db upgrade` is the first command an operator runs against a new DATABASE_URL.
     result = _run(url.format(tmp_path=tmp_path), args)
     _assert_refused(result, "could not reach the database", "Check DATABASE_URL")
+    if url.startswith("sqlite"):
+        assert f"the folder {tmp_path}/no-such-folder exists and this user can write" in (
+            result.output
+        )
     assert "hunter2secret" not in result.output
     assert "OperationalError" not in result.output
 

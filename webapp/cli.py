@@ -7,7 +7,13 @@ from flask import Flask, current_app
 from flask.cli import ScriptInfo
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from .database import Contention, error_kind, schema_revisions, schema_versions
+from .database import (
+    Contention,
+    error_kind,
+    schema_revisions,
+    schema_versions,
+    unreachable_advice,
+)
 from .extensions import db
 
 UPGRADE = "flask --app wsgi db upgrade"
@@ -26,7 +32,7 @@ def database_problem() -> str | None:
         # The driver's own reason (refused, unknown database, access denied), without SQL.
         return (
             f"could not reach the database {where}: {exc.orig}\n"
-            f"Check DATABASE_URL; a new database also needs its schema: {UPGRADE}"
+            f"{unreachable_advice(db.engine)} A new database also needs its schema: {UPGRADE}"
         )
     wanted, known = schema_revisions()
     if not found:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -265,6 +266,19 @@ def describe(exc: BaseException) -> str:
         return type(exc).__name__ + (f": {exc}" if isinstance(exc, Retry) else "")
     statement = " ".join(str(exc.statement or "").split())[:200]
     return f"{error_kind(exc)} in {statement!r}"
+
+
+def unreachable_advice(engine: Engine) -> str:
+    """What to check when ``engine``'s database cannot be opened, for an operator."""
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        # "unable to open database file" also means a folder this user cannot write:
+        # SQLite keeps its -wal and -shm files beside the database.
+        folder = os.path.dirname(os.path.abspath(engine.url.database))
+        return (
+            f"Check DATABASE_URL, and that the folder {folder} exists and this user can "
+            "write to it (SQLite keeps its -wal and -shm files beside the database)."
+        )
+    return "Check DATABASE_URL."
 
 
 def error_kind(exc: DBAPIError) -> str:
