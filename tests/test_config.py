@@ -267,6 +267,10 @@ def test_an_unknown_profile_is_named(tmp_path):
             "SQLite URL has none of; put three slashes",
         ),
         ("sqlite://identity:pw-secret@/x.db", "names a host or user"),
+        # In memory, `db upgrade` built a schema that was gone when the next command ran.
+        ("sqlite://", "DATABASE_URL (sqlite://) is an in-memory SQLite database"),
+        ("sqlite:///:memory:", "is an in-memory SQLite database"),
+        ("sqlite:///file:x?mode=memory&uri=true", "is an in-memory SQLite database"),
     ],
 )
 def test_a_database_the_service_cannot_use_is_refused_at_start(url, message):

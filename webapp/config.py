@@ -199,6 +199,15 @@ def _check_database_url(value: str) -> None:
             "(sqlite:///identity.db) and four before an absolute one "
             "(sqlite:////var/lib/identity/identity.db)"
         )
+    # Each process (each worker, each command) would get its own empty database: `db
+    # upgrade` built a schema that vanished with it, and the next command asked for it again.
+    if url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    ):
+        raise SettingsError(
+            f"DATABASE_URL ({shown}) is an in-memory SQLite database, empty in every process "
+            "and lost when it ends; name a file: sqlite:////var/lib/identity/identity.db"
+        )
     try:
         url.get_dialect().import_dbapi()
     except ImportError:
