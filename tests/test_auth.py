@@ -461,6 +461,22 @@ def test_a_json_body_is_not_a_sign_in_form(client, agent, body):
     assert client.get("/").status_code == 302
 
 
+def test_an_uploaded_file_is_not_a_sign_in_field(client, agent):
+    """A file part named "email" made the field a file: the validators answered 500."""
+    from io import BytesIO
+
+    token = csrf_token_from(client.get("/sign-in").get_data(as_text=True))
+    data = {
+        "csrf_token": token,
+        "email": (BytesIO(AGENT_EMAIL.encode()), "email.txt"),
+        "password": (BytesIO(AGENT_PASSWORD.encode()), "password.txt"),
+    }
+    response = client.post("/sign-in", data=data, content_type="multipart/form-data")
+    assert response.status_code == 422
+    _as_a_new_request()
+    assert client.get("/").status_code == 302
+
+
 @pytest.mark.parametrize("htmx", [True, False], ids=["htmx", "plain-form"])
 def test_a_form_sent_after_the_session_ended_goes_to_sign_in_and_back(signed_in_client, htmx):
     """Not "Form expired": the session, and the token with it, ended in another tab."""
