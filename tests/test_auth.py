@@ -176,6 +176,29 @@ def test_disabling_an_agent_ends_their_session(signed_in_client, runner):
     assert signed_in_client.get("/").status_code == 302
 
 
+def test_enabling_a_disabled_agent_again_does_not_bring_back_their_old_sessions(
+    app, signed_in_client, runner
+):
+    """A session (or a copy of its cookie, as a stolen laptop keeps it) begun before the
+    agent was disabled came back to life when they were enabled again."""
+    copied = _session_cookie(signed_in_client)
+    for command in ("disable", "enable"):
+        result = runner.invoke(args=["users", command, AGENT_EMAIL])
+        assert result.exit_code == 0, result.output
+    _as_a_new_request()
+    thief = app.test_client()
+    thief.set_cookie("session", copied)
+    response = thief.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/sign-in")
+    _as_a_new_request()
+    assert signed_in_client.get("/").status_code == 302
+    # The agent signs in again as before.
+    _as_a_new_request()
+    sign_in(signed_in_client)
+    assert signed_in_client.get("/").status_code == 200
+
+
 def test_sign_out_needs_the_csrf_token(signed_in_client):
     del signed_in_client.environ_base["HTTP_X_CSRFTOKEN"]
     response = signed_in_client.post("/sign-out")

@@ -59,7 +59,7 @@ def _change(change, email: str, *args) -> str:
 @click.argument("email")
 @with_appcontext
 def disable(email: str) -> None:
-    """Stop EMAIL from signing in; open sessions end on their next request."""
+    """Stop EMAIL from signing in; open sessions end, for good (enabling does not revive them)."""
     click.echo(f"disabled agent {_change(disable_agent, email)}")
 
 

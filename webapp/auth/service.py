@@ -119,8 +119,12 @@ def _change_agent(email: str, **values) -> User:
 
 
 def disable_agent(email: str) -> User:
-    """Stop an agent from signing in; their open sessions end on the next request."""
-    user = _change_agent(email, is_active=False)
+    """Stop an agent from signing in; their open sessions end, for good.
+
+    Their session epoch moves on, as at sign-out: a session (or a copy of its
+    cookie) begun before does not come back when the agent is enabled again.
+    """
+    user = _change_agent(email, is_active=False, session_epoch=User.session_epoch + 1)
     log.info("agent %s disabled", user.email)
     return user
 
