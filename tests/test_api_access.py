@@ -208,3 +208,24 @@ def test_health_is_503_on_a_sqlite_file_damaged_where_the_checkout_reads(tmp_pat
         {"status": "unavailable", "database": "unreadable"},
     )
     assert "malformed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("post", "/identify", {"email": "a@x.io"}),
+        ("post", "/identify", {}),
+        ("get", "/api/v1/customers/lookup?email=a@x.io", None),
+        ("get", "/vouchers?email=a@x.io", None),
+        ("post", "/vouchers/validate", {"code": "NOT-A-CODE", "email": "a@x.io"}),
+        ("post", "/events", {"channel": "sms"}),
+    ],
+)
+def test_api_answers_are_not_stored_by_caches(client, method, path, body):
+    # Found in the security review: the dashboard's pages said no-store, the API's answers
+    # (a customer's e-mails, phones and vouchers) said nothing, so a shared cache could keep them.
+    key = {"Authorization": "Bearer k-one"}
+    client.post("/identify", json={"email": "a@x.io", "phoneNumber": "123456"}, headers=key)
+    response = getattr(client, method)(path, json=body, headers=key)
+    assert response.status_code < 500
+    assert response.headers["Cache-Control"] == "no-store"

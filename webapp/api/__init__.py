@@ -227,15 +227,25 @@ def _database_error(exc: SQLAlchemyError):
     )
 
 
+@bp.after_request
+def _not_stored(response):
+    # The answers name customers (their e-mails, phones, vouchers): no cache between the
+    # caller and the service keeps a copy, as none keeps the dashboard's pages.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 def json_error_handlers(blueprint: Blueprint) -> None:
     """Give another JSON API blueprint the answers /identify gives.
 
     Bad input (ApiError), lost lock races (503 busy) and a database outage
-    (503 database_unavailable), all in the API's JSON error shape.
+    (503 database_unavailable), all in the API's JSON error shape; and, like
+    them, ``Cache-Control: no-store`` on every answer.
     """
     blueprint.register_error_handler(ApiError, _api_error)
     blueprint.register_error_handler(Contention, _contention)
     blueprint.register_error_handler(SQLAlchemyError, _database_error)
+    blueprint.after_request(_not_stored)
 
 
 _HTTP_ERROR_CODES = {
