@@ -459,7 +459,8 @@ def test_a_whole_database_run_repairs_everything_in_small_batches(app):
     job = create_job(AGENT)
     with pytest.raises(AlreadyRunning):
         create_job(AGENT)
-    assert claim_job(job.id).total == 3
+    # Customers 1, 2 and 3, and 4, which row 5 points at though it is a secondary.
+    assert claim_job(job.id).total == 4
     seen = []
     done = run_job(job.id, progress=seen.append)
     assert links() == {1: None, 2: 1, 3: None, 4: None, 5: None}
@@ -594,11 +595,34 @@ def test_a_whole_database_run_regroups_customers_whose_primary_was_deleted_by_ha
     assert run_job(again.id).customers_changed == 0
 
 
+def test_flask_reconcile_finds_links_made_by_hand_to_a_secondary_or_to_the_row_itself(app, runner):
+    ident("a@x.io", "1")  # customer 1
+    ident("a@x.io", "2")  # row 2 joins it by e-mail
+    ident("z@x.io", "9")  # customer 3
+    ident("y@x.io", "8")  # customer 4
+    table = Contact.__table__
+    # With SQL: row 3 hangs off secondary 2 (two hops) and row 4 off itself. Neither
+    # shares a value with the row it points at, so no customer's rows lead to it.
+    for row_id, linked in [(3, 2), (4, 4)]:
+        db.session.execute(
+            update(table)
+            .where(table.c.id == row_id)
+            .values(linkedId=linked, linkPrecedence="secondary")
+        )
+    db.session.commit()
+    result = runner.invoke(args=["reconcile"])
+    assert result.exit_code == 0, result.output
+    assert "Checked 3 customers: 2 changed, 2 contact rows relinked." in result.output
+    assert links() == {1: None, 2: 1, 3: None, 4: None}
+    assert {e.customer_id for e in audits("reconcile")} == {3, 4}
+    assert_invariants()
+
+
 def test_flask_reconcile_runs_with_a_progress_bar(app, runner):
     _corrupt()
     result = runner.invoke(args=["reconcile"])
     assert result.exit_code == 0, result.output
-    assert "Reconciling 3 customers" in result.output
+    assert "Reconciling 4 customers" in result.output
     assert "Checked 5 customers: 3 changed, 3 contact rows relinked." in result.output
     job = db.session.scalar(select(ReconcileJob))
     assert (job.status, job.actor) == (DONE, "system")

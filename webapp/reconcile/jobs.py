@@ -90,17 +90,24 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
 
 
 def _orphaned(after_id: int, below: int | None = None):
-    """Live rows whose primary is not a live row, with customer ids in (after_id, below).
+    """Live rows whose primary is not a live primary, with customer ids in (after_id, below).
 
     Deleted rows take no part, but a primary soft-deleted by SQL run on the
     table (outside the app) leaves its live rows pointing at it: a customer
-    whose id is a deleted row. The walk must reach those too.
+    whose id is a deleted row. SQL can also link a row to a secondary (two
+    hops) or to itself; when the row shares no value with the one it points
+    at, no customer's rows lead to it. The walk must reach those too.
     """
     parent = Contact.__table__.alias("parent")
     conditions = [
         _c.linkedId > after_id,
         _c.deletedAt.is_(None),
-        ~exists().where(parent.c.id == _c.linkedId, parent.c.deletedAt.is_(None)),
+        ~exists().where(
+            parent.c.id == _c.linkedId,
+            parent.c.id != _c.id,
+            parent.c.linkedId.is_(None),
+            parent.c.deletedAt.is_(None),
+        ),
     ]
     if below is not None:
         conditions.append(_c.linkedId < below)
@@ -110,10 +117,11 @@ def _orphaned(after_id: int, below: int | None = None):
 def next_customers(conn: Connection, after_id: int, size: int) -> list[int]:
     """The next ``size`` customers after ``after_id``, in id order.
 
-    A customer is a live primary or, for a primary deleted outside the app,
-    the id its live rows still point at. The second kind is looked for only
-    up to the last primary of the batch, one index range, so a walk reads each
-    secondary about once (again only when a batch is cut short at ``size``).
+    A customer is a live primary or, for a primary deleted outside the app
+    (or a row SQL made a secondary's or its own), the id live rows still point
+    at. The second kind is looked for only up to the last primary of the
+    batch, one index range, so a walk reads each secondary about once (again
+    only when a batch is cut short at ``size``).
     """
     primaries = conn.execute(
         select(_c.id)
