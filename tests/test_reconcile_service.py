@@ -618,6 +618,27 @@ def test_flask_reconcile_finds_links_made_by_hand_to_a_secondary_or_to_the_row_i
     assert_invariants()
 
 
+def test_a_run_that_splits_a_customer_audits_where_every_row_went(app):
+    for email in ["a@x.io", "b@x.io", "c@x.io"]:
+        ident(email, "555")  # customer 1: rows 1, 2 and 3, joined only by the phone
+    # Blocked with SQL, not from the dashboard: nothing recomputed the customer.
+    table = Identifier.__table__
+    db.session.execute(
+        update(table)
+        .where(table.c.kind == "phone", table.c.key == "555")
+        .values(blocked_at=utcnow(), blocked_reason="by hand", blocked_by="sql")
+    )
+    db.session.commit()
+    whole_run()
+    assert links() == {1: None, 2: None, 3: None}
+    entries = audits("reconcile")
+    assert {e.customer_id for e in entries} == {2, 3}
+    for entry in entries:
+        assert customers_in(entry.before) == {1: [1, 2, 3]}
+        # Customer 1 kept row 1: the entry says so, rather than losing it.
+        assert customers_in(entry.after) == {1: [1], 2: [2], 3: [3]}
+
+
 def test_flask_reconcile_runs_with_a_progress_bar(app, runner):
     _corrupt()
     result = runner.invoke(args=["reconcile"])

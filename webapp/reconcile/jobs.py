@@ -65,13 +65,15 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
     before = plan.customers_before(view.rows)
     after = plan.customers_after()
     for primary, members in after.items():
+        was = {k: v for k, v in before.items() if set(v) & set(members)}
         record(
             actor,
             RECONCILE,
             customer_id=primary,
             subject=f"reconciliation run {job_id}",
-            before={"customers": {k: v for k, v in before.items() if set(v) & set(members)}},
-            after={"customers": {primary: members}},
+            before={"customers": was},
+            # Where every row of those customers is now: what a split one kept included.
+            after={"customers": plan.customers_after(was)},
         )
     rows_changed = len(plan.relinks) + len(plan.deleted_relinks)
     conn.execute(
