@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import event, insert, make_url, select, update
+from sqlalchemy import event, insert, make_url, select, text, update
 from sqlalchemy import inspect as sa_inspect
 
 from tests.builders import HEAD_REVISION, make_agent
@@ -385,3 +385,24 @@ def test_a_database_in_use_downgrades_to_empty_and_upgrades_again(empty_database
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, db.metadata) == []
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
+def test_0018_makes_the_blocked_index_hold_only_blocked_values_on_sqlite(app):
+    # Each new customer's claim rows added an entry for "not blocked" to 0017's index, at
+    # checkout; the blocked values page reads only the blocked ones.
+    def index_sql():
+        db.session.rollback()
+        found = db.session.execute(
+            text("SELECT sql FROM sqlite_master WHERE name = 'ix_identifier_blocked_at'")
+        ).scalar_one()
+        db.session.rollback()
+        return " ".join(found.split())
+
+    assert index_sql().endswith("WHERE blocked_at IS NOT NULL")
+    try:
+        downgrade(revision="0017_identifier_blocked_index")
+        assert "WHERE" not in index_sql()
+    finally:
+        upgrade()
+    assert index_sql().endswith("WHERE blocked_at IS NOT NULL")
