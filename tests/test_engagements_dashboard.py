@@ -884,6 +884,61 @@ def test_a_caller_who_became_a_customer_meanwhile_is_not_audited_as_created(
     assert list(db.session.scalars(select(AuditEntry))) == []
 
 
+def test_a_caller_the_checkout_knows_by_another_prefix_form_is_not_created_again(
+    signed_in_client,
+):
+    # The phone system dials the number bare; the pop says "Unknown caller".
+    pop_id = signed_in_client.post(
+        "/calls/incoming", json={"phoneNumber": "442079460003", "callId": "c-11"}
+    ).get_json()["popId"]
+    assert "Unknown caller" in signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    # During the call the caller orders, and the checkout writes the number with its +.
+    _, answer = identify(signed_in_client, "late@example.com", "+44 20 7946 0003")
+    primary_id = answer["contact"]["primaryContactId"]
+    # The agent then clicks the button of the pop still on the page: that customer is the caller.
+    response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/customers/{primary_id}")
+    assert [c.id for c in contacts()] == [primary_id]
+    assert list(db.session.scalars(select(AuditEntry))) == []
+    (call,) = db.session.scalars(select(Engagement))
+    assert (call.contact_id, call.external_id) == (primary_id, "c-11")
+    assert db.session.get(ScreenPop, pop_id).engagement_id == call.id
+
+
+def test_a_stale_unknown_callers_pop_creates_no_customer_for_a_number_blocked_in_another_form(
+    signed_in_client,
+):
+    pop_id = signed_in_client.post(
+        "/calls/incoming", json={"phoneNumber": "00442079460004"}
+    ).get_json()["popId"]
+    blocked = signed_in_client.post(
+        "/identifiers/block", data={"value": "+44 20 7946 0004", "reason": "the shop's own line"}
+    )
+    assert blocked.status_code == 303
+    response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
+    assert response.status_code == 422
+    assert "blocked" in response.get_data(as_text=True)
+    assert contacts() == []
+
+
+def test_a_stale_unknown_callers_pop_picks_none_of_several_holders_and_creates_none(
+    signed_in_client,
+):
+    call = signed_in_client.post("/calls/incoming", json={"phoneNumber": "4930555"})
+    pop_id = call.get_json()["popId"]
+    identify(signed_in_client, "one@example.com", "+4930555")
+    identify(signed_in_client, "two@example.com", "004930555")
+    response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/?q=4930555")
+    page = signed_in_client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "2 customers have this number now; ask the caller who they are." in page
+    assert len(contacts()) == 2
+    assert list(db.session.scalars(select(Engagement))) == []
+    assert list(db.session.scalars(select(AuditEntry))) == []
+
+
 def test_a_blocked_unknown_callers_pop_cannot_become_a_customer(signed_in_client):
     blocked = signed_in_client.post(
         "/identifiers/block", data={"value": "+44 20 7946 0001", "reason": "the shop's own line"}

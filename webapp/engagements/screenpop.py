@@ -18,7 +18,7 @@ from sqlalchemy import select
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
 from ..identity.rules import PHONE, Row, Value, parse_phone
-from ..identity.service import customer_rows, identify
+from ..identity.service import BlockedValues, customer_rows, identify
 from ..models import utcnow
 from .history import (
     CustomerCard,
@@ -216,6 +216,15 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     return views, cursor
 
 
+class SeveralCallers(ValueError):
+    """The pop's number names several customers now: none is picked, and none is created."""
+
+    def __init__(self, phone: Value, customer_ids: list[int]):
+        super().__init__(f"{len(customer_ids)} customers hold this number")
+        self.phone = phone
+        self.customer_ids = customer_ids
+
+
 def create_caller(pop_id: int, actor: str) -> int | None:
     """Make the caller of a pop a customer and file the call under it; its primary id.
 
@@ -223,6 +232,12 @@ def create_caller(pop_id: int, actor: str) -> int | None:
     identify rules find the first one's customer, and the call is filed in the
     transaction that links it to the pop, under the pop's row lock, so two
     agents who both saw the call not yet filed store it once.
+
+    The pop may be older than the page's knowledge: a customer who holds the
+    number in another prefix form (``+44...`` for a call from ``0044...``) is
+    the caller, and a number blocked in any form is refused (BlockedValues), as
+    the webhook and the pop match them. Several customers holding it raise
+    SeveralCallers: none is picked, and none is created.
     """
     pop = db.session.get(ScreenPop, pop_id)
     if pop is None:
@@ -230,18 +245,26 @@ def create_caller(pop_id: int, actor: str) -> int | None:
         return None
     phone = parse_phone(pop.phone_number)
     call_id, occurred_at, had_event = pop.call_id, pop.created_at, pop.engagement_id is not None
+    holders = customers_holding(db.session.connection(), phone)
     db.session.rollback()
-    customer = identify(
-        [phone],
-        source="agent",
-        actor=actor,
-        created_reason="unknown caller, created from the screen-pop",
-    )
+    if holders.blocked:
+        raise BlockedValues([phone])
+    if len(holders.customer_ids) > 1:
+        raise SeveralCallers(phone, holders.customer_ids)
+    if holders.customer_ids:
+        primary_id = holders.customer_ids[0]
+    else:
+        primary_id = identify(
+            [phone],
+            source="agent",
+            actor=actor,
+            created_reason="unknown caller, created from the screen-pop",
+        ).primary_id
     if not had_event:
-        row = _caller_row(customer.primary_id, phone)
+        row = _caller_row(primary_id, phone)
         db.session.rollback()
         if row is not None:
             # Filed and linked to the pop in one transaction (not filed if the row
             # went or the number was blocked meanwhile).
             _store_call(row, _call_event(phone, call_id, occurred_at), pop_id)
-    return customer.primary_id
+    return primary_id

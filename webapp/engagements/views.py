@@ -27,7 +27,7 @@ from .activity import customer_activity
 from .models import CHANNELS
 from .names import customer_name, set_display_name
 from .payloads import MAX_NAME_LENGTH
-from .screenpop import create_caller, recent_pops
+from .screenpop import SeveralCallers, create_caller, recent_pops
 
 bp = Blueprint("engagements", __name__)
 protect(bp)
@@ -165,6 +165,11 @@ def create_customer_from_call(pop_id: int):
         return error_page(
             "Number blocked", "This number is blocked, so it cannot become a customer.", 422
         )
+    except SeveralCallers as exc:
+        # The pop was shown before they held it: ask the caller, and pick from the search.
+        count = len(exc.customer_ids)
+        flash(f"{count} customers have this number now; ask the caller who they are.", "error")
+        return redirect(url_for("dashboard.home", q=exc.phone.stored), 303)
     if primary_id is None:
         return not_found("Screen-pop", pop_id)
     # Said so that it holds for the second agent to click too (the caller's customer exists).
