@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.builders import assert_invariants, contacts, identify
 from tests.openapi_check import assert_matches_openapi
@@ -564,6 +566,21 @@ def test_a_retried_call_is_filed_once_its_caller_is_known(client):
     (call,) = engagements()
     assert (body["popId"], body["eventId"]) == (first.get_json()["popId"], call.id)
     assert db.session.get(ScreenPop, body["popId"]).engagement_id == call.id
+
+
+def test_a_retried_call_is_filed_at_the_time_it_rang_not_at_the_retry(client):
+    first = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100", "callId": "c-8"})
+    pop_id = first.get_json()["popId"]
+    # The phone system gives up waiting and sends the webhook again ten minutes on,
+    # once the caller has become a customer.
+    rang_at = db.session.get(ScreenPop, pop_id).created_at - timedelta(minutes=10)
+    db.session.execute(update(ScreenPop).where(ScreenPop.id == pop_id).values(created_at=rang_at))
+    db.session.commit()
+    identify(client, ANNA, "+1 555 0100")
+    again = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100", "callId": "c-8"})
+    (call,) = engagements()
+    assert again.get_json()["eventId"] == call.id
+    assert call.occurred_at == rang_at
 
 
 def test_incoming_call_from_an_unknown_number_creates_no_customer(client):

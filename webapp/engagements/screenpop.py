@@ -109,29 +109,33 @@ class CallIdReused(ValueError):
         self.call_id = call_id
 
 
-def _insert_pop(phone: Value, call_id: str | None) -> int:
-    """The pop of this call: a new one, or the one a retry of the webhook made before."""
+def _insert_pop(phone: Value, call_id: str | None) -> tuple[int, datetime]:
+    """The pop of this call and when the call came: a new pop, or the one a retry of the
+    webhook made before (with the first try's time)."""
     db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
     if call_id is not None:
         existing = db.session.execute(
-            select(ScreenPop.id, ScreenPop.phone_key).where(ScreenPop.call_id == call_id)
+            select(ScreenPop.id, ScreenPop.phone_key, ScreenPop.created_at).where(
+                ScreenPop.call_id == call_id
+            )
         ).first()
         if existing is not None:
             db.session.rollback()
             if existing.phone_key not in phone_key_variants(phone.key):
                 raise CallIdReused(call_id)
-            return existing.id
+            return existing.id, existing.created_at
+    rang_at = utcnow()
     pop = ScreenPop(
         phone_number=phone.stored,
         phone_key=phone.key,
         call_id=call_id,
-        created_at=utcnow(),
+        created_at=rang_at,
     )
     db.session.add(pop)
     db.session.flush()
     pop_id = pop.id
     db.session.commit()
-    return pop_id
+    return pop_id, rang_at
 
 
 def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
@@ -148,12 +152,14 @@ def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
     customer_ids, blocked = customers_holding(conn, phone)
     row = _caller_row(customer_ids[0], phone) if len(customer_ids) == 1 else None
     db.session.rollback()
-    pop_id = run_write_transaction(
+    pop_id, rang_at = run_write_transaction(
         lambda: _insert_pop(phone, call_id), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
     )
     event_id = None
     if row is not None:
-        recorded = _store_call(row, _call_event(phone, call_id, utcnow()), pop_id)
+        # A retry files the call at the time it rang (the first try's), as a click on
+        # the pop does, not at the time the retry came.
+        recorded = _store_call(row, _call_event(phone, call_id, rang_at), pop_id)
         if recorded is not None:
             event_id = recorded.event_id
         else:
