@@ -992,3 +992,13 @@ def test_two_agents_creating_the_same_caller_at_once_file_the_call_once(
     assert call.contact_id == contact.id
     assert call.external_id == call_id
     assert db.session.get(ScreenPop, pop_id).engagement_id == call.id
+
+
+def test_a_cursor_past_every_call_does_not_hide_the_calls_that_follow(signed_in_client):
+    # Found by the integrator: a tab open while the database was restored from a backup
+    # kept polling with a cursor above every pop id, and saw no call until reloaded.
+    pop_id = signed_in_client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100"})
+    pop_id = pop_id.get_json()["popId"]
+    html = signed_in_client.get(f"/screen-pops?after={pop_id + 1000}").get_data(as_text=True)
+    assert f'data-pop-id="{pop_id}"' in html
+    assert signed_in_client.get(f"/screen-pops?after={pop_id}").status_code == 204

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
@@ -183,6 +183,10 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     # Ids of the calls still ringing, through the created_at index: ordered by id alone,
     # a database walks every call since the cursor, and a tab left open overnight
     # holds a cursor a day's calls old.
+    if after is not None and after > (db.session.scalar(select(func.max(ScreenPop.id))) or 0):
+        # A cursor past every call: the tab polled another database (restored from a
+        # backup, replaced). Kept, it would hide every call until the ids caught up.
+        after = None
     ringing = select(ScreenPop.id).where(ScreenPop.created_at >= utcnow() - POP_WINDOW)
     query = select(ScreenPop).where(ScreenPop.id.in_(ringing))
     if after is not None:
