@@ -1,5 +1,7 @@
 """POST /identify over the real app, on SQLite and MariaDB: answers and database state."""
 
+import gzip
+
 import pytest
 from sqlalchemy import select
 
@@ -265,6 +267,23 @@ def test_non_json_content_type_is_415(client, content_type):
     assert response.status_code == 415
     assert response.get_json()["error"]["code"] == "unsupported_media_type"
     assert contacts() == []
+
+
+@pytest.mark.parametrize("path", ["/identify", "/events"])
+def test_a_compressed_body_is_415_saying_so(client, path):
+    # Found by the integrator: a gzip body was "not valid UTF-8 text", which sent the
+    # client looking for a bad character rather than at its compression.
+    body = gzip.compress(b'{"email": "a@x.io", "channel": "sms"}')
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = client.post(path, data=body, headers=headers)
+    assert response.status_code == 415
+    error = response.get_json()["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert "Content-Encoding 'gzip'" in error["message"]
+    assert response.headers["Accept-Encoding"] == "identity"
+    assert contacts() == []
+    plain = client.post(path, json={"email": "a@x.io"}, headers={"Content-Encoding": "identity"})
+    assert plain.status_code != 415
 
 
 def test_get_identify_is_405_json(client):

@@ -29,6 +29,17 @@ def json_object(request: Request) -> dict[str, Any]:
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         )
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        # Read as it came, a gzip body was "not valid UTF-8 text", which sent the
+        # client looking for a wrong character instead of at its compression.
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"a body compressed with Content-Encoding {coding[:40]!r} is not accepted; "
+            "send it uncompressed",
+            headers={"Accept-Encoding": "identity"},
+        )
     raw = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
     try:
         # Decoded strictly first: json.loads would take a lone surrogate's
