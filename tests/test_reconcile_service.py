@@ -15,7 +15,7 @@ from tests.openapi_check import assert_matches_openapi
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
 from webapp.identity.service import BlockedValues, blocked_keys, identify, lock_keys
-from webapp.models import AuditEntry, BondKey, Contact, Identifier, Merge, utcnow
+from webapp.models import AuditCustomer, AuditEntry, BondKey, Contact, Identifier, Merge, utcnow
 from webapp.reconcile.core import NotFound, ReconcileError
 from webapp.reconcile.jobs import AlreadyRunning, claim_job, create_job, run_job
 from webapp.reconcile.models import DONE, FAILED, ReconcileJob
@@ -631,12 +631,86 @@ def test_a_run_that_splits_a_customer_audits_where_every_row_went(app):
     db.session.commit()
     whole_run()
     assert links() == {1: None, 2: None, 3: None}
-    entries = audits("reconcile")
-    assert {e.customer_id for e in entries} == {2, 3}
-    for entry in entries:
-        assert customers_in(entry.before) == {1: [1, 2, 3]}
-        # Customer 1 kept row 1: the entry says so, rather than losing it.
-        assert customers_in(entry.after) == {1: [1], 2: [2], 3: [3]}
+    # One entry for the split, as the agent's block would have written, filed under the
+    # oldest customer split off.
+    (entry,) = audits("reconcile")
+    assert entry.customer_id == 2
+    assert customers_in(entry.before) == {1: [1, 2, 3]}
+    # Customer 1 kept row 1: the entry says so, rather than losing it.
+    assert customers_in(entry.after) == {1: [1], 2: [2], 3: [3]}
+    assert {c.customer_id for c in entry.named_customers} == {1, 3}
+
+
+def _block_by_hand(key):
+    table = Identifier.__table__
+    db.session.execute(
+        update(table)
+        .where(table.c.key == key)
+        .values(blocked_at=utcnow(), blocked_reason="by hand", blocked_by="sql")
+    )
+    db.session.commit()
+
+
+def test_a_runs_audit_entry_names_only_the_customers_that_changed_together(app):
+    # Found in review: each changed customer's entry listed, as "after", every customer
+    # the whole batch changed, so an unrelated customer's split showed in this one's
+    # timeline (and the entry named it).
+    ident("a@x.io", "555")
+    ident("b@x.io", "555")  # customer 1: rows 1 and 2, joined by 555
+    ident("c@x.io", "777")  # customer 3
+    ident("d@x.io", "888")  # customer 4, linked by hand to customer 3
+    table = Contact.__table__
+    db.session.execute(
+        update(table).where(table.c.id == 4).values(linkedId=3, linkPrecedence="secondary")
+    )
+    _block_by_hand("555")
+    whole_run()  # one batch: both customers
+    assert links() == {1: None, 2: None, 3: None, 4: None}
+    entries = {e.customer_id: e for e in audits("reconcile")}
+    assert set(entries) == {2, 4}
+    assert customers_in(entries[2].before) == {1: [1, 2]}
+    assert customers_in(entries[2].after) == {1: [1], 2: [2]}
+    assert customers_in(entries[4].before) == {3: [3, 4]}
+    assert customers_in(entries[4].after) == {3: [3], 4: [4]}
+    assert {c.customer_id for c in entries[2].named_customers} == {1}
+    assert {c.customer_id for c in entries[4].named_customers} == {3}
+
+
+def test_a_run_splitting_a_customer_into_hundreds_writes_one_audit_entry(app):
+    # Found in review: one entry per part, each naming every part, made a 2,000-row
+    # customer's split take 218 s in one batch (SQLite's write lock held all along) and
+    # write 4 million audit_customer rows; 40,000 rows would never finish.
+    count = 300
+    now = utcnow()
+    db.session.execute(
+        insert(Contact),
+        [
+            {
+                "email": f"row{n}@x.io",
+                "email_key": f"row{n}@x.io",
+                "phoneNumber": "5550000",
+                "phone_key": "5550000",
+                "linkedId": None if n == 0 else 1,
+                "linkPrecedence": "primary" if n == 0 else "secondary",
+                "createdAt": now,
+                "updatedAt": now,
+                "source": "checkout",
+            }
+            for n in range(count)
+        ],
+    )
+    # Blocked with SQL: nothing recomputed the customer.
+    db.session.execute(
+        insert(Identifier).values(
+            kind="phone", key="5550000", blocked_at=now, blocked_reason="junk", blocked_by="sql"
+        )
+    )
+    db.session.commit()
+    assert whole_run() == count - 1
+    (entry,) = audits("reconcile")
+    assert customers_in(entry.before) == {1: list(range(1, count + 1))}
+    assert customers_in(entry.after) == {n: [n] for n in range(1, count + 1)}
+    assert db.session.scalar(select(func.count()).select_from(AuditCustomer)) == count - 1
 
 
 def test_flask_reconcile_runs_with_a_progress_bar(app, runner):

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from ..audit import record
 from ..database import Contention, describe, error_kind, write_transaction
 from ..extensions import db
+from ..identity.rules import Reconciliation
 from ..models import Contact, utcnow
 from .core import RECONCILE, NotFound, ReconcileError, lock_view, write_plan
 from .models import DONE, FAILED, QUEUED, RUNNING, STALE_AFTER, ReconcileJob
@@ -62,18 +63,15 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
     view, _ = lock_view(conn, ids)
     plan = view.plan()
     write_plan(conn, plan, cause=RECONCILE, actor=actor)
-    before = plan.customers_before(view.rows)
     after = plan.customers_after()
-    for primary, members in after.items():
-        was = {k: v for k, v in before.items() if set(v) & set(members)}
+    for primary, was, now in changes(plan, plan.customers_before(view.rows)):
         record(
             actor,
             RECONCILE,
             customer_id=primary,
             subject=f"reconciliation run {job_id}",
             before={"customers": was},
-            # Where every row of those customers is now: what a split one kept included.
-            after={"customers": plan.customers_after(was)},
+            after={"customers": now},
         )
     rows_changed = len(plan.relinks) + len(plan.deleted_relinks)
     conn.execute(
@@ -89,6 +87,51 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
     )
     db.session.commit()
     return Batch(len(ids), ids[-1], len(after), rows_changed)
+
+
+def changes(
+    plan: Reconciliation, before: dict[int, list[int]]
+) -> list[tuple[int, dict[int, list[int]], dict[int, list[int]]]]:
+    """A batch's changes as an agent's action records one: (customer, before, after).
+
+    One per set of customers that changed together (a merge joins them, a split
+    draws its parts from them), filed under its oldest changed customer:
+    ``before`` those customers (``customers_before``), ``after`` every customer
+    now holding a row of theirs, what a split one kept included. Not one per
+    changed customer: a customer split into 2,000 would write 2,000 entries
+    each naming all 2,000, and another changed customer of the batch is no part
+    of this one's entry.
+    """
+    owner = {row: customer for customer, rows in before.items() for row in rows}
+    parent = {customer: customer for customer in before}
+
+    def find(customer: int) -> int:
+        while parent[customer] != customer:
+            parent[customer] = parent[parent[customer]]
+            customer = parent[customer]
+        return customer
+
+    holding = [(group, {owner[row] for row in group if row in owner}) for group in plan.groups]
+    holding = [(group, owners) for group, owners in holding if owners]
+    for _, owners in holding:
+        first, *others = owners
+        for other in others:
+            parent[find(other)] = find(first)
+    relinked = {r.row_id for r in plan.relinks}
+    filed: dict[int, int] = {}
+    was: dict[int, dict[int, list[int]]] = {}
+    now: dict[int, dict[int, list[int]]] = {}
+    for group, owners in holding:  # oldest group first
+        root = find(next(iter(owners)))
+        if relinked.intersection(group):
+            filed.setdefault(root, group[0])
+        now.setdefault(root, {})[group[0]] = group
+        for customer in owners:
+            was.setdefault(root, {})[customer] = before[customer]
+    return [
+        (filed[root], dict(sorted(was[root].items())), dict(sorted(now[root].items())))
+        for root in now
+    ]
 
 
 def _orphaned(after_id: int, below: int | None = None):
