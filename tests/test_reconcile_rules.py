@@ -221,6 +221,20 @@ def test_a_deleted_row_that_joined_two_people_stays_with_the_one_holding_its_add
     assert plan.deleted_relinks == [Relink(1, None, 2)]
 
 
+def test_a_deleted_row_linked_to_a_secondary_goes_to_that_rows_customer():
+    # SQL linked deleted row 3 to secondary 2 (two hops): its customer is 2's, customer 1.
+    live = [row(1, "a@x.io", "1"), row(2, "a@x.io", "2", linked_id=1)]
+    plan = reconcile(live, deleted=[row(3, "z@x.io", "3", linked_id=2)])
+    assert plan.relinks == []
+    assert plan.deleted_relinks == [Relink(3, 2, 1)]
+    # When the customer splits, it goes with the part holding its e-mail.
+    live = [row(1, "a@x.io", "9"), row(2, "b@x.io", "9", linked_id=1)]
+    plan = reconcile(live, blocked={SHOP, (PHONE, "9")}, deleted=[row(3, "b@x.io", linked_id=1)])
+    assert plan.deleted_relinks == [Relink(3, 1, 2)]
+    plan = reconcile(live, blocked={(PHONE, "9")}, deleted=[row(3, "a@x.io", linked_id=2)])
+    assert plan.deleted_relinks == [Relink(3, 2, 1)]
+
+
 def test_customers_before_and_after_describe_the_change():
     rows = [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1), row(3, "z@x.io")]
     plan = reconcile(rows, {SHOP})

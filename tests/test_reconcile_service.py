@@ -618,6 +618,27 @@ def test_flask_reconcile_finds_links_made_by_hand_to_a_secondary_or_to_the_row_i
     assert_invariants()
 
 
+@pytest.mark.parametrize("repair", ["flask reconcile", "re-run"])
+def test_a_deleted_row_sql_linked_to_a_secondary_is_put_back_one_hop(app, runner, repair):
+    # Reported: rows 1 <- 2 <- 3 sharing a@x.io, row 3 deleted through the app, then
+    # `UPDATE Contact SET linkedId=2 WHERE id=3`: flask reconcile said "Checked 1
+    # customer: 0 changed" and left it two hops away, its history off the customer.
+    for phone in ["1", "2", "3"]:
+        ident("a@x.io", phone)
+    delete_contact(3, AGENT)
+    table = Contact.__table__
+    db.session.execute(update(table).where(table.c.id == 3).values(linkedId=2))
+    db.session.commit()
+    if repair == "flask reconcile":
+        result = runner.invoke(args=["reconcile"])
+        assert result.exit_code == 0, result.output
+        assert "Checked 1 customer: 0 changed, 1 contact row relinked." in result.output
+    else:
+        reconcile_customer(2, AGENT)
+    assert links() == {1: None, 2: 1, 3: 1}
+    assert whole_run() == 0
+
+
 def test_a_run_that_splits_a_customer_audits_where_every_row_went(app):
     for email in ["a@x.io", "b@x.io", "c@x.io"]:
         ident(email, "555")  # customer 1: rows 1, 2 and 3, joined only by the phone

@@ -524,24 +524,28 @@ def reconcile(
         for key in row.identifiers():
             holder_home.setdefault((row.primary_id, *key), home)
     for row in sorted(deleted, key=lambda r: r.id):
-        home = _deleted_home(row, holder_home, blocked)
+        # Its customer: that of the live row it points at (SQL may have linked it to a
+        # secondary), else the id it points at.
+        pointed = by_id.get(row.linked_id)
+        owner = row.primary_id if pointed is None else pointed.primary_id
+        home = _deleted_home(row, owner, holder_home, blocked)
         if home is None:
-            home = new_home.get(row.primary_id, row.linked_id)
+            home = new_home.get(owner, row.linked_id)
         if home is not None and home != row.linked_id:
             result.deleted_relinks.append(Relink(row.id, row.linked_id, home))
     return result
 
 
 def _deleted_home(
-    row: Row, holder_home: dict[tuple[int, str, str], int], blocked: Collection[Key]
+    row: Row, owner: int, holder_home: dict[tuple[int, str, str], int], blocked: Collection[Key]
 ) -> int | None:
-    """Where a deleted row goes: with the live rows of its customer that hold its e-mail,
-    else its phone (not blocked ones); None when none does.
+    """Where a deleted row goes: with the live rows of its customer ``owner`` that hold its
+    e-mail, else its phone (not blocked ones); None when none does.
 
     Deleting the row that joined two people splits them; what hangs off that
     row (vouchers, history) stays with the one whose address it holds.
     """
     for key in row.identifiers():
-        if key not in blocked and (row.primary_id, *key) in holder_home:
-            return holder_home[(row.primary_id, *key)]
+        if key not in blocked and (owner, *key) in holder_home:
+            return holder_home[(owner, *key)]
     return None

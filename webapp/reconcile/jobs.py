@@ -29,7 +29,7 @@ from ..database import Contention, describe, error_kind, write_transaction
 from ..extensions import db
 from ..identity.rules import Reconciliation
 from ..models import Contact, utcnow
-from .core import RECONCILE, NotFound, ReconcileError, lock_view, write_plan
+from .core import RECONCILE, NotFound, ReconcileError, lock_view, with_hanging, write_plan
 from .models import DONE, FAILED, QUEUED, RUNNING, STALE_AFTER, ReconcileJob
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
         db.session.rollback()
         return Batch(0, after_id, 0, 0)
     view, _ = lock_view(conn, ids)
-    plan = view.plan()
+    plan = with_hanging(conn, view).plan()
     write_plan(conn, plan, cause=RECONCILE, actor=actor)
     after = plan.customers_after()
     for primary, was, now in changes(plan, plan.customers_before(view.rows)):

@@ -45,6 +45,7 @@ from .core import (
     primary_in,
     primary_of,
     settle,
+    with_hanging,
     write_plan,
 )
 
@@ -58,7 +59,7 @@ def reconcile_customer(contact_id: int, actor: str) -> Outcome:
     def work(conn: Connection) -> Outcome:
         view, _ = lock_view(conn, {primary_of(conn, contact_id)})
         primary = primary_in(view, contact_id)
-        plan = view.plan()
+        plan = with_hanging(conn, view).plan()
         write_plan(conn, plan, cause=RECONCILE, actor=actor)
         home = home_of(plan, view.rows, primary)
         outcome = outcome_of(RECONCILE, home, plan, view.rows, {primary})
