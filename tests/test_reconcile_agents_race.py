@@ -268,7 +268,8 @@ def test_agents_double_submitting_forms_against_checkout_traffic_keep_every_inva
     for c in everything.values():
         if c.deletedAt is not None and c.linkedId is not None:
             target = everything[c.linkedId]
-            assert target.linkedId is None or target.deletedAt is not None, (c.id, c.linkedId)
+            # A primary, live or (its customer's last row) deleted: never a secondary.
+            assert target.linkedId is None, (c.id, c.linkedId, target.linkedId)
     _check_audit(done)
     job = create_job("system")
     claim_job(job.id)
