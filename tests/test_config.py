@@ -271,6 +271,7 @@ def test_an_unknown_profile_is_named(tmp_path):
         ("sqlite://", "DATABASE_URL (sqlite://) is an in-memory SQLite database"),
         ("sqlite:///:memory:", "is an in-memory SQLite database"),
         ("sqlite:///file:x?mode=memory&uri=true", "is an in-memory SQLite database"),
+        ("sqlite:///file::memory:?uri=true", "is an in-memory SQLite database"),
     ],
 )
 def test_a_database_the_service_cannot_use_is_refused_at_start(url, message):

@@ -202,7 +202,9 @@ def _check_database_url(value: str) -> None:
     # Each process (each worker, each command) would get its own empty database: `db
     # upgrade` built a schema that vanished with it, and the next command asked for it again.
     if url.get_backend_name() == "sqlite" and (
-        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        url.database in (None, "")
+        or ":memory:" in url.database
+        or url.query.get("mode") == "memory"
     ):
         raise SettingsError(
             f"DATABASE_URL ({shown}) is an in-memory SQLite database, empty in every process "

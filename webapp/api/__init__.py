@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from ..auth import private
 from ..database import Contention, describe, schema_revisions, schema_versions
 from ..extensions import db, limiter
 from ..identity.rules import EMAIL, PHONE, Customer, Value
@@ -227,12 +228,9 @@ def _database_error(exc: SQLAlchemyError):
     )
 
 
-@bp.after_request
-def _not_stored(response):
-    # The answers name customers (their e-mails, phones, vouchers): no cache between the
-    # caller and the service keeps a copy, as none keeps the dashboard's pages.
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
+# The answers name customers (their e-mails, phones, vouchers): no cache between the
+# caller and the service keeps a copy, as none keeps the dashboard's pages.
+bp.after_request(private)
 
 
 def json_error_handlers(blueprint: Blueprint) -> None:
@@ -245,7 +243,7 @@ def json_error_handlers(blueprint: Blueprint) -> None:
     blueprint.register_error_handler(ApiError, _api_error)
     blueprint.register_error_handler(Contention, _contention)
     blueprint.register_error_handler(SQLAlchemyError, _database_error)
-    blueprint.after_request(_not_stored)
+    blueprint.after_request(private)
 
 
 _HTTP_ERROR_CODES = {
