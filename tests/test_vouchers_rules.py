@@ -55,6 +55,14 @@ def test_format_groups_for_reading_aloud():
         " k7qm 3xpd 9r ",
         "K7QM_3XPD.9R",
         "k7qm-3xpd-9r",
+        # Dashes as word processors and mail programs write them: en and em dash,
+        # non-breaking hyphen, minus sign.
+        "K7QM\u20133XPD\u20149R",
+        "K7QM\u20113XPD\u22129R",
+        # Invisible characters a code copied from a web page carries.
+        "K7QM\u00ad3XPD\u200b9R\ufeff",
+        # Full-width letters and digits, as an East Asian keyboard types them.
+        "\uff2b\uff17\uff31\uff2d\uff0d\uff13\uff38\uff30\uff24\uff0d\uff19\uff32",
     ],
 )
 def test_codes_are_accepted_however_typed(typed):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
@@ -22,7 +23,10 @@ _GROUPS = (4, 4, 2)
 
 # What a person may type instead of the canonical symbol (Crockford's decoding).
 _LOOK_ALIKES = str.maketrans({"O": "0", "I": "1", "L": "1"})
-_SEPARATORS = re.compile(r"[\s\-_.]")
+# Besides ASCII: the dashes word processors and mail programs put in place of a
+# hyphen (en dash, non-breaking hyphen, minus sign...) and the invisible
+# characters a code copied from a web page or an HTML e-mail may carry.
+_SEPARATORS = re.compile(r"[\s\-_.\u2010-\u2015\u2212\u00ad\u200b-\u200d\u2060\ufeff]")
 _CANONICAL = re.compile(f"[{ALPHABET}]{{{CODE_LENGTH}}}")
 
 MAX_OFFER_NAME = 120
@@ -48,7 +52,9 @@ def new_code() -> str:
 
 def normalise_code(raw: str) -> str:
     """The canonical form of a typed code: case, separators and look-alikes forgiven."""
-    compact = _SEPARATORS.sub("", raw).upper().translate(_LOOK_ALIKES)
+    # NFKC first: full-width letters and digits (an East Asian keyboard) become ASCII.
+    text = unicodedata.normalize("NFKC", raw)
+    compact = _SEPARATORS.sub("", text).upper().translate(_LOOK_ALIKES)
     if not _CANONICAL.fullmatch(compact):
         raise InvalidVoucherValue(
             f"a voucher code is {CODE_LENGTH} letters and digits, like K7QM-3XPD-9R"
