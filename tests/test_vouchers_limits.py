@@ -72,6 +72,26 @@ def test_a_limited_client_does_not_block_another(app, client):
     assert response.status_code == 200
 
 
+def test_one_checkout_redeems_for_more_customers_than_one_customers_allowance(app, client):
+    # Every validation of a shop comes from its checkout's one address (here the test
+    # client's). Counted by the address alone, the 7th customer got a 429: the shop's
+    # allowance (6 an hour here, 30 a minute by default) was one for all its customers.
+    emails = [f"shopper{n}@example.com" for n in range(8)]
+    codes = [issued_code(client, email=email) for email in emails]
+    answers = [validate(client, c, email=e).status_code for c, e in zip(codes, emails, strict=True)]
+    assert answers == [200] * 8
+
+
+def test_a_customer_guessing_codes_at_the_checkout_does_not_block_the_next_one(app, client):
+    code = issued_code(client, email=LORRAINE)
+    guesses = [f"AAAA-BBBB-{c}{d}" for c, d in zip("CDEFGH", "234567", strict=True)]
+    assert [validate(client, g, email=BIFF).status_code for g in guesses] == [404] * 6
+    # Biff is limited, however he spells his e-mail...
+    assert_limited(app, validate(client, "AAAA-BBBB-J8", email=BIFF.upper()))
+    # ...and Lorraine, at the same checkout a moment later, redeems her voucher.
+    assert validate(client, code, email=LORRAINE).status_code == 200
+
+
 def test_calls_without_a_valid_key_use_up_no_allowance(app, client):
     code = issued_code(client)
     # Someone who saw the code, without the key, from many addresses: all refused...
