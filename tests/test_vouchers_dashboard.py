@@ -39,6 +39,7 @@ def audit_entries() -> list[AuditEntry]:
         ("get", "/customers/1/vouchers"),
         ("post", "/customers/1/vouchers"),
         ("post", "/customers/1/vouchers/1/void"),
+        ("post", "/offers/1/redeemable"),
     ],
 )
 def test_voucher_pages_need_sign_in(client, method, url):
@@ -504,3 +505,68 @@ def test_a_customers_vouchers_are_read_from_its_rows_not_from_every_voucher(app)
     _other_customers_vouchers(offer_ids, 1000, 4000)
     many = work_of_reads()
     assert many < 2 * few, (few, many)
+
+
+def _offer_rule(name: str) -> bool:
+    db.session.expire_all()
+    once = db.session.scalar(select(Offer.once_per_customer).where(Offer.name == name))
+    db.session.rollback()
+    return once
+
+
+def test_an_agent_turns_once_per_customer_on_and_off_from_the_offers_page(signed_in_client):
+    # Left from the voucher review: the issue form's box can only turn the rule on (left
+    # empty it keeps the offer as it is), so only the API could turn it off.
+    client = signed_in_client
+    first, second = (issued_code(client, email=LORRAINE, offer="Spring") for _ in range(2))
+    assert validate(client, first).status_code == 200
+    html = client.get("/offers").get_data(as_text=True)
+    assert 'Limit to once per customer<span class="visually-hidden">: Spring</span>' in html
+
+    response = client.post("/offers/1/redeemable", data={"once": "1"})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/offers#offer-1")
+    assert _offer_rule("Spring") is True
+    assert validate(client, second, dry_run=True).status_code == 409
+    page = client.get("/offers").get_data(as_text=True)
+    assert "The offer is redeemable once per customer." in page
+    assert "Allow any number of times<span" in page
+
+    assert client.post("/offers/1/redeemable", data={"once": "0"}).status_code == 303
+    assert _offer_rule("Spring") is False
+    assert validate(client, second).status_code == 200
+    entries = [e for e in audit_entries() if e.action == "offer_redeemable"]
+    assert [(e.actor, e.subject) for e in entries] == [(AGENT_EMAIL, "offer Spring")] * 2
+    assert [json.loads(e.after) for e in entries] == [
+        {"redeemable": "once per customer"},
+        {"redeemable": "any number of times"},
+    ]
+
+
+def test_setting_an_offers_rule_it_already_has_changes_and_audits_nothing(signed_in_client):
+    # A double click, or two agents at once: the second post finds the rule set.
+    issued_code(signed_in_client, email=LORRAINE, offer="Spring")
+    for _ in range(2):
+        response = signed_in_client.post("/offers/1/redeemable?page=1", data={"once": "1"})
+        assert response.status_code == 303
+    assert "already" in signed_in_client.get("/offers").get_data(as_text=True)
+    assert [e.action for e in audit_entries()].count("offer_redeemable") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "status", "message"),
+    [
+        ("/offers/1/redeemable", {"once": "yes"}, 422, "Choose once per customer"),
+        ("/offers/1/redeemable", {}, 422, "Choose once per customer"),
+        ("/offers/99/redeemable", {"once": "1"}, 404, "there is no such offer"),
+    ],
+)
+def test_a_bad_rule_or_offer_is_refused_on_the_offers_page(
+    signed_in_client, url, body, status, message
+):
+    issued_code(signed_in_client, email=LORRAINE, offer="Spring")
+    response = signed_in_client.post(url, data=body)
+    assert response.status_code == status
+    assert message in response.get_data(as_text=True)
+    assert _offer_rule("Spring") is False
+    assert "offer_redeemable" not in [e.action for e in audit_entries()]

@@ -713,6 +713,45 @@ class OffersPage:
         return self.page - 1 if self.page > 1 else None
 
 
+ONCE_PER_CUSTOMER = "once per customer"
+ANY_NUMBER = "any number of times"
+
+
+def set_redeemable(offer_id: int, once_per_customer: bool, *, actor: str) -> bool:
+    """Make an offer redeemable once per customer, or any number of times, from now on
+    (audit-logged); whether it changed. Vouchers already used stay used.
+
+    The dashboard's issue form can only turn the rule on (its box left empty keeps
+    the offer as it is): this is how an agent turns it off.
+    """
+
+    def work() -> bool:
+        _begin_write()
+        offer = db.session.scalars(
+            select(Offer)
+            .where(Offer.id == offer_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).first()
+        if offer is None:
+            raise VoucherError(404, "offer_not_found", "there is no such offer")
+        if offer.once_per_customer == once_per_customer:
+            db.session.rollback()
+            return False
+        offer.once_per_customer = once_per_customer
+        audit.record(
+            actor,
+            "offer_redeemable",
+            subject=f"offer {offer.name}",
+            before={"redeemable": ANY_NUMBER if once_per_customer else ONCE_PER_CUSTOMER},
+            after={"redeemable": ONCE_PER_CUSTOMER if once_per_customer else ANY_NUMBER},
+        )
+        db.session.commit()
+        return True
+
+    return run_write_transaction(work, _max_attempts())
+
+
 def offer_summaries(page: int = 1, page_size: int = OFFERS_PAGE_SIZE) -> OffersPage:
     """A page of offers, by name, with their voucher counts by status.
 

@@ -11,8 +11,8 @@ from datetime import UTC, date, datetime, time
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_login import current_user
-from wtforms import BooleanField, DateField, StringField
-from wtforms.validators import DataRequired, InputRequired, Length
+from wtforms import BooleanField, DateField, HiddenField, StringField
+from wtforms.validators import AnyOf, DataRequired, InputRequired, Length
 
 from ..dashboard import protect
 from ..dashboard.rendering import (
@@ -34,11 +34,14 @@ from .rules import (
     parse_offer_name,
 )
 from .service import (
+    ANY_NUMBER,
+    ONCE_PER_CUSTOMER,
     VoucherError,
     customer_vouchers,
     issue_to_customer,
     offer_choices,
     offer_summaries,
+    set_redeemable,
     void_voucher,
 )
 
@@ -49,6 +52,7 @@ bp.add_app_template_filter(discount_percent, "discount_percent")
 
 
 PICK_A_DAY = "Pick the last day the voucher is valid."
+CHOOSE_A_RULE = "Choose once per customer or any number of times."
 
 
 class IssueForm(Form):
@@ -188,5 +192,36 @@ def void(contact_id: int, voucher_id: int):
 @bp.get("/offers")
 def offers():
     """The offers by name, a page at a time, each with its vouchers counted by status."""
+    return _offers_page()
+
+
+def _offers_page(status: int = 200, error: str | None = None):
     listing = offer_summaries(page_number())
-    return render_template("vouchers/offers.html", offers=listing.offers, listing=listing)
+    page = render_template(
+        "vouchers/offers.html", offers=listing.offers, listing=listing, error=error
+    )
+    return page, status
+
+
+class RedeemableForm(Form):
+    """An offer's rule from now on: once per customer ("1") or any number of times ("0")."""
+
+    once = HiddenField(validators=[AnyOf(["0", "1"], message=CHOOSE_A_RULE)])
+
+
+@bp.post("/offers/<int:offer_id>/redeemable")
+def redeemable(offer_id: int):
+    """Make an offer redeemable once per customer, or any number of times (audit-logged)."""
+    form = RedeemableForm()
+    if not form.validate_on_submit():
+        return _offers_page(422, CHOOSE_A_RULE)
+    once = form.once.data == "1"
+    try:
+        changed = set_redeemable(offer_id, once, actor=current_user.email)
+    except VoucherError as exc:
+        return _offers_page(exc.status, exc.message)
+    rule = ONCE_PER_CUSTOMER if once else ANY_NUMBER
+    flash(f"The offer is redeemable {rule}{'' if changed else ' already'}.", "success")
+    page = page_number()
+    back = url_for("vouchers.offers", page=page if page > 1 else None)
+    return redirect(f"{back}#offer-{offer_id}", 303)
