@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from webapp.extensions import db
 from webapp.identity.rules import Row, invariant_violations
-from webapp.models import PRIMARY, SECONDARY, Contact, Identifier
+from webapp.models import PRIMARY, SECONDARY, Contact, Identifier, utcnow
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -65,6 +65,30 @@ def many_rows_customer(count: int, phone: str = "5550000", name: str = "junk") -
         ids.append(contact.id)
     db.session.commit()
     return ids
+
+
+def one_phone_customer(count: int, phone: str = "5550000") -> None:
+    """A customer of ``count`` rows (ids 1 to ``count`` in an empty table) sharing a phone,
+    each with an e-mail of its own, inserted in one statement and committed."""
+    now = utcnow()
+    db.session.execute(
+        insert(Contact),
+        [
+            {
+                "email": f"row{n}@x.io",
+                "email_key": f"row{n}@x.io",
+                "phoneNumber": phone,
+                "phone_key": phone,
+                "linkedId": None if n == 0 else 1,
+                "linkPrecedence": PRIMARY if n == 0 else SECONDARY,
+                "createdAt": now,
+                "updatedAt": now,
+                "source": "checkout",
+            }
+            for n in range(count)
+        ],
+    )
+    db.session.commit()
 
 
 def refresh_statistics(table: str) -> None:
@@ -166,10 +190,6 @@ def commit_elsewhere() -> None:
     SQLite loses at once (not after the busy timeout): a transaction that
     read before another connection committed cannot then write.
     """
-    from sqlalchemy import insert
-
-    from webapp.models import utcnow
-
     with db.engine.connect() as other, other.begin():
         other.execute(
             insert(Identifier).values(kind="email", key=f"elsewhere-{utcnow():%H%M%S%f}@x.io")

@@ -185,12 +185,7 @@ def test_enabling_a_disabled_agent_again_does_not_bring_back_their_old_sessions(
     for command in ("disable", "enable"):
         result = runner.invoke(args=["users", command, AGENT_EMAIL])
         assert result.exit_code == 0, result.output
-    _as_a_new_request()
-    thief = app.test_client()
-    thief.set_cookie("session", copied)
-    response = thief.get("/")
-    assert response.status_code == 302
-    assert response.headers["Location"].startswith("/sign-in")
+    _assert_a_replayed_cookie_is_sent_to_sign_in(app, copied)
     _as_a_new_request()
     assert signed_in_client.get("/").status_code == 302
     # The agent signs in again as before.
@@ -225,16 +220,21 @@ def _as_a_new_request() -> None:
     g.pop("csrf_token", None)
 
 
-def test_sign_out_ends_a_copy_of_the_session_cookie_too(app, signed_in_client):
-    copied = _session_cookie(signed_in_client)
-    assert signed_in_client.post("/sign-out").status_code == 302
-    # Someone who copied the cookie before the agent signed out replays it.
+def _assert_a_replayed_cookie_is_sent_to_sign_in(app, copied: str) -> None:
+    """Someone who copied the session cookie earlier replays it, in a client of their own."""
     _as_a_new_request()
     thief = app.test_client()
     thief.set_cookie("session", copied)
     response = thief.get("/")
     assert response.status_code == 302
     assert response.headers["Location"].startswith("/sign-in")
+
+
+def test_sign_out_ends_a_copy_of_the_session_cookie_too(app, signed_in_client):
+    copied = _session_cookie(signed_in_client)
+    assert signed_in_client.post("/sign-out").status_code == 302
+    # Someone who copied the cookie before the agent signed out replays it.
+    _assert_a_replayed_cookie_is_sent_to_sign_in(app, copied)
 
 
 def test_an_ended_session_deletes_its_cookie_once_instead_of_refreshing_it(app, signed_in_client):

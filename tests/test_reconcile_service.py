@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from tests.builders import assert_invariants, contacts
+from tests.builders import assert_invariants, contacts, one_phone_customer
 from tests.openapi_check import assert_matches_openapi
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier, parse_phone
@@ -702,28 +702,15 @@ def test_a_run_splitting_a_customer_into_hundreds_writes_one_audit_entry(app):
     # customer's split take 218 s in one batch (SQLite's write lock held all along) and
     # write 4 million audit_customer rows; 40,000 rows would never finish.
     count = 300
-    now = utcnow()
-    db.session.execute(
-        insert(Contact),
-        [
-            {
-                "email": f"row{n}@x.io",
-                "email_key": f"row{n}@x.io",
-                "phoneNumber": "5550000",
-                "phone_key": "5550000",
-                "linkedId": None if n == 0 else 1,
-                "linkPrecedence": "primary" if n == 0 else "secondary",
-                "createdAt": now,
-                "updatedAt": now,
-                "source": "checkout",
-            }
-            for n in range(count)
-        ],
-    )
+    one_phone_customer(count)
     # Blocked with SQL: nothing recomputed the customer.
     db.session.execute(
         insert(Identifier).values(
-            kind="phone", key="5550000", blocked_at=now, blocked_reason="junk", blocked_by="sql"
+            kind="phone",
+            key="5550000",
+            blocked_at=utcnow(),
+            blocked_reason="junk",
+            blocked_by="sql",
         )
     )
     db.session.commit()
@@ -914,25 +901,7 @@ def test_blocking_a_value_thousands_of_rows_share_keeps_its_whole_audit_entry(ap
     # Found by hand on MariaDB: the block's state listing the 6,000 customers it split
     # off outgrew a TEXT column (64 KB), the database refused the entry ("Data too long",
     # a 503), and the value was not blocked.
-    now = utcnow()
-    db.session.execute(
-        insert(Contact),
-        [
-            {
-                "email": f"row{n}@x.io",
-                "email_key": f"row{n}@x.io",
-                "phoneNumber": "5550000",
-                "phone_key": "5550000",
-                "linkedId": None if n == 0 else 1,
-                "linkPrecedence": "primary" if n == 0 else "secondary",
-                "createdAt": now,
-                "updatedAt": now,
-                "source": "checkout",
-            }
-            for n in range(6000)
-        ],
-    )
-    db.session.commit()
+    one_phone_customer(6000)
     set_blocked(parse_phone("5550000"), True, actor="dana@support.example", reason="junk")
     assert blocked_keys(db.session.connection(), [("phone", "5550000")])
     entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "block")).one()

@@ -799,19 +799,20 @@ JSON_JUNK = {
 }
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "/customers/1/link",
-        "/customers/1/merge",
-        "/identifiers/block",
-        "/contacts/2/delete",
-        "/customers/1/name",
-        "/customers/1/vouchers",
-        "/customers/1/vouchers/1/void",
-        "/reconcile",
-    ],
-)
+# Every dashboard form that changes data, for the tests of what a post can hold.
+FORM_URLS = [
+    "/customers/1/link",
+    "/customers/1/merge",
+    "/identifiers/block",
+    "/contacts/2/delete",
+    "/customers/1/name",
+    "/customers/1/vouchers",
+    "/customers/1/vouchers/1/void",
+    "/reconcile",
+]
+
+
+@pytest.mark.parametrize("url", FORM_URLS)
 @pytest.mark.parametrize("body", [JSON_JUNK, [1]], ids=["object", "list"])
 def test_a_json_body_fills_in_no_form(signed_in_client, url, body):
     """Forms read posted form fields only: such bodies answered 500 from the validators."""
@@ -827,19 +828,7 @@ def test_a_json_body_fills_in_no_form(signed_in_client, url, body):
     assert db.session.scalar(select(Identifier).where(Identifier.blocked_at.is_not(None))) is None
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "/customers/1/link",
-        "/customers/1/merge",
-        "/identifiers/block",
-        "/contacts/2/delete",
-        "/customers/1/name",
-        "/customers/1/vouchers",
-        "/customers/1/vouchers/1/void",
-        "/reconcile",
-    ],
-)
+@pytest.mark.parametrize("url", FORM_URLS)
 def test_an_uploaded_file_fills_in_no_field(signed_in_client, url):
     """Forms read posted form fields only: a file part named like a field made it a file,
     and the validators answered 500."""
