@@ -622,11 +622,80 @@ def test_a_call_from_a_blocked_number_names_no_one_and_records_nothing(app, clie
     assert found.get_json()["match"] == "one"
 
 
+WITHHELD_NUMBERS = [
+    {"phoneNumber": "anonymous"},
+    {"phoneNumber": "Anonymous"},
+    {"phoneNumber": " ANONYMOUS "},
+    {"phoneNumber": "restricted"},
+    {"phoneNumber": "private"},
+    {"phoneNumber": "unavailable"},
+    {"phoneNumber": "unknown"},
+    {"phoneNumber": "withheld"},
+    {"phoneNumber": ""},
+    {"phoneNumber": "   "},
+    {"phoneNumber": None},
+    {},
+]
+
+
+@pytest.mark.parametrize("number", WITHHELD_NUMBERS)
+def test_a_call_from_a_withheld_number_pops_up_and_names_no_one(app, client, number):
+    # The customers the checkout knows: a withheld call is filed under none of them.
+    identify(client, ANNA, "+1 555 0100")
+    identify(client, "bob@example.com", "5550101")
+    before = contacts()
+    response = client.post("/calls/incoming", json={**number, "callId": "pbx-anon"})
+    assert response.status_code == 201, response.get_json()
+    assert_matches_openapi(app, "/calls/incoming", "post", response)
+    body = response.get_json()
+    assert body == {
+        "popId": body["popId"],
+        "eventId": None,
+        "match": "withheld",
+        "customerIds": [],
+        "blocked": False,
+    }
+    pop = db.session.get(ScreenPop, body["popId"])
+    assert (pop.phone_number, pop.phone_key, pop.call_id, pop.engagement_id) == (
+        "",
+        "",
+        "pbx-anon",
+        None,
+    )
+    db.session.rollback()
+    assert count(Engagement) == 0
+    assert [(c.id, c.phoneNumber) for c in contacts()] == [(c.id, c.phoneNumber) for c in before]
+
+
+def test_a_withheld_calls_retry_pops_once_and_its_call_id_is_kept_for_it(app, client):
+    first = client.post("/calls/incoming", json={"phoneNumber": "anonymous", "callId": "w-1"})
+    # Retried, written another way the same system might send it.
+    again = client.post("/calls/incoming", json={"callId": "w-1"})
+    assert again.status_code == 201
+    assert again.get_json()["popId"] == first.get_json()["popId"]
+    assert count(ScreenPop) == 1
+    numbered = client.post("/calls/incoming", json={"phoneNumber": "+1 555 0100", "callId": "n-1"})
+    # A call id sent once withheld and once with a number is two calls, not a retry.
+    for body in ({"phoneNumber": "+1 555 0100", "callId": "w-1"}, {"callId": "n-1"}):
+        reused = client.post("/calls/incoming", json=body)
+        assert reused.status_code == 422, body
+        assert reused.get_json()["error"]["code"] == "call_id_reused"
+        assert_matches_openapi(app, "/calls/incoming", "post", reused)
+    assert numbered.get_json()["match"] == "none"
+    assert (count(ScreenPop), count(Engagement), contacts()) == (2, 0, [])
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({}, "phoneNumber"),
         ({"phoneNumber": "nope"}, "phoneNumber"),
+        # Not one of the withheld markers: a typo or a name is still refused.
+        ({"phoneNumber": "anonymous caller"}, "phoneNumber"),
+        ({"phoneNumber": "unknwon"}, "phoneNumber"),
+        ({"phoneNumber": "n/a"}, "phoneNumber"),
+        ({"phoneNumber": ["anonymous"]}, "phoneNumber"),
+        ({"phoneNumber": False}, "phoneNumber"),
+        ({"callId": "call\x001"}, "callId"),
         ({"phoneNumber": "555", "callId": ""}, "callId"),
         ({"phoneNumber": "555", "callId": 12}, "callId"),
         ({"phoneNumber": "555", "callId": "call\x001"}, "callId"),

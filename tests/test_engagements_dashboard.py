@@ -958,6 +958,41 @@ def test_a_blocked_unknown_callers_pop_cannot_become_a_customer(signed_in_client
     assert contacts() == []
 
 
+def test_a_withheld_numbers_pop_says_so_and_offers_no_customer_to_create(signed_in_client):
+    event(
+        signed_in_client, channel="sms", direction="inbound", phoneNumber="+1 555 0100", name="Anna"
+    )
+    withheld = signed_in_client.post(
+        "/calls/incoming", json={"phoneNumber": "anonymous", "callId": "anon-1"}
+    )
+    assert withheld.status_code == 201
+    pop_id = withheld.get_json()["popId"]
+    # A poll with only the withheld call ringing looks no number up.
+    alone = signed_in_client.get("/screen-pops?after=0")
+    assert alone.status_code == 200 and "Number withheld" in alone.get_data(as_text=True)
+    known = signed_in_client.post("/calls/incoming", json={"phoneNumber": "+15550100"})
+    html = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    # Both calls of the poll: the known caller's card, and the withheld number's notice.
+    assert f'data-pop-id="{known.get_json()["popId"]}"' in html and ">Anna</h2>" in html
+    start = html.index(f'data-pop-id="{pop_id}"')
+    pop = html[start : html.index("</article>", start)]
+    assert "Incoming call · number withheld ·" in pop
+    assert (
+        f'<h2 class="screen-pop-title" id="screen-pop-{pop_id}-title">Number withheld</h2>' in pop
+    )
+    assert 'aria-label="Dismiss call from a withheld number"' in pop
+    assert "Unknown caller" not in pop and "Create customer" not in pop
+    assert "<form" not in pop and "/customer" not in pop
+    # A form posted anyway (by hand) is refused in words, and creates no one.
+    before = contacts()
+    response = signed_in_client.post(f"/screen-pops/{pop_id}/customer")
+    assert response.status_code == 422
+    assert "withheld their number" in response.get_data(as_text=True)
+    assert contacts() == before
+    assert db.session.get(ScreenPop, pop_id).engagement_id is None
+    assert list(db.session.scalars(select(AuditEntry))) == []
+
+
 def test_a_number_several_customers_hold_lists_them_all(signed_in_client):
     identify(signed_in_client, "one@example.com", "+4930555")
     identify(signed_in_client, "two@example.com", "004930555")

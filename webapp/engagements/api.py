@@ -8,7 +8,7 @@ from ..api import json_error_handlers, require_api_key, require_configured_api_k
 from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
 from .history import cards_holding, match_word
-from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input
+from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input, is_withheld_number
 from .screenpop import CallIdReused, record_incoming_call
 from .service import Recorded, record_events
 
@@ -127,16 +127,17 @@ def incoming_call():
     """Telephony webhook: record the inbound call and pop it up on every agent's dashboard."""
     payload = json_object(request)
     fields: dict[str, str] = {}
-    values = contact_values({"phoneNumber": payload.get("phoneNumber")}, fields)
+    # A withheld number (no number, or "anonymous" and the like) is a normal call:
+    # it pops up saying so, and matches no one.
+    withheld = is_withheld_number(payload.get("phoneNumber"))
+    values = [] if withheld else contact_values({"phoneNumber": payload["phoneNumber"]}, fields)
     call_id = string_field(payload, "callId", fields, limit=MAX_EXTERNAL_ID_LENGTH)
     if call_id is None and "callId" not in fields and payload.get("callId") is not None:
         fields["callId"] = "must not be blank"
-    if not values and not fields:
-        fields["phoneNumber"] = "is required"
     if fields:
         raise ApiError(400, "invalid_field", "some fields are not valid", fields)
     try:
-        call = record_incoming_call(values[0], call_id)
+        call = record_incoming_call(values[0] if values else None, call_id)
     except CallIdReused as exc:
         raise ApiError(
             422,
@@ -148,7 +149,7 @@ def incoming_call():
         jsonify(
             popId=call.pop_id,
             eventId=call.event_id,
-            match=match_word(len(call.customer_ids)),
+            match="withheld" if call.withheld else match_word(len(call.customer_ids)),
             customerIds=call.customer_ids,
             blocked=call.blocked,
         ),

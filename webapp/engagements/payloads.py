@@ -22,6 +22,23 @@ MAX_EXTERNAL_ID_LENGTH = 200
 FUTURE_TOLERANCE = timedelta(hours=24)
 # No engagement is older than this; 0001-01-01 is what a client sends for a time it never set.
 EARLIEST_EVENT = datetime(1970, 1, 1)
+# What telephony systems send as the caller's number when the caller withheld it or the
+# network did not pass it on (compared trimmed, in any case). So are a blank or no number.
+WITHHELD_MARKERS = frozenset(
+    {"anonymous", "restricted", "private", "unavailable", "unknown", "withheld"}
+)
+
+
+def is_withheld_number(raw: Any) -> bool:
+    """Whether a webhook's ``phoneNumber`` says the number is withheld: missing, null,
+    blank, or one of ``WITHHELD_MARKERS``. Anything else is read as a number."""
+    if raw is None:
+        return True
+    if not isinstance(raw, str):
+        return False
+    # ASCII only: lower() makes "unknown" of a Kelvin sign's "\u212a", which no system sends.
+    text = raw.strip()
+    return not text or (text.isascii() and text.lower() in WITHHELD_MARKERS)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..identity.service import BlockedValues, customer_rows, identify
 from ..models import utcnow
 from .history import (
     CustomerCard,
+    Holders,
     customer_cards,
     customers_holding,
     holders_of,
@@ -44,6 +45,9 @@ MAX_POPS = 20
 # only moves past pops this old, so a late one is still found; younger pops
 # are sent again on each poll, and the page shows each id once.
 POP_SETTLE = timedelta(seconds=5)
+# The number a pop of a withheld number holds: none (phone_number and phone_key are both
+# empty). No contact row's phone key is empty, so it can name no customer.
+WITHHELD = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class IncomingCall:
     customer_ids: list[int]
     # The number is blocked: it names no customer, so no call event was recorded.
     blocked: bool = False
+    # The caller withheld the number: nobody is matched, and no call event is recorded.
+    withheld: bool = False
 
 
 @dataclass
@@ -69,8 +75,16 @@ class PopView:
     blocked: bool = False
 
     @property
+    def withheld(self) -> bool:
+        """The caller withheld the number: there is none to match or to create a customer from."""
+        return self.phone_number == WITHHELD
+
+    @property
     def match(self) -> str:
-        """'blocked', or 'one', 'several' or 'none': how many customers hold the number."""
+        """'withheld', 'blocked', or 'one', 'several' or 'none': how many customers hold
+        the number."""
+        if self.withheld:
+            return "withheld"
         if self.blocked:
             return "blocked"
         return match_word(len(self.cards))
@@ -109,9 +123,9 @@ class CallIdReused(ValueError):
         self.call_id = call_id
 
 
-def _insert_pop(phone: Value, call_id: str | None) -> tuple[int, datetime]:
+def _insert_pop(phone: Value | None, call_id: str | None) -> tuple[int, datetime]:
     """The pop of this call and when the call came: a new pop, or the one a retry of the
-    webhook made before (with the first try's time)."""
+    webhook made before (with the first try's time). ``phone`` is None when withheld."""
     db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
     if call_id is not None:
         existing = db.session.execute(
@@ -121,13 +135,18 @@ def _insert_pop(phone: Value, call_id: str | None) -> tuple[int, datetime]:
         ).first()
         if existing is not None:
             db.session.rollback()
-            if existing.phone_key not in phone_key_variants(phone.key):
+            same_number = (
+                existing.phone_key == WITHHELD
+                if phone is None
+                else existing.phone_key in phone_key_variants(phone.key)
+            )
+            if not same_number:
                 raise CallIdReused(call_id)
             return existing.id, existing.created_at
     rang_at = utcnow()
     pop = ScreenPop(
-        phone_number=phone.stored,
-        phone_key=phone.key,
+        phone_number=WITHHELD if phone is None else phone.stored,
+        phone_key=WITHHELD if phone is None else phone.key,
         call_id=call_id,
         created_at=rang_at,
     )
@@ -138,16 +157,25 @@ def _insert_pop(phone: Value, call_id: str | None) -> tuple[int, datetime]:
     return pop_id, rang_at
 
 
-def record_incoming_call(phone: Value, call_id: str | None) -> IncomingCall:
+def record_incoming_call(phone: Value | None, call_id: str | None) -> IncomingCall:
     """Record an inbound call (known callers only) and the pop every dashboard shows.
 
     An unknown number creates no customer: the pop offers agents to do that.
+    A withheld number (``phone`` None) names no one and records no call event:
+    the pop only says the number is withheld.
     A webhook retried with the same call id stores one event and one pop; the
     same call id with another number is refused (CallIdReused), before
     anything is stored. The pop comes first, and a known caller's call is
     filed under the pop's row lock, so a retry finds it filed, or files it if
     the caller became known meanwhile.
     """
+    if phone is None:
+        db.session.rollback()
+        pop_id, _ = run_write_transaction(
+            lambda: _insert_pop(None, call_id), current_app.config["IDENTIFY_MAX_ATTEMPTS"]
+        )
+        log.info("incoming call, pop %s: number withheld", pop_id)
+        return IncomingCall(pop_id=pop_id, event_id=None, customer_ids=[], withheld=True)
     conn = db.session.connection()
     customer_ids, blocked = customers_holding(conn, phone)
     row = _caller_row(customer_ids[0], phone) if len(customer_ids) == 1 else None
@@ -209,21 +237,31 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
         cursor = max(cursor, latest or 0)
     cursor = max(cursor, after or 0)
     conn = db.session.connection()
-    values = [Value(PHONE, pop.phone_number, pop.phone_key) for pop in pops]
-    holders = holders_of(conn, values)
-    cards = customer_cards(conn, [cid for holding in holders for cid in holding.customer_ids])
-    views = [
-        PopView(
-            id=pop.id,
-            phone_number=pop.phone_number,
-            created_at=pop.created_at,
-            cards=[cards[cid] for cid in holding.customer_ids if cid in cards],
-            blocked=holding.blocked,
+    # A withheld number is looked up nowhere: it has no number to match.
+    numbered = [pop for pop in pops if pop.phone_key != WITHHELD]
+    values = [Value(PHONE, pop.phone_number, pop.phone_key) for pop in numbered]
+    holding_of = dict(zip((pop.id for pop in numbered), holders_of(conn, values), strict=True))
+    cards = customer_cards(
+        conn, [cid for holding in holding_of.values() for cid in holding.customer_ids]
+    )
+    views = []
+    for pop in pops:
+        holding = holding_of.get(pop.id, Holders([], blocked=False))
+        views.append(
+            PopView(
+                id=pop.id,
+                phone_number=pop.phone_number,
+                created_at=pop.created_at,
+                cards=[cards[cid] for cid in holding.customer_ids if cid in cards],
+                blocked=holding.blocked,
+            )
         )
-        for pop, holding in zip(pops, holders, strict=True)
-    ]
     db.session.rollback()
     return views, cursor
+
+
+class WithheldNumber(ValueError):
+    """The pop's caller withheld the number: there is none to make a customer of."""
 
 
 class SeveralCallers(ValueError):
@@ -247,12 +285,16 @@ def create_caller(pop_id: int, actor: str) -> int | None:
     number in another prefix form (``+44...`` for a call from ``0044...``) is
     the caller, and a number blocked in any form is refused (BlockedValues), as
     the webhook and the pop match them. Several customers holding it raise
-    SeveralCallers: none is picked, and none is created.
+    SeveralCallers: none is picked, and none is created. A withheld number
+    raises WithheldNumber.
     """
     pop = db.session.get(ScreenPop, pop_id)
     if pop is None:
         db.session.rollback()
         return None
+    if pop.phone_key == WITHHELD:
+        db.session.rollback()
+        raise WithheldNumber("the caller withheld the number")
     phone = parse_phone(pop.phone_number)
     call_id, occurred_at, had_event = pop.call_id, pop.created_at, pop.engagement_id is not None
     holders = customers_holding(db.session.connection(), phone)

@@ -27,7 +27,7 @@ from .activity import customer_activity
 from .models import CHANNELS
 from .names import customer_name, set_display_name
 from .payloads import MAX_NAME_LENGTH
-from .screenpop import SeveralCallers, create_caller, recent_pops
+from .screenpop import SeveralCallers, WithheldNumber, create_caller, recent_pops
 
 bp = Blueprint("engagements", __name__)
 protect(bp)
@@ -164,6 +164,14 @@ def create_customer_from_call(pop_id: int):
     except BlockedValues:
         return error_page(
             "Number blocked", "This number is blocked, so it cannot become a customer.", 422
+        )
+    except WithheldNumber:
+        # The pop offers no button; a form posted anyway (by hand, a stale page) lands here.
+        return error_page(
+            "Number withheld",
+            "The caller withheld their number, so there is none to make a customer of. "
+            "Ask the caller for their e-mail or number and search for them.",
+            422,
         )
     except SeveralCallers as exc:
         # The pop was shown before they held it: ask the caller, and pick from the search.
