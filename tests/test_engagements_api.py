@@ -420,6 +420,31 @@ def test_lookup_lists_engagements_on_a_since_deleted_contact_marked(app, client)
     assert client.get("/api/v1/customers/lookup?email=old@example.com").status_code == 404
 
 
+def test_lookup_cards_say_which_valid_vouchers_the_customer_can_still_redeem(app, client):
+    # The card lists the customer's valid vouchers as GET /vouchers does, redeemable too.
+    assert identify(client, ANNA, "111")[0] == 200
+    assert identify(client, "bob@example.com", "111")[0] == 200
+
+    def generate(email, offer, **extra):
+        body = {"email": email, "offer_name": offer, "discount": 10}
+        body |= {"expiry": "2099-12-31T23:59:59Z", **extra}
+        response = client.post("/vouchers/generate", json=body)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()["code"]
+
+    anna_s = generate(ANNA, "Welcome", once_per_customer=True)
+    bob_s = generate("bob@example.com", "Welcome")
+    loyalty = generate(ANNA, "Loyalty")
+    used = client.post("/vouchers/validate", json={"code": anna_s, "email": ANNA})
+    assert used.status_code == 200
+    response = client.get("/api/v1/customers/lookup", query_string={"phone": "111"})
+    assert_matches_openapi(app, "/api/v1/customers/lookup", "get", response)
+    card = response.get_json()["customer"]
+    assert {v["code"]: v["redeemable"] for v in card["vouchers"]} == {bob_s: False, loyalty: True}
+    listed = client.get("/vouchers", query_string={"email": ANNA}).get_json()["vouchers"]
+    assert listed == card["vouchers"]
+
+
 def test_first_event_name_is_the_display_name(client):
     post_event(client, channel="sms", direction="inbound", phoneNumber="777", name="Anna Berg")
     post_event(client, channel="sms", direction="inbound", phoneNumber="777", name="A. Berg")

@@ -677,6 +677,26 @@ def test_the_screen_pop_writes_a_voucher_discount_as_the_vouchers_table_does(
     assert '<td data-label="Discount" class="num">12.5%</td>' in table
 
 
+def test_the_screen_pop_marks_a_voucher_of_an_offer_the_customer_already_redeemed(
+    signed_in_client, api_key
+):
+    event(signed_in_client, channel="sms", direction="inbound", phoneNumber="+1 555 0100")
+    codes = []
+    for offer in ("Welcome", "Welcome", "Loyalty"):
+        body = {"email": ANNA, "offer_name": offer, "discount": 10, "once_per_customer": True}
+        response = signed_in_client.post(
+            "/vouchers/generate", json={**body, "expiry": "2099-12-31T23:59:59Z"}
+        )
+        codes.append(response.get_json()["code"])
+    used = signed_in_client.post("/vouchers/validate", json={"code": codes[0], "email": ANNA})
+    assert used.status_code == 200
+    signed_in_client.post("/calls/incoming", json={"phoneNumber": "+15550100"})
+    pop = signed_in_client.get("/screen-pops?after=0").get_data(as_text=True)
+    items = {code: pop[pop.index(code) :].split("</li>")[0] for code in codes[1:]}
+    assert "offer already redeemed" in items[codes[1]]
+    assert "offer already redeemed" not in items[codes[2]]
+
+
 def test_the_screen_pop_keeps_a_right_to_left_offer_name_apart_from_the_discount(
     signed_in_client, api_key
 ):

@@ -446,6 +446,110 @@ def test_list_shows_valid_vouchers_across_the_customers_emails(app, client):
     assert codes("all") == [soon, later, used, expired]
 
 
+def listed(client, email, status="valid") -> dict[str, dict]:
+    """GET /vouchers for ``email``: {code: listed voucher}, each checked against validate.
+
+    ``redeemable`` must be exactly whether a dry-run validation by this e-mail succeeds.
+    """
+    response = client.get("/vouchers", query_string={"email": email, "status": status})
+    assert response.status_code == 200
+    found = {v["code"]: v for v in response.get_json()["vouchers"]}
+    for code, voucher in found.items():
+        dry_run = validate(client, code, email=email, dry_run=True)
+        assert voucher["redeemable"] == (dry_run.status_code == 200), (voucher, dry_run.json)
+    return found
+
+
+def test_list_says_a_voucher_of_a_once_per_customer_offer_already_redeemed_is_not_redeemable(
+    app, client
+):
+    identify(client, LORRAINE, "123456")
+    identify(client, MCFLY, "123456")
+    first = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+    second = issued_code(client, email=MCFLY, offer="Welcome")
+    loyalty = issued_code(client, email=MCFLY, offer="Loyalty")
+    biffs = issued_code(client, email=BIFF, offer="Welcome")
+    assert {v["redeemable"] for v in listed(client, MCFLY).values()} == {True}
+    assert validate(client, first).status_code == 200
+
+    response = client.get("/vouchers", query_string={"email": MCFLY})
+    assert_matches_openapi(app, "/vouchers", "get", response)
+    mine = listed(client, MCFLY)
+    # status keeps its meaning: the voucher is still valid, but the offer is used up.
+    assert {c: (v["status"], v["redeemable"]) for c, v in mine.items()} == {
+        second: ("valid", False),
+        loyalty: ("valid", True),
+    }
+    assert validate(client, second, email=MCFLY).status_code == 409
+    assert listed(client, LORRAINE, "used")[first]["redeemable"] is False
+    # Another customer's voucher of the offer is not affected.
+    assert listed(client, BIFF)[biffs]["redeemable"] is True
+
+
+def test_a_customer_merged_with_one_who_redeemed_the_offer_lists_it_not_redeemable(client):
+    identify(client, LORRAINE, "111")
+    mine = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+    other = issued_code(client, email=LORRAINE, offer="Other")
+    biffs = issued_code(client, email=BIFF, offer="Welcome")
+    assert validate(client, biffs, email=BIFF).status_code == 200
+    assert listed(client, LORRAINE)[mine]["redeemable"] is True
+    identify(client, BIFF, "111")  # Biff turns out to be Lorraine's customer
+    for email in (LORRAINE, BIFF):
+        assert {c: v["redeemable"] for c, v in listed(client, email).items()} == {
+            mine: False,
+            other: True,
+        }
+
+
+def test_one_who_redeemed_anothers_voucher_before_a_split_lists_their_own_not_redeemable(client):
+    from webapp.identity.rules import parse_identifier
+    from webapp.reconcile.service import set_blocked
+
+    identify(client, LORRAINE, "555")
+    identify(client, MCFLY, "555")
+    hers = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+    his = issued_code(client, email=MCFLY, offer="Welcome")
+    assert validate(client, hers, email=MCFLY).status_code == 200
+    set_blocked(parse_identifier("555"), True, "agent@shop.test", "shop phone")
+    # McFly redeemed the offer with his e-mail (on Lorraine's voucher): his own is barred.
+    assert listed(client, MCFLY)[his]["redeemable"] is False
+
+
+def test_listing_many_vouchers_of_once_per_customer_offers_reads_no_more_than_a_few(client):
+    from tests.builders import statements_run
+
+    identify(client, LORRAINE, "111")
+    identify(client, MCFLY, "111")
+    codes = [
+        issued_code(client, email=email, offer=f"Welcome {n}", once_per_customer=True)
+        for n in range(12)
+        for email in (LORRAINE, MCFLY)
+    ]
+    # Half the offers redeemed with McFly's e-mail on Lorraine's vouchers, and Biff's few.
+    for code in codes[0:12:2]:
+        assert validate(client, code, email=MCFLY).status_code == 200
+    biffs = [issued_code(client, email=BIFF, offer="Welcome 0") for _ in range(2)]
+    assert validate(client, biffs[0], email=BIFF).status_code == 200
+
+    def statements(email):
+        with statements_run() as run:
+            found = listed_once(client, email)
+        return found, len(run)
+
+    many, reads = statements(LORRAINE)
+    few, reads_few = statements(BIFF)
+    # Valid ones, soonest expiry first: McFly's of the six used offers, then both of the rest.
+    assert [v["redeemable"] for v in many] == [False] * 6 + [True] * 12
+    assert [v["redeemable"] for v in few] == [False]
+    assert reads == reads_few
+
+
+def listed_once(client, email) -> list[dict]:
+    response = client.get("/vouchers", query_string={"email": email})
+    assert response.status_code == 200
+    return response.get_json()["vouchers"]
+
+
 @pytest.fixture
 def server_east_of_utc(monkeypatch):
     """The process's local time zone is UTC+14 for the test (a box set to local time)."""

@@ -118,8 +118,17 @@ def _issued_json(view: VoucherView) -> dict:
 
 
 def voucher_json(view: VoucherView) -> dict:
-    """A voucher as the list answers show it."""
-    return {**_issued_json(view), "status": view.status, "used_at": iso_utc(view.used_at)}
+    """A voucher as the list answers (and the customer lookup's cards) show it.
+
+    ``redeemable``: whether its owner's validation would succeed now; a valid voucher
+    of a once-per-customer offer the customer has redeemed already is not.
+    """
+    return {
+        **_issued_json(view),
+        "status": view.status,
+        "used_at": iso_utc(view.used_at),
+        "redeemable": view.redeemable,
+    }
 
 
 @bp.post("/vouchers/generate")

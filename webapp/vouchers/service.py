@@ -97,6 +97,15 @@ class VoucherView:
     status: str
     # The answer to a request already carried out (same Idempotency-Key).
     replayed: bool = False
+    # Its offer is once per customer and the owner has redeemed that offer already
+    # (set by the reads of a customer's vouchers; see _mark_offers_redeemed).
+    offer_redeemed: bool = False
+
+    @property
+    def redeemable(self) -> bool:
+        """Whether a validation by its owner would succeed now: valid, and not barred
+        by a once-per-customer offer the owner has redeemed."""
+        return self.status == VALID and not self.offer_redeemed
 
 
 @dataclass(frozen=True)
@@ -272,20 +281,79 @@ def _rows_of_customers(owners: Sequence[int]) -> dict[int, int]:
 
 
 def _vouchers_on_rows(row_ids: Collection[int]) -> list:
-    """(Voucher, offer name) of every voucher issued to one of the contact rows ``row_ids``."""
+    """(Voucher, offer name, once per customer) of every voucher issued to one of the
+    contact rows ``row_ids``."""
     found = []
     for part in chunks(sorted(row_ids)):
         found += db.session.execute(
-            select(Voucher, Offer.name)
+            select(Voucher, Offer.name, Offer.once_per_customer)
             .join(Offer, Offer.id == Voucher.offer_id)
             .where(Voucher.contact_id.in_(part))
         ).all()
     return found
 
 
-def _customer_voucher_rows(owners: Sequence[int]):
-    """(Voucher, offer name) of every voucher whose contact row belongs to ``owners``."""
-    return _vouchers_on_rows(_rows_of_customers(owners))
+def _offers_redeemed(owner_of: dict[int, int], rows) -> set[tuple[int, int]]:
+    """(owner, offer id) of each once-per-customer offer the owner has redeemed, among the
+    offers of its unused vouchers: the test ``_customer_redeemed`` makes, for many at once.
+
+    ``owner_of`` is ``_rows_of_customers``' answer and ``rows`` the vouchers on those rows.
+    A redemption of a voucher on the owner's rows is in ``rows`` already; one made with
+    an e-mail of the owner is read by (offer, e-mail), on the index of both: two more
+    statements at most, however many vouchers the customers hold.
+    """
+    wanted = {
+        (owner_of[voucher.contact_id], voucher.offer_id)
+        for voucher, _name, once in rows
+        if once and voucher.used_at is None and voucher.voided_at is None
+    }
+    if not wanted:
+        return set()
+    found = {
+        (owner_of[voucher.contact_id], voucher.offer_id)
+        for voucher, _name, _once in rows
+        if voucher.used_at is not None
+    } & wanted
+    owners = sorted({owner for owner, _offer in wanted})
+    email_owners: dict[str, set[int]] = {}
+    for part in chunks(owners):
+        held = db.session.execute(
+            select(Contact.id, Contact.linkedId, Contact.email_key).where(
+                or_(Contact.id.in_(part), Contact.linkedId.in_(part)),
+                Contact.deletedAt.is_(None),
+                Contact.email_key.is_not(None),
+            )
+        )
+        for cid, linked, email_key in held:
+            email_owners.setdefault(email_key, set()).add(cid if linked is None else linked)
+    offers = sorted({offer for _owner, offer in wanted})
+    for offer_part in chunks(offers):
+        for email_part in chunks(sorted(email_owners)):
+            redeemed = db.session.execute(
+                select(Voucher.offer_id, Voucher.used_email_key).where(
+                    Voucher.offer_id.in_(offer_part), Voucher.used_email_key.in_(email_part)
+                )
+            )
+            for offer_id, email_key in redeemed:
+                found |= {(owner, offer_id) for owner in email_owners[email_key]} & wanted
+    return found
+
+
+def _views_of_customers(owners: Sequence[int], now: datetime) -> dict[int, list[VoucherView]]:
+    """Each of ``owners``' vouchers as views (unsorted), ``offer_redeemed`` set."""
+    found: dict[int, list[VoucherView]] = {owner: [] for owner in owners}
+    if not found:
+        return {}
+    owner_of = _rows_of_customers(list(found))
+    rows = _vouchers_on_rows(owner_of)
+    redeemed = _offers_redeemed(owner_of, rows)
+    for voucher, name, _once in rows:
+        owner = owner_of[voucher.contact_id]
+        view = _view(voucher, name, now)
+        if (owner, voucher.offer_id) in redeemed:
+            view = replace(view, offer_redeemed=True)
+        found[owner].append(view)
+    return found
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -300,9 +368,7 @@ def _seconds(moment: datetime) -> float:
     return (moment - _EPOCH).total_seconds()
 
 
-def _sorted_views(rows, now: datetime) -> list[VoucherView]:
-    views = [_view(voucher, name, now) for voucher, name in rows]
-
+def _sorted_views(views: list[VoucherView]) -> list[VoucherView]:
     def order(view: VoucherView):
         rank = _STATUS_ORDER[view.status]
         # Valid: soonest expiry first; the rest: most recent event first.
@@ -610,7 +676,8 @@ def list_for_email(email: Value, status: str) -> list[VoucherView]:
         owners = sorted(_email_customers(email.key))
         if not owners:
             return []
-        views = _sorted_views(_customer_voucher_rows(owners), utcnow())
+        by_owner = _views_of_customers(owners, utcnow())
+        views = _sorted_views([view for views in by_owner.values() for view in views])
     finally:
         db.session.rollback()
     return [v for v in views if status == "all" or v.status == status]
@@ -621,7 +688,7 @@ def customer_vouchers(customer_id: int) -> list[VoucherView]:
 
     Read inside the caller's transaction (a page or a card being built).
     """
-    return _sorted_views(_customer_voucher_rows([customer_id]), utcnow())
+    return _sorted_views(_views_of_customers([customer_id], utcnow())[customer_id])
 
 
 def vouchers_of_customers(owners: Sequence[int]) -> dict[int, list[VoucherView]]:
@@ -630,14 +697,8 @@ def vouchers_of_customers(owners: Sequence[int]) -> dict[int, list[VoucherView]]
     Each voucher goes to the owner its row reaches in at most two hops, as
     ``_customer_rows`` finds it.
     """
-    found: dict[int, list] = {owner: [] for owner in owners}
-    if not found:
-        return {}
-    owner_of = _rows_of_customers(list(found))
-    for voucher, name in _vouchers_on_rows(owner_of):
-        found[owner_of[voucher.contact_id]].append((voucher, name))
-    now = utcnow()
-    return {owner: _sorted_views(pairs, now) for owner, pairs in found.items()}
+    found = _views_of_customers(owners, utcnow())
+    return {owner: _sorted_views(views) for owner, views in found.items()}
 
 
 def void_voucher(
