@@ -317,3 +317,14 @@ def is_page(response) -> bool:
     """A whole page (layout, navigation and styles), varying on HX-Request."""
     html = response.get_data(as_text=True)
     return "<html" in html and "HX-Request" in response.vary
+
+
+def stored_counters() -> dict[str, int]:
+    """The limiter's counters as the storage it counts in holds them: {storage key: count}.
+
+    That storage is the in-memory fallback while the limiter takes its storage for
+    unreachable, which a test of an unreachable Redis can leave it doing for a while.
+    """
+    from webapp.extensions import limiter
+
+    return dict(limiter.limiter.storage.storage)

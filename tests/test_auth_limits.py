@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from http.cookiejar import CookieJar
@@ -79,6 +80,18 @@ def test_every_spelling_of_an_account_shares_one_count(app, client, agent):
     for email in [AGENT_EMAIL, " Agent@Example.COM", "AGENT@EXAMPLE.COM "]:
         assert attempt(client, email=email).status_code == 422
     assert_limited(attempt(client, email="agent@example.com"))
+
+
+def test_the_storage_holds_the_account_only_under_a_keyed_hash(app, client, agent):
+    from tests.builders import stored_counters
+
+    for email in [AGENT_EMAIL, " Agent@Example.COM"]:
+        assert attempt(client, email=email).status_code == 422
+    counters = stored_counters()
+    accounts = [key for key in counters if "account:" in key]
+    assert [counters[key] for key in accounts] == [2], counters
+    plain = hashlib.sha256(AGENT_EMAIL.encode()).hexdigest()
+    assert all(AGENT_EMAIL not in key and plain not in key for key in counters), counters
 
 
 def test_the_account_limit_follows_the_account_to_other_addresses(app, client, agent):

@@ -144,6 +144,8 @@ def test_two_servers_share_the_per_code_limit_through_redis(client, database_url
         "RATELIMIT_STORAGE_URI": redis_url,
         # A fresh namespace, so that earlier runs' counters never count here.
         "RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+        # Codes are counted under an HMAC keyed with SECRET_KEY: the boxes share it.
+        "SECRET_KEY": uuid.uuid4().hex,
         "VOUCHER_VALIDATE_LIMIT_PER_CLIENT": "1000 per hour",
         "VOUCHER_VALIDATE_LIMIT_PER_CODE": "5 per hour",
     }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 
 import pytest
 
-from tests.builders import API_KEY_HEADER
+from tests.builders import API_KEY_HEADER, stored_counters
 from tests.openapi_check import assert_matches_openapi
 from tests.test_vouchers_api import BIFF, LORRAINE, issued_code, validate, vouchers
 
@@ -38,6 +39,27 @@ def test_guessing_one_code_is_limited_whatever_its_spelling(app, client):
     assert_limited(app, validate(client, "k7qm-3xpd-9r", email=BIFF))
     # Another code still has its own allowance.
     assert validate(client, "AAAA-BBBB-CC", email=BIFF).status_code == 404
+
+
+def test_the_storage_holds_a_code_and_an_email_only_under_a_keyed_hash(app, client):
+    # Anyone who can read a shared Redis could search the 50-bit code space offline
+    # against a plain SHA-256 of each code; keyed with SECRET_KEY, they cannot.
+    canonical, email_key = "K7QM3XPD9R", BIFF
+    for spelling in ("k7qm 3xpd 9r", "K7QM-3XPD-9R"):
+        assert validate(client, spelling, email=BIFF).status_code == 404
+    counters = stored_counters()
+    code_keys = [key for key in counters if "code:" in key]
+    email_keys = [key for key in counters if ":email:" in key]
+    # Two spellings of one code, one counter; two attempts for one e-mail, one counter.
+    assert [counters[key] for key in code_keys + email_keys] == [2, 2], counters
+    plain = {text: hashlib.sha256(text.encode()).hexdigest() for text in (canonical, email_key)}
+    for key in counters:
+        for text, digest in plain.items():
+            assert text.lower() not in key.lower() and digest not in key, key
+    # Under another SECRET_KEY the same code counts under another key: it is keyed.
+    app.config["SECRET_KEY"] = "another-secret-key-of-enough-length"
+    assert validate(client, canonical, email=BIFF).status_code == 404
+    assert len([key for key in stored_counters() if "code:" in key]) == 2
 
 
 def test_a_client_guessing_many_codes_is_limited_and_changes_nothing(app, client):

@@ -1,7 +1,10 @@
 """Extension objects, created unbound so that nothing imports the app module."""
 
+import hashlib
+import hmac
+
 import flask_limiter
-from flask import request
+from flask import current_app, request
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
@@ -58,3 +61,18 @@ class Limiter(flask_limiter.Limiter):
 
 # Limits are declared per view; storage comes from RATELIMIT_STORAGE_URI.
 limiter = Limiter(key_func=get_remote_address)
+
+
+def limit_key_digest(text: str) -> str:
+    """``text`` (an e-mail or a voucher code) as a rate-limit key holds it: HMAC-SHA256
+    under the app's SECRET_KEY, in hex.
+
+    Keyed, so that whoever can read the counters (a Redis other services share) cannot
+    search the codes' 50 bits, or a list of e-mails, offline against a plain hash. Boxes
+    that share the counters must share SECRET_KEY, as they must for sessions anyway.
+    The message is prefixed: these digests cannot stand for anything else signed with
+    the key.
+    """
+    secret = current_app.config["SECRET_KEY"]
+    key = secret if isinstance(secret, bytes) else secret.encode()
+    return hmac.new(key, b"rate-limit-key\0" + text.encode(), hashlib.sha256).hexdigest()

@@ -8,12 +8,11 @@ the right password is refused like any other, and says nothing.
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 from flask import Response, current_app, request
 
-from ..extensions import limiter
+from ..extensions import limit_key_digest, limiter
 from .service import lookup_key
 
 
@@ -32,10 +31,11 @@ def account_key() -> str:
 
     Every spelling that finds one agent shares one counter, unknown e-mails are
     counted like known ones (no hint of which exist), and the key has a fixed
-    length with no address in clear in the shared storage.
+    length with no address in clear in the shared storage (keyed with SECRET_KEY, so
+    that a list of e-mails cannot be checked against it either).
     """
     typed = lookup_key(request.form.get("email", ""))
-    return "account:" + hashlib.sha256(typed.encode()).hexdigest()
+    return "account:" + limit_key_digest(typed)
 
 
 def refused(response: Response) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -14,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from ..api import json_error_handlers, require_configured_api_key
 from ..api.errors import ApiError, error_response
 from ..api.payloads import json_object
-from ..extensions import limiter
+from ..extensions import limit_key_digest, limiter
 from ..identity.rules import InvalidValue, Value, parse_email
 from ..models import utcnow
 from .rules import (
@@ -187,11 +186,13 @@ def _canonical_code() -> str | None:
 def _code_key() -> str:
     """The per-code rate-limit key: the canonical code, so spellings share one counter.
 
-    Hashed, so that no voucher code stands in clear in the shared storage (a
-    Redis other services may read) or in the limiter's log lines.
+    Hashed with the app's SECRET_KEY (HMAC), so that no voucher code stands in clear
+    in the shared storage (a Redis other services may read) or in the limiter's log
+    lines. A plain SHA-256 would not do: the code space (50 bits) can be searched
+    offline against it.
     """
     code = _canonical_code() or ""
-    return "code:" + hashlib.sha256(code.encode()).hexdigest()
+    return "code:" + limit_key_digest(code)
 
 
 def _client_key() -> str:
@@ -209,7 +210,7 @@ def _client_key() -> str:
     email = _canonical_email()
     if email is None:
         return f"client:{address}"
-    return f"client:{address}:email:" + hashlib.sha256(email.encode()).hexdigest()
+    return f"client:{address}:email:" + limit_key_digest(email)
 
 
 def _canonical_email() -> str | None:
