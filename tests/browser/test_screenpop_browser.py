@@ -163,6 +163,10 @@ def test_on_a_phone_the_pops_leave_the_page_usable(signed_in_page, live_server):
     expect(page.locator(".screen-pop[data-pop-id]")).to_have_count(3, timeout=8000)
     height = page.locator("#screen-pops").evaluate("b => b.getBoundingClientRect().height")
     assert height <= 0.6 * 812, f"the pops cover {height} px of the 812 px screen"
+    # A sheet with an edge: where the last call is cut off, the page's text under the
+    # stack no longer showed through and ran into the call's.
+    background = page.locator("#screen-pops").evaluate("b => getComputedStyle(b).backgroundColor")
+    assert background not in ("transparent", "rgba(0, 0, 0, 0)"), background
     # The lower part of the screen is the page, not a pop.
     assert page.evaluate("() => !document.elementFromPoint(187, 760).closest('#screen-pops')"), (
         "a pop covers the bottom of the screen"
