@@ -381,7 +381,10 @@ def test_once_per_customer_holds_across_emails_and_vouchers(client):
     assert [v.used_at is not None for v in vouchers()] == [True, False, True]
 
 
-def test_once_per_customer_follows_the_one_who_redeemed_across_a_split(client):
+def _split_after_one_redeemed_the_others_voucher(client) -> str:
+    """Lorraine and McFly, one customer by a shared phone: McFly redeems the once-per-
+    customer voucher issued to Lorraine's e-mail, then blocking the phone splits them.
+    McFly's own voucher of the offer, which he can no longer redeem."""
     from webapp.identity.rules import parse_identifier
     from webapp.reconcile.service import set_blocked
 
@@ -389,11 +392,15 @@ def test_once_per_customer_follows_the_one_who_redeemed_across_a_split(client):
     identify(client, MCFLY, "555")
     hers = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
     his = issued_code(client, email=MCFLY, offer="Welcome")
-    # One customer: McFly redeems the voucher issued to Lorraine's e-mail.
     assert validate(client, hers, email=MCFLY).status_code == 200
     assert validate(client, his, email=MCFLY, dry_run=True).status_code == 409
-    # Blocking the shared phone splits them; McFly has still used the offer.
     set_blocked(parse_identifier("555"), True, "agent@shop.test", "shop phone")
+    return his
+
+
+def test_once_per_customer_follows_the_one_who_redeemed_across_a_split(client):
+    # Once split, McFly has still used the offer.
+    his = _split_after_one_redeemed_the_others_voucher(client)
     refused = validate(client, his, email=MCFLY)
     assert refused.status_code == 409
     assert refused.get_json()["error"]["code"] == "offer_already_redeemed"
@@ -502,15 +509,7 @@ def test_a_customer_merged_with_one_who_redeemed_the_offer_lists_it_not_redeemab
 
 
 def test_one_who_redeemed_anothers_voucher_before_a_split_lists_their_own_not_redeemable(client):
-    from webapp.identity.rules import parse_identifier
-    from webapp.reconcile.service import set_blocked
-
-    identify(client, LORRAINE, "555")
-    identify(client, MCFLY, "555")
-    hers = issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
-    his = issued_code(client, email=MCFLY, offer="Welcome")
-    assert validate(client, hers, email=MCFLY).status_code == 200
-    set_blocked(parse_identifier("555"), True, "agent@shop.test", "shop phone")
+    his = _split_after_one_redeemed_the_others_voucher(client)
     # McFly redeemed the offer with his e-mail (on Lorraine's voucher): his own is barred.
     assert listed(client, MCFLY)[his]["redeemable"] is False
 
