@@ -570,3 +570,22 @@ def test_a_bad_rule_or_offer_is_refused_on_the_offers_page(
     assert message in response.get_data(as_text=True)
     assert _offer_rule("Spring") is False
     assert "offer_redeemable" not in [e.action for e in audit_entries()]
+
+
+def test_the_voucher_section_marks_a_valid_voucher_its_offer_rule_bars(signed_in_client):
+    # The list API and the screen-pop said so; the customer page, where an agent looks
+    # when a shopper asks why the checkout refused a code, showed it as plainly valid.
+    client = signed_in_client
+    first, second = (
+        issued_code(client, email=LORRAINE, offer="Welcome", once_per_customer=True)
+        for _ in range(2)
+    )
+    other = issued_code(client, email=LORRAINE, offer="Spring")
+    section = client.get("/customers/1/vouchers", headers=HTMX).get_data(as_text=True)
+    assert "offer already redeemed" not in section
+    assert validate(client, first).status_code == 200
+    section = client.get("/customers/1/vouchers", headers=HTMX).get_data(as_text=True)
+    rows = {code: section.split(code, 1)[1].split("</tr>", 1)[0] for code in (first, second, other)}
+    assert "offer already redeemed" in rows[second]
+    assert "offer already redeemed" not in rows[first]  # used: its status says so
+    assert "offer already redeemed" not in rows[other]
