@@ -280,6 +280,27 @@ def distinct_values(rows: Iterable[Row]) -> tuple[list[str], list[str]]:
     return list(emails.values()), list(phones.values())
 
 
+class Partition:
+    """Ids joined into disjoint groups (union-find); each group is named by its smallest id."""
+
+    def __init__(self, ids: Iterable[int]):
+        self._parent = {i: i for i in ids}
+
+    def find(self, x: int) -> int:
+        """The id naming ``x``'s group."""
+        parent = self._parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def join(self, a: int, b: int) -> None:
+        """Put ``a`` and ``b`` (and their groups) in one group."""
+        root_a, root_b = self.find(a), self.find(b)
+        if root_a != root_b:
+            self._parent[max(root_a, root_b)] = min(root_a, root_b)
+
+
 def invariant_violations(rows: Sequence[Row], blocked: Collection[Key] = frozenset()) -> list[str]:
     """Everything wrong with a set of live rows, as sentences; empty when all holds.
 
@@ -298,29 +319,22 @@ def invariant_violations(rows: Sequence[Row], blocked: Collection[Key] = frozens
         elif not target.is_primary:
             problems.append(f"row {row.id} links to {row.linked_id}, which is a secondary")
 
-    parent = {row.id: row.id for row in rows}
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    together = Partition(row.id for row in rows)
     owner: dict[tuple[str, str], int] = {}
     for row in rows:
         for key in row.identifiers():
             if key in blocked:
                 continue
             if key in owner:
-                parent[find(row.id)] = find(owner[key])
+                together.join(row.id, owner[key])
             else:
                 owner[key] = row.id
         if row.linked_id is not None and row.linked_id in by_id:
-            parent[find(row.id)] = find(row.linked_id)
+            together.join(row.id, row.linked_id)
 
     groups: dict[int, set[int]] = {}
     for row in rows:
-        groups.setdefault(find(row.id), set()).add(row.primary_id)
+        groups.setdefault(together.find(row.id), set()).add(row.primary_id)
     for members in groups.values():
         if len(members) > 1:
             problems.append(f"customers {sorted(members)} share a value but were not merged")
@@ -365,36 +379,24 @@ def connected_groups(
     oldest first (creation time, then id), so its first row is its primary;
     groups come in the order of their primaries.
     """
-    parent = {row.id: row.id for row in rows}
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def join(a: int, b: int) -> None:
-        root_a, root_b = find(a), find(b)
-        if root_a != root_b:
-            parent[max(root_a, root_b)] = min(root_a, root_b)
-
+    together = Partition(row.id for row in rows)
     owner: dict[Key, int] = {}
     for row in rows:
         for key in row.identifiers():
             if key in blocked:
                 continue
             if key in owner:
-                join(row.id, owner[key])
+                together.join(row.id, owner[key])
             else:
                 owner[key] = row.id
     for bond in bonds:
         held = [owner[key] for key in bond if key in owner and key not in blocked]
         for other in held[1:]:
-            join(held[0], other)
+            together.join(held[0], other)
 
     groups: dict[int, list[Row]] = {}
     for row in rows:
-        groups.setdefault(find(row.id), []).append(row)
+        groups.setdefault(together.find(row.id), []).append(row)
     ordered = [sorted(group, key=_age) for group in groups.values()]
     ordered.sort(key=lambda group: _age(group[0]))
     return ordered

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from ..audit import record
 from ..database import Contention, describe, error_kind, write_transaction
 from ..extensions import db
-from ..identity.rules import Reconciliation
+from ..identity.rules import Partition, Reconciliation
 from ..models import Contact, utcnow
 from .core import RECONCILE, NotFound, ReconcileError, lock_view, with_hanging, write_plan
 from .models import DONE, FAILED, QUEUED, RUNNING, STALE_AFTER, ReconcileJob
@@ -103,26 +103,19 @@ def changes(
     of this one's entry.
     """
     owner = {row: customer for customer, rows in before.items() for row in rows}
-    parent = {customer: customer for customer in before}
-
-    def find(customer: int) -> int:
-        while parent[customer] != customer:
-            parent[customer] = parent[parent[customer]]
-            customer = parent[customer]
-        return customer
-
+    together = Partition(before)
     holding = [(group, {owner[row] for row in group if row in owner}) for group in plan.groups]
     holding = [(group, owners) for group, owners in holding if owners]
     for _, owners in holding:
         first, *others = owners
         for other in others:
-            parent[find(other)] = find(first)
+            together.join(first, other)
     relinked = {r.row_id for r in plan.relinks}
     filed: dict[int, int] = {}
     was: dict[int, dict[int, list[int]]] = {}
     now: dict[int, dict[int, list[int]]] = {}
     for group, owners in holding:  # oldest group first
-        root = find(next(iter(owners)))
+        root = together.find(next(iter(owners)))
         if relinked.intersection(group):
             filed.setdefault(root, group[0])
         now.setdefault(root, {})[group[0]] = group
