@@ -208,13 +208,13 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     Without a cursor (a page just opened) every call still ringing shows. An answer holds
     at most ``MAX_POPS`` calls; the rest come with the next polls.
     """
-    # Ids of the calls still ringing, through the created_at index: ordered by id alone,
-    # a database walks every call since the cursor, and a tab left open overnight
-    # holds a cursor a day's calls old.
     if after is not None and after > (db.session.scalar(select(func.max(ScreenPop.id))) or 0):
         # A cursor past every call: the tab polled another database (restored from a
         # backup, replaced). Kept, it would hide every call until the ids caught up.
         after = None
+    # Ids of the calls still ringing, through the created_at index: ordered by id alone,
+    # a database walks every call since the cursor, and a tab left open overnight
+    # holds a cursor a day's calls old.
     ringing = select(ScreenPop.id).where(ScreenPop.created_at >= utcnow() - POP_WINDOW)
     query = select(ScreenPop).where(ScreenPop.id.in_(ringing))
     if after is not None:
