@@ -144,6 +144,12 @@ def _view(voucher: Voucher, offer_name: str, now: datetime) -> VoucherView:
     )
 
 
+def _locked(model, row_id: int):
+    """The row ``row_id`` of ``model`` read afresh under a row lock, or None (vouchers and
+    offers are never deleted: None only for an id that never was)."""
+    return db.session.get(model, row_id, with_for_update=True, populate_existing=True)
+
+
 def _max_attempts() -> int:
     return current_app.config["IDENTIFY_MAX_ATTEMPTS"]
 
@@ -631,12 +637,7 @@ def _redeem_locked(code: str, email: Value, idempotency_key: str | None) -> Vouc
     if owner is None or owner not in _email_customers(email.key):
         raise _not_found()
     # Re-read under the owner's lock: a concurrent redemption may have committed.
-    voucher = db.session.scalars(
-        select(Voucher)
-        .where(Voucher.id == found.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
+    voucher = _locked(Voucher, found.id)
     now = utcnow()
     if (
         idempotency_key is not None
@@ -715,12 +716,7 @@ def void_voucher(
         owner = None if found is None else _lock_owner(found.contact_id)
         if owner is None or customer_id not in (None, owner):
             raise VoucherError(404, "voucher_not_found", "this customer has no such voucher")
-        voucher = db.session.scalars(
-            select(Voucher)
-            .where(Voucher.id == voucher_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
+        voucher = _locked(Voucher, voucher_id)
         if voucher.used_at is not None or voucher.voided_at is not None:
             raise VoucherError(
                 409, "voucher_not_voidable", "only a voucher not yet used or voided can be voided"
@@ -788,12 +784,7 @@ def set_redeemable(offer_id: int, once_per_customer: bool, *, actor: str) -> boo
 
     def work() -> bool:
         _begin_write()
-        offer = db.session.scalars(
-            select(Offer)
-            .where(Offer.id == offer_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).first()
+        offer = _locked(Offer, offer_id)
         if offer is None:
             raise VoucherError(404, "offer_not_found", "there is no such offer")
         if offer.once_per_customer == once_per_customer:
