@@ -158,14 +158,14 @@ def _contact_events(contacts: Sequence) -> list[TimelineEvent]:
     events = []
     for contact in sorted(contacts, key=lambda c: (c.createdAt, c.id)):
         added = []
-        if contact.email_key is not None:
-            if contact.email_key and (EMAIL, contact.email_key) not in known:
-                added.append(("new email", contact.email or ""))
-            known.add((EMAIL, contact.email_key))
-        if contact.phone_key is not None:
-            if contact.phone_key and (PHONE, contact.phone_key) not in known:
-                added.append(("new phone", contact.phoneNumber or ""))
-            known.add((PHONE, contact.phone_key))
+        for kind, key, shown in (
+            (EMAIL, contact.email_key, contact.email),
+            (PHONE, contact.phone_key, contact.phoneNumber),
+        ):
+            if key and (kind, key) not in known:
+                added.append((f"new {kind}", shown or ""))
+            if key is not None:
+                known.add((kind, key))
         seen = [("email", contact.email or "—"), ("phone", contact.phoneNumber or "—")]
         events.append(
             TimelineEvent(
