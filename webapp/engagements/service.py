@@ -381,13 +381,13 @@ def _known_events(events: Sequence[EventInput]) -> dict[tuple, _Stored]:
 
 _BUSY = "too many concurrent changes to this customer; try this event again"
 _LATE = "the batch ran out of time before this event; try this event again"
+_UNAVAILABLE = "the database did not answer; try this event again"
 
 # A batch starts no customer's events after this many seconds: the rest answer 503, to be
 # sent again. gunicorn kills a worker still busy at its timeout (30 s by default), and the
 # client then gets a 500 and cannot tell which events were stored. 500 events of 500 new
 # customers took 11 s on a MariaDB with its two cores busy; a slow disk's commits take longer.
 BATCH_TIME_BUDGET_S = 20.0
-_UNAVAILABLE = "the database did not answer; try this event again"
 
 
 def _retry_error(code: str, message: str) -> ApiError:
