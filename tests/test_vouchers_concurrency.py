@@ -165,6 +165,31 @@ def test_two_servers_share_the_per_code_limit_through_redis(client, database_url
     assert vouchers()[0].used_at is None
 
 
+@pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
+def test_simultaneous_attempts_on_one_code_get_no_more_than_its_allowance(
+    client, database_url, redis_url
+):
+    # Each attempt is counted as it is checked, in one step of the storage. Checked first
+    # and counted after the answer (Flask-Limiter's deduct_when), 8 to 10 of 24 attempts
+    # sent together got past a code's allowance of 5.
+    code = issued_code(client)
+    env = {
+        "API_KEYS": TEST_API_KEY,
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+        "VOUCHER_VALIDATE_LIMIT_PER_CLIENT": "1000 per hour",
+        "VOUCHER_VALIDATE_LIMIT_PER_CODE": "5 per hour",
+    }
+    server = LiveServer(database_url, workers=4, env=env)
+    try:
+        body = {"code": code, "email": BIFF}
+        results = all_at_once([(server.url, "/vouchers/validate", body)] * PARALLEL)
+    finally:
+        server.stop()
+    assert Counter(status for status, _ in results) == {404: 5, 429: PARALLEL - 5}, results
+    assert vouchers()[0].used_at is None
+
+
 def test_one_issue_sent_24_times_at_once_with_its_key_issues_one_voucher(voucher_server):
     # A checkout that timed out and retried, many times over, all at once.
     body = {

@@ -131,6 +131,58 @@ def test_calls_without_a_valid_key_use_up_no_allowance(app, client):
     assert validate(client, code, email=LORRAINE).status_code == 200
 
 
+def limit_headers(response) -> dict[str, str]:
+    return {k: v for k, v in response.headers if k.startswith("X-RateLimit") or k == "Retry-After"}
+
+
+def test_calls_without_a_valid_key_learn_nothing_of_the_limits(app, client):
+    code = issued_code(client)
+    body = {"code": code, "email": BIFF}
+
+    def unauthorised(response) -> None:
+        assert response.status_code == 401, response.get_json()
+        assert response.get_json()["error"]["code"] == "unauthorized"
+        # Not how many attempts this code or e-mail has left, nor when its window ends.
+        assert limit_headers(response) == {}
+        assert_matches_openapi(app, "/vouchers/validate", "post", response)
+
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        unauthorised(client.post("/vouchers/validate", json=body, headers=headers))
+    # The checkout uses up the code's allowance (3 an hour): someone is redeeming it.
+    assert [validate(client, code, email=BIFF).status_code for _ in range(3)] == [404] * 3
+    assert_limited(app, validate(client, code, email=BIFF))
+    # A caller without the key, from the checkout's address or another, still gets a 401,
+    # not the 429 that would tell it the code is being tried.
+    for address in ("127.0.0.1", "192.0.2.7"):
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+            unauthorised(
+                client.post(
+                    "/vouchers/validate",
+                    json=body,
+                    headers=headers,
+                    environ_base={"REMOTE_ADDR": address},
+                )
+            )
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/identify"),
+        ("post", "/events"),
+        ("post", "/events/batch"),
+        ("post", "/calls/incoming"),
+        ("post", "/vouchers/generate"),
+        ("get", "/vouchers"),
+        ("get", "/api/v1/customers/lookup"),
+    ],
+)
+def test_no_keyed_endpoint_answers_a_401_with_limit_headers(app, client, method, path):
+    response = getattr(client, method)(path, json={}, headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+    assert limit_headers(response) == {}
+
+
 def test_generate_and_list_are_not_counted(client):
     for _ in range(8):
         issued_code(client)

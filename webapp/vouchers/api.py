@@ -232,16 +232,18 @@ def _no_code() -> bool:
     return _canonical_code() is None
 
 
-def _authorised(response) -> bool:
-    """Only answers past the API-key check count against a limit: a caller without
-    a key must not use up the checkout's attempts, or lock a code it has seen."""
-    return response.status_code != 401
-
-
+# The key is checked before the limits: a call without a valid key gets its 401 and never
+# reaches them. It neither uses up the checkout's attempts or locks a code it has seen,
+# nor learns how many attempts a code or an e-mail has left (the limit's headers, or a
+# 429 in place of the 401 once a code's allowance is used up: a sign that someone is
+# redeeming it). Flask-Limiter checks a view's declared limits in their decorator, not
+# before the request, so the order of the decorators is the order of the checks. Past
+# the key, each attempt is counted as it is checked, one atomic step in the storage,
+# so simultaneous attempts cannot all pass a limit with one attempt left.
 @bp.post("/vouchers/validate")
-@limiter.limit(_client_limit, key_func=_client_key, deduct_when=_authorised)
-@limiter.limit(_code_limit, key_func=_code_key, exempt_when=_no_code, deduct_when=_authorised)
 @require_configured_api_key
+@limiter.limit(_client_limit, key_func=_client_key)
+@limiter.limit(_code_limit, key_func=_code_key, exempt_when=_no_code)
 def validate():
     """Redeem a voucher for a customer (``dry_run``: only check that it would succeed)."""
     payload = json_object(request)
