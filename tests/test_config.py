@@ -272,6 +272,14 @@ def test_an_unknown_profile_is_named(tmp_path):
         ("sqlite:///:memory:", "is an in-memory SQLite database"),
         ("sqlite:///file:x?mode=memory&uri=true", "is an in-memory SQLite database"),
         ("sqlite:///file::memory:?uri=true", "is an in-memory SQLite database"),
+        # MySQL's utf8 is utf8mb3: every request holding an emoji failed in the database
+        # (errors 1267 and 1366) and was answered 503 "try again".
+        (
+            "mysql+pymysql://identity:pw-secret@db.example/identity?charset=utf8",
+            "DATABASE_URL (mysql+pymysql://identity:***@db.example/identity?charset=utf8) "
+            "asks for a connection in utf8; the tables are utf8mb4",
+        ),
+        ("mariadb+pymysql://db.example/x?charset=latin1", "asks for a connection in latin1"),
     ],
 )
 def test_a_database_the_service_cannot_use_is_refused_at_start(url, message):
@@ -279,6 +287,13 @@ def test_a_database_the_service_cannot_use_is_refused_at_start(url, message):
         create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
     assert message in str(refused.value)
     assert "pw-secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql+pymysql://db.example/x?charset=UTF8MB4", "mariadb+pymysql://db.example/x"]
+)
+def test_a_utf8mb4_connection_or_none_named_is_taken(url):
+    assert create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
 
 
 def test_the_cli_names_an_unsupported_database_instead_of_missing_commands(tmp_path):

@@ -12,14 +12,19 @@ from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from htmx_flask.requests import HtmxAwareRequest
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.exceptions import (
+    HTTPException,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    UnprocessableEntity,
+)
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
 from .config import SettingsError, check_settings, profile
-from .database import configure_engine, describe, engine_options
+from .database import configure_engine, describe, engine_options, refuses_a_value
 from .extensions import db, limiter, migrate
 from .models import MAX_ROW_ID
 from .request_ids import init_request_ids
@@ -228,6 +233,20 @@ def create_app(config: dict | None = None) -> Flask:
         # The JSON API's blueprints answer this themselves; here are the dashboard's pages,
         # its fragments and the screen-pop polls, which said a bare 500.
         db.session.rollback()
+        if refuses_a_value(exc):
+            # Not an outage: "try again in a moment" would fail the same way.
+            log.error(
+                "the database refused a value on %s %s: %s",
+                request.method,
+                request.path,
+                describe(exc),
+            )
+            return _http_error(
+                UnprocessableEntity(
+                    "A value you entered cannot be stored (too long, or characters the "
+                    "database does not take). Nothing was changed: shorten or correct it."
+                )
+            )
         log.error("database error on %s %s: %s", request.method, request.path, describe(exc))
         return _http_error(
             ServiceUnavailable("The database did not answer. Try again in a moment.", retry_after=1)

@@ -210,6 +210,18 @@ def _check_database_url(value: str) -> None:
             f"DATABASE_URL ({shown}) is an in-memory SQLite database, empty in every process "
             "and lost when it ends; name a file: sqlite:////var/lib/identity/identity.db"
         )
+    # The tables hold utf8mb4. A connection in another character set (charset=utf8 is
+    # MySQL's three-byte utf8mb3) cannot carry a four-byte character, such as an emoji in
+    # an event's name: every request holding one failed in the database, and was answered
+    # 503 "the database did not answer; try again", which no retry could change.
+    charsets = url.query.get("charset")
+    charsets = (charsets,) if isinstance(charsets, str) else charsets or ()
+    if url.get_backend_name() != "sqlite" and any(c.lower() != "utf8mb4" for c in charsets):
+        raise SettingsError(
+            f"DATABASE_URL ({shown}) asks for a connection in {', '.join(charsets)}; the "
+            "tables are utf8mb4, which a name or message with an emoji needs: set "
+            "charset=utf8mb4, or leave charset out (utf8mb4 is then used)"
+        )
     try:
         url.get_dialect().import_dbapi()
     except ImportError:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from flask import current_app, has_request_context
 from sqlalchemy import Connection, Engine, Select, event, inspect, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from .extensions import db
 
@@ -26,6 +26,11 @@ T = TypeVar("T")
 # deadlock, lock wait timeout, duplicate key on a claim row, and the
 # snapshot-conflict error MariaDB raises under innodb_snapshot_isolation.
 _MYSQL_RETRYABLE = {1213, 1205, 1062, 1020}
+
+# MySQL/MariaDB error codes that refuse a value the statement carried: out of range
+# (1264), truncated (1265), a date it cannot hold (1292), text its character set cannot
+# hold (1300, 1366), too long (1406), text compared across character sets (1267, 1271).
+_MYSQL_REFUSED_VALUE = {1264, 1265, 1267, 1271, 1292, 1300, 1366, 1406}
 
 # Execution option that asks SQLite for BEGIN IMMEDIATE (the write lock up front).
 SQLITE_IMMEDIATE = "sqlite_begin_immediate"
@@ -289,6 +294,21 @@ def error_kind(exc: DBAPIError) -> str:
     # SQLite's messages name no values ("database is locked", "no such table: x").
     shown = f" {code}" if isinstance(code, int) else f": {orig}" if orig is not None else ""
     return kind + shown
+
+
+def refuses_a_value(exc: SQLAlchemyError) -> bool:
+    """True when the database refused a value of the statement (too long, out of range,
+    text it cannot hold): the same request fails the same way every time, so it is no
+    outage, and no answer may tell the client to send it again.
+
+    Input is checked before it reaches the database; this is what the error handlers
+    fall back on where a check is missing (or a column was changed by hand).
+    """
+    if isinstance(exc, DataError):
+        return True
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    code = orig.args[0] if orig is not None and orig.args else None
+    return isinstance(code, int) and code in _MYSQL_REFUSED_VALUE
 
 
 def is_retryable(exc: DBAPIError) -> bool:

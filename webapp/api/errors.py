@@ -42,3 +42,16 @@ def error_response(
 def api_error_response(exc: ApiError):
     """Render an ApiError."""
     return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
+
+
+def unstorable_value_error() -> ApiError:
+    """The answer when the database refused a value of the request (too long, out of range,
+    characters it does not take) that the request's checks let through: a 400, not a 503
+    "try again", since the same request would fail the same way."""
+    return ApiError(
+        400,
+        "unstorable_value",
+        "a value in the request cannot be stored (too long, out of range, or characters "
+        "the database does not take); nothing was changed, and sending the same request "
+        "again will not help",
+    )

@@ -20,11 +20,12 @@ from flask import current_app
 from sqlalchemy import Connection, insert, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..api.errors import ApiError
+from ..api.errors import ApiError, unstorable_value_error
 from ..database import (
     SQLITE_IMMEDIATE,
     Contention,
     describe,
+    refuses_a_value,
     retry_window,
     run_write_transaction,
 )
@@ -454,14 +455,20 @@ def record_events(events: Sequence[EventInput]) -> list[Recorded | ApiError]:
                 if time.monotonic() - started >= retry_window():
                     out_of_time = stored[0]
             except SQLAlchemyError as exc:
-                if not stored_any:
+                if refuses_a_value(exc):
+                    # This group's values, not the database: the other groups go on.
+                    log.error("the database refused a value of events: %s", describe(exc))
+                    stored = [unstorable_value_error()] * len(indexes)
+                elif not stored_any:
                     # Nothing is stored yet: the whole batch answers 503, to be sent again.
                     raise
-                # Groups are stored already: their results must reach the client, or it
-                # would send them again (events without an externalId would be stored twice).
-                log.error("database error while storing a batch's events: %s", describe(exc))
-                unavailable = _retry_error("database_unavailable", _UNAVAILABLE)
-                stored = [unavailable] * len(indexes)
+                else:
+                    # Groups are stored already: their results must reach the client, or it
+                    # would send them again (events without an externalId would be stored
+                    # twice).
+                    log.error("database error while storing a batch's events: %s", describe(exc))
+                    unavailable = _retry_error("database_unavailable", _UNAVAILABLE)
+                    stored = [unavailable] * len(indexes)
         for index, result in zip(indexes, stored, strict=True):
             results[index] = result
     for index, first in repeats.items():
