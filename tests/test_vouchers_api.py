@@ -197,6 +197,29 @@ def test_validate_reads_its_body_once_for_the_code_limit_and_the_view(client, mo
 
 
 @pytest.mark.parametrize(
+    ("code", "email", "status"),
+    [(None, LORRAINE, 200), ("not a code", "not an e-mail", 400)],
+)
+def test_validate_reads_its_email_and_code_once_for_the_limits_and_the_view(
+    client, monkeypatch, code, email, status
+):
+    # The default per-client limit is two limits, each keyed on the e-mail, and the
+    # per-code limit reads the code for its exemption and for its key: the e-mail went
+    # through email-validator three times a request, the code its normalisation three.
+    from webapp.vouchers import api
+
+    code = code or issued_code(client)
+    calls: list[str] = []
+    for name in ("parse_email", "normalise_code"):
+        parse = getattr(api, name)
+        monkeypatch.setattr(
+            api, name, lambda raw, name=name, parse=parse: calls.append(name) or parse(raw)
+        )
+    assert validate(client, code, email=email).status_code == status
+    assert sorted(calls) == ["normalise_code", "parse_email"]
+
+
+@pytest.mark.parametrize(
     "spelling",
     [
         lambda c: c,

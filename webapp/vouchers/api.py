@@ -39,6 +39,28 @@ from .service import (
 
 bp = Blueprint("vouchers_api", __name__)
 
+_PARSED = "webapp.vouchers.parsed"
+
+
+def _parsed(parse, raw: str):
+    """``parse(raw)``, worked out once per request; the error it raised is raised again.
+
+    A validation's rate limits key on its e-mail and code, and the view reads both
+    again: the e-mail went through email-validator three times a request (once for
+    each limit of the default per-client pair, once in the view), the code through
+    its normalisation three times (the per-code limit's exemption and key, the view).
+    """
+    done = request.environ.setdefault(_PARSED, {})
+    if (parse, raw) not in done:
+        try:
+            done[parse, raw] = parse(raw)
+        except (InvalidValue, InvalidVoucherValue) as exc:
+            done[parse, raw] = exc
+    result = done[parse, raw]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
 
 def _email(payload: dict[str, Any], fields: dict[str, str]) -> Value | None:
     raw = payload.get("email")
@@ -46,7 +68,7 @@ def _email(payload: dict[str, Any], fields: dict[str, str]) -> Value | None:
         fields["email"] = "a non-empty email is required"
         return None
     try:
-        return parse_email(raw)
+        return _parsed(parse_email, raw)
     except InvalidValue as exc:
         fields["email"] = str(exc)
         return None
@@ -104,7 +126,7 @@ def _refuse_if(fields: dict[str, str]) -> None:
 def _code(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidVoucherValue("a voucher code is required")
-    return normalise_code(raw)
+    return _parsed(normalise_code, raw)
 
 
 def _issued_json(view: VoucherView) -> dict:
@@ -217,7 +239,7 @@ def _canonical_email() -> str | None:
     """The matching key of the request's e-mail; None when the body holds no well-formed one."""
     try:
         raw = json_object(request).get("email")
-        return parse_email(raw).key if isinstance(raw, str) and raw.strip() else None
+        return _parsed(parse_email, raw).key if isinstance(raw, str) and raw.strip() else None
     except (ApiError, InvalidValue, HTTPException):
         return None
 
