@@ -8,6 +8,10 @@ status 1 and a traceback of its own instead of status 4.
 
 import sys
 
+# limit_request_line, limit_request_field_size and limit_request_fields stay at gunicorn's
+# defaults (4094 bytes, 8190 bytes, 100 headers): docs/identity.md says why, and that a
+# request past them gets gunicorn's HTML page, not the API's JSON error body.
+
 # As wsgi.py exits: gunicorn's "the app failed to load".
 APP_FAILED_TO_LOAD = 4
 
