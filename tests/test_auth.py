@@ -546,3 +546,52 @@ def test_the_longest_session_lifetime_allowed_still_serves_the_dashboard(app_con
     assert response.status_code == 200
     assert AGENT_EMAIL in response.get_data(as_text=True)
     assert "Expires=" in response.headers["Set-Cookie"]
+
+
+def _cookie_signed_by_a_clock(app, monkeypatch, client, ahead_s: int) -> None:
+    """The agent's session cookie as a box whose clock runs ``ahead_s`` seconds ahead of
+    this one signs it (every answer signs the cookie afresh)."""
+    from itsdangerous import TimestampSigner
+
+    serializer = app.session_interface.get_signing_serializer(app)
+    payload = serializer.loads(client.get_cookie("session").value)
+    real = TimestampSigner.get_timestamp
+    with monkeypatch.context() as patched:
+        patched.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) + ahead_s)
+        cookie = serializer.dumps(payload)
+    client.set_cookie("session", cookie)
+
+
+def test_a_session_cookie_from_a_box_whose_clock_runs_ahead_still_works(
+    app, monkeypatch, signed_in_client
+):
+    """Behind a load balancer, the next request lands on a box whose clock is a few seconds
+    behind the one that answered last. Flask's session refused a cookie signed "in the
+    future": every such request was signed out (401 and HX-Redirect to sign-in for htmx)."""
+    _cookie_signed_by_a_clock(app, monkeypatch, signed_in_client, ahead_s=8)
+    _as_a_new_request()
+    assert signed_in_client.get("/").status_code == 200
+    _as_a_new_request()
+    assert signed_in_client.get("/screen-pops", headers={"HX-Request": "true"}).status_code == 204
+
+
+def test_a_session_cookie_signed_far_in_the_future_is_refused(app, monkeypatch, signed_in_client):
+    # Past MAX_CLOCK_SKEW_S it is a clock gone wrong, not a box a few seconds apart.
+    from webapp import MAX_CLOCK_SKEW_S
+
+    _cookie_signed_by_a_clock(app, monkeypatch, signed_in_client, ahead_s=MAX_CLOCK_SKEW_S + 60)
+    _as_a_new_request()
+    response = signed_in_client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/sign-in")
+
+
+def test_a_session_cookie_older_than_the_lifetime_is_still_refused(
+    app, monkeypatch, signed_in_client
+):
+    lifetime = int(app.permanent_session_lifetime.total_seconds())
+    _cookie_signed_by_a_clock(app, monkeypatch, signed_in_client, ahead_s=-(lifetime + 1))
+    _as_a_new_request()
+    response = signed_in_client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/sign-in")

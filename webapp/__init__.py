@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 import click
 from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from htmx_flask.requests import HtmxAwareRequest
+from itsdangerous import BadSignature
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import (
     HTTPException,
@@ -88,17 +90,42 @@ class RowIdConverter(IntegerConverter):
         super().__init__(map, *args, **kwargs)
 
 
+# How far ahead of this box's clock another box's may run and its session cookies still be
+# taken (seconds). Boxes behind a load balancer sign each answer's cookie with their own clock.
+MAX_CLOCK_SKEW_S = 300
+
+
 class CookieSessions(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, with no signing set-up for requests that send no cookie.
+    """Flask's signed-cookie sessions, with no signing set-up for requests that send no cookie,
+    and room for the clocks of several boxes.
 
     The checkout's API calls never carry one; the stock interface builds its
     signer on every request before looking.
+
+    Every answer signs the cookie afresh, with the time of the box that sent it. The
+    stock interface refused a cookie signed later than its own clock says it is now,
+    so behind a load balancer, a request that reached a box whose clock ran a few
+    seconds behind the last one's found no session: the agent was sent to sign in
+    (an htmx request, a screen-pop poll, got 401), and the sign-in page's new cookie
+    replaced the real one. A cookie signed up to ``MAX_CLOCK_SKEW_S`` ahead is taken;
+    one older than the session lifetime is refused, as before.
     """
 
     def open_session(self, app, request):
-        if self.get_cookie_name(app) not in request.cookies:
+        cookie = request.cookies.get(self.get_cookie_name(app))
+        if not cookie:
             return self.session_class()
-        return super().open_session(app, request)
+        serializer = self.get_signing_serializer(app)
+        if serializer is None:
+            return None
+        try:
+            data, signed_at = serializer.loads(cookie, return_timestamp=True)
+        except BadSignature:
+            return self.session_class()
+        age = time.time() - signed_at.timestamp()
+        if not -MAX_CLOCK_SKEW_S <= age <= app.permanent_session_lifetime.total_seconds():
+            return self.session_class()
+        return self.session_class(data)
 
     def get_cookie_secure(self, app) -> bool:
         # A session that came over https (directly, or through TRUSTED_PROXIES that
