@@ -1,4 +1,5 @@
 import logging
+from contextlib import contextmanager, suppress
 from logging.config import fileConfig
 
 import click
@@ -67,6 +68,55 @@ def run_migrations_offline():
         context.run_migrations()
 
 
+# Seconds between two looks at the lock another upgrade holds.
+_LOCK_WAIT_S = 5
+
+
+@contextmanager
+def one_upgrade_at_a_time(connection):
+    """Hold the database's migration lock while migrating; wait for whoever holds it.
+
+    On MySQL/MariaDB nothing else stopped two ``db upgrade`` run at the same moment
+    (a deploy that runs it on every box): both read the same version and ran the
+    same migrations, and one failed with a traceback in the middle ("Table already
+    exists", a duplicate index), having run part of a migration the other ran whole;
+    a data migration that is not idempotent would have been applied twice. The lock
+    is the server's named lock for this database (``GET_LOCK``); it belongs to this
+    connection, so an upgrade that dies lets go of it. The second upgrade waits,
+    then reads the version the first left and has nothing to do. On SQLite the
+    write lock taken before the version is read (below) does the same.
+    """
+    if connection.dialect.name not in ("mysql", "mariadb"):
+        yield
+        return
+    database = connection.exec_driver_sql("SELECT DATABASE()").scalar()
+    # The server's lock names are at most 64 characters; a cut name only ever serialises more.
+    name = f"identity db upgrade {database}"[:64]
+
+    def take(wait_s: int):
+        return connection.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, wait_s)).scalar()
+
+    held = take(0)
+    if held == 0:
+        logger.info(
+            "another db upgrade or downgrade is running on this database; waiting for it to finish"
+        )
+        while held == 0:
+            held = take(_LOCK_WAIT_S)
+    if held != 1:
+        raise click.ClickException("the database refused its migration lock (GET_LOCK)")
+    # The lock is the session's, not the transaction's: alembic must find no transaction
+    # open, or it would take it for the caller's and never commit the version it writes.
+    connection.commit()
+    try:
+        yield
+    finally:
+        # A connection the server dropped has let go of the lock already; its error is the one.
+        with suppress(DBAPIError):
+            connection.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (name,))
+            connection.commit()
+
+
 def run_migrations_online():
     """Run migrations in 'online' mode.
 
@@ -101,7 +151,7 @@ def run_migrations_online():
             f"could not reach the database {where}: {exc.orig}\n{unreachable_advice(connectable)}"
         ) from None
 
-    with connection:
+    with connection, one_upgrade_at_a_time(connection):
         if connection.dialect.name == "sqlite":
             # Take the write lock before reading the version: a transaction that read
             # first fails at its first ALTER if a worker writes meanwhile ("database is

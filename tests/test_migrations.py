@@ -1,8 +1,12 @@
 """The schema comes only from migrations: they build it, and it matches the models."""
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -14,6 +18,7 @@ from sqlalchemy import event, insert, make_url, select, text, update
 from sqlalchemy import inspect as sa_inspect
 
 from tests.builders import HEAD_REVISION, make_agent
+from tests.conftest import ROOT
 from webapp import create_app
 from webapp.extensions import db
 from webapp.identity.rules import parse_email, parse_identifier
@@ -382,6 +387,62 @@ def test_a_database_in_use_downgrades_to_empty_and_upgrades_again(empty_database
         assert sa_inspect(db.engine).get_table_names() == ["alembic_version"]
         upgrade()
         with db.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, db.metadata) == []
+        db.engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["mariadb"], indirect=True)
+def test_a_second_upgrade_started_meanwhile_waits_for_the_first_on_mariadb(empty_database_url):
+    """Two boxes' deploys both run ``db upgrade``, the second while the first is at 0001.
+
+    Nothing stopped the second on MySQL/MariaDB: it read the same version and ran the
+    same migrations, and the first then failed ("Table 'Contact' already exists"),
+    with a traceback, half-way through. Now the second waits for the first's lock,
+    then finds the database at the head and does nothing.
+    """
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database_url, "TESTING": True})
+    environment = {k: v for k, v in os.environ.items() if k != "API_KEYS"}
+    environment.update(DATABASE_URL=empty_database_url, SECRET_KEY="s" * 32)
+    second: list[subprocess.Popen] = []
+    said: list[str] = []
+
+    def read(stream) -> None:
+        said.extend(iter(stream.readline, ""))
+
+    def the_other_box_upgrades_meanwhile(_conn, _cursor, statement, *_args):
+        if second or "CREATE TABLE `Contact`" not in statement:
+            return
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+            cwd=ROOT,
+            env=environment,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        second.append(process)
+        threading.Thread(target=read, args=(process.stderr,), daemon=True).start()
+        # Until it says it waits, or it has run (and ended) on its own.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if any("waiting for it to finish" in line for line in said):
+                break
+            time.sleep(0.05)
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", the_other_box_upgrades_meanwhile)
+        try:
+            upgrade()
+        finally:
+            event.remove(db.engine, "before_cursor_execute", the_other_box_upgrades_meanwhile)
+            status = second[0].wait(timeout=120) if second else None
+        output = "".join(said)
+        assert status == 0, output
+        assert "waiting for it to finish" in output
+        assert "Running upgrade" not in output  # the first had done it all
+        assert "Traceback" not in output
+        with db.engine.connect() as conn:
+            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == HEAD_REVISION
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, db.metadata) == []
         db.engine.dispose()
