@@ -249,9 +249,19 @@ def create_app(config: dict | None = None) -> Flask:
             return exc
         try:
             return http_error_page(exc)
+        except SQLAlchemyError as failure:
+            # The page needs the session's agent; with the database down, the plain
+            # error is still an answer. One line: every open dashboard's screen-pop
+            # poll lands here each second the database is away.
+            db.session.rollback()
+            log.warning(
+                "the error page for %s needs the database, which failed too (%s); "
+                "answering plainly",
+                exc.code,
+                describe(failure),
+            )
+            return exc
         except Exception:
-            # The page needs the session's agent; if even that fails (the
-            # database is down), the plain error is still an answer.
             log.exception("the error page for %s failed; answering plainly", exc.code)
             return exc
 
