@@ -1,11 +1,17 @@
 """Engine settings per dialect the concurrency design depends on; queries sent to the driver."""
 
+import json
+import time
+import urllib.error
+import urllib.request
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
-from tests.builders import assert_invariants, identify
+from tests.builders import TEST_API_KEY, assert_invariants, identify, post_once
+from tests.conftest import LiveServer, StallingProxy
 from webapp import create_app
 from webapp.database import DriverQuery, driver_query, driver_rows
 from webapp.extensions import db
@@ -143,3 +149,39 @@ def test_a_customer_whose_rows_share_a_value_is_read_once_per_row(client, app, m
     status, body = identify(client, "new@x.io", "5550000")  # a new e-mail: the locked read too
     assert status == 200 and len(body["contact"]["secondaryContactIds"]) == 60
     assert max(fetched) == 61
+
+
+@pytest.mark.parametrize("dialect", ["mariadb"], indirect=True)
+def test_a_database_that_stops_answering_is_a_503_before_gunicorn_gives_up(app, database_url):
+    """A MariaDB that takes connections and never answers (packets dropped, a stuck server).
+
+    The app's connections had no read time-out: every request waited for as long as
+    the database hung, the health check too, until gunicorn killed the worker (a 500
+    after 30 s) or, with threads, for ever. A statement that gets no answer for a lock
+    wait and 5 s now fails, and the request answers 503 ``database_unavailable``.
+    """
+    url = sa.make_url(database_url)
+    proxy = StallingProxy(url.host, url.port or 3306)
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port)
+    server = LiveServer(
+        through_proxy.render_as_string(hide_password=False),
+        workers=1,
+        env={"API_KEYS": TEST_API_KEY, "MYSQL_LOCK_WAIT_TIMEOUT_S": "1"},
+    )
+    try:
+        assert post_once(server.url, "/identify", {"email": "doc@hillvalley.edu"})[0] == 200
+        proxy.stall()
+        started = time.monotonic()
+        status, body = post_once(server.url, "/identify", {"email": "doc@hillvalley.edu"})
+        # A read of 6 s (1 s lock wait + 5), then once more on a new connection.
+        assert time.monotonic() - started < 20
+        assert (status, body["error"]["code"]) == (503, "database_unavailable")
+        with pytest.raises(urllib.error.HTTPError) as health:
+            urllib.request.urlopen(server.url + "/healthz", timeout=60)
+        assert health.value.code == 503
+        assert json.loads(health.value.read())["database"] == "unreachable"
+        proxy.resume()
+        assert post_once(server.url, "/identify", {"email": "doc@hillvalley.edu"})[0] == 200
+    finally:
+        server.stop()
+        proxy.close()

@@ -209,7 +209,9 @@ def create_app(config: dict | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     url = _database_url(app)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
+    # Requests give up on a database that stops answering; commands wait for it.
+    lock_wait_s = app.config["MYSQL_LOCK_WAIT_TIMEOUT_S"] if _serving() else None
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url, lock_wait_s))
 
     init_request_ids(app)
     db.init_app(app)

@@ -160,11 +160,28 @@ class Contention(Exception):
     """A write transaction kept losing lock races and gave up; callers answer 503."""
 
 
-def engine_options(url: str) -> dict:
+# Seconds past a lock wait that a MySQL/MariaDB server may stay silent on a request's
+# statement before the statement fails as a lost connection.
+SILENT_SERVER_MARGIN_S = 5
+# pymysql's own time-out for opening a connection.
+_MYSQL_CONNECT_TIMEOUT_S = 10
+
+
+def engine_options(url: str, lock_wait_s: int | None = None) -> dict:
     """Engine keyword arguments suited to the database behind ``url``.
 
     Errors never show their statements' parameters (customers' e-mails and
     phones, voucher codes): they end up in logs.
+
+    ``lock_wait_s`` (given when serving requests, the MySQL/MariaDB lock wait):
+    a statement the server does not answer within the lock wait plus
+    SILENT_SERVER_MARGIN_S, and a connection it does not open within that (10 s
+    at most), fails. Without a time-out, a database that took connections and
+    never answered (a network dropping its packets, a stuck server) held every
+    request until gunicorn killed the worker (a 500 after 30 s), the health
+    check too. A statement waiting for a row lock gets the server's own error
+    first. Commands (``db upgrade``, whole-database runs) get none: a migration's
+    ALTER TABLE may rightly run for minutes.
     """
     options = {"hide_parameters": True}
     if url.startswith("mysql") or url.startswith("mariadb"):
@@ -173,6 +190,13 @@ def engine_options(url: str) -> dict:
         # No pre-ping (a round trip per request on the hot path): a connection
         # the server dropped fails once, is discarded, and the work runs again.
         options.update(isolation_level="READ COMMITTED", pool_recycle=1800)
+        if lock_wait_s is not None:
+            silence = int(lock_wait_s) + SILENT_SERVER_MARGIN_S
+            options["connect_args"] = {
+                "read_timeout": silence,
+                "write_timeout": silence,
+                "connect_timeout": min(silence, _MYSQL_CONNECT_TIMEOUT_S),
+            }
     return options
 
 
