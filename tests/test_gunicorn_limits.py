@@ -28,21 +28,28 @@ def server(database_urls):
     live.stop()
 
 
-def answer(server: LiveServer, target: str, headers: list[tuple[str, str]]) -> tuple[int, str]:
-    """The status and Content-Type of ``GET target`` sent with exactly these headers."""
-    lines = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
+def exchange(
+    server: LiveServer, target: str, headers: list[tuple[str, str]], method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, header fields and body of ``method target`` sent with exactly these headers
+    (and ``Connection: close``: the body ends with the connection)."""
+    lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
         conn.sendall(raw)
         received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
+        while chunk := conn.recv(65536):
             received += chunk
-    head = received.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    fields = dict(line.split(": ", 1) for line in head[1:])
-    return int(head[0].split()[1]), fields.get("Content-Type", "")
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), fields, body
+
+
+def answer(server: LiveServer, target: str, headers: list[tuple[str, str]]) -> tuple[int, str]:
+    """The status and Content-Type of ``GET target`` sent with exactly these headers."""
+    status, fields, _ = exchange(server, target, headers)
+    return status, fields.get("Content-Type", "")
 
 
 BASE = [("Host", "identity.example"), ("Connection", "close")]
@@ -92,3 +99,39 @@ def test_the_longest_requests_of_the_api_and_the_dashboard_reach_the_app(server)
     assert len(f"GET {target} HTTP/1.1") < 3930
     # The app's own answer: the sign-in page for a browser without a session.
     assert answer(server, target, BASE)[0] == 302
+
+
+EMOJI = "\U0001f600"
+
+
+def escaped_query_of_line_length(path: str, length: int) -> str:
+    """``path`` with a query of escapes (``%25``) padded to a request line of ``length`` bytes."""
+    room = length - len(f"GET {path}?pad= HTTP/1.1")
+    return f"{path}?pad={'%25' * (room // 3)}{'a' * (room % 3)}"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/?q=" + quote(EMOJI * 320),
+        "/?q=" + quote(EMOJI * 200),
+        f"/customers/{2**63 - 1}/merge?q={quote(EMOJI * 320)}&page=100&upto=1",
+        # The longest request line gunicorn takes, every byte of its query to escape again.
+        escaped_query_of_line_length("/audit", REQUEST_LINE_LIMIT),
+    ],
+    ids=["search-320-emoji", "search-200-emoji", "merge-dialog", "at-the-limit"],
+)
+def test_a_signed_out_browser_reaches_the_sign_in_form_from_the_longest_page(server, target):
+    # The page asked for went into next percent-encoded again; a search for 200 emoji
+    # or more made a sign-in URL that gunicorn refused with its 414 page.
+    status, fields, _ = exchange(server, target, BASE)
+    assert status == 302
+    sign_in = fields["Location"]
+    assert sign_in.startswith("/sign-in?next=/")
+    status, fields, body = exchange(server, sign_in, BASE)
+    assert (status, fields["Content-Type"]) == (200, "text/html; charset=utf-8")
+    assert b'id="sign-in-form"' in body
+    # The form is posted back to the same URL: the app answers (no session, no token).
+    status, _, body = exchange(server, sign_in, [*BASE, ("Content-Length", "0")], "POST")
+    assert status == 400
+    assert b"Form expired" in body

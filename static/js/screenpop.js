@@ -7,6 +7,7 @@
   var script = document.currentScript;
   var pollUrl = script && script.dataset.pollUrl;
   var signInUrl = script && script.dataset.signInUrl;
+  var requestLineLimit = Number(script && script.dataset.requestLineLimit) || 4094;
   if (!pollUrl) return;
 
   var INTERVAL_MS = 1000;
@@ -104,6 +105,19 @@
   // goes away once the agent is signed in again (in this tab or another).
   var NOTICE_ID = "screen-pop-signed-out";
 
+  // Back to this page after signing in, as the server's redirect says it (webapp/auth,
+  // sign_in_url): the page's URL is percent-encoded again in next, and gunicorn refuses a
+  // request line past its limit with its own page, not the form. The form is posted back
+  // to the same URL, so that line must fit; if not, next keeps the path alone, or goes.
+  function signInHref() {
+    var candidates = [window.location.pathname + window.location.search, window.location.pathname];
+    for (var i = 0; i < candidates.length; i++) {
+      var href = signInUrl + "?next=" + encodeURIComponent(candidates[i]);
+      if (("POST " + href + " HTTP/1.1").length <= requestLineLimit) return href;
+    }
+    return signInUrl;
+  }
+
   function showSignedOut() {
     if (document.getElementById(NOTICE_ID)) return;
     var notice = document.createElement("div");
@@ -116,7 +130,7 @@
     if (signInUrl) {
       var link = document.createElement("a");
       link.className = "button button-primary";
-      link.href = signInUrl + "?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+      link.href = signInHref();
       link.textContent = "Sign in again";
       notice.appendChild(link);
     }

@@ -4,7 +4,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.builders import identify, many_rows_customer
+from tests.builders import AGENT_PASSWORD, identify, many_rows_customer
 from webapp.dashboard.search import reindex
 
 
@@ -75,6 +75,20 @@ def test_wrong_password_is_shown_in_place(page, agent):
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_contain_text("Wrong e-mail or password")
+    assert page.console_errors == []
+
+
+def test_a_signed_out_agent_reaches_the_sign_in_form_from_a_long_search(page, agent):
+    # 320 emoji: the search box's longest term. Percent-encoded again in next, the page's
+    # URL made a sign-in URL that gunicorn refused with its "URI Too Long" page.
+    page.goto("/?q=" + "\U0001f600" * 320)
+    expect(page).to_have_url(re.compile(r"/sign-in\?next=/$"))
+    page.get_by_label("E-mail").fill(agent.email)
+    page.get_by_label("Password").fill(AGENT_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    # Back to the page's path, without the search.
+    expect(page.get_by_role("heading", name="Find a customer")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/$"))
     assert page.console_errors == []
 
 

@@ -109,6 +109,23 @@ def test_a_signed_out_tab_says_calls_stopped_popping_and_resumes_after_sign_in(
     assert [e for e in page.console_errors if "Failed to load" not in e] == []
 
 
+def test_sign_in_again_from_a_long_search_reaches_the_form(signed_in_page, live_server):
+    page = signed_in_page
+    page.goto("/?q=" + "\U0001f600" * 320)
+    other = page.context.new_page()
+    other.goto("/")
+    other.get_by_role("button", name="Sign out").click()
+    expect(other.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    # The page's URL percent-encoded again in next made a link gunicorn refused (414):
+    # the link keeps the page's path alone.
+    link = page.locator("#screen-pop-signed-out").get_by_role("link", name="Sign in again")
+    expect(link).to_have_attribute("href", "/sign-in?next=%2F")
+    link.click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert [e for e in page.console_errors if "Failed to load" not in e] == []
+
+
 def ring_three_named_callers(base: str) -> list[dict]:
     """Three known callers, each with a few engagements, calling at once: three tall pops."""
     calls = []

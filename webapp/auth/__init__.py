@@ -135,12 +135,42 @@ def _page_posted_from() -> str | None:
     return referrer.path + (f"?{referrer.query}" if referrer.query else "")
 
 
+# The longest request line gunicorn takes (its limit_request_line, left at the default):
+# method, path with query, and protocol, without the line end. docs/identity.md.
+REQUEST_LINE_LIMIT = 4094
+
+
+def fits_a_request_line(target: str, method: str = "POST") -> bool:
+    """Whether ``method target HTTP/1.1`` stays within gunicorn's request line limit."""
+    return len(f"{method} {target} HTTP/1.1".encode()) <= REQUEST_LINE_LIMIT
+
+
+def sign_in_url(here: str | None) -> str:
+    """The sign-in page's URL, with ``next=here`` when the whole URL can be asked for.
+
+    ``here`` is percent-encoded again inside ``next`` (a ``%`` becomes ``%25``), so a
+    long page URL, which gunicorn took, can make a sign-in URL that it refuses with its
+    414 page instead of the form: a search for 320 emoji is 3,857 bytes asked for and
+    6,420 bytes once in ``next``. The form is posted back to the same URL, with the
+    longer method, so that request line must fit too. When it would not, ``next`` keeps
+    the path alone (the search page without its search, say); when even that would not,
+    there is no ``next`` and signing in goes home.
+    """
+    local = safe_next(here)
+    candidates = [local, local.partition("?")[0]] if local else []
+    for candidate in candidates:
+        target = url_for("auth.sign_in", next=candidate)
+        if fits_a_request_line(target):
+            return target
+    return url_for("auth.sign_in")
+
+
 @login_manager.unauthorized_handler
 def _unauthorized():
     # Back to the page asked for (or the form was on) after signing in; htmx follows
     # HX-Redirect, not a 302.
     here = request.full_path.rstrip("?") if request.method == "GET" else _page_posted_from()
-    target = url_for("auth.sign_in", next=safe_next(here))
+    target = sign_in_url(here)
     if request.htmx:
         response = make_response("", 401)
         response.headers["HX-Redirect"] = target
@@ -212,6 +242,8 @@ def init_auth(app: Flask) -> None:
         app.config["PASSWORD_HASH_PROFILE"] = "CHEAPEST" if app.testing else "RFC_9106_LOW_MEMORY"
     # A name set is checked by check_settings (in gunicorn's master too).
     login_manager.init_app(app)
+    # The screen-pop's "Sign in again" link keeps within it, as sign_in_url does.
+    app.jinja_env.globals["REQUEST_LINE_LIMIT"] = REQUEST_LINE_LIMIT
     # No view asks for a "fresh" sign-in, and Flask-Login's basic protection does no more
     # than mark sessions not fresh: it only rewrote the cookie of a session with no agent
     # in it (the sign-in page's), which a screen-pop poll in flight could then overwrite.
