@@ -27,7 +27,13 @@ from wtforms.validators import DataRequired, Length
 
 from ..extensions import limiter, login_manager
 from ..forms import Form
-from .limits import account_key, account_limit, address_limit, refused, retry_after_seconds
+from .limits import (
+    account_key,
+    account_limit,
+    address_limit,
+    give_back_unless_refused,
+    retry_after_seconds,
+)
 from .service import authenticate, end_sessions, load_agent
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ def private(response: Response) -> Response:
 
 # The sign-in page carries a CSRF token bound to the session, and its answer sets the cookie.
 bp.after_request(private)
+# The sign-in limits count every attempt as they check it; only a refused one keeps its count.
+bp.after_request(give_back_unless_refused)
 
 
 class Agent(UserMixin):
@@ -179,8 +187,8 @@ def _unauthorized():
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
-@limiter.limit(address_limit, methods=["POST"], deduct_when=refused)
-@limiter.limit(account_limit, key_func=account_key, methods=["POST"], deduct_when=refused)
+@limiter.limit(address_limit, methods=["POST"])
+@limiter.limit(account_limit, key_func=account_key, methods=["POST"])
 def sign_in():
     """The sign-in page; a wrong e-mail or password is said in place (422)."""
     destination = safe_next(request.args.get("next")) or url_for("dashboard.home")
