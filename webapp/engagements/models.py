@@ -95,6 +95,13 @@ class ScreenPop(db.Model):
     engagement_id: Mapped[int | None] = mapped_column(ForeignKey("engagement.id"))
     # A dashboard opening without a cursor asks for the calls still ringing.
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    # What the phone system said of the call since (POST /calls/status); None until it says.
+    answered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The sign-in e-mail (as agents are stored) of the agent who took the call, if it said.
+    answered_by: Mapped[str | None] = mapped_column(String(320))
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The call's length as the phone system counted it, if it sent one with the end.
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
 
     # A telephony webhook retried with the same call id pops once.
     __table_args__ = (UniqueConstraint("call_id"), MYSQL_TABLE_ARGS)
