@@ -172,7 +172,9 @@ SURROGATE_BODIES = [
 
 
 @pytest.mark.parametrize("body", SURROGATE_BODIES, ids=["raw-utf8", "escaped-utf16"])
-@pytest.mark.parametrize("path", ["/vouchers/generate", "/events", "/calls/incoming"])
+@pytest.mark.parametrize(
+    "path", ["/vouchers/generate", "/events", "/calls/incoming", "/calls/status"]
+)
 def test_a_lone_surrogate_however_sent_is_a_400_and_writes_nothing(app, client, path, body):
     response = client.post(path, data=body, content_type="application/json")
     assert response.status_code == 400, response.get_json()

@@ -93,6 +93,9 @@ def settings(tmp_path) -> dict:
         ("HSTS_SECONDS", "9" * 5000, "HSTS_SECONDS must be at most 315360000, not 999"),
         ("MYSQL_LOCK_WAIT_TIMEOUT_S", "0", "MYSQL_LOCK_WAIT_TIMEOUT_S must be at least 1, not 0"),
         ("MYSQL_LOCK_WAIT_TIMEOUT_S", "3601", "MYSQL_LOCK_WAIT_TIMEOUT_S must be at most 3600"),
+        ("SCREEN_POP_TIMEOUT_S", "5m", "SCREEN_POP_TIMEOUT_S must be a whole number, not '5m'"),
+        ("SCREEN_POP_TIMEOUT_S", "-1", "SCREEN_POP_TIMEOUT_S must be at least 0, not -1"),
+        ("SCREEN_POP_TIMEOUT_S", "86401", "SCREEN_POP_TIMEOUT_S must be at most 86400, not 86401"),
         # A key one can guess from one signed cookie, offline.
         (
             "SECRET_KEY",
@@ -190,6 +193,7 @@ def test_the_rate_limit_storages_requirements_install_are_accepted(settings, uri
         ("PERMANENT_SESSION_LIFETIME", 315360000),
         ("HSTS_SECONDS", 315360000),
         ("MYSQL_LOCK_WAIT_TIMEOUT_S", 3600),
+        ("SCREEN_POP_TIMEOUT_S", 86400),
     ],
 )
 def test_each_number_may_be_as_large_as_its_most(settings, name, most):

@@ -1250,6 +1250,7 @@ HUGE = str(2**64)
         ("get", f"/audit?page={HUGE}", 200),
         ("get", f"/?q=doc&page={HUGE}", 200),
         ("get", f"/screen-pops?after={HUGE}", 204),
+        ("get", f"/screen-pops?shown={HUGE}:ringing", 204),
         ("get", f"/customers/1/merge?other={HUGE}", 200),
         ("post", "/customers/1/merge", 422),
     ],

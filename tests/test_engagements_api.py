@@ -267,6 +267,8 @@ def test_routing_errors_under_the_engagement_paths_answer_json(client):
         # Nobody holds ANNA yet: the lookup ran and found no one.
         ("get", "/api/v1/customers/lookup?email=" + ANNA, None, 404),
         ("post", "/calls/incoming", {"phoneNumber": "555"}, 201),
+        # No call rang with it: the webhook ran and found none.
+        ("post", "/calls/status", {"callId": "c-0", "status": "ended"}, 404),
     ],
 )
 def test_every_endpoint_wants_the_api_key_when_keys_are_set(

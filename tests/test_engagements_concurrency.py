@@ -106,6 +106,38 @@ def test_one_call_id_sent_16_times_at_once_pops_once(live_server):
     assert (count(Engagement), count(ScreenPop)) == (2, 1)
 
 
+def test_a_call_answered_by_two_agents_at_once_is_one_agents_and_its_end_is_kept_once(
+    live_server,
+):
+    url = live_server.url
+    sms = {"channel": "sms", "direction": "inbound", "phoneNumber": "555"}
+    assert post(url, "/events", sms)[0] == 201
+    assert post(url, "/calls/incoming", {"phoneNumber": "555", "callId": "pbx-2"})[0] == 201
+    agents = ["ann@support.example", "bob@support.example"] * (THREADS // 2)
+    results = fire(
+        url,
+        "/calls/status",
+        [{"callId": "pbx-2", "status": "answered", "agent": agent} for agent in agents],
+    )
+    # The first one through the pop's row lock names the agent; the other agent's are refused.
+    winner = {answer["answeredBy"] for status, answer in results if status == 200}
+    assert len(winner) == 1, results
+    for agent, (status, answer) in zip(agents, results, strict=True):
+        assert status == (200 if agent in winner else 422), answer
+        if status == 422:
+            assert answer["error"]["code"] == "call_status_conflict"
+    assert len({answer["answeredAt"] for status, answer in results if status == 200}) == 1
+
+    results = fire(
+        url,
+        "/calls/status",
+        [{"callId": "pbx-2", "status": "ended", "durationSeconds": 30}] * THREADS,
+    )
+    assert {status for status, _ in results} == {200}
+    assert len({answer["endedAt"] for _, answer in results}) == 1
+    assert db.session.scalars(select(Engagement.duration_seconds)).all() == [None, 30]
+
+
 def test_an_event_whose_rows_keep_being_deleted_is_a_503_not_a_500(app, client, monkeypatch):
     # An agent deletes the row the event was going to be stored on, every time
     # it is picked: after a few rounds the API gives up as for any lost race.

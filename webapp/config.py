@@ -78,6 +78,9 @@ class Config:
     # An agent who mistypes a few times never gets near them; guessing does, fast.
     SIGN_IN_LIMIT_PER_ACCOUNT = os.environ.get("SIGN_IN_LIMIT_PER_ACCOUNT", "10 per 15 minutes")
     SIGN_IN_LIMIT_PER_ADDRESS = os.environ.get("SIGN_IN_LIMIT_PER_ADDRESS", "30 per 15 minutes")
+    # Seconds after it rang that a call's pop leaves agents' screens when the phone system
+    # never said the call ended (a pop an agent is in, clicked or answered stays); 0: never.
+    SCREEN_POP_TIMEOUT_S = os.environ.get("SCREEN_POP_TIMEOUT_S", "300")
     # Customers per transaction in a whole-database reconciliation run.
     RECONCILE_BATCH_SIZE = os.environ.get("RECONCILE_BATCH_SIZE", "100")
     # Dashboard sessions: seconds until an agent must sign in again (12 h by default).
@@ -141,6 +144,8 @@ _WHOLE_NUMBERS = {
     # Each answer's cookie expires now + this, which must stay a date.
     "PERMANENT_SESSION_LIFETIME": (1, _TEN_YEARS),
     "HSTS_SECONDS": (0, _TEN_YEARS),
+    # A day: a pop no one touched for longer is no use to anyone.
+    "SCREEN_POP_TIMEOUT_S": (0, 86400),
 }
 _SWITCHES = {"1": True, "true": True, "yes": True, "on": True}
 _SWITCHES.update({"0": False, "false": False, "no": False, "off": False, "": False})

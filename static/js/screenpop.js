@@ -18,6 +18,17 @@
   var STORAGE_KEY = "screen-pop-dismissed";
   var cursor = null;
   var delay = INTERVAL_MS;
+  // A pop on its way out (fading) no longer counts: not in the count, not for focus or Escape.
+  var LIVE = ".screen-pop[data-pop-id]:not(.screen-pop-leaving)";
+  // The states (set by the server) in which a pop goes from the page: the call ended, another
+  // agent answered it, or it timed out. A pop the agent is in (keyboard focus, pointer) stays
+  // until they leave it; one they kept (clicked in it, or answered the call) stays, marked,
+  // until they dismiss it. See docs/engagements.md, "When a pop goes".
+  var LEAVING = ["ended", "taken", "stale"];
+  // How long a pop takes to fade out (the stylesheet's transition).
+  var FADE_MS = 600;
+  // The page tells the server at most this many pops' states per poll.
+  var MAX_SHOWN = 100;
 
   function container() {
     var box = document.getElementById("screen-pops");
@@ -40,7 +51,7 @@
   }
 
   function refreshToggle() {
-    var count = container().querySelectorAll(".screen-pop[data-pop-id]").length;
+    var count = container().querySelectorAll(LIVE).length;
     if (count === 0) container().classList.remove("screen-pops-minimised");
     if (!toggle) return;
     var hidden = minimised();
@@ -91,13 +102,80 @@
       // A pop is sent again until it is 5 s old; replacing the one the keyboard is in would
       // drop focus to <body> under the agent's hands, so that one stays as it is.
       if (shown && shown.contains(document.activeElement)) continue;
+      if (shown && shown.hasAttribute("data-kept")) pop.setAttribute("data-kept", "");
+      if (pop.dataset.state === "yours") pop.setAttribute("data-kept", "");
       if (shown) box.replaceChild(pop, shown);
       else box.insertBefore(pop, box.firstChild);
       arrived = arrived || !shown;
       if (window.htmx) window.htmx.process(pop);
     }
+    var updates = template.content.querySelectorAll("template.screen-pop-update");
+    for (var j = 0; j < updates.length; j++) update(updates[j]);
     // A new call is worth seeing even with the others hidden.
     setMinimised(minimised() && !arrived);
+  }
+
+  // The agent is reading the pop: the keyboard is in it, or the pointer is over it.
+  function held(pop) {
+    return pop.contains(document.activeElement) || pop.matches(":hover");
+  }
+
+  function goesNow(pop) {
+    return LEAVING.indexOf(pop.dataset.state) !== -1 && !pop.hasAttribute("data-kept") && !held(pop);
+  }
+
+  // A pop that goes fades out first; it takes no focus or clicks meanwhile.
+  function leave(pop) {
+    pop.classList.add("screen-pop-leaving");
+    pop.setAttribute("inert", "");
+    refreshToggle();
+    window.setTimeout(function () {
+      pop.remove();
+      refreshToggle();
+    }, FADE_MS);
+  }
+
+  // The server says a pop the page shows is in another state now: its note (answered, ended)
+  // goes in, and the pop goes unless the agent is in it or kept it.
+  function update(change) {
+    var pop = container().querySelector('.screen-pop[data-pop-id="' + change.dataset.popId + '"]');
+    if (!pop || pop.classList.contains("screen-pop-leaving")) return;
+    pop.dataset.state = change.dataset.state;
+    if (change.dataset.state === "yours") pop.setAttribute("data-kept", "");
+    var goes = goesNow(pop);
+    var old = pop.querySelector(".screen-pop-state");
+    var note = change.content.querySelector(".screen-pop-state");
+    if (note) {
+      note = document.importNode(note, true);
+      // Going at once, it is seen as it fades; read out to every agent's screen reader, each
+      // call's end would interrupt whatever they were hearing.
+      if (goes) note.setAttribute("aria-hidden", "true");
+      if (old) old.replaceWith(note);
+      else pop.querySelector(".screen-pop-head").after(note);
+    } else if (old) {
+      old.remove();
+    }
+    if (goes) leave(pop);
+  }
+
+  // After each poll: a pop whose call is over goes once the agent has left it.
+  function sweep() {
+    var pops = container().querySelectorAll(LIVE);
+    for (var i = 0; i < pops.length; i++) {
+      if (goesNow(pops[i])) leave(pops[i]);
+    }
+  }
+
+  // "12:ringing,13:answered": the pops the page shows and the state each shows, so that the
+  // server answers those whose state changed. An ended pop has nothing more to change.
+  function shownStates() {
+    var pops = container().querySelectorAll(LIVE);
+    var parts = [];
+    for (var i = 0; i < pops.length && parts.length < MAX_SHOWN; i++) {
+      var state = pops[i].dataset.state || "ringing";
+      if (state !== "ended") parts.push(pops[i].dataset.popId + ":" + state);
+    }
+    return parts.join(",");
   }
 
   // Signed out (the session ended, or the agent signed out in another tab): calls would stop
@@ -147,7 +225,11 @@
   }
 
   function poll() {
-    var url = pollUrl + (cursor === null ? "" : "?after=" + encodeURIComponent(cursor));
+    var query = [];
+    if (cursor !== null) query.push("after=" + encodeURIComponent(cursor));
+    var shown = shownStates();
+    if (shown) query.push("shown=" + encodeURIComponent(shown));
+    var url = pollUrl + (query.length ? "?" + query.join("&") : "");
     // The redirect to the sign-in page is not followed: that page would start a
     // session of its own on every poll.
     fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" }, redirect: "manual" })
@@ -167,6 +249,7 @@
       })
       .then(function (html) {
         if (html) show(html);
+        if (html !== null) sweep();
         schedule();
       })
       .catch(function () {
@@ -180,9 +263,9 @@
   // elsewhere (a click that did not focus the button) stays where it was.
   function removeKeepingFocus(pop) {
     var next = pop.nextElementSibling;
-    while (next && !next.matches(".screen-pop[data-pop-id]")) next = next.nextElementSibling;
+    while (next && !next.matches(LIVE)) next = next.nextElementSibling;
     var previous = pop.previousElementSibling;
-    while (previous && !previous.matches(".screen-pop[data-pop-id]")) previous = previous.previousElementSibling;
+    while (previous && !previous.matches(LIVE)) previous = previous.previousElementSibling;
     pop.remove();
     refreshToggle();
     var active = document.activeElement;
@@ -197,9 +280,18 @@
     if (main) main.focus();
   }
 
+  // A pop the agent clicked in (a link opened in another tab, text selected, a button) is
+  // theirs to close: it stays, marked, when its call ends or times out.
+  document.addEventListener("pointerdown", function (event) {
+    var pop = event.target.closest && event.target.closest(".screen-pop[data-pop-id]");
+    if (pop) pop.setAttribute("data-kept", "");
+  });
+
   document.addEventListener("click", function (event) {
     var pop = event.target.closest(".screen-pop[data-pop-id]");
     if (!pop) return;
+    // From the keyboard too: Enter on the pop's link or button.
+    pop.setAttribute("data-kept", "");
     // Acting on a call (opening the customer, creating one) also means it was seen.
     var action = event.target.closest("[data-dismiss-pop], a, button[type=submit]");
     if (!action) return;
@@ -215,7 +307,7 @@
     var pop = active && active.closest ? active.closest(".screen-pop[data-pop-id]") : null;
     if (!pop && active && active !== document.body) return;
     // Hidden calls are out of sight: Escape does not dismiss one unseen.
-    if (!pop && !minimised()) pop = container().querySelector(".screen-pop[data-pop-id]");
+    if (!pop && !minimised()) pop = container().querySelector(LIVE);
     if (!pop) return;
     event.preventDefault();
     dismiss(pop.dataset.popId);

@@ -285,3 +285,162 @@ def test_the_agent_can_hide_the_calls_and_a_new_call_shows_them_again(signed_in_
     expect(pops).to_have_count(0)
     expect(toggle).to_be_hidden()
     assert page.console_errors == []
+
+
+# When a pop goes: the phone system says the call was answered or ended (POST /calls/status),
+# or it times out. See docs/engagements.md, "When a pop goes".
+
+
+def ring(base: str, phone: str, call_id: str) -> dict:
+    return post_json(base, "/calls/incoming", {"phoneNumber": phone, "callId": call_id})
+
+
+def call_status(base: str, call_id: str, status: str, **extra) -> dict:
+    return post_json(base, "/calls/status", {"callId": call_id, "status": status, **extra})
+
+
+def pointer_off_the_calls(page) -> None:
+    """The agent's pointer rests on the page, away from the stack of calls."""
+    page.mouse.move(5, 600)
+
+
+def test_a_pop_leaves_when_its_call_ends_but_not_while_the_keyboard_is_in_it(
+    signed_in_page, live_server, tmp_path
+):
+    page = signed_in_page
+    base = live_server.url
+    page.goto("/audit")
+    pointer_off_the_calls(page)
+    calls = [
+        post_json(
+            base, "/calls/incoming", {"phoneNumber": f"+44 20 7946 00{n}5", "callId": f"e-{n}"}
+        )
+        for n in range(2)
+    ]
+    read, other = (page.locator(f'.screen-pop[data-pop-id="{c["popId"]}"]') for c in calls)
+    expect(read).to_be_visible(timeout=5000)
+    expect(other).to_be_visible()
+    # The agent is reading the first call: the keyboard is in it.
+    dismiss = read.locator(".screen-pop-close")
+    dismiss.focus()
+
+    for n in range(2):
+        call_status(base, f"e-{n}", "ended")
+    # The other call goes from the screen on the next poll...
+    expect(other).to_have_count(0, timeout=5000)
+    # ...the one the agent is in stays, marked, with the keyboard where it was.
+    expect(read).to_have_attribute("data-state", "ended")
+    expect(read.locator(".screen-pop-state")).to_contain_text("Call ended")
+    page.wait_for_timeout(2500)
+    expect(read).to_be_visible()
+    expect(dismiss).to_be_focused()
+    page.screenshot(path=str(tmp_path / "ended-while-focused.png"))
+
+    # Once the agent leaves it, it goes with the next poll.
+    page.locator("#main").focus()
+    expect(read).to_have_count(0, timeout=5000)
+    expect(page.locator("#main")).to_be_focused()
+    expect(page.locator("#screen-pop-toggle")).to_be_hidden()
+    assert page.console_errors == []
+
+
+def test_the_agent_who_answered_keeps_the_pop_and_the_others_lose_it(
+    signed_in_page, live_server, browser, tmp_path
+):
+    from tests.browser.conftest import _new_tab
+    from tests.builders import AGENT_EMAIL, AGENT_PASSWORD, make_agent
+
+    make_agent("dana@support.example")
+    dana = _new_tab(browser, live_server)
+    sign_in_through_the_form(dana, "dana@support.example", AGENT_PASSWORD)
+    page = signed_in_page
+    base = live_server.url
+    for tab in (page, dana):
+        tab.goto("/audit")
+        pointer_off_the_calls(tab)
+    taken, unnamed, ringing = ring_three_named_callers(base)
+    mine = page.locator(f'.screen-pop[data-pop-id="{taken["popId"]}"]')
+    hers = dana.locator(f'.screen-pop[data-pop-id="{taken["popId"]}"]')
+    for tab in (page, dana):
+        expect(tab.locator(".screen-pop[data-pop-id]")).to_have_count(3, timeout=8000)
+
+    # This agent takes the first call; nobody says who took the second.
+    call_status(base, "stack-0", "answered", agent=AGENT_EMAIL)
+    call_status(base, "stack-1", "answered")
+    expect(mine.locator(".screen-pop-state")).to_have_text(re.compile(r"^You answered "))
+    expect(mine).to_have_attribute("data-state", "yours")
+    expect(hers).to_have_count(0, timeout=5000)
+    for tab in (page, dana):
+        other = tab.locator(f'.screen-pop[data-pop-id="{unnamed["popId"]}"]')
+        expect(other.locator(".screen-pop-state")).to_have_text(re.compile(r"^Answered "))
+        expect(other).to_be_visible()
+        expect(tab.locator(f'.screen-pop[data-pop-id="{ringing["popId"]}"]')).to_be_visible()
+    page.locator("#screen-pops").evaluate("box => { box.scrollTop = 0; }")
+    page.screenshot(path=str(tmp_path / "answered.png"))
+
+    # The call ends: this agent's pop stays, marked, until they dismiss it (they may be
+    # writing up the call); the unnamed answer's pops go from every screen.
+    call_status(base, "stack-0", "ended")
+    call_status(base, "stack-1", "ended", durationSeconds=75)
+    expect(mine.locator(".screen-pop-state")).to_contain_text("Call ended")
+    expect(mine.locator(".screen-pop-state")).to_contain_text("answered by you")
+    for tab in (page, dana):
+        unnamed_pop = tab.locator(f'.screen-pop[data-pop-id="{unnamed["popId"]}"]')
+        expect(unnamed_pop).to_have_count(0, timeout=5000)
+    page.wait_for_timeout(2000)
+    expect(mine).to_be_visible()
+    page.screenshot(path=str(tmp_path / "answered-then-ended.png"))
+    mine.get_by_role("button", name=f"Dismiss call from {taken['name']}").click()
+    expect(mine).to_have_count(0)
+    # The call still ringing stays on both screens.
+    expect(page.locator(".screen-pop[data-pop-id]")).to_have_count(1)
+    expect(dana.locator(".screen-pop[data-pop-id]")).to_have_count(1)
+    assert page.console_errors == [] and dana.console_errors == []
+    dana.context.close()
+
+
+def test_untouched_pops_time_out_and_one_the_agent_clicked_in_or_points_at_stays(
+    signed_in_page, live_server, app
+):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from webapp.engagements.models import ScreenPop
+    from webapp.extensions import db
+    from webapp.models import utcnow
+
+    page = signed_in_page
+    base = live_server.url
+    page.goto("/audit")
+    calls = [
+        post_json(
+            base, "/calls/incoming", {"phoneNumber": f"+44 20 7946 01{n}6", "callId": f"t-{n}"}
+        )
+        for n in range(3)
+    ]
+    clicked, untouched, pointed = (
+        page.locator(f'.screen-pop[data-pop-id="{c["popId"]}"]') for c in calls
+    )
+    for pop in (clicked, untouched, pointed):
+        expect(pop).to_be_visible(timeout=5000)
+    # The agent clicked in one (selecting its number, say), and rests the pointer on another.
+    clicked.locator(".screen-pop-kicker").click()
+    pointed.locator(".screen-pop-title").hover()
+
+    # Five minutes pass (SCREEN_POP_TIMEOUT_S), and the phone system never says the calls ended.
+    db.session.execute(update(ScreenPop).values(created_at=utcnow() - timedelta(seconds=301)))
+    db.session.commit()
+    expect(untouched).to_have_count(0, timeout=5000)
+    page.wait_for_timeout(2000)
+    expect(clicked).to_be_visible()
+    expect(pointed).to_be_visible()
+    expect(pointed).to_have_attribute("data-state", "stale")
+    # The pointer moves on: that pop goes; the one clicked in stays until dismissed.
+    pointer_off_the_calls(page)
+    expect(pointed).to_have_count(0, timeout=5000)
+    page.wait_for_timeout(1500)
+    expect(clicked).to_be_visible()
+    clicked.locator(".screen-pop-close").click()
+    expect(clicked).to_have_count(0)
+    assert page.console_errors == []

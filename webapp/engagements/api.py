@@ -8,8 +8,13 @@ from ..api import json_error_handlers, require_api_key, require_configured_api_k
 from ..api.errors import ApiError
 from ..api.payloads import contact_values, json_object, string_field
 from .history import cards_holding, match_word
-from .payloads import MAX_EXTERNAL_ID_LENGTH, event_input, is_withheld_number
-from .screenpop import CallIdReused, record_incoming_call
+from .payloads import (
+    MAX_EXTERNAL_ID_LENGTH,
+    call_status_input,
+    event_input,
+    is_withheld_number,
+)
+from .screenpop import CallIdReused, CallStatusConflict, record_call_status, record_incoming_call
 from .service import Recorded, record_events
 
 bp = Blueprint("engagements_api", __name__)
@@ -154,6 +159,47 @@ def incoming_call():
             blocked=call.blocked,
         ),
         201,
+    )
+
+
+def _iso(moment) -> str | None:
+    return None if moment is None else moment.isoformat() + "Z"
+
+
+@bp.post("/calls/status")
+@require_api_key
+def call_status():
+    """Telephony webhook: a call that rang was answered or ended; its pops leave the screens
+    of the agents who did not take it."""
+    given = call_status_input(json_object(request))
+    try:
+        recorded = record_call_status(
+            given.call_id, given.status, given.agent, given.duration_seconds
+        )
+    except CallStatusConflict as exc:
+        raise ApiError(
+            422,
+            "call_status_conflict",
+            "this call's status came before saying otherwise; nothing was changed",
+            exc.fields,
+        ) from None
+    if recorded is None:
+        raise ApiError(
+            404,
+            "not_found",
+            "no call rang with this callId: send POST /calls/incoming when the call rings",
+            {"callId": "no call rang with it"},
+        )
+    call = recorded.call
+    return jsonify(
+        popId=recorded.pop_id,
+        eventId=recorded.event_id,
+        callId=given.call_id,
+        status=call.status,
+        answeredAt=_iso(call.answered_at),
+        answeredBy=call.answered_by,
+        endedAt=_iso(call.ended_at),
+        durationSeconds=call.duration_seconds,
     )
 
 

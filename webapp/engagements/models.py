@@ -14,6 +14,10 @@ CHANNELS = ("call", "sms", "whatsapp", "email", "facebook", "web")
 DIRECTIONS = ("inbound", "outbound")
 WEB = "web"
 CALL = "call"
+# What the phone system may say of a call after it rang (POST /calls/status).
+ANSWERED = "answered"
+ENDED = "ended"
+CALL_STATUSES = (ANSWERED, ENDED)
 
 # Where a stored name came from: an event's payload, or an agent on the customer page.
 NAME_FROM_EVENT = "event"
@@ -105,3 +109,15 @@ class ScreenPop(db.Model):
 
     # A telephony webhook retried with the same call id pops once.
     __table_args__ = (UniqueConstraint("call_id"), MYSQL_TABLE_ARGS)
+
+
+def call_duration(
+    answered_at: datetime | None, ended_at: datetime | None, sent: int | None
+) -> int | None:
+    """The length of a call: ``sent`` (the phone system's own count) when it gave one, else
+    the whole seconds from its answer to its end as they reached us; None when unknown."""
+    if sent is not None:
+        return sent
+    if answered_at is None or ended_at is None:
+        return None
+    return max(0, int((ended_at - answered_at).total_seconds()))

@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 from ..api.errors import ApiError
 from ..api.payloads import contact_values, string_field, whole_number
-from ..identity.rules import Value
+from ..identity.rules import InvalidValue, Value, parse_email
 from ..models import utcnow
-from .models import CALL, CHANNELS, DIRECTIONS, WEB
+from .models import ANSWERED, CALL, CALL_STATUSES, CHANNELS, DIRECTIONS, ENDED, WEB
 
 MAX_NAME_LENGTH = 200
 MAX_SUMMARY_LENGTH = 4000
@@ -122,6 +122,11 @@ def _url(payload: dict[str, Any], fields: dict[str, str]) -> str | None:
     return url
 
 
+def _is_seconds(value: Any) -> bool:
+    """Whether ``value`` is a call's length: a whole number of seconds a database integer holds."""
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value < 2**31
+
+
 def _duration(payload: dict[str, Any], channel: str | None, fields: dict[str, str]) -> int | None:
     value = whole_number(payload.get("durationSeconds"))
     if value is None:
@@ -129,7 +134,7 @@ def _duration(payload: dict[str, Any], channel: str | None, fields: dict[str, st
     if channel != CALL:
         fields["durationSeconds"] = "only calls have a duration"
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+    if not _is_seconds(value):
         fields["durationSeconds"] = "must be a whole number of seconds, 0 or more"
         return None
     return value
@@ -175,3 +180,48 @@ def event_input(payload: Any) -> EventInput:
             },
         )
     return event
+
+
+@dataclass(frozen=True)
+class CallStatusInput:
+    """A validated POST /calls/status: what the phone system says of a call that rang."""
+
+    call_id: str
+    status: str
+    # The answering agent's sign-in e-mail as agents are stored (lower case); answers only.
+    agent: str | None = None
+    # The call's length as the phone system counted it; ends only.
+    duration_seconds: int | None = None
+
+
+def call_status_input(payload: dict[str, Any]) -> CallStatusInput:
+    """Validate a call status; an ApiError (400) lists every field that is wrong."""
+    fields: dict[str, str] = {}
+    call_id = string_field(payload, "callId", fields, limit=MAX_EXTERNAL_ID_LENGTH)
+    if call_id is None and "callId" not in fields:
+        fields["callId"] = "is required: the callId the call rang with (POST /calls/incoming)"
+    status = payload.get("status")
+    if status not in CALL_STATUSES:
+        fields["status"] = f"is required, one of {', '.join(CALL_STATUSES)}"
+    agent = None
+    raw_agent = payload.get("agent")
+    if raw_agent is not None:
+        if status == ENDED:
+            fields["agent"] = "goes with status answered only"
+        elif not isinstance(raw_agent, str):
+            fields["agent"] = "must be a string or null"
+        elif raw_agent.strip():
+            try:
+                agent = parse_email(raw_agent).key
+            except InvalidValue:
+                fields["agent"] = "must be the e-mail address the agent signs in with"
+    duration = whole_number(payload.get("durationSeconds"))
+    if duration is not None:
+        if status == ANSWERED:
+            fields["durationSeconds"] = "goes with status ended only"
+        elif not _is_seconds(duration):
+            fields["durationSeconds"] = "must be a whole number of seconds, 0 or more"
+            duration = None
+    if fields:
+        raise ApiError(400, "invalid_field", "some fields are not valid", fields)
+    return CallStatusInput(call_id, status, agent, duration)

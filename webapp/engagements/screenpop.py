@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 
 from ..database import SQLITE_IMMEDIATE, run_write_transaction
 from ..extensions import db
 from ..identity.rules import PHONE, Row, Value, parse_phone
 from ..identity.service import BlockedValues, customer_rows, identify
-from ..models import utcnow
+from ..models import MAX_ROW_ID, utcnow
 from .history import (
     CustomerCard,
     Holders,
@@ -29,7 +29,7 @@ from .history import (
     match_word,
     phone_key_variants,
 )
-from .models import CALL, ScreenPop
+from .models import ANSWERED, CALL, ENDED, Engagement, ScreenPop, call_duration
 from .payloads import EventInput
 from .service import Pick, Recorded, store_events
 
@@ -48,6 +48,75 @@ POP_SETTLE = timedelta(seconds=5)
 # The number a pop of a withheld number holds: none (phone_number and phone_key are both
 # empty). No contact row's phone key is empty, so it can name no customer.
 WITHHELD = ""
+
+# What a pop is to one agent, from what the phone system said and how old the call is;
+# docs/engagements.md, "When a pop goes", says what the page does in each. Besides these
+# two, ANSWERED (the phone system did not say by whom: the pop says so, and stays) and
+# ENDED (the pop goes).
+RINGING = "ringing"
+# Answered by this agent: their pop stays, marked, until they dismiss it.
+YOURS = "yours"
+# Answered by another agent: the pop goes.
+TAKEN = "taken"
+# Older than SCREEN_POP_TIMEOUT_S, and the phone system never said it ended: the pop goes.
+STALE = "stale"
+POP_STATES = (RINGING, ANSWERED, YOURS, TAKEN, STALE, ENDED)
+# At most this many pops a page shows are checked in one poll (a page shows a few).
+MAX_SHOWN = 100
+
+
+def pop_timeout() -> timedelta | None:
+    """How long after it rang a call's pop goes by itself (SCREEN_POP_TIMEOUT_S); None: never."""
+    seconds = int(current_app.config.get("SCREEN_POP_TIMEOUT_S", 300))
+    return timedelta(seconds=seconds) if seconds else None
+
+
+@dataclass(frozen=True)
+class CallState:
+    """What is known of a call after it rang: when (and by whom) it was answered, when it
+    ended, how long it lasted."""
+
+    rang_at: datetime
+    answered_at: datetime | None = None
+    # The agent's sign-in e-mail, as agents are stored.
+    answered_by: str | None = None
+    ended_at: datetime | None = None
+    # The phone system's count if it sent one, else from answered to ended; None if unknown.
+    duration_seconds: int | None = None
+
+    @classmethod
+    def of(cls, row, **changes) -> CallState:
+        """The state of a ``screen_pop`` row (an ORM object or a result row), with ``changes``
+        to its columns made."""
+
+        def column(name: str):
+            return changes[name] if name in changes else getattr(row, name)
+
+        answered_at, ended_at = column("answered_at"), column("ended_at")
+        return cls(
+            rang_at=column("created_at"),
+            answered_at=answered_at,
+            answered_by=column("answered_by"),
+            ended_at=ended_at,
+            duration_seconds=call_duration(answered_at, ended_at, column("duration_seconds")),
+        )
+
+    @property
+    def status(self) -> str:
+        """'ended', 'answered' or 'ringing': the call's own state, the same for everyone."""
+        if self.ended_at is not None:
+            return ENDED
+        return ANSWERED if self.answered_at is not None else RINGING
+
+    def for_agent(self, agent: str | None, now: datetime, timeout: timedelta | None) -> str:
+        """One of POP_STATES: what the pop of this call is to ``agent`` (their e-mail) now."""
+        if self.ended_at is not None:
+            return ENDED
+        if self.answered_by is not None:
+            return YOURS if self.answered_by == agent else TAKEN
+        if timeout is not None and self.rang_at < now - timeout:
+            return STALE
+        return ANSWERED if self.answered_at is not None else RINGING
 
 
 @dataclass(frozen=True)
@@ -73,6 +142,9 @@ class PopView:
     cards: list[CustomerCard] = field(default_factory=list)
     # Agents blocked the number (a switchboard, a shared line): it names no one.
     blocked: bool = False
+    # What the pop is to the agent polling (one of POP_STATES), and what is known of the call.
+    state: str = RINGING
+    call: CallState | None = None
 
     @property
     def withheld(self) -> bool:
@@ -202,28 +274,39 @@ def record_incoming_call(phone: Value | None, call_id: str | None) -> IncomingCa
     )
 
 
-def recent_pops(after: int | None) -> tuple[list[PopView], int]:
+def recent_pops(after: int | None, agent: str | None = None) -> tuple[list[PopView], int]:
     """Calls newer than ``after`` still ringing, newest first, and the cursor to poll with next.
 
     Without a cursor (a page just opened) every call still ringing shows. An answer holds
-    at most ``MAX_POPS`` calls; the rest come with the next polls.
+    at most ``MAX_POPS`` calls; the rest come with the next polls. A call that ended, or
+    that an agent other than ``agent`` (the e-mail of the agent polling) answered, no
+    longer rings: it pops up nowhere, and neither does one past its timeout.
     """
     if after is not None and after > (db.session.scalar(select(func.max(ScreenPop.id))) or 0):
         # A cursor past every call: the tab polled another database (restored from a
         # backup, replaced). Kept, it would hide every call until the ids caught up.
         after = None
+    now = utcnow()
+    timeout = pop_timeout()
+    window = POP_WINDOW if timeout is None else min(POP_WINDOW, timeout)
     # Ids of the calls still ringing, through the created_at index: ordered by id alone,
     # a database walks every call since the cursor, and a tab left open overnight
     # holds a cursor a day's calls old.
-    ringing = select(ScreenPop.id).where(ScreenPop.created_at >= utcnow() - POP_WINDOW)
-    query = select(ScreenPop).where(ScreenPop.id.in_(ringing))
+    ringing = select(ScreenPop.id).where(ScreenPop.created_at >= now - window)
+    # Answered by this agent, it still pops up here (marked), for the agent on the call.
+    answered_here = ScreenPop.answered_at.is_(None)
+    if agent is not None:
+        answered_here = or_(answered_here, ScreenPop.answered_by == agent)
+    query = select(ScreenPop).where(
+        ScreenPop.id.in_(ringing), ScreenPop.ended_at.is_(None), answered_here
+    )
     if after is not None:
         query = query.where(ScreenPop.id > after)
     # Oldest first: the cursor below only moves past pops sent. Taken newest first, the
     # calls left out of a burst were older than every one sent, and the cursor passed them.
     pops = list(db.session.scalars(query.order_by(ScreenPop.id).limit(MAX_POPS)))
     pops.reverse()
-    settled_before = utcnow() - POP_SETTLE
+    settled_before = now - POP_SETTLE
     cursor = max([pop.id for pop in pops if pop.created_at <= settled_before], default=0)
     if len(pops) < MAX_POPS:
         # Every call still ringing above the cursor was sent: the cursor may pass every
@@ -247,6 +330,7 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
     views = []
     for pop in pops:
         holding = holding_of.get(pop.id, Holders([], blocked=False))
+        call = CallState.of(pop)
         views.append(
             PopView(
                 id=pop.id,
@@ -254,10 +338,169 @@ def recent_pops(after: int | None) -> tuple[list[PopView], int]:
                 created_at=pop.created_at,
                 cards=[cards[cid] for cid in holding.customer_ids if cid in cards],
                 blocked=holding.blocked,
+                state=call.for_agent(agent, now, timeout),
+                call=call,
             )
         )
     db.session.rollback()
     return views, cursor
+
+
+@dataclass(frozen=True)
+class PopUpdate:
+    """A pop a page shows whose state, for the agent polling, is no longer the one it shows."""
+
+    id: int
+    state: str
+    call: CallState
+
+
+def parse_shown(raw: str | None) -> dict[int, str]:
+    """The pops a page says it shows, ``12:ringing,13:answered``, as {pop id: state}.
+
+    The page's own script writes it; a part that is not a pop id and one of POP_STATES is
+    left out (as a damaged ``after`` is), and so is every part past the first MAX_SHOWN.
+    """
+    shown: dict[int, str] = {}
+    for part in (raw or "").split(",")[:MAX_SHOWN]:
+        pop_id, _, state = part.partition(":")
+        # isascii: "²".isdigit() holds, but int("²") fails; the length keeps int() cheap.
+        if state not in POP_STATES or not (pop_id.isascii() and pop_id.isdigit()):
+            continue
+        if len(pop_id) <= 19 and int(pop_id) <= MAX_ROW_ID:
+            shown[int(pop_id)] = state
+    return shown
+
+
+def pop_updates(shown: dict[int, str], agent: str | None) -> list[PopUpdate]:
+    """The pops of ``shown`` ({id: state the page shows}) whose state for ``agent`` is another
+    now: answered, ended, past their timeout. One read by primary key. A pop that is not
+    found (a database restored) changes nothing: the agent dismisses it.
+
+    A pop the same answer sends whole (younger than POP_SETTLE) is answered here too: the
+    page keeps the pop the keyboard is in rather than replacing it, and that one still
+    takes the change."""
+    ids = sorted(shown)
+    if not ids:
+        return []
+    rows = db.session.execute(
+        select(
+            ScreenPop.id,
+            ScreenPop.created_at,
+            ScreenPop.answered_at,
+            ScreenPop.answered_by,
+            ScreenPop.ended_at,
+            ScreenPop.duration_seconds,
+        ).where(ScreenPop.id.in_(ids))
+    ).all()
+    db.session.rollback()
+    now, timeout = utcnow(), pop_timeout()
+    updates = []
+    for row in rows:
+        call = CallState.of(row)
+        state = call.for_agent(agent, now, timeout)
+        if state != shown[row.id]:
+            updates.append(PopUpdate(row.id, state, call))
+    return sorted(updates, key=lambda update: update.id, reverse=True)
+
+
+@dataclass(frozen=True)
+class CallStatus:
+    """What POST /calls/status left: the call's pop, its call event, and what is known of it."""
+
+    pop_id: int
+    event_id: int | None
+    call: CallState
+
+
+class CallStatusConflict(ValueError):
+    """A status that says otherwise than one before (another agent, another duration)."""
+
+    def __init__(self, fields: dict[str, str]):
+        super().__init__("the call's status came before saying otherwise")
+        self.fields = fields
+
+
+def _set_call_status(
+    call_id: str, status: str, agent: str | None, duration: int | None
+) -> CallStatus | None:
+    conn = db.session.connection(execution_options={SQLITE_IMMEDIATE: True})
+    # The pop's row lock orders this against an agent filing the call from the pop
+    # (create_caller), which reads the call's length under the same lock.
+    row = conn.execute(
+        select(
+            ScreenPop.id,
+            ScreenPop.engagement_id,
+            ScreenPop.created_at,
+            ScreenPop.answered_at,
+            ScreenPop.answered_by,
+            ScreenPop.ended_at,
+            ScreenPop.duration_seconds,
+        )
+        .where(ScreenPop.call_id == call_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        db.session.rollback()
+        return None
+    conflicts = {}
+    if agent is not None and row.answered_by not in (None, agent):
+        conflicts["agent"] = "the call was answered by another agent"
+    if duration is not None and row.duration_seconds not in (None, duration):
+        conflicts["durationSeconds"] = f"the call's length came before as {row.duration_seconds}"
+    if conflicts:
+        db.session.rollback()
+        raise CallStatusConflict(conflicts)
+    now = utcnow()
+    changes: dict = {}
+    if status == ANSWERED and row.ended_at is None:
+        # After its end, an answer (a retry delayed past the hang-up) changes nothing:
+        # the time it arrived is not the time the call was answered.
+        if row.answered_at is None:
+            changes["answered_at"] = now
+        if agent is not None and row.answered_by is None:
+            changes["answered_by"] = agent
+    elif status == ENDED:
+        if row.ended_at is None:
+            changes["ended_at"] = now
+        if duration is not None and row.duration_seconds is None:
+            changes["duration_seconds"] = duration
+    before = CallState.of(row)
+    after = CallState.of(row, **changes)
+    if changes:
+        conn.execute(update(ScreenPop).where(ScreenPop.id == row.id).values(**changes))
+        if row.engagement_id is not None and after.duration_seconds != before.duration_seconds:
+            # The call event keeps its length, as a call event posted with durationSeconds
+            # does. Events never change otherwise; none of their other writers touch this.
+            conn.execute(
+                update(Engagement)
+                .where(Engagement.id == row.engagement_id)
+                .values(duration_seconds=after.duration_seconds)
+            )
+    db.session.commit()
+    return CallStatus(pop_id=row.id, event_id=row.engagement_id, call=after)
+
+
+def record_call_status(
+    call_id: str, status: str, agent: str | None = None, duration: int | None = None
+) -> CallStatus | None:
+    """Record that the call of ``call_id`` was answered (by ``agent``, an agent's e-mail as
+    stored, when the phone system says) or ended (lasting ``duration`` seconds, when it says).
+
+    None when no pop has this call id. Safe to repeat: the first answer's and the first
+    end's times are kept, and a repeat fills in only what was not said yet (the agent, the
+    duration); one that says otherwise raises CallStatusConflict and changes nothing. An
+    answer after the end changes nothing. When the call's length becomes known, its call
+    event (a known caller's) holds it as ``duration_seconds``, in the same transaction.
+    """
+    db.session.rollback()
+    recorded = run_write_transaction(
+        lambda: _set_call_status(call_id, status, agent, duration),
+        current_app.config["IDENTIFY_MAX_ATTEMPTS"],
+    )
+    if recorded is not None:
+        log.info("call %s, pop %s: %s now", status, recorded.pop_id, recorded.call.status)
+    return recorded
 
 
 class WithheldNumber(ValueError):

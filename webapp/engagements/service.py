@@ -41,7 +41,14 @@ from ..identity.service import (
     lock_keys,
 )
 from ..models import Contact, utcnow
-from .models import NAME_FROM_EVENT, ContactName, Engagement, ScreenPop, name_key
+from .models import (
+    NAME_FROM_EVENT,
+    ContactName,
+    Engagement,
+    ScreenPop,
+    call_duration,
+    name_key,
+)
 from .payloads import EventInput
 
 log = logging.getLogger(__name__)
@@ -217,10 +224,14 @@ def _store(
         return None
     customer_id = locked[0]
     if for_pop is not None:
-        filed = _filed_call(conn, for_pop)
+        filed, duration = _filed_call(conn, for_pop)
         if filed is not None:
             db.session.rollback()
             return [filed]
+        if duration is not None:
+            # The call ended before it was filed (its caller became a customer later): its
+            # length, read under the pop's lock, goes with it (POST /calls/status).
+            events = [replace(event, duration_seconds=duration) for event in events]
     existing = _existing_events(conn, events)
     # Per event: the stored event it repeats (or the refusal of a reused externalId), or
     # the row it adds (and whether a repeat).
@@ -272,19 +283,31 @@ def _store(
     return answers
 
 
-def _filed_call(conn: Connection, pop_id: int) -> Recorded | None:
-    """The call event a screen-pop is linked to already, its row locked first; else None."""
-    event_id = conn.scalar(
-        select(ScreenPop.engagement_id).where(ScreenPop.id == pop_id).with_for_update()
-    )
+def _filed_call(conn: Connection, pop_id: int) -> tuple[Recorded | None, int | None]:
+    """The call event a screen-pop is linked to already (else None), its row locked first,
+    and the call's length if it ended (else None)."""
+    pop = conn.execute(
+        select(
+            ScreenPop.engagement_id,
+            ScreenPop.answered_at,
+            ScreenPop.ended_at,
+            ScreenPop.duration_seconds,
+        )
+        .where(ScreenPop.id == pop_id)
+        .with_for_update()
+    ).first()
+    if pop is None:
+        return None, None
+    duration = call_duration(pop.answered_at, pop.ended_at, pop.duration_seconds)
+    event_id = pop.engagement_id
     if event_id is None:
-        return None
+        return None, duration
     contact_id, linked = conn.execute(
         select(_e.contact_id, _c.linkedId)
         .join(Contact.__table__, _c.id == _e.contact_id)
         .where(_e.id == event_id)
     ).one()
-    return Recorded(event_id, contact_id, linked or contact_id, True)
+    return Recorded(event_id, contact_id, linked or contact_id, True), duration
 
 
 def _add_event_names(conn: Connection, contact_id: int, events: Sequence[EventInput]) -> None:

@@ -27,7 +27,14 @@ from .activity import customer_activity
 from .models import CHANNELS
 from .names import customer_name, set_display_name
 from .payloads import MAX_NAME_LENGTH
-from .screenpop import SeveralCallers, WithheldNumber, create_caller, recent_pops
+from .screenpop import (
+    SeveralCallers,
+    WithheldNumber,
+    create_caller,
+    parse_shown,
+    pop_updates,
+    recent_pops,
+)
 
 bp = Blueprint("engagements", __name__)
 protect(bp)
@@ -145,11 +152,20 @@ def rename(contact_id: int):
 
 @bp.get("/screen-pops")
 def screen_pops():
-    """Calls newer than ``after`` for the polling dashboard; 204 when there is none."""
+    """Calls newer than ``after`` for the polling dashboard, and the pops the page shows
+    (``shown``, ``12:ringing,13:answered``) that were answered or ended since, or timed
+    out; 204 when there is none of either."""
     after = request.args.get("after", type=row_id)
-    pops, cursor = recent_pops(after)
-    if pops:
-        response = make_response(render_template("engagements/_screen_pops.html", pops=pops))
+    agent = current_user.email
+    pops, cursor = recent_pops(after, agent)
+    shown = parse_shown(request.args.get("shown"))
+    updates = pop_updates(shown, agent)
+    if pops or updates:
+        response = make_response(
+            render_template(
+                "engagements/_screen_pops.html", pops=pops, updates=updates, agent=agent
+            )
+        )
     else:
         response = make_response("", 204)
     response.headers[CURSOR_HEADER] = str(cursor)
