@@ -356,7 +356,9 @@ def test_regrouping_it_makes_the_oldest_live_row_the_primary(signed_in_client):
     )
     assert (response.status_code, response.headers["Location"]) == (303, "/customers/2")
     page = signed_in_client.get("/customers/2").get_data(as_text=True)
-    assert "Contact 2 became the primary; 2 contact rows relinked." in page
+    # Row 1, the primary deleted by SQL, now points at the new primary too.
+    message = "Contact 2 became the primary; 2 contact rows relinked; 1 deleted contact row"
+    assert f"{message} relinked." in page
     db.session.expire_all()
     assert {c.id: c.linkedId for c in db.session.scalars(select(Contact))} == {1: 2, 2: None, 3: 2}
     assert signed_in_client.get("/customers/2").status_code == 200
@@ -1076,6 +1078,15 @@ def test_audit_states_list_customers_in_number_order(signed_in_client):
             {"discount": 12.5, "expires_at": "2027-01-01 00:00:00+00:00", "offer": "Summer"},
             ["discount: 12.5%", "expires: 2027-01-01 00:00 UTC", "offer: Summer"],
         ),
+        (
+            {"customers": {"1": [1, 2]}, "deleted_contacts": {"3": 2, "4": 2, "5": 2, "7": None}},
+            [
+                "customer #1: contacts #1, #2",
+                "deleted contacts #3 to #5: linked to #2",
+                "deleted contact #7: not linked (a primary)",
+            ],
+        ),
+        ({"deleted_contacts": {"3": "two"}}, ['deleted contacts: {"3": "two"}']),
         ({"name": None}, ["name: none"]),
         ([1, 2], ["[1, 2]"]),
         # Found by hand: an unblock that joined 40,000 customers listed every one, on the

@@ -243,6 +243,16 @@ def test_customers_before_and_after_describe_the_change():
     assert plan.changed
 
 
+def test_a_customer_whose_only_change_is_a_deleted_row_relinked_is_a_changed_customer():
+    # SQL linked deleted row 3 to secondary 2; putting it back is the customer's only change.
+    live = [row(1, "a@x.io", "1"), row(2, "a@x.io", "2", linked_id=1), row(4, "z@x.io")]
+    plan = reconcile(live, deleted=[row(3, "a@x.io", "3", linked_id=2)])
+    assert plan.relinks == []
+    assert plan.customers_before(live) == {1: [1, 2]}
+    assert plan.customers_after() == {1: [1, 2]}
+    assert plan.changed
+
+
 @pytest.mark.parametrize(
     ("rows", "bonds", "involved", "expected"),
     [

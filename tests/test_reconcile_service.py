@@ -632,11 +632,49 @@ def test_a_deleted_row_sql_linked_to_a_secondary_is_put_back_one_hop(app, runner
     if repair == "flask reconcile":
         result = runner.invoke(args=["reconcile"])
         assert result.exit_code == 0, result.output
-        assert "Checked 1 customer: 0 changed, 1 contact row relinked." in result.output
+        assert "Checked 1 customer: 1 changed, 1 contact row relinked." in result.output
     else:
-        reconcile_customer(2, AGENT)
+        assert reconcile_customer(2, AGENT).summary() == "1 deleted contact row relinked."
     assert links() == {1: None, 2: 1, 3: 1}
+    # Found in review: a run that changed only deleted rows wrote no audit entry (and a
+    # re-run's said nothing changed), so nothing showed afterwards that row 3 moved.
+    (entry,) = audits("reconcile")
+    assert entry.customer_id == 1
+    assert customers_in(entry.before) == customers_in(entry.after) == {1: [1, 2]}
+    assert json.loads(entry.before)["deleted_contacts"] == {"3": 2}
+    assert json.loads(entry.after)["deleted_contacts"] == {"3": 1}
     assert whole_run() == 0
+    assert len(audits("reconcile")) == 1
+
+
+def test_a_runs_entry_lists_the_deleted_rows_it_relinked_with_their_customers_change(app):
+    ident("a@x.io", "1")
+    ident("a@x.io", "2")  # customer 1: rows 1 and 2
+    ident("a@x.io", "3")
+    delete_contact(3, AGENT)  # deleted row 3, then linked by hand to secondary 2
+    ident("c@x.io", "555")
+    ident("d@x.io", "555")  # customer 4: rows 4 and 5, joined by 555
+    ident("d@x.io", "6")
+    delete_contact(6, AGENT)  # deleted row 6 holds d@x.io, as row 5 does
+    table = Contact.__table__
+    db.session.execute(update(table).where(table.c.id == 3).values(linkedId=2))
+    db.session.commit()
+    _block_by_hand("555")
+    whole_run()  # one batch: both customers
+    assert links() == {1: None, 2: 1, 3: 1, 4: None, 5: None, 6: 5}
+    entries = {e.customer_id: e for e in audits("reconcile")}
+    assert set(entries) == {1, 5}
+    # Customer 1's only change is row 3: an entry of its own, filed under it.
+    assert customers_in(entries[1].before) == customers_in(entries[1].after) == {1: [1, 2]}
+    assert json.loads(entries[1].before)["deleted_contacts"] == {"3": 2}
+    assert json.loads(entries[1].after)["deleted_contacts"] == {"3": 1}
+    # Customer 4's split takes deleted row 6 with row 5, which holds its e-mail.
+    assert customers_in(entries[5].before) == {4: [4, 5]}
+    assert customers_in(entries[5].after) == {4: [4], 5: [5]}
+    assert json.loads(entries[5].before)["deleted_contacts"] == {"6": 4}
+    assert json.loads(entries[5].after)["deleted_contacts"] == {"6": 5}
+    job = db.session.scalars(select(ReconcileJob)).one()
+    assert (job.customers_changed, job.rows_changed) == (2, 3)
 
 
 def test_a_run_that_splits_a_customer_audits_where_every_row_went(app):

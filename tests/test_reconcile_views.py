@@ -683,6 +683,26 @@ def test_rerun_one_customer_reports_what_changed(signed_in_client):
     assert "Nothing needed to change." in page
 
 
+def test_a_rerun_that_puts_back_only_a_deleted_row_says_so_and_audits_it(signed_in_client):
+    # Found in review: it said "Nothing needed to change." and its audit entry read the
+    # same before and after, though it had relinked deleted row 3.
+    for phone in ["1", "2", "3"]:
+        ident("ann@x.io", phone)
+    table = Contact.__table__
+    # Deleted by SQL and linked to secondary 2 (two hops from the primary).
+    db.session.execute(update(table).where(table.c.id == 3).values(deletedAt=utcnow(), linkedId=2))
+    db.session.commit()
+    response = signed_in_client.post("/customers/1/reconcile", headers=HTMX)
+    assert response.headers["HX-Redirect"] == "/customers/1"
+    page = signed_in_client.get("/customers/1").get_data(as_text=True)
+    assert "1 deleted contact row relinked." in page
+    assert "Nothing needed to change" not in page
+    assert links() == {1: None, 2: 1, 3: 1}
+    audit = signed_in_client.get("/audit?action=reconcile").get_data(as_text=True)
+    assert "deleted contact #3: linked to #2" in audit
+    assert "deleted contact #3: linked to #1" in audit
+
+
 def test_whole_database_run_in_the_background_to_the_end(signed_in_client):
     ident("ann@x.io", "111")
     ident("bob@x.io", "222")

@@ -149,6 +149,8 @@ def state_lines(stored: str) -> list[Markup]:
         label = _STATE_LABELS.get(key, key.replace("_", " "))
         if key == "added_contact":
             lines.append(Markup("added contact #{}").format(value))
+        elif key == "deleted_contacts" and isinstance(value, dict):
+            lines += _deleted_lines(value)
         elif key == "discount":
             lines.append(Markup("discount: {}%").format(_text(value)))
         elif key.endswith("_at") and value is not None:
@@ -161,6 +163,25 @@ def state_lines(stored: str) -> list[Markup]:
 def _sendable(line: str) -> str:
     """``line`` with any lone surrogate written as its ``\\uXXXX`` escape (UTF-8 has none)."""
     return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _deleted_lines(links: dict) -> list[Markup]:
+    """Deleted rows a repair relinked, ``{row id: linkedId}``, one line per row they
+    point at: "deleted contacts #3 to #5: linked to #2"; null is a primary's link."""
+    by_target: dict[Any, list[int]] = {}
+    for row, target in links.items():
+        if not (str(row).isdigit() and (target is None or isinstance(target, int))):
+            return [Markup("deleted contacts: {}").format(_text(links))]
+        by_target.setdefault(target, []).append(int(row))
+    lines = []
+    for target, rows in list(by_target.items())[:STATE_ITEMS_SHOWN]:
+        noun = "deleted contact" if len(rows) == 1 else "deleted contacts"
+        where = "not linked (a primary)" if target is None else f"linked to #{target}"
+        lines.append(Markup("{} {}: {}").format(noun, _runs(sorted(rows)), where))
+    if len(by_target) > STATE_ITEMS_SHOWN:
+        left = sum(len(rows) for rows in list(by_target.values())[STATE_ITEMS_SHOWN:])
+        lines.append(Markup("and {:,} more deleted contacts").format(left))
+    return lines
 
 
 def _customer_line(primary: str, rows: Any) -> Markup:

@@ -441,6 +441,11 @@ class Reconciliation:
     def changed(self) -> bool:
         return bool(self.relinks or self.deleted_relinks)
 
+    def _touched(self) -> set[int]:
+        """Rows whose group changed: the live rows relinked and the primaries that
+        deleted rows were relinked to (a repair may change nothing else)."""
+        return {r.row_id for r in self.relinks} | {r.after for r in self.deleted_relinks}
+
     def customers_before(
         self, rows: Sequence[Row], involved: Collection[int] = ()
     ) -> dict[int, list[int]]:
@@ -449,9 +454,10 @@ class Reconciliation:
         ``rows`` are the live rows as they were before the change (a row the
         change adds is not among them). Involved: the customers in
         ``involved`` and every customer that a changed group (one holding a
-        relinked row) draws a row from, the one it merges into included.
+        relinked row, or one a deleted row was relinked to) draws a row from,
+        the one it merges into included.
         """
-        touched = {r.row_id for r in self.relinks}
+        touched = self._touched()
         changed = {
             row_id for group in self.groups if touched.intersection(group) for row_id in group
         }
@@ -461,13 +467,13 @@ class Reconciliation:
     def customers_after(
         self, before: Mapping[int, Collection[int]] | None = None
     ) -> dict[int, list[int]]:
-        """The customers the changed rows belong to now, as {primary id: row ids}.
+        """The customers of the changed groups now, as {primary id: row ids}.
 
         With ``before`` (``customers_before``), also every customer now holding
         a row of those: what a split customer kept, a customer a row was added
         to, one that did not change.
         """
-        wanted = {r.row_id for r in self.relinks}
+        wanted = self._touched()
         wanted |= {row_id for ids in (before or {}).values() for row_id in ids}
         return {group[0]: group for group in self.groups if wanted.intersection(group)}
 

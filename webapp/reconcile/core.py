@@ -60,10 +60,13 @@ class Outcome:
     added_row: int | None = None
     # A primary row this action deleted: its customer's next primary took it over.
     deleted_primary: int | None = None
+    # Deleted rows a re-run relinked; the other actions leave it empty (their deleted rows
+    # follow the live rows their entry shows).
+    deleted_relinks: list[Relink] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.relinks or self.merges or self.added_row)
+        return bool(self.relinks or self.merges or self.added_row or self.deleted_relinks)
 
     def summary(self) -> str:
         """One sentence for the agent: what changed."""
@@ -94,6 +97,8 @@ class Outcome:
             parts.append(f"{counted(len(promoted) - len(heirs), 'new customer')} split off")
         if self.relinks:
             parts.append(f"{counted(len(self.relinks), 'contact row')} relinked")
+        if self.deleted_relinks:
+            parts.append(f"{counted(len(self.deleted_relinks), 'deleted contact row')} relinked")
         return "; ".join(parts).capitalize() + "." if parts else "Nothing needed to change."
 
 
@@ -277,6 +282,10 @@ def audit(
     """Record an action in the audit log, in its transaction: customers before and after."""
     before = {"customers": outcome.before, **(before or {})}
     after = {"customers": outcome.after, **(after or {})}
+    if outcome.deleted_relinks:
+        before["deleted_contacts"], after["deleted_contacts"] = deleted_links(
+            outcome.deleted_relinks
+        )
     if outcome.added_row:
         after["added_contact"] = outcome.added_row
     record(
@@ -288,6 +297,18 @@ def audit(
         before=before,
         after=after,
     )
+
+
+def deleted_links(
+    relinks: Iterable[Relink],
+) -> tuple[dict[int, int | None], dict[int, int | None]]:
+    """Relinked deleted rows for an audit entry's states: {row id: linkedId} before and after.
+
+    A repair's audit entry lists them: its live rows may not have moved at all, and
+    its ``customers`` (live rows only) would then read the same before and after.
+    """
+    ordered = sorted(relinks, key=lambda r: r.row_id)
+    return {r.row_id: r.before for r in ordered}, {r.row_id: r.after for r in ordered}
 
 
 def primary_of(conn: Connection, contact_id: int) -> int:

@@ -27,9 +27,17 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from ..audit import record
 from ..database import Contention, describe, error_kind, write_transaction
 from ..extensions import db
-from ..identity.rules import Partition, Reconciliation
+from ..identity.rules import Partition, Reconciliation, Relink
 from ..models import Contact, utcnow
-from .core import RECONCILE, NotFound, ReconcileError, lock_view, with_hanging, write_plan
+from .core import (
+    RECONCILE,
+    NotFound,
+    ReconcileError,
+    deleted_links,
+    lock_view,
+    with_hanging,
+    write_plan,
+)
 from .models import DONE, FAILED, QUEUED, RUNNING, STALE_AFTER, ReconcileJob
 
 log = logging.getLogger(__name__)
@@ -70,8 +78,8 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
             RECONCILE,
             customer_id=primary,
             subject=f"reconciliation run {job_id}",
-            before={"customers": was},
-            after={"customers": now},
+            before=was,
+            after=now,
         )
     rows_changed = len(plan.relinks) + len(plan.deleted_relinks)
     conn.execute(
@@ -89,9 +97,7 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
     return Batch(len(ids), ids[-1], len(after), rows_changed)
 
 
-def changes(
-    plan: Reconciliation, before: dict[int, list[int]]
-) -> list[tuple[int, dict[int, list[int]], dict[int, list[int]]]]:
+def changes(plan: Reconciliation, before: dict[int, list[int]]) -> list[tuple[int, dict, dict]]:
     """A batch's changes as an agent's action records one: (customer, before, after).
 
     One per set of customers that changed together (a merge joins them, a split
@@ -100,7 +106,11 @@ def changes(
     now holding a row of theirs, what a split one kept included. Not one per
     changed customer: a customer split into 2,000 would write 2,000 entries
     each naming all 2,000, and another changed customer of the batch is no part
-    of this one's entry.
+    of this one's entry. The deleted rows relinked to one of the set's customers
+    are listed under ``deleted_contacts`` ({row id: linkedId}, ``deleted_links``):
+    a customer whose only change is a deleted row put back one hop from its
+    primary gets an entry too, and without them it would read the same before
+    and after.
     """
     owner = {row: customer for customer, rows in before.items() for row in rows}
     together = Partition(before)
@@ -111,20 +121,32 @@ def changes(
         for other in others:
             together.join(first, other)
     relinked = {r.row_id for r in plan.relinks}
+    homes = {r.after for r in plan.deleted_relinks}
     filed: dict[int, int] = {}
     was: dict[int, dict[int, list[int]]] = {}
     now: dict[int, dict[int, list[int]]] = {}
+    root_of: dict[int, int] = {}
     for group, owners in holding:  # oldest group first
         root = together.find(next(iter(owners)))
-        if relinked.intersection(group):
+        root_of[group[0]] = root
+        if relinked.intersection(group) or group[0] in homes:
             filed.setdefault(root, group[0])
         now.setdefault(root, {})[group[0]] = group
         for customer in owners:
             was.setdefault(root, {})[customer] = before[customer]
-    return [
-        (filed[root], dict(sorted(was[root].items())), dict(sorted(now[root].items())))
-        for root in now
-    ]
+    deleted: dict[int, list[Relink]] = {}
+    for relink in plan.deleted_relinks:
+        deleted.setdefault(root_of[relink.after], []).append(relink)
+    entries = []
+    for root in now:
+        before_state = {"customers": dict(sorted(was[root].items()))}
+        after_state = {"customers": dict(sorted(now[root].items()))}
+        if root in deleted:
+            before_state["deleted_contacts"], after_state["deleted_contacts"] = deleted_links(
+                deleted[root]
+            )
+        entries.append((filed[root], before_state, after_state))
+    return entries
 
 
 def _orphaned(after_id: int, below: int | None = None):

@@ -63,6 +63,7 @@ def reconcile_customer(contact_id: int, actor: str) -> Outcome:
         write_plan(conn, plan, cause=RECONCILE, actor=actor)
         home = home_of(plan, view.rows, primary)
         outcome = outcome_of(RECONCILE, home, plan, view.rows, {primary})
+        outcome.deleted_relinks = plan.deleted_relinks
         audit(actor, outcome, subject=f"customer {primary}")
         db.session.commit()
         return outcome
