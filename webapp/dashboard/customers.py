@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, select
 from ..audit import state_lines
 from ..database import chunks
 from ..extensions import db
-from ..identity.rules import EMAIL, PHONE, consolidate
+from ..identity.rules import EMAIL, PHONE, Key, Row, consolidate
 from ..identity.service import blocked_keys, row_from_record
 from ..models import AuditCustomer, AuditEntry, Contact, Merge
 from .chains import Link, link_chains
@@ -90,6 +90,11 @@ class CustomerView:
     timeline: list[TimelineEvent]
     # The e-mails and phones above that an agent blocked: they link nothing any more.
     blocked_values: frozenset[str] = frozenset()
+    # The live rows oldest first by (createdAt, id), and the (kind, key) of each value of
+    # theirs that is blocked: the reconciliation panel lists them from here rather than
+    # reading the customer again (a second read of 40,000 rows).
+    live_rows: list[Row] = field(default_factory=list)
+    blocked_keys: frozenset[Key] = frozenset()
 
 
 def locate_customer(contact_id: int) -> int | None:
@@ -362,6 +367,8 @@ def load_customer(primary_id: int, *, history: bool = True) -> CustomerView | No
         last_seen=max(row.created_at for row in rows),
         contacts=views,
         timeline=timeline,
+        live_rows=rows,
+        blocked_keys=frozenset(blocked),
         blocked_values=frozenset(
             value
             for row in rows

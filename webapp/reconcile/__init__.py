@@ -13,14 +13,15 @@ def init_reconcile(app: Flask) -> None:
     """Register the reconciliation pages and their places on the customer page."""
     from ..dashboard.sections import register_action, register_nav, register_section
     from . import views  # noqa: F401  (attaches the routes to bp)
-    from .service import panel_data
+    from .service import panel_section
 
     register_action("reconcile", "reconcile/_actions.html", order=10)
     register_section(
         "reconcile",
         "reconcile/_section.html",
-        panel_data,
+        panel_section,
         order=5,
+        with_customer=True,
         label="Values and contacts",
         anchor="reconcile-panel",
     )
