@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from http.cookiejar import CookieJar
@@ -13,6 +14,7 @@ from urllib.parse import urlencode
 from urllib.request import HTTPCookieProcessor, build_opener
 
 import pytest
+from flask import request, template_rendered
 from sqlalchemy import select
 
 from tests.builders import AGENT_EMAIL, AGENT_PASSWORD, csrf_token_from, make_agent
@@ -152,6 +154,25 @@ def test_a_request_refused_for_csrf_does_not_count(app, client, agent):
         response = client.post("/sign-in", data={"email": AGENT_EMAIL, "password": WRONG})
         assert response.status_code == 400
     assert [attempt(client).status_code for _ in range(3)] == [422] * 3
+
+
+def test_a_429_answered_after_its_window_ended_gives_the_next_window_nothing(app, client, agent):
+    # An attacker at the limit can send attempts that are refused (429) as a window ends: an
+    # answer that takes longer than what is left of the window gave its count back to the
+    # next window (a counter at -1), one more guess there for each such attempt.
+    app.config["SIGN_IN_LIMIT_PER_ACCOUNT"] = "3 per 2 seconds"
+    app.config["SIGN_IN_LIMIT_PER_ADDRESS"] = "100 per hour"
+    assert [attempt(client).status_code for _ in range(3)] == [422] * 3
+
+    def a_busy_server(_sender, template, **_extra):
+        # The 429's page is slow to come, until after the window has ended.
+        if request.method == "POST" and template.name == "auth/sign_in.html":
+            time.sleep(2.1)
+
+    with template_rendered.connected_to(a_busy_server, app):
+        assert_limited(attempt(client))
+    assert [attempt(client).status_code for _ in range(3)] == [422] * 3
+    assert_limited(attempt(client))
 
 
 def test_attempts_answered_503_while_the_database_is_gone_do_not_count(tmp_path):

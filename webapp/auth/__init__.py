@@ -32,6 +32,7 @@ from .limits import (
     account_limit,
     address_limit,
     give_back_unless_refused,
+    note_counted_windows,
     retry_after_seconds,
 )
 from .service import authenticate, end_sessions, load_agent
@@ -191,6 +192,7 @@ def _unauthorized():
 @limiter.limit(account_limit, key_func=account_key, methods=["POST"])
 def sign_in():
     """The sign-in page; a wrong e-mail or password is said in place (422)."""
+    note_counted_windows()
     destination = safe_next(request.args.get("next")) or url_for("dashboard.home")
     if current_user.is_authenticated:
         return redirect(destination)
@@ -216,6 +218,7 @@ def sign_in():
 @bp.errorhandler(RateLimitExceeded)
 def _too_many_attempts(exc: RateLimitExceeded):
     """The sign-in page again, 429, saying when to try again; the password was not checked."""
+    note_counted_windows()
     wait = retry_after_seconds()
     minutes = math.ceil(wait / 60)
     log.warning("sign-in refused from %s: too many attempts (%s)", request.remote_addr, exc)

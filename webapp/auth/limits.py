@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
 from ..extensions import limit_key_digest, limiter
 from .service import lookup_key
@@ -61,6 +61,22 @@ def refused(response: Response) -> bool:
     return response.status_code == 422
 
 
+# A count is given back only while the window it went into has at least this long to run
+# (seconds): a Redis says how long a counter lives in whole seconds, and the give-back must
+# reach the storage before the window ends.
+GIVE_BACK_MARGIN_S = 2
+
+
+def note_counted_windows() -> None:
+    """Called as soon as the limits have counted an attempt (first thing in the view and in
+    the 429's handler): when each window the attempt went into ends.
+
+    Read at the give-back instead, a window that ended while the request was answered
+    would not be told from the next one.
+    """
+    g.sign_in_windows = [(counted, counted.window) for counted in limiter.current_limits]
+
+
 def give_back_unless_refused(response: Response) -> Response:
     """``after_request`` of the sign-in page: an attempt not refused gives its counts back.
 
@@ -70,13 +86,17 @@ def give_back_unless_refused(response: Response) -> Response:
     past its allowance, comes back to where it was. Should the storage fail
     here, the attempt stays counted: the limit errs on the safe side.
 
-    If a counter's window ends between the count and the give-back, the
-    give-back lands in the next window (a counter at -1 that expires with it):
-    one attempt more there, for a sign-in made in the last moment of a window.
+    A count goes back only into the window it went into, while that has more than
+    GIVE_BACK_MARGIN_S to run; else it stays, and ends with its window. Given back
+    after its window had ended, it lowered the next window's counter (to -1 when
+    none had started), one attempt more there: an attacker at the limit could send
+    attempts as a window ended, each refused (429) and each one more guess after.
     """
     if request.endpoint != "auth.sign_in" or refused(response):
         return response
-    for counted in limiter.current_limits:
+    for counted, (ends_at, remaining) in g.pop("sign_in_windows", []):
+        if remaining >= counted.limit.amount or time.time() + GIVE_BACK_MARGIN_S >= ends_at:
+            continue  # the window it was counted in is over, or nearly: the count goes with it
         try:
             limiter.limiter.hit(counted.limit, *counted.request_args, cost=-1)
         except Exception:  # the storage's own errors, whichever storage it is
