@@ -1,4 +1,6 @@
+import fcntl
 import logging
+import os
 from contextlib import contextmanager, suppress
 from logging.config import fileConfig
 
@@ -72,6 +74,32 @@ def run_migrations_offline():
 _LOCK_WAIT_S = 5
 
 
+_WAITING = "another db upgrade or downgrade is running on this database; waiting for it to finish"
+
+
+@contextmanager
+def _file_lock(path: str):
+    """Hold an exclusive ``flock`` on ``path`` (made if missing), waiting for whoever holds it."""
+    try:
+        # Read-only: a file an upgrade run by another user made still takes a lock.
+        lock = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise click.ClickException(
+            f"could not open the upgrade lock {path}: {exc.strerror}. SQLite needs this "
+            "user to be able to write to the database's folder (its -wal and -shm files "
+            "are kept there too)."
+        ) from None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info(_WAITING)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # lets go of the lock
+
+
 @contextmanager
 def one_upgrade_at_a_time(connection):
     """Hold the database's migration lock while migrating; wait for whoever holds it.
@@ -83,9 +111,19 @@ def one_upgrade_at_a_time(connection):
     a data migration that is not idempotent would have been applied twice. The lock
     is the server's named lock for this database (``GET_LOCK``); it belongs to this
     connection, so an upgrade that dies lets go of it. The second upgrade waits,
-    then reads the version the first left and has nothing to do. On SQLite the
-    write lock taken before the version is read (below) does the same.
+    then reads the version the first left and has nothing to do.
+
+    On SQLite the lock is a file's beside the database (``<file>-upgrade-lock``,
+    ``flock``), let go of when the upgrade ends or dies. SQLite's write lock alone
+    did not do it: alembic commits each migration on its own, and a second upgrade
+    that read the version between two of them ran the next one again, and one of
+    the two failed half-way ("table engagement already exists"; 2 of 8 tries on an
+    empty database).
     """
+    if connection.dialect.name == "sqlite":
+        with _file_lock(f"{connection.engine.url.database}-upgrade-lock"):
+            yield
+        return
     if connection.dialect.name not in ("mysql", "mariadb"):
         yield
         return
@@ -98,9 +136,7 @@ def one_upgrade_at_a_time(connection):
 
     held = take(0)
     if held == 0:
-        logger.info(
-            "another db upgrade or downgrade is running on this database; waiting for it to finish"
-        )
+        logger.info(_WAITING)
         while held == 0:
             held = take(_LOCK_WAIT_S)
     if held != 1:

@@ -115,6 +115,13 @@ def test_db_commands_on_an_unreachable_database_say_so_in_one_line(tmp_path, url
     assert "OperationalError" not in result.output
 
 
+def test_an_upgrade_lock_sqlite_cannot_open_is_said_in_one_line(tmp_path):
+    # Two upgrades at once take turns on a file beside the database (migrations/env.py).
+    (tmp_path / "identity.db-upgrade-lock").mkdir()
+    result = _run(f"sqlite:///{tmp_path}/identity.db", ["db", "upgrade"])
+    _assert_refused(result, "could not open the upgrade lock", "write to the database's folder")
+
+
 def test_a_missing_mariadb_database_is_reported(database_urls):
     if database_urls["mariadb"] is None:
         pytest.skip("MariaDB is not reachable (set REQUIRE_MARIADB=1 to make this a failure)")
