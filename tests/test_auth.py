@@ -588,6 +588,24 @@ def test_a_form_sent_after_the_session_ended_goes_to_sign_in_and_back(signed_in_
     assert (response.headers.get("HX-Redirect") or response.headers["Location"]) == "/sign-in"
 
 
+def test_a_signed_out_fragment_sends_the_agent_back_to_the_page_it_was_on(client):
+    # htmx asked for part of a page (the next contacts); after signing in, the agent
+    # goes back to the page it was on (HX-Current-URL), not to the fragment's own URL.
+    headers = {"HX-Request": "true", "HX-Current-URL": "http://localhost/customers/1?order=oldest"}
+    response = client.get("/customers/1/contacts?page=2", headers=headers)
+    assert (response.status_code, response.headers["HX-Redirect"]) == (
+        401,
+        "/sign-in?next=/customers/1?order%3Doldest",
+    )
+    # A boosted link asks for a page: that page is the one to come back to.
+    response = client.get("/audit?action=merge", headers={**headers, "HX-Boosted": "true"})
+    assert response.headers["HX-Redirect"] == "/sign-in?next=/audit?action%3Dmerge"
+    # Another site's page is never where sign-in leads.
+    headers["HX-Current-URL"] = "http://evil.example/customers/1"
+    response = client.get("/customers/1/contacts?page=2", headers=headers)
+    assert response.headers["HX-Redirect"] == "/sign-in"
+
+
 def test_an_expired_sign_in_form_still_says_so(client, agent):
     client.get("/sign-in")
     response = client.post(

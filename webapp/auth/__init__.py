@@ -133,15 +133,32 @@ def _ended() -> None:
     session.clear()
 
 
-def _page_posted_from() -> str | None:
-    """The path and query of the page a form was sent from, when it is on this site."""
+def _local_page(url: str | None) -> str | None:
+    """The path and query of ``url``, when it is a page of this site."""
     try:
-        referrer = urlsplit(request.referrer or "")
+        page = urlsplit(url or "")
     except ValueError:  # "http://[::1" and the like
         return None
-    if referrer.netloc != request.host:
+    if page.netloc != request.host:
         return None
-    return referrer.path + (f"?{referrer.query}" if referrer.query else "")
+    return page.path + (f"?{page.query}" if page.query else "")
+
+
+def _page_to_come_back_to() -> str | None:
+    """The page signing in leads back to: the one asked for, or the one the agent was on.
+
+    A fragment or a form htmx asked for (the next rows, a panel, a form swapped in
+    place) comes from the page the agent was on, which htmx names (HX-Current-URL):
+    sent back to the fragment's own URL, the agent landed on part of a page. Otherwise
+    a GET asks for a page (as do htmx's boosted links and history restores), and a
+    browser sending a form names the page it was on as the Referer.
+    """
+    htmx = request.htmx
+    if htmx and htmx.current_url and not (htmx.boosted or htmx.history_restore_request):
+        return _local_page(htmx.current_url)
+    if request.method == "GET":
+        return request.full_path.rstrip("?")
+    return _local_page(request.referrer)
 
 
 # The longest request line gunicorn takes (its limit_request_line, left at the default):
@@ -178,8 +195,7 @@ def sign_in_url(here: str | None) -> str:
 def _unauthorized():
     # Back to the page asked for (or the form was on) after signing in; htmx follows
     # HX-Redirect, not a 302.
-    here = request.full_path.rstrip("?") if request.method == "GET" else _page_posted_from()
-    target = sign_in_url(here)
+    target = sign_in_url(_page_to_come_back_to())
     if request.htmx:
         response = make_response("", 401)
         response.headers["HX-Redirect"] = target
