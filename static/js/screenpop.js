@@ -55,9 +55,18 @@
     if (count === 0) container().classList.remove("screen-pops-minimised");
     if (!toggle) return;
     var hidden = minimised();
+    var focused = document.activeElement === toggle;
     toggle.hidden = count === 0;
+    // The last call went (ended, dismissed) with the keyboard on this button: hidden, it would
+    // drop focus to <body>, so the page takes it, as when the last pop is dismissed.
+    if (toggle.hidden && focused) focusPage();
     toggle.setAttribute("aria-expanded", String(!hidden));
     toggle.textContent = hidden ? "Show " + count + (count === 1 ? " call" : " calls") : "Hide calls";
+  }
+
+  function focusPage() {
+    var main = document.getElementById("main");
+    if (main) main.focus();
   }
 
   function setMinimised(hide) {

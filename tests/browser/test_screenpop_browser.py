@@ -444,3 +444,32 @@ def test_untouched_pops_time_out_and_one_the_agent_clicked_in_or_points_at_stays
     clicked.locator(".screen-pop-close").click()
     expect(clicked).to_have_count(0)
     assert page.console_errors == []
+
+
+def test_the_last_call_going_hands_focus_from_the_hide_calls_button_to_the_page(
+    signed_in_page, live_server
+):
+    page = signed_in_page
+    base = live_server.url
+    page.goto("/audit")
+    pointer_off_the_calls(page)
+    first, second = (ring(base, f"+44 20 7946 02{n}7", f"h-{n}") for n in range(2))
+    for call in (first, second):
+        expect(page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')).to_be_visible(
+            timeout=5000
+        )
+    toggle = page.locator("#screen-pop-toggle")
+    toggle.focus()
+    # One call goes: the button stays, and so does the keyboard.
+    call_status(base, "h-0", "ended")
+    expect(page.locator(".screen-pop[data-pop-id]")).to_have_count(1, timeout=5000)
+    expect(toggle).to_be_focused()
+    # The agent hides the other call; it ends too, and the button goes with it. The keyboard
+    # goes to the page, as when the last call is dismissed, not to <body>.
+    page.keyboard.press("Enter")
+    expect(toggle).to_have_text("Show 1 call")
+    call_status(base, "h-1", "ended")
+    expect(page.locator(".screen-pop[data-pop-id]")).to_have_count(0, timeout=5000)
+    expect(toggle).to_be_hidden()
+    expect(page.locator("#main")).to_be_focused()
+    assert page.console_errors == []
