@@ -27,6 +27,8 @@
   var LEAVING = ["ended", "taken", "stale"];
   // How long a pop takes to fade out (the stylesheet's transition).
   var FADE_MS = 600;
+  // Read at each pop's going: the agent may change the setting with the page open.
+  var reducedMotion = window.matchMedia ? window.matchMedia("(prefers-reduced-motion: reduce)") : null;
   // The page tells the server at most this many pops' states per poll.
   var MAX_SHOWN = 100;
 
@@ -133,8 +135,15 @@
     return LEAVING.indexOf(pop.dataset.state) !== -1 && !pop.hasAttribute("data-kept") && !held(pop);
   }
 
-  // A pop that goes fades out first; it takes no focus or clicks meanwhile.
+  // A pop that goes fades out first; it takes no focus or clicks meanwhile. With reduced
+  // motion there is no fade to watch: it goes at once, and the pops below it move up at once
+  // (kept for the fade, an invisible pop held their place).
   function leave(pop) {
+    if (reducedMotion && reducedMotion.matches) {
+      pop.remove();
+      refreshToggle();
+      return;
+    }
     pop.classList.add("screen-pop-leaving");
     pop.setAttribute("inert", "");
     refreshToggle();

@@ -473,3 +473,31 @@ def test_the_last_call_going_hands_focus_from_the_hide_calls_button_to_the_page(
     expect(toggle).to_be_hidden()
     expect(page.locator("#main")).to_be_focused()
     assert page.console_errors == []
+
+
+def test_with_reduced_motion_a_pop_that_goes_leaves_at_once(signed_in_page, live_server):
+    page = signed_in_page
+    base = live_server.url
+    page.emulate_media(reduced_motion="reduce")
+    page.goto("/audit")
+    pointer_off_the_calls(page)
+    below, above = (ring(base, f"+44 20 7946 03{n}8", f"m-{n}") for n in range(2))
+    kept, going = (page.locator(f'.screen-pop[data-pop-id="{c["popId"]}"]') for c in (below, above))
+    expect(page.locator(".screen-pop[data-pop-id]")).to_have_count(2, timeout=5000)
+    # Whenever the stack changes, note whether a pop on its way out is still in it: with no
+    # fade to watch, an invisible pop held its place for 0.6 s and the calls below it then
+    # jumped up.
+    page.evaluate(
+        """() => {
+            window.leavingSeen = false;
+            const box = document.getElementById("screen-pops");
+            new MutationObserver(() => {
+                if (box.querySelector(".screen-pop-leaving")) window.leavingSeen = true;
+            }).observe(box, { childList: true, subtree: true, attributes: true });
+        }"""
+    )
+    call_status(base, "m-1", "ended")
+    expect(going).to_have_count(0, timeout=5000)
+    expect(kept).to_be_visible()
+    assert page.evaluate("() => window.leavingSeen") is False
+    assert page.console_errors == []
