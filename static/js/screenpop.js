@@ -110,9 +110,13 @@
       var id = pop.dataset.popId;
       if (skip.indexOf(id) !== -1) continue;
       var shown = box.querySelector('.screen-pop[data-pop-id="' + id + '"]');
-      // A pop is sent again until it is 5 s old; replacing the one the keyboard is in would
-      // drop focus to <body> under the agent's hands, so that one stays as it is.
-      if (shown && shown.contains(document.activeElement)) continue;
+      // A pop is sent again until it is 5 s old. The box is an assertive live region: each
+      // node put in it is read out whole, so a pop whose state did not change stays as it is
+      // (its HTML differs anyway: a new CSRF token). Nor is the one the keyboard is in
+      // replaced: focus would drop to <body> under the agent's hands. A change of state also
+      // comes as an update (below, the server sends one for every pop whose state the poll's
+      // "shown" said otherwise), which changes the pop's note in place.
+      if (shown && (shown.dataset.state === pop.dataset.state || shown.contains(document.activeElement))) continue;
       if (shown && shown.hasAttribute("data-kept")) pop.setAttribute("data-kept", "");
       if (pop.dataset.state === "yours") pop.setAttribute("data-kept", "");
       if (shown) box.replaceChild(pop, shown);

@@ -5,7 +5,7 @@ import re
 from playwright.sync_api import expect
 
 from tests.browser.conftest import sign_in_through_the_form
-from tests.builders import post_json
+from tests.builders import AGENT_EMAIL, post_json
 
 
 def test_a_call_pops_the_caller_on_the_open_dashboard(signed_in_page, live_server, tmp_path):
@@ -500,4 +500,75 @@ def test_with_reduced_motion_a_pop_that_goes_leaves_at_once(signed_in_page, live
     expect(going).to_have_count(0, timeout=5000)
     expect(kept).to_be_visible()
     assert page.evaluate("() => window.leavingSeen") is False
+    assert page.console_errors == []
+
+
+def count_insertions_into_the_live_region(page) -> None:
+    """From now on, window.popInsertions[id] counts the times a pop entered #screen-pops."""
+    page.evaluate(
+        """() => {
+            window.popInsertions = {};
+            const box = document.getElementById("screen-pops");
+            new MutationObserver((records) => {
+                for (const record of records) {
+                    for (const node of record.addedNodes) {
+                        const id = node.dataset && node.dataset.popId;
+                        if (id) window.popInsertions[id] = (window.popInsertions[id] || 0) + 1;
+                    }
+                }
+            }).observe(box, { childList: true });
+        }"""
+    )
+
+
+def test_a_ringing_call_enters_the_live_region_once_though_the_poll_sends_it_again(
+    signed_in_page, live_server
+):
+    page = signed_in_page
+    base = live_server.url
+    page.goto("/audit")
+    pointer_off_the_calls(page)
+    count_insertions_into_the_live_region(page)
+    sent = []
+    page.on(
+        "response",
+        lambda r: sent.append(r.status) if "/screen-pops" in r.url and r.status == 200 else None,
+    )
+    call = ring(base, "+44 20 7946 0409", "once-0")
+    pop = page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')
+    expect(pop).to_be_visible(timeout=5000)
+    # The poll sends a call again until it is 5 s old (docs/engagements.md): each time, it
+    # went into the assertive live region anew, and screen readers read the call out again.
+    page.wait_for_timeout(6500)
+    assert len(sent) >= 3, f"the poll sent the call {len(sent)} times: nothing tested"
+    assert page.evaluate("() => window.popInsertions") == {str(call["popId"]): 1}
+
+    # A change of state still reaches the pop: answered by this agent, then ended.
+    call_status(base, "once-0", "answered", agent=AGENT_EMAIL)
+    expect(pop).to_have_attribute("data-state", "yours", timeout=5000)
+    expect(pop.locator(".screen-pop-state")).to_have_text(re.compile(r"^You answered "))
+    call_status(base, "once-0", "ended")
+    expect(pop.locator(".screen-pop-state")).to_contain_text("Call ended")
+    assert page.console_errors == []
+
+
+def test_a_call_answered_while_the_poll_still_sends_it_shows_the_answer(
+    signed_in_page, live_server
+):
+    page = signed_in_page
+    base = live_server.url
+    page.goto("/audit")
+    pointer_off_the_calls(page)
+    count_insertions_into_the_live_region(page)
+    call = ring(base, "+44 20 7946 0419", "young-0")
+    pop = page.locator(f'.screen-pop[data-pop-id="{call["popId"]}"]')
+    expect(pop).to_be_visible(timeout=5000)
+    # Within its first 5 s the poll sends the pop whole, now in another state: it changes.
+    call_status(base, "young-0", "answered", agent=AGENT_EMAIL)
+    expect(pop).to_have_attribute("data-state", "yours", timeout=3000)
+    expect(pop.locator(".screen-pop-state")).to_have_text(re.compile(r"^You answered "))
+    # Sent again in that state until it is 5 s old, it is not put in the live region again.
+    page.wait_for_timeout(5500)
+    insertions = page.evaluate("() => window.popInsertions")[str(call["popId"])]
+    assert insertions <= 2, f"the pop entered the live region {insertions} times"
     assert page.console_errors == []
