@@ -322,12 +322,15 @@
   });
 
   // Escape dismisses the pop the keyboard is in, or the newest one when focus is on the page
-  // itself (never while the agent types in a field: Escape there belongs to the field).
+  // itself: <body>, or `main`, where a click on blank space and every dismissal put it (so a
+  // second Escape dismisses the next call). Never while focus is on anything else: a field
+  // (Escape there belongs to the field), an open form or disclosure (app.js closes those).
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape" || event.defaultPrevented) return;
     var active = document.activeElement;
     var pop = active && active.closest ? active.closest(".screen-pop[data-pop-id]") : null;
-    if (!pop && active && active !== document.body) return;
+    var onPage = !active || active === document.body || active === document.getElementById("main");
+    if (!pop && !onPage) return;
     // Hidden calls are out of sight: Escape does not dismiss one unseen.
     if (!pop && !minimised()) pop = container().querySelector(LIVE);
     if (!pop) return;
