@@ -103,9 +103,11 @@
     }
     var open = active && active.closest ? active.closest(DISCLOSURES) : null;
     if (!open) {
-      // Focus left on the page itself (after a click on blank space): close the last one opened.
+      // Focus left on the page itself (after a click on blank space: <body>, or main, which
+      // takes focus there): close the last one opened.
       var all = document.querySelectorAll(DISCLOSURES);
-      if (!all.length || (active && active !== document.body)) return;
+      var onPage = !active || active === document.body || active.id === "main";
+      if (!all.length || !onPage) return;
       open = all[all.length - 1];
     }
     event.preventDefault();

@@ -150,6 +150,22 @@ def test_escape_closes_the_action_form_and_gives_focus_back(signed_in_page, live
     assert page.console_errors == []
 
 
+def test_escape_on_blank_space_in_the_page_closes_the_last_form_opened(signed_in_page, live_server):
+    page = signed_in_page
+    customer = identify(live_server.url, "lorraine@hillvalley.edu", "123456")
+    page.goto(f"/customers/{customer}")
+    link = page.locator("#customer-header details.action-disclosure")
+    link.locator("summary").click()
+    expect(link).to_have_attribute("open", "")
+    # A click on blank space inside the page puts focus on main (tabindex=-1), not <body>.
+    page.locator("#main").click(position={"x": 2, "y": 2})
+    assert page.evaluate("() => document.activeElement.id") == "main"
+    page.keyboard.press("Escape")
+    expect(link).not_to_have_attribute("open", "")
+    expect(link.locator("summary")).to_be_focused()
+    assert page.console_errors == []
+
+
 def test_escape_dismisses_the_screen_pop_which_comes_first_in_tab_order(
     signed_in_page, live_server
 ):
