@@ -235,6 +235,24 @@ def test_a_deleted_row_linked_to_a_secondary_goes_to_that_rows_customer():
     assert plan.deleted_relinks == [Relink(3, 2, 1)]
 
 
+def test_a_deleted_row_linked_to_itself_points_at_nothing_as_a_deleted_primary_does():
+    # SQL set linkedId = id on deleted row 3. Its values are those of live customer 1,
+    # but a deleted row takes no part in matching: it becomes a deleted primary of its
+    # own, as a deleted row linked to nothing stays.
+    live = [row(1, "a@x.io", "1"), row(2, "a@x.io", "2", linked_id=1)]
+    plan = reconcile(live, deleted=[row(3, "a@x.io", "3", linked_id=3)])
+    assert plan.relinks == []
+    assert plan.deleted_relinks == [Relink(3, 3, None)]
+    assert plan.customers_after() == {}
+    assert plan.changed
+    assert reconcile(live, deleted=[row(3, "a@x.io", "3")]).deleted_relinks == []
+    # Live rows still naming it as their customer tell where it belongs: with them, as
+    # a primary deleted by SQL goes.
+    live = [row(2, "a@x.io", "2", linked_id=1), row(3, "b@x.io", "2", linked_id=1)]
+    plan = reconcile(live, deleted=[row(1, "a@x.io", "1", linked_id=1)])
+    assert plan.deleted_relinks == [Relink(1, 1, 2)]
+
+
 def test_customers_before_and_after_describe_the_change():
     rows = [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1), row(3, "z@x.io")]
     plan = reconcile(rows, {SHOP})

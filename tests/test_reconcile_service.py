@@ -647,6 +647,82 @@ def test_a_deleted_row_sql_linked_to_a_secondary_is_put_back_one_hop(app, runner
     assert len(audits("reconcile")) == 1
 
 
+def deleted_off_their_primary() -> dict[int, int | None]:
+    """Deleted rows not one hop from a primary (live, or deleted and linked to nothing):
+    {row id: linkedId}."""
+    db.session.expire_all()
+    by_id = {c.id: c for c in contacts()}
+    return {
+        c.id: c.linkedId
+        for c in by_id.values()
+        if c.deletedAt is not None
+        and c.linkedId is not None
+        and (c.linkedId == c.id or by_id[c.linkedId].linkedId is not None)
+    }
+
+
+def _link_by_hand(**links_wanted):
+    """`UPDATE Contact SET linkedId=... WHERE id=...`, as an operator might: row_3=3, ..."""
+    table = Contact.__table__
+    for name, linked in links_wanted.items():
+        row_id = int(name.removeprefix("row_"))
+        db.session.execute(update(table).where(table.c.id == row_id).values(linkedId=linked))
+    db.session.commit()
+
+
+def test_a_run_makes_deleted_rows_sql_linked_to_themselves_deleted_primaries(app, runner):
+    # Reported: a deleted row with linkedId = its own id was never repaired: no
+    # customer's rows lead to it, and the run looked only for live rows so linked.
+    app.config["RECONCILE_BATCH_SIZE"] = 1
+    ident("a@x.io", "1")
+    ident("a@x.io", "2")  # customer 1: rows 1 and 2
+    ident("b@x.io", "3")  # customer 3
+    ident("c@x.io", "4")  # customers 4 and 5, of one row each
+    ident("d@x.io", "5")
+    for row_id in (2, 4, 5):
+        delete_contact(row_id, AGENT)
+    # Between customers 1 and 3, and past the last customer (the run's last stretch
+    # reads everything after it, one batch's worth at a time).
+    _link_by_hand(row_2=2, row_4=4, row_5=5)
+    assert deleted_off_their_primary() == {2: 2, 4: 4, 5: 5}
+    result = runner.invoke(args=["reconcile"])
+    assert result.exit_code == 0, result.output
+    # They point at nothing: no customer is theirs, so none counts as changed.
+    assert "Checked 2 customers: 0 changed, 3 contact rows relinked." in result.output
+    assert links() == {1: None, 2: None, 3: None, 4: None, 5: None}
+    assert deleted_off_their_primary() == {}
+    assert_invariants()
+    # An entry for each, filed under the row (its own customer now), listing it alone.
+    entries = {e.customer_id: e for e in audits("reconcile")}
+    assert set(entries) == {2, 4, 5}
+    assert json.loads(entries[2].before) == {"deleted_contacts": {"2": 2}}
+    assert json.loads(entries[2].after) == {"deleted_contacts": {"2": None}}
+    assert whole_run() == 0
+    assert len(audits("reconcile")) == 3
+
+
+@pytest.mark.parametrize("repair", ["flask reconcile", "re-run"])
+def test_a_deleted_primary_sql_linked_to_itself_goes_with_its_live_rows(app, runner, repair):
+    # Passed before the fix above too: live rows naming the row as their customer make it
+    # a customer to regroup, its id read with them; kept so that it stays so.
+    for phone in ["1", "2", "3"]:
+        ident("a@x.io", phone)
+    _delete_by_hand(1)
+    _link_by_hand(row_1=1)
+    if repair == "flask reconcile":
+        result = runner.invoke(args=["reconcile"])
+        # Customer 1, then 2, which became a primary after the cursor passed 1.
+        assert "Checked 2 customers: 1 changed, 3 contact rows relinked." in result.output
+    else:
+        assert reconcile_customer(2, AGENT).summary() == (
+            "Contact 2 became the primary; 2 contact rows relinked; 1 deleted contact row relinked."
+        )
+    assert links() == {1: 2, 2: None, 3: 2}
+    (entry,) = audits("reconcile")
+    assert json.loads(entry.after)["deleted_contacts"] == {"1": 2}
+    assert whole_run() == 0
+
+
 def test_a_runs_entry_lists_the_deleted_rows_it_relinked_with_their_customers_change(app):
     ident("a@x.io", "1")
     ident("a@x.io", "2")  # customer 1: rows 1 and 2

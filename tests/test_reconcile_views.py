@@ -27,7 +27,7 @@ from webapp.identity.rules import parse_email, parse_identifier, parse_phone
 from webapp.identity.service import identify
 from webapp.models import Contact, Identifier, Merge, utcnow
 from webapp.reconcile import views
-from webapp.reconcile.jobs import create_job, get_job
+from webapp.reconcile.jobs import claim_job, create_job, get_job, run_job
 from webapp.reconcile.models import ReconcileJob
 from webapp.reconcile.service import set_blocked
 
@@ -701,6 +701,24 @@ def test_a_rerun_that_puts_back_only_a_deleted_row_says_so_and_audits_it(signed_
     audit = signed_in_client.get("/audit?action=reconcile").get_data(as_text=True)
     assert "deleted contact #3: linked to #2" in audit
     assert "deleted contact #3: linked to #1" in audit
+
+
+def test_a_runs_entry_for_a_deleted_row_linked_to_itself_reads_on_the_audit_page(
+    signed_in_client,
+):
+    ident("ann@x.io", "1")
+    ident("ann@x.io", "2")
+    table = Contact.__table__
+    # Deleted by SQL and linked to itself: no customer's rows lead to it any more.
+    db.session.execute(update(table).where(table.c.id == 2).values(deletedAt=utcnow(), linkedId=2))
+    db.session.commit()
+    job = create_job(AGENT_EMAIL)
+    claim_job(job.id)
+    run_job(job.id)
+    assert links() == {1: None, 2: None}
+    audit = signed_in_client.get("/audit?action=reconcile").get_data(as_text=True)
+    assert "deleted contact #2: linked to #2" in audit
+    assert "deleted contact #2: not linked (a primary)" in audit
 
 
 def test_whole_database_run_in_the_background_to_the_end(signed_in_client):

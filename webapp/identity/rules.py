@@ -444,7 +444,8 @@ class Reconciliation:
     def _touched(self) -> set[int]:
         """Rows whose group changed: the live rows relinked and the primaries that
         deleted rows were relinked to (a repair may change nothing else)."""
-        return {r.row_id for r in self.relinks} | {r.after for r in self.deleted_relinks}
+        homes = {r.after for r in self.deleted_relinks if r.after is not None}
+        return {r.row_id for r in self.relinks} | homes
 
     def customers_before(
         self, rows: Sequence[Row], involved: Collection[int] = ()
@@ -497,7 +498,10 @@ def reconcile(
     involved). Each group's oldest row becomes or stays its primary and every
     other row links to it in one hop. A group that gathers rows of several
     current customers is a merge into the oldest. ``deleted`` rows of these
-    customers are re-pointed to where their customer's rows now live.
+    customers are re-pointed to where their customer's rows now live; one of
+    no live customer points at that customer's (deleted) primary, and one that
+    is that customer itself (linked to nothing, or by SQL to itself) has
+    linkedId NULL.
     """
     groups = connected_groups(rows, blocked, bonds)
     target: dict[int, int | None] = {}
@@ -533,13 +537,18 @@ def reconcile(
             holder_home.setdefault((row.primary_id, *key), home)
     for row in sorted(deleted, key=lambda r: r.id):
         # Its customer: that of the live row it points at (SQL may have linked it to a
-        # secondary), else the id it points at.
+        # secondary), else the id it points at; a row SQL linked to itself points at
+        # nothing, as a deleted primary does, and is its own.
         pointed = by_id.get(row.linked_id)
         owner = row.primary_id if pointed is None else pointed.primary_id
         home = _deleted_home(row, owner, holder_home, blocked)
         if home is None:
-            home = new_home.get(owner, row.linked_id)
-        if home is not None and home != row.linked_id:
+            # No live row names that customer: it stays with it, a deleted primary of
+            # its own when it is that customer (linkedId NULL).
+            home = new_home.get(owner, owner)
+        if home == row.id:
+            home = None
+        if home != row.linked_id:
             result.deleted_relinks.append(Relink(row.id, row.linked_id, home))
     return result
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import Connection, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from ..audit import record
@@ -62,13 +62,19 @@ class Batch:
     rows_changed: int
 
 
-def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, actor: str) -> Batch:
-    """Reconcile the next ``size`` customers after ``after_id`` and note progress; commits."""
-    ids = next_customers(conn, after_id, size)
-    if not ids:
+def reconcile_batch(
+    conn: Connection, job_id: int, after_id: int, size: int, actor: str
+) -> Batch | None:
+    """Reconcile the next ``size`` customers after ``after_id`` and note progress; commits.
+
+    None when nothing is left after ``after_id``.
+    """
+    stretch = next_stretch(conn, after_id, size)
+    if stretch is None:
         db.session.rollback()
-        return Batch(0, after_id, 0, 0)
-    view, _ = lock_view(conn, ids)
+        return None
+    ids = stretch.customers
+    view, _ = lock_view(conn, [*ids, *stretch.strays])
     plan = with_hanging(conn, view).plan()
     write_plan(conn, plan, cause=RECONCILE, actor=actor)
     after = plan.customers_after()
@@ -87,14 +93,14 @@ def reconcile_batch(conn: Connection, job_id: int, after_id: int, size: int, act
         .where(_j.id == job_id)
         .values(
             processed=_j.processed + len(ids),
-            cursor=ids[-1],
+            cursor=stretch.last,
             customers_changed=_j.customers_changed + len(after),
             rows_changed=_j.rows_changed + rows_changed,
             heartbeat_at=utcnow(),
         )
     )
     db.session.commit()
-    return Batch(len(ids), ids[-1], len(after), rows_changed)
+    return Batch(len(ids), stretch.last, len(after), rows_changed)
 
 
 def changes(plan: Reconciliation, before: dict[int, list[int]]) -> list[tuple[int, dict, dict]]:
@@ -110,7 +116,9 @@ def changes(plan: Reconciliation, before: dict[int, list[int]]) -> list[tuple[in
     are listed under ``deleted_contacts`` ({row id: linkedId}, ``deleted_links``):
     a customer whose only change is a deleted row put back one hop from its
     primary gets an entry too, and without them it would read the same before
-    and after.
+    and after. Deleted rows relinked to no live customer (one SQL linked to
+    itself becomes a deleted primary of its own) get an entry per deleted row
+    that is their customer now, filed under it, with ``deleted_contacts`` alone.
     """
     owner = {row: customer for customer, rows in before.items() for row in rows}
     together = Partition(before)
@@ -135,8 +143,14 @@ def changes(plan: Reconciliation, before: dict[int, list[int]]) -> list[tuple[in
         for customer in owners:
             was.setdefault(root, {})[customer] = before[customer]
     deleted: dict[int, list[Relink]] = {}
+    # Deleted rows of no live customer, by the deleted row that is their customer now.
+    unowned: dict[int, list[Relink]] = {}
     for relink in plan.deleted_relinks:
-        deleted.setdefault(root_of[relink.after], []).append(relink)
+        if relink.after in root_of:
+            deleted.setdefault(root_of[relink.after], []).append(relink)
+        else:
+            customer = relink.row_id if relink.after is None else relink.after
+            unowned.setdefault(customer, []).append(relink)
     entries = []
     for root in now:
         before_state = {"customers": dict(sorted(was[root].items()))}
@@ -146,11 +160,24 @@ def changes(plan: Reconciliation, before: dict[int, list[int]]) -> list[tuple[in
                 deleted[root]
             )
         entries.append((filed[root], before_state, after_state))
+    for customer, relinks in sorted(unowned.items()):
+        was_linked, now_linked = deleted_links(relinks)
+        entries.append(
+            (customer, {"deleted_contacts": was_linked}, {"deleted_contacts": now_linked})
+        )
     return entries
 
 
-def _orphaned(after_id: int, below: int | None = None):
-    """Live rows whose primary is not a live primary, with customer ids in (after_id, below).
+def _linked_between(after_id: int, below: int | None) -> list:
+    """Rows linked to an id in (after_id, below): one range of the linkedId index."""
+    conditions = [_c.linkedId > after_id]
+    if below is not None:
+        conditions.append(_c.linkedId < below)
+    return conditions
+
+
+def _orphan():
+    """A live row whose linkedId is not a live primary.
 
     Deleted rows take no part, but a primary soft-deleted by SQL run on the
     table (outside the app) leaves its live rows pointing at it: a customer
@@ -159,8 +186,7 @@ def _orphaned(after_id: int, below: int | None = None):
     at, no customer's rows lead to it. The walk must reach those too.
     """
     parent = Contact.__table__.alias("parent")
-    conditions = [
-        _c.linkedId > after_id,
+    return and_(
         _c.deletedAt.is_(None),
         ~exists().where(
             parent.c.id == _c.linkedId,
@@ -168,20 +194,45 @@ def _orphaned(after_id: int, below: int | None = None):
             parent.c.linkedId.is_(None),
             parent.c.deletedAt.is_(None),
         ),
-    ]
-    if below is not None:
-        conditions.append(_c.linkedId < below)
-    return and_(*conditions)
+    )
 
 
-def next_customers(conn: Connection, after_id: int, size: int) -> list[int]:
-    """The next ``size`` customers after ``after_id``, in id order.
+def _stray():
+    """A deleted row that no customer's rows lead to and that is not where it belongs.
+
+    SQL linked it to itself: it points at nothing, as a deleted primary does, but
+    no reading of a customer finds it (a deleted row is read through the live rows
+    of its customer, or as that customer's id when live rows still name it).
+    """
+    return and_(_c.deletedAt.is_not(None), _c.linkedId == _c.id)
+
+
+def _orphaned(after_id: int, below: int | None = None):
+    """Live rows whose primary is not a live primary, with customer ids in (after_id, below)."""
+    return and_(*_linked_between(after_id, below), _orphan())
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """What a batch checks: its customers, the rows to lock for strays, and where it ends."""
+
+    customers: list[int]
+    # Ids to lock and read with the customers so that the stray deleted rows found
+    # are repaired: for a row SQL linked to itself, the row.
+    strays: set[int]
+    last: int
+
+
+def next_stretch(conn: Connection, after_id: int, size: int) -> Stretch | None:
+    """The next ``size`` customers after ``after_id``, in id order; None when none is left.
 
     A customer is a live primary or, for a primary deleted outside the app
     (or a row SQL made a secondary's or its own), the id live rows still point
     at. The second kind is looked for only up to the last primary of the
     batch, one index range, so a walk reads each secondary about once (again
-    only when a batch is cut short at ``size``).
+    only when a batch is cut short at ``size``). The same read finds the stray
+    deleted rows linked into that range (``_stray``); they count among the
+    ``size`` by the id they point at, but not as customers: no live row is theirs.
     """
     primaries = conn.execute(
         select(_c.id)
@@ -189,10 +240,28 @@ def next_customers(conn: Connection, after_id: int, size: int) -> list[int]:
         .order_by(_c.id)
         .limit(size)
     ).scalars()
-    ids = set(primaries)
-    below = max(ids) if len(ids) == size else None
-    ids.update(conn.execute(select(_c.linkedId).where(_orphaned(after_id, below))).scalars())
-    return sorted(ids)[:size]
+    customers = set(primaries)
+    below = max(customers) if len(customers) == size else None
+    strays: dict[int, int] = {}
+    found = conn.execute(
+        select(_c.id, _c.linkedId, _c.deletedAt).where(
+            *_linked_between(after_id, below), or_(_orphan(), _stray())
+        )
+    )
+    for row_id, linked, deleted_at in found:
+        if deleted_at is None:
+            customers.add(linked)
+        else:
+            strays[row_id] = linked
+    places = sorted(customers | set(strays.values()))[:size]
+    if not places:
+        return None
+    last = places[-1]
+    return Stretch(
+        customers=sorted(c for c in customers if c <= last),
+        strays={row_id for row_id, linked in strays.items() if linked <= last},
+        last=last,
+    )
 
 
 def _expire_stalled(conn: Connection) -> None:
@@ -309,10 +378,10 @@ def run_job(job_id: int, progress: Callable[[int], None] | None = None) -> Recon
             batch = write_transaction(
                 lambda conn: reconcile_batch(conn, job_id, cursor, size, actor)  # noqa: B023
             )
-            if not batch.checked:
+            if batch is None:
                 break
             cursor = batch.last_id
-            if progress is not None:
+            if progress is not None and batch.checked:
                 progress(batch.checked)
     except Exception as exc:
         _fail(job_id, exc, was=RUNNING)
