@@ -253,6 +253,45 @@ def test_a_deleted_row_linked_to_itself_points_at_nothing_as_a_deleted_primary_d
     assert plan.deleted_relinks == [Relink(1, 1, 2)]
 
 
+def test_a_chain_of_deleted_rows_goes_whole_to_the_customer_at_its_top():
+    # SQL chained deleted rows: 5 -> 4 -> 3 -> live secondary 2 -> primary 1. Each gets
+    # the customer of the row it points at, so all of them customer 1's, one hop away.
+    live = [row(1, "a@x.io", "1"), row(2, "a@x.io", "2", linked_id=1)]
+    chain = [row(3, "z@x.io", linked_id=2), row(4, "y@x.io", linked_id=3)]
+    plan = reconcile(live, deleted=[*chain, row(5, "x@x.io", linked_id=4)])
+    assert plan.deleted_relinks == [Relink(3, 2, 1), Relink(4, 3, 1), Relink(5, 4, 1)]
+    assert plan.customers_after() == {1: [1, 2]}
+    # When the customer splits, each goes with the part holding its own e-mail.
+    live = [row(1, "a@x.io", "9"), row(2, "b@x.io", "9", linked_id=1)]
+    chain = [row(3, "a@x.io", linked_id=2), row(4, "b@x.io", linked_id=3)]
+    plan = reconcile(live, blocked={(PHONE, "9")}, deleted=chain)
+    assert plan.deleted_relinks == [Relink(3, 2, 1), Relink(4, 3, 2)]
+    # Under a deleted primary no live row names: its customer is that row.
+    chain = [row(6), row(7, linked_id=6), row(8, linked_id=7), row(9, linked_id=8)]
+    assert reconcile([], deleted=chain).deleted_relinks == [Relink(8, 7, 6), Relink(9, 8, 6)]
+    # Under a row SQL linked to itself, likewise, which becomes that deleted primary.
+    chain = [row(6, linked_id=6), row(7, linked_id=6), row(8, linked_id=7)]
+    assert reconcile([], deleted=chain).deleted_relinks == [Relink(6, 6, None), Relink(8, 7, 6)]
+
+
+def test_a_cycle_of_deleted_rows_ends_and_joins_the_customer_live_rows_name():
+    # Deleted rows 5 -> 6 -> 7 -> 5 and 8 -> 6, named by no live row: the oldest, 5,
+    # becomes their deleted primary and the others point at it (7 does already).
+    rows = [row(5, linked_id=6), row(6, linked_id=7), row(7, linked_id=5), row(8, linked_id=6)]
+    plan = reconcile([], deleted=rows)
+    assert plan.deleted_relinks == [Relink(5, 6, None), Relink(6, 7, 5), Relink(8, 6, 5)]
+    # Applied, it changes nothing more.
+    after = {r.row_id: r.after for r in plan.deleted_relinks}
+    again = [replace(r, linked_id=after.get(r.id, r.linked_id)) for r in rows]
+    assert reconcile([], deleted=again).deleted_relinks == []
+    # Live rows 2 and 3 still name deleted row 4 (their primary, deleted by SQL), which
+    # SQL also linked in a cycle with deleted row 1: all go with rows 2 and 3.
+    live = [row(2, "a@x.io", linked_id=4), row(3, "a@x.io", linked_id=4)]
+    plan = reconcile(live, deleted=[row(1, linked_id=4), row(4, linked_id=1)])
+    assert plan.relinks == [Relink(2, 4, None), Relink(3, 4, 2)]
+    assert plan.deleted_relinks == [Relink(1, 4, 2), Relink(4, 1, 2)]
+
+
 def test_customers_before_and_after_describe_the_change():
     rows = [row(1, "a@x.io", "555"), row(2, "b@x.io", "555", linked_id=1), row(3, "z@x.io")]
     plan = reconcile(rows, {SHOP})

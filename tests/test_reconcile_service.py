@@ -723,6 +723,76 @@ def test_a_deleted_primary_sql_linked_to_itself_goes_with_its_live_rows(app, run
     assert whole_run() == 0
 
 
+@pytest.mark.parametrize("repair", ["flask reconcile", "re-run"])
+def test_a_chain_of_deleted_rows_is_put_back_one_hop_in_one_repair(app, runner, repair):
+    # Reported: deleted 4 -> deleted 3 -> live secondary 2 -> primary 1. The run put 3
+    # back under 1, but 4 kept pointing at 3, on every later run.
+    for phone in ["1", "2", "3", "4", "5"]:
+        ident("a@x.io", phone)
+    for row_id in (3, 4, 5):
+        delete_contact(row_id, AGENT)
+    _link_by_hand(row_3=2, row_4=3, row_5=4)
+    assert deleted_off_their_primary() == {3: 2, 4: 3, 5: 4}
+    if repair == "flask reconcile":
+        result = runner.invoke(args=["reconcile"])
+        assert result.exit_code == 0, result.output
+        assert "Checked 1 customer: 1 changed, 3 contact rows relinked." in result.output
+    else:
+        assert reconcile_customer(2, AGENT).summary() == "3 deleted contact rows relinked."
+    assert links() == {1: None, 2: 1, 3: 1, 4: 1, 5: 1}
+    (entry,) = audits("reconcile")
+    assert entry.customer_id == 1
+    assert json.loads(entry.before)["deleted_contacts"] == {"3": 2, "4": 3, "5": 4}
+    assert json.loads(entry.after)["deleted_contacts"] == {"3": 1, "4": 1, "5": 1}
+    assert whole_run() == 0
+    assert len(audits("reconcile")) == 1
+
+
+@pytest.mark.parametrize("repair", ["flask reconcile", "re-run"])
+def test_a_cycle_of_deleted_rows_under_a_regrouped_customer_ends(app, runner, repair):
+    for phone in ["1", "2", "3", "4"]:
+        ident("a@x.io", phone)  # customer 1: rows 1 to 4
+    delete_contact(4, AGENT)
+    # Primary 1 deleted by SQL, and linked with deleted row 4 in a cycle: 1 -> 4 -> 1.
+    _delete_by_hand(1)
+    _link_by_hand(row_1=4)
+    if repair == "flask reconcile":
+        result = runner.invoke(args=["reconcile"])
+        assert result.exit_code == 0, result.output
+    else:
+        reconcile_customer(2, AGENT)
+    assert links() == {1: 2, 2: None, 3: 2, 4: 2}
+    assert deleted_off_their_primary() == {}
+    assert whole_run() == 0
+
+
+def test_a_run_repairs_deleted_chains_and_cycles_no_live_row_leads_to(app, runner):
+    app.config["RECONCILE_BATCH_SIZE"] = 1
+    for email in ["a", "b", "c", "d", "e", "f", "g", "h"]:
+        ident(f"{email}@x.io")  # customers 1 to 8, of one row each
+    for row_id in (2, 3, 4, 6, 7, 8):
+        delete_contact(row_id, AGENT)
+    # 4 -> 3 -> 2, a deleted primary no live row names; 6 -> 7 -> 8 -> 6 and, after
+    # the last customer, nothing but deleted rows.
+    _link_by_hand(row_3=2, row_4=3, row_6=7, row_7=8, row_8=6)
+    assert deleted_off_their_primary() == {4: 3, 6: 7, 7: 8, 8: 6}
+    result = runner.invoke(args=["reconcile"])
+    assert result.exit_code == 0, result.output
+    assert "Checked 2 customers: 0 changed, 3 contact rows relinked." in result.output
+    # 2 and 6, the oldest of the cycle, are the deleted primaries the others point at
+    # (8 did already).
+    assert links() == {1: None, 2: None, 3: 2, 4: 2, 5: None, 6: None, 7: 6, 8: 6}
+    assert deleted_off_their_primary() == {}
+    entries = {e.customer_id: e for e in audits("reconcile")}
+    assert set(entries) == {2, 6}
+    assert json.loads(entries[2].before) == {"deleted_contacts": {"4": 3}}
+    assert json.loads(entries[2].after) == {"deleted_contacts": {"4": 2}}
+    assert json.loads(entries[6].before) == {"deleted_contacts": {"6": 7, "7": 8}}
+    assert json.loads(entries[6].after) == {"deleted_contacts": {"6": None, "7": 6}}
+    assert whole_run() == 0
+    assert len(audits("reconcile")) == 2
+
+
 def test_a_runs_entry_lists_the_deleted_rows_it_relinked_with_their_customers_change(app):
     ident("a@x.io", "1")
     ident("a@x.io", "2")  # customer 1: rows 1 and 2

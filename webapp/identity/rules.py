@@ -498,10 +498,11 @@ def reconcile(
     involved). Each group's oldest row becomes or stays its primary and every
     other row links to it in one hop. A group that gathers rows of several
     current customers is a merge into the oldest. ``deleted`` rows of these
-    customers are re-pointed to where their customer's rows now live; one of
-    no live customer points at that customer's (deleted) primary, and one that
-    is that customer itself (linked to nothing, or by SQL to itself) has
-    linkedId NULL.
+    customers are re-pointed to where their customer's rows now live, in one
+    hop, those SQL chained to other deleted rows included (``_deleted_owners``);
+    one of no live customer points at that customer's (deleted) primary, and
+    one that is that customer itself (linked to nothing, or by SQL to itself)
+    has linkedId NULL.
     """
     groups = connected_groups(rows, blocked, bonds)
     target: dict[int, int | None] = {}
@@ -535,12 +536,9 @@ def reconcile(
         new_home.setdefault(row.primary_id, home)
         for key in row.identifiers():
             holder_home.setdefault((row.primary_id, *key), home)
+    owners = _deleted_owners(deleted, by_id, new_home)
     for row in sorted(deleted, key=lambda r: r.id):
-        # Its customer: that of the live row it points at (SQL may have linked it to a
-        # secondary), else the id it points at; a row SQL linked to itself points at
-        # nothing, as a deleted primary does, and is its own.
-        pointed = by_id.get(row.linked_id)
-        owner = row.primary_id if pointed is None else pointed.primary_id
+        owner = owners[row.id]
         home = _deleted_home(row, owner, holder_home, blocked)
         if home is None:
             # No live row names that customer: it stays with it, a deleted primary of
@@ -551,6 +549,51 @@ def reconcile(
         if home != row.linked_id:
             result.deleted_relinks.append(Relink(row.id, row.linked_id, home))
     return result
+
+
+def _deleted_owners(
+    deleted: Sequence[Row], live: Mapping[int, Row], named: Collection[int]
+) -> dict[int, int]:
+    """The customer (primary id) of each deleted row: that of the row it points at.
+
+    That is the customer of the live row it points at (SQL may have linked it to
+    a secondary), or of the deleted row it points at, and so on up a chain of
+    deleted rows (SQL may have linked one deleted row to another); else the id it
+    points at. A row linked to nothing, or by SQL to itself, is its own. A cycle
+    of deleted rows points at nothing either: its customer is the oldest of its
+    rows that live rows still name (``named``: it was their primary), else its
+    oldest row.
+    """
+    by_id = {row.id: row for row in deleted}
+    owners: dict[int, int] = {}
+    for start in deleted:
+        path: list[Row] = []
+        on_path: dict[int, int] = {}
+        row = start
+        while True:
+            if row.id in owners:
+                owner = owners[row.id]
+                break
+            if row.id in on_path:
+                cycle = path[on_path[row.id] :]
+                owner = min(cycle, key=lambda r: (r.id not in named, _age(r))).id
+                break
+            on_path[row.id] = len(path)
+            path.append(row)
+            link = row.linked_id
+            if link is None or link == row.id:
+                owner = row.id
+                break
+            if link in live:
+                owner = live[link].primary_id
+                break
+            if link not in by_id:
+                owner = link
+                break
+            row = by_id[link]
+        for walked in path:
+            owners[walked.id] = owner
+    return owners
 
 
 def _deleted_home(

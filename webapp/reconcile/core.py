@@ -151,20 +151,35 @@ _DIVE_LIMIT = 199
 
 
 def with_hanging(conn: Connection, view: View) -> View:
-    """``view`` with the deleted rows linked to one of its live secondaries, which SQL run
-    on the table (outside the app) left two hops from their customer's primary.
+    """``view`` with the deleted rows that SQL run on the table (outside the app) left
+    more than one hop from their customer's primary, under one of its rows.
 
+    Those linked to one of its live secondaries, and those linked to one of its
+    deleted rows, then to one of those, and so on down any chain of deleted rows;
+    a row already found is not read again, so a cycle among them ends the walk.
     Read by the actions that repair links (a re-run, a whole-database run), after
     locking: every other action's rounds would pay one more read per 199 rows.
+    Where nothing is chained, the walk's last round finds nothing: one read per
+    199 deleted rows of the view, besides the one per 199 secondaries.
     """
+    customers = {row.primary_id for row in view.rows}
     known = {row.id for row in view.deleted}
     found = list(view.deleted)
-    secondaries = sorted(row.id for row in view.rows if row.linked_id not in (None, row.id))
-    for part in chunks(secondaries, _DIVE_LIMIT):
-        hanging = conn.execute(
-            select(*Contact.__table__.c).where(_c.linkedId.in_(part), _c.deletedAt.is_not(None))
-        )
-        found += [row_from_record(r) for r in hanging if r.id not in known]
+    under = {row.id for row in view.rows if row.linked_id not in (None, row.id)}
+    # The rows linked to a customer's id were read with the view.
+    under |= known - customers
+    while under:
+        new: list[Row] = []
+        for part in chunks(sorted(under), _DIVE_LIMIT):
+            hanging = conn.execute(
+                select(*Contact.__table__.c).where(_c.linkedId.in_(part), _c.deletedAt.is_not(None))
+            )
+            for stored in hanging:
+                if stored.id not in known:
+                    known.add(stored.id)
+                    new.append(row_from_record(stored))
+        found += new
+        under = {row.id for row in new}
     return View(view.rows, found, view.blocked, view.bonds)
 
 
