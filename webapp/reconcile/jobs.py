@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from ..audit import record
@@ -280,6 +280,21 @@ class Stretch:
     last: int
 
 
+# The next live primaries after an id, through the primary key. MySQL/MariaDB chose the
+# linkedId index (linkedId IS NULL as a ref), read every primary from the first one and
+# dropped those up to the cursor: a batch cost 4 ms near the start of a table of 960,000
+# rows and 108 ms near its end, some 400 s of a whole run; through the primary key it
+# cost 1.2 to 1.4 ms wherever it was. SQLite already read it that way.
+_PRIMARIES_AFTER = (
+    select(_c.id)
+    .where(_c.linkedId.is_(None), _c.deletedAt.is_(None), _c.id > bindparam("after"))
+    .order_by(_c.id)
+    .limit(bindparam("size"))
+    .with_hint(Contact.__table__, "FORCE INDEX (PRIMARY)", dialect_name="mysql")
+    .with_hint(Contact.__table__, "FORCE INDEX (PRIMARY)", dialect_name="mariadb")
+)
+
+
 def next_stretch(conn: Connection, after_id: int, size: int) -> Stretch | None:
     """The next ``size`` customers after ``after_id``, in id order; None when none is left.
 
@@ -291,12 +306,7 @@ def next_stretch(conn: Connection, after_id: int, size: int) -> Stretch | None:
     deleted rows linked into that range (``_STRAY``); they count among the
     ``size`` by the id they point at, but not as customers: no live row is theirs.
     """
-    primaries = conn.execute(
-        select(_c.id)
-        .where(_c.linkedId.is_(None), _c.deletedAt.is_(None), _c.id > after_id)
-        .order_by(_c.id)
-        .limit(size)
-    ).scalars()
+    primaries = conn.execute(_PRIMARIES_AFTER, {"after": after_id, "size": size}).scalars()
     customers = set(primaries)
     below = max(customers) if len(customers) == size else None
     strays: dict[int, int] = {}
