@@ -310,13 +310,20 @@ def unreachable_advice(engine: Engine) -> str:
     return "Check DATABASE_URL."
 
 
+def _driver_code(exc: SQLAlchemyError) -> int | None:
+    """The MySQL/MariaDB error number behind ``exc``; None for other drivers and errors."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    code = orig.args[0] if orig is not None and orig.args else None
+    return code if isinstance(code, int) else None
+
+
 def error_kind(exc: DBAPIError) -> str:
     """A database error's kind and the driver's code (MySQL/MariaDB) or message (SQLite)."""
     orig = exc.orig
-    code = orig.args[0] if orig is not None and orig.args else None
+    code = _driver_code(exc)
     kind = type(orig).__name__ if orig is not None else type(exc).__name__
     # SQLite's messages name no values ("database is locked", "no such table: x").
-    shown = f" {code}" if isinstance(code, int) else f": {orig}" if orig is not None else ""
+    shown = f" {code}" if code is not None else f": {orig}" if orig is not None else ""
     return kind + shown
 
 
@@ -328,22 +335,17 @@ def refuses_a_value(exc: SQLAlchemyError) -> bool:
     Input is checked before it reaches the database; this is what the error handlers
     fall back on where a check is missing (or a column was changed by hand).
     """
-    if isinstance(exc, DataError):
-        return True
-    orig = exc.orig if isinstance(exc, DBAPIError) else None
-    code = orig.args[0] if orig is not None and orig.args else None
-    return isinstance(code, int) and code in _MYSQL_REFUSED_VALUE
+    return isinstance(exc, DataError) or _driver_code(exc) in _MYSQL_REFUSED_VALUE
 
 
 def is_retryable(exc: DBAPIError) -> bool:
     """True when ``exc`` is a lost race (or a dropped connection) worth another attempt."""
     if exc.connection_invalidated:
         return True
-    orig = exc.orig
-    code = orig.args[0] if orig is not None and orig.args else None
-    if isinstance(code, int):
+    code = _driver_code(exc)
+    if code is not None:
         return code in _MYSQL_RETRYABLE
-    message = str(orig).lower()
+    message = str(exc.orig).lower()
     return "database is locked" in message or "unique constraint failed" in message
 
 
